@@ -1,0 +1,11 @@
+"""The one error type users see: a single line naming the file, line or endpoint at fault.
+
+Every module raises `KvbenchError` (or a subclass) for bad input or a failed engine; the CLI
+turns it into `error: <message>` on stderr and a non-zero exit, never a traceback.
+"""
+
+
+class KvbenchError(Exception):
+    """A user-facing failure; `str(err)` is the whole one-line message."""
+
+    exit_code = 2
