@@ -1,0 +1,1 @@
+"""Backends: the engines kvbench can drive, behind one small interface (`base.Backend`)."""

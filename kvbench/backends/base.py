@@ -1,0 +1,93 @@
+"""The backend interface shared by the simulator, the HTTP emulators and real engines.
+
+A run hands a backend a schedule of requests (intended send time, exact prompt and output
+lengths); the backend executes it — in virtual time for the simulator, in real time over HTTP
+for engines — and reports every request's events and periodic samples of server state to a sink.
+Times are seconds from the start of the run (t = 0 is the schedule's origin).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from kvbench.profile import EngineProfile
+
+BackendKind = Literal["simulated", "emulated", "real"]
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    request_id: int
+    intended_send: float
+    prompt_len: int
+    output_len: int
+
+
+@dataclass
+class RequestRecord:
+    """What happened to one request. Times are None when the event did not happen (yet)."""
+
+    request_id: int
+    intended_send: float
+    prompt_len: int
+    output_len: int
+    sent: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+    output_tokens: int | None = None  # as the server reported it (usage), never re-tokenised
+    token_times: list[float] = field(default_factory=list)  # arrival of each streamed chunk
+    preemptions: int | None = None  # known to the simulator only
+    error: str | None = None  # failure kind, e.g. "http_500", "timeout", "short_output"
+
+
+@dataclass(frozen=True)
+class QueueSample:
+    """Server state at one instant. Fields an engine does not expose are None."""
+
+    time: float
+    in_flight: int  # client side: sent and not finished
+    waiting: int | None = None
+    running: int | None = None
+    kv_used_tokens: float | None = None
+    kv_usage: float | None = None  # 0..1
+    preemptions_total: int | None = None
+
+
+@dataclass(frozen=True)
+class DiscoveredProfile:
+    """The engine profile a backend read at runtime, with where each value came from
+    (field name → e.g. "vllm:cache_config_info label", "launch recipe", "preset")."""
+
+    profile: EngineProfile
+    sources: dict[str, str]
+
+
+class EventSink(Protocol):
+    """Receives results as they happen; the recorder writes them to disk incrementally."""
+
+    def request(self, record: RequestRecord) -> None: ...
+
+    def sample(self, sample: QueueSample) -> None: ...
+
+
+class Backend(ABC):
+    """One engine (possibly several replicas) that can execute a request schedule."""
+
+    name: str
+    kind: BackendKind
+
+    @abstractmethod
+    def discover_profile(self) -> DiscoveredProfile:
+        """Read M, page size, token budget, chunk size, running cap and policy from the engine."""
+
+    @abstractmethod
+    def execute(self, requests: list[RequestSpec], sink: EventSink, *, duration: float) -> None:
+        """Send `requests` at their intended times, report events to `sink`, and stop at
+        `duration` seconds after the start (requests still in flight then are reported
+        unfinished). Raises KvbenchError naming the endpoint if the engine fails; everything
+        reported to `sink` before that stays recorded."""
+
+    def close(self) -> None:
+        """Release what the backend holds (stop a launched engine, close sessions)."""
