@@ -1,0 +1,1 @@
+"""Machine-readable output, one module per file format."""
