@@ -1,1 +1,1 @@
-"""Machine-readable output, one module per file format."""
+"""Exporters: one module per output file format."""
