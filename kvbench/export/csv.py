@@ -1,0 +1,54 @@
+"""CSV files of a compare report: one row per probe, and one row per queue sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from kvbench.report.build import Report
+from kvbench.report.table import engine_name
+
+PROBES_FILE = "probes.csv"
+SAMPLES_FILE = "samples.csv"
+
+
+def probes_frame(report: Report) -> pd.DataFrame:
+    rows = []
+    for e in report.results.engines:
+        for p in e.probes:
+            rows.append(
+                {
+                    "engine": e.label,
+                    "engine_shown": engine_name(e),
+                    "kind": e.kind,
+                    "probe": p.index,
+                    "rate": p.rate,
+                    "duration": p.duration,
+                    "verdict": p.verdict,
+                    "departure_rate": p.departure_rate,
+                    "slope": p.slope,
+                    "slope_ci_low": p.slope_ci[0] if p.slope_ci else None,
+                    "slope_ci_high": p.slope_ci[1] if p.slope_ci else None,
+                    "requests_sent": p.requests_sent,
+                    "requests_finished": p.requests_finished,
+                    "requests_failed": p.requests_failed,
+                    "mean_in_system": p.mean_in_system,
+                    "max_in_system": p.max_in_system,
+                    "client_ok": p.client_ok,
+                    "ttft_p50": p.latency.ttft_p50,
+                    "ttft_p99": p.latency.ttft_p99,
+                    "e2e_p50": p.latency.e2e_p50,
+                    "e2e_p99": p.latency.e2e_p99,
+                    "tpot_p50": p.latency.tpot_p50,
+                    "run_dir": p.run_dir,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def write(report: Report, directory: Path) -> list[Path]:
+    probes, samples = directory / PROBES_FILE, directory / SAMPLES_FILE
+    probes_frame(report).to_csv(probes, index=False)
+    report.samples.to_csv(samples, index=False)
+    return [probes, samples]

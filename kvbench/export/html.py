@@ -1,0 +1,309 @@
+"""report.html: one self-contained page (plotly.js inlined, no network needed to view it).
+
+Every string that came from a user (engine labels, names, URLs, errors, the command line) is
+escaped: by Jinja's autoescaping in the page, and as HTML entities inside plot labels, which
+plotly renders as pseudo-HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import jinja2
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from kvbench.report.build import Report
+from kvbench.report.schema import CompareResults, EngineResult
+from kvbench.report.table import (
+    DASH,
+    engine_name,
+    provisioning_rows,
+    status_text,
+    summary_columns,
+    summary_row,
+)
+
+REPORT_FILE = "report.html"
+_PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+_VERDICT_SYMBOL = {"STABLE": "circle", "UNSTABLE": "x", "INCONCLUSIVE": "diamond-open"}
+
+
+def _label(text: str) -> str:
+    """A user string as a plotly label: plotly reads <b>, <a href> etc., so escape them all."""
+    return html.escape(text, quote=False)
+
+
+def _marked_note(results: CompareResults) -> str:
+    kinds = sorted({e.kind for e in results.engines if e.marked})
+    return f" — {' and '.join(k.upper() for k in kinds)} engines, not GPU measurements" if kinds else ""
+
+
+def _div(fig: go.Figure, div_id: str) -> str:
+    fig.update_layout(template="plotly_white", margin=dict(t=60, l=60, r=20, b=50))
+    return pio.to_html(
+        fig, include_plotlyjs=False, full_html=False, div_id=div_id, config=_PLOT_CONFIG
+    )
+
+
+def _boundary_plot(results: CompareResults) -> go.Figure:
+    engines = [e for e in results.engines if e.theory or e.boundary]
+    names = [_label(engine_name(e)) for e in engines]
+    fig = go.Figure()
+    measured = [e for e in engines if e.boundary and e.boundary.midpoint is not None]
+    if measured:
+        fig.add_trace(
+            go.Scatter(
+                name="measured λ* bracket",
+                x=[_label(engine_name(e)) for e in measured],
+                y=[e.boundary.midpoint for e in measured],
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[e.boundary.upper - e.boundary.midpoint for e in measured],
+                    arrayminus=[e.boundary.midpoint - e.boundary.lower for e in measured],
+                    width=12,
+                ),
+                mode="markers",
+                marker=dict(size=10, symbol="square"),
+            )
+        )
+    with_theory = [e for e in engines if e.theory]
+    fig.add_trace(
+        go.Scatter(
+            name="μ theory (paper), band down to μ(1−δ)",
+            x=[_label(engine_name(e)) for e in with_theory],
+            y=[e.theory.mu for e in with_theory],
+            error_y=dict(
+                type="data",
+                symmetric=False,
+                array=[0.0] * len(with_theory),
+                arrayminus=[e.theory.mu - e.theory.mu_lower for e in with_theory],
+            ),
+            mode="markers",
+            marker=dict(size=12, symbol="diamond"),
+        )
+    )
+    aware = [e for e in with_theory if e.theory.mu_engine_aware is not None]
+    if aware:
+        fig.add_trace(
+            go.Scatter(
+                name="μ engine-aware",
+                x=[_label(engine_name(e)) for e in aware],
+                y=[e.theory.mu_engine_aware for e in aware],
+                mode="markers",
+                marker=dict(size=12, symbol="star"),
+            )
+        )
+    fig.update_layout(
+        title="Stability boundary: theory vs measured" + _marked_note(results),
+        yaxis_title="requests/s",
+        xaxis=dict(categoryorder="array", categoryarray=names),
+    )
+    return fig
+
+
+def _series_plot(report: Report, column: str, title: str, yaxis: str) -> go.Figure:
+    fig = go.Figure()
+    for s in report.boundary_series:
+        data = s.samples.dropna(subset=[column])
+        fig.add_trace(
+            go.Scatter(
+                name=_label(f"{s.engine}{'' if s.kind == 'real' else f' ({s.kind})'}"
+                            f" λ={s.rate:.3f} {s.verdict}"),
+                x=data["time"],
+                y=data[column],
+                mode="lines",
+                line=dict(dash="solid" if s.verdict == "UNSTABLE" else "dot"),
+            )
+        )
+    fig.update_layout(
+        title=title + _marked_note(report.results), xaxis_title="time (s)", yaxis_title=yaxis
+    )
+    return fig
+
+
+def _latency_plot(results: CompareResults) -> go.Figure:
+    fig = go.Figure()
+    for e in results.engines:
+        probes = sorted(e.probes, key=lambda p: p.rate)
+        for key, dash in (("e2e_p50", "dot"), ("e2e_p99", "solid"), ("ttft_p99", "dash")):
+            points = [(p.rate, getattr(p.latency, key), p.verdict) for p in probes]
+            points = [pt for pt in points if pt[1] is not None]
+            if not points:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    name=_label(f"{engine_name(e)} {key.replace('_', ' ')}"),
+                    x=[pt[0] for pt in points],
+                    y=[pt[1] for pt in points],
+                    mode="lines+markers",
+                    line=dict(dash=dash),
+                    marker=dict(symbol=[_VERDICT_SYMBOL[pt[2]] for pt in points], size=9),
+                )
+            )
+    fig.update_layout(
+        title="Latency against load (marker: ● stable, × unstable, ◇ inconclusive)"
+        + _marked_note(results),
+        xaxis_title="arrival rate λ (req/s)",
+        yaxis_title="seconds (from intended send)",
+        yaxis_type="log",
+    )
+    return fig
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return DASH
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _engine_detail(e: EngineResult) -> dict:
+    probes = [
+        {
+            "index": p.index,
+            "rate": f"{p.rate:.3f}",
+            "duration": f"{p.duration:.1f}",
+            "verdict": p.verdict,
+            "departure": _fmt(p.departure_rate),
+            "slope": _fmt(p.slope),
+            "slope_ci": DASH if not p.slope_ci else f"{p.slope_ci[0]:.3g} … {p.slope_ci[1]:.3g}",
+            "sent": p.requests_sent,
+            "finished": p.requests_finished,
+            "failed": p.requests_failed,
+            "mean_in_system": _fmt(p.mean_in_system),
+            "ttft_p99": _fmt(p.latency.ttft_p99),
+            "e2e_p50": _fmt(p.latency.e2e_p50),
+            "e2e_p99": _fmt(p.latency.e2e_p99),
+            "client": "ok" if p.client_ok else "LAGGED",
+        }
+        for p in sorted(e.probes, key=lambda p: p.index)
+    ]
+    return {
+        "name": engine_name(e),
+        "marked": e.marked,
+        "kind": e.kind,
+        "backend": e.backend,
+        "urls": e.urls,
+        "status": status_text(e),
+        "failed": e.status != "ok",
+        "batch_time": e.batch_time,
+        "theory": e.theory,
+        "profile": json.dumps(e.profile, indent=2) if e.profile else None,
+        "sources": e.profile_sources,
+        "probes": probes,
+    }
+
+
+_TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
+    """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>kvbench compare: {{ r.name }}</title>
+<style>
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1200px;
+ padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}
+tr.failed td{background:#fde2e2}
+.banner{background:#fff3cd;border:2px solid #d39e00;padding:.8em 1em;font-weight:bold;margin:1em 0}
+.interrupted{background:#fde2e2;border:2px solid #c00;padding:.8em 1em;margin:1em 0}
+.tag{font-size:11px;font-weight:bold;color:#8a5a00;background:#fff3cd;border-radius:3px;padding:1px 4px}
+pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:12px}
+.plot{min-height:450px}
+</style>
+<script>{{ plotlyjs | safe }}</script>
+</head><body>
+<h1>kvbench compare: {{ r.name }}</h1>
+{% if r.banner %}<div class="banner" id="banner">{{ r.banner }}</div>{% endif %}
+{% if r.interrupted %}<div class="interrupted">Interrupted: the figures cover what was measured
+before the stop.</div>{% endif %}
+<p>Workload <code>{{ r.config.get("workload", "") }}</code>, created {{ r.created }} with kvbench
+{{ r.kvbench_version }}.</p>
+<h2>Summary</h2>
+<table id="summary"><thead><tr>{% for key, title in columns %}<th>{{ title }}</th>{% endfor %}</tr></thead>
+<tbody>{% for row, e in rows %}<tr class="{{ 'failed' if e.status != 'ok' else '' }}"
+ data-engine="{{ e.label }}">{% for key, title in columns %}<td>{% if key == 'engine' and e.marked
+ %}{{ row[key] }} <span class="tag">{{ e.kind | upper }}</span>{% else %}{{ row[key] }}{% endif
+ %}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
+<p>gap = (μ theory − λ*) / λ*, with λ* the midpoint of the measured bracket (largest rate judged
+stable, smallest judged unstable). μ theory is the paper's M / (b̄·E[g]) times the replicas;
+the band below it reaches μ(1−δ). Probes S/U/I: stable, unstable and inconclusive runs.</p>
+{% if provisioning %}<h2>Provisioning</h2>
+<table id="provisioning"><thead><tr><th>engine</th><th>target</th><th>replicas (theory)</th>
+<th>replicas (measured)</th></tr></thead><tbody>{% for p in provisioning %}<tr><td>{{ p.engine }}</td>
+<td>{{ p.target }}</td><td>{{ p.theory }}</td><td>{{ p.measured }}</td></tr>{% endfor %}</tbody></table>{% endif %}
+<h2>Plots</h2>
+{% for div in plots %}<div class="plot">{{ div | safe }}</div>{% endfor %}
+<h2>Engines</h2>
+{% for d in details %}<h3>{{ d.name }}{% if d.marked %} <span class="tag">{{ d.kind | upper }}</span>{% endif %}</h3>
+<p>backend <code>{{ d.backend }}</code>{% if d.urls %}, at {% for u in d.urls %}<code>{{ u }}</code> {% endfor %}{% endif %};
+status: <b>{{ d.status }}</b></p>
+{% if d.batch_time %}<p>b̄ = {{ "%.5f" % d.batch_time.value }} s ({{ d.batch_time.method }}{% if d.batch_time.trim %},
+trim {{ d.batch_time.trim }}{% endif %}, {{ d.batch_time.samples }} timings, {{ d.batch_time.source }}).</p>{% endif %}
+{% if d.theory %}<p>E[g] = {{ "%.4g" % d.theory.mean_g }} token·iterations, δ = {{ "%.4f" % d.theory.delta }},
+μ per replica = {{ "%.4f" % d.theory.mu_replica }} req/s{% if d.theory.binding %}; engine-aware bound
+binding: {{ d.theory.binding }}{% endif %}.</p>{% endif %}
+{% if d.probes %}<table class="probes"><thead><tr><th>probe</th><th>λ (req/s)</th><th>duration (s)</th>
+<th>verdict</th><th>departures (req/s)</th><th>slope (req/s)</th><th>slope CI</th><th>sent</th>
+<th>finished</th><th>failed</th><th>mean in system</th><th>TTFT p99 (s)</th><th>E2E p50 (s)</th>
+<th>E2E p99 (s)</th><th>client</th></tr></thead><tbody>{% for p in d.probes %}<tr><td>{{ p.index }}</td>
+<td>{{ p.rate }}</td><td>{{ p.duration }}</td><td>{{ p.verdict }}</td><td>{{ p.departure }}</td>
+<td>{{ p.slope }}</td><td>{{ p.slope_ci }}</td><td>{{ p.sent }}</td><td>{{ p.finished }}</td>
+<td>{{ p.failed }}</td><td>{{ p.mean_in_system }}</td><td>{{ p.ttft_p99 }}</td><td>{{ p.e2e_p50 }}</td>
+<td>{{ p.e2e_p99 }}</td><td>{{ p.client }}</td></tr>{% endfor %}</tbody></table>{% endif %}
+{% if d.profile %}<details><summary>discovered profile</summary><pre>{{ d.profile }}</pre>
+{% if d.sources %}<table><thead><tr><th>field</th><th>read from</th></tr></thead><tbody>
+{% for k, v in d.sources.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</tbody></table>{% endif %}
+</details>{% endif %}
+{% endfor %}
+<h2>Configuration, versions and command</h2>
+<pre id="command">{{ r.command }}</pre>
+<pre>{{ config }}</pre>
+<pre>{{ versions }}</pre>
+</body></html>
+"""
+)
+
+
+def render(report: Report) -> str:
+    r = report.results
+    plots = [_div(_boundary_plot(r), "plot-boundary")]
+    if report.boundary_series:
+        plots.append(
+            _div(
+                _series_plot(report, "in_flight", "Requests in system, probes either side of "
+                             "each boundary (dotted: stable, solid: unstable)", "requests"),
+                "plot-queue",
+            )
+        )
+        if report.samples["kv_usage"].notna().any():
+            plots.append(
+                _div(_series_plot(report, "kv_usage", "KV-cache usage, same probes",
+                                  "fraction of M"), "plot-kv")
+            )
+    if any(e.probes for e in r.engines):
+        plots.append(_div(_latency_plot(r), "plot-latency"))
+    columns = summary_columns(r)
+    return _TEMPLATE.render(
+        r=r,
+        plotlyjs=get_plotlyjs(),
+        columns=columns,
+        rows=[(summary_row(e), e) for e in r.engines],
+        provisioning=provisioning_rows(r),
+        plots=plots,
+        details=[_engine_detail(e) for e in r.engines],
+        config=json.dumps(r.config, indent=2, sort_keys=True),
+        versions=json.dumps(r.versions, indent=2, sort_keys=True),
+    )
+
+
+def write(report: Report, directory: Path) -> Path:
+    path = directory / REPORT_FILE
+    path.write_text(render(report), encoding="utf-8")
+    return path

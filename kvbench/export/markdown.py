@@ -1,0 +1,53 @@
+"""summary.md: the compare summary table in Markdown, ready to paste into an issue or a slide."""
+
+from __future__ import annotations
+
+import re
+
+from kvbench.report.schema import CompareResults
+from kvbench.report.table import provisioning_rows, summary_columns, summary_row
+
+_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def escape(text: str) -> str:
+    """Show `text` literally in GitHub-flavoured Markdown, inside a table cell too."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _SPECIAL.sub(r"\\\1", text).replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def render(results: CompareResults) -> str:
+    lines = [f"# kvbench compare: {escape(results.name)}", ""]
+    if results.banner:
+        lines += [f"> **{escape(results.banner)}**", ""]
+    if results.interrupted:
+        lines += ["> **Interrupted: the figures cover what was measured before the stop.**", ""]
+    columns = summary_columns(results)
+    lines += _table(
+        [escape(title) for _, title in columns],
+        [[summary_row(e)[key] for key, _ in columns] for e in results.engines],
+    )
+    provisioning = provisioning_rows(results)
+    if provisioning:
+        lines += ["", "Replicas needed:", ""]
+        lines += _table(
+            ["engine", "target", "replicas (theory)", "replicas (measured)"],
+            [[r["engine"], r["target"], r["theory"], r["measured"]] for r in provisioning],
+        )
+    workload = results.config.get("workload", "")
+    lines += [
+        "",
+        f"Workload {escape(str(workload))}; gap = (μ theory − λ*) / λ*, λ* the measured "
+        "bracket's midpoint; probes S/U/I = stable/unstable/inconclusive runs.",
+        "",
+        f"Command: `{results.command.replace('`', '')}` — kvbench {escape(results.kvbench_version)}, "
+        f"{escape(results.created)}",
+        "",
+    ]
+    return "\n".join(lines)

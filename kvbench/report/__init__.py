@@ -1,0 +1,27 @@
+"""Compare reports: read a compare directory's raw files and write every report format.
+
+    from kvbench.report import write_report
+    paths = write_report(Path("reports/2026-11-28-trtllm-vs-sglang"))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kvbench.report.build import Report, build_report
+
+RESULTS_FILE = "results.json"
+SUMMARY_FILE = "summary.md"
+
+
+def write_report(directory: Path) -> tuple[Report, list[Path]]:
+    """(Re)build results.json, summary.md, report.html, probes.csv and samples.csv in
+    `directory` from its raw files; returns the report and the files written."""
+    from kvbench.export import csv, html, markdown
+
+    report = build_report(directory)
+    results = directory / RESULTS_FILE
+    report.results.write(results)
+    summary = directory / SUMMARY_FILE
+    summary.write_text(markdown.render(report.results), encoding="utf-8")
+    return report, [results, summary, html.write(report, directory), *csv.write(report, directory)]

@@ -1,0 +1,220 @@
+"""Turn a compare directory's raw files into the report's figures and plot series.
+
+Every number a report shows is computed here from the raw files (engine.json, each run's
+records and samples), so `kvbench report DIR` rebuilds exactly what `kvbench compare` wrote.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kvbench.errors import KvbenchError
+from kvbench.report import raw
+from kvbench.report.runs import read_run
+from kvbench.report.schema import (
+    VERDICTS,
+    BatchTime,
+    Boundary,
+    CompareResults,
+    EngineResult,
+    LatencySummary,
+    Probe,
+    Provisioning,
+    Theory,
+)
+
+SAMPLE_COLUMNS = ["time", "in_flight", "waiting", "running", "kv_used_tokens", "kv_usage"]
+
+
+@dataclass
+class ProbeSeries:
+    """Queue and KV samples of one probe, for the plots of the probes either side of a boundary."""
+
+    engine: str
+    kind: str
+    probe: int
+    rate: float
+    verdict: str
+    samples: pd.DataFrame  # SAMPLE_COLUMNS
+
+
+@dataclass
+class Report:
+    results: CompareResults
+    boundary_series: list[ProbeSeries]  # per engine: the probes at the bracket's two ends
+    samples: pd.DataFrame  # every probe's samples, with `engine` and `probe` columns
+
+
+def _percentile(values: np.ndarray, q: float) -> float | None:
+    return float(np.percentile(values, q)) if values.size else None
+
+
+def latency_summary(requests: pd.DataFrame) -> LatencySummary:
+    """Percentiles over finished requests, from the intended send time (open loop)."""
+    done = requests[requests["finished"].notna() & requests["error"].isna()]
+    ttft = (done["first_token"] - done["intended_send"]).dropna().to_numpy(float)
+    e2e = (done["finished"] - done["intended_send"]).to_numpy(float)
+    decoding = done[done["output_tokens"] > 1]
+    tpot = (
+        (decoding["finished"] - decoding["first_token"]) / (decoding["output_tokens"] - 1)
+    ).dropna().to_numpy(float)
+    return LatencySummary(
+        ttft_p50=_percentile(ttft, 50),
+        ttft_p99=_percentile(ttft, 99),
+        e2e_p50=_percentile(e2e, 50),
+        e2e_p99=_percentile(e2e, 99),
+        tpot_p50=_percentile(tpot, 50),
+    )
+
+
+def _with_kv_usage(samples: pd.DataFrame, kv_capacity: float | None) -> pd.DataFrame:
+    """Fill kv_usage from kv_used_tokens where an engine reports tokens but not the fraction."""
+    samples = samples.reindex(columns=SAMPLE_COLUMNS)
+    if kv_capacity and samples["kv_usage"].isna().all() and samples["kv_used_tokens"].notna().any():
+        samples["kv_usage"] = samples["kv_used_tokens"] / kv_capacity
+    return samples
+
+
+def _probe(directory: Path, raw_probe: dict[str, Any], kv_capacity: float | None):
+    run = read_run(directory / raw_probe["run_dir"])
+    requests, samples = run.requests, _with_kv_usage(run.samples, kv_capacity)
+    in_system = samples["in_flight"].to_numpy(float)
+    probe = Probe(
+        index=int(raw_probe["index"]),
+        rate=float(raw_probe["rate"]),
+        duration=float(raw_probe["duration"]),
+        verdict=str(raw_probe["verdict"]),
+        run_dir=str(raw_probe["run_dir"]),
+        departure_rate=raw_probe.get("departure_rate"),
+        slope=raw_probe.get("slope"),
+        slope_ci=raw_probe.get("slope_ci"),
+        requests_sent=int(requests["sent"].notna().sum()),
+        requests_finished=int((requests["finished"].notna() & requests["error"].isna()).sum()),
+        requests_failed=int(requests["error"].notna().sum()),
+        mean_in_system=float(in_system.mean()) if in_system.size else None,
+        max_in_system=int(in_system.max()) if in_system.size else None,
+        client_ok=bool(raw_probe.get("client_ok", True)),
+        latency=latency_summary(requests),
+    )
+    if probe.verdict not in VERDICTS:
+        raise KvbenchError(f"{directory / raw_probe['run_dir']}: unknown verdict {probe.verdict!r}")
+    return probe, samples
+
+
+def replicas_needed(rate: float, per_replica: float, utilization: float) -> int:
+    """G = ⌈λ / (ρ·μ)⌉ (SPEC §1)."""
+    return max(1, math.ceil(rate / (utilization * per_replica) - 1e-12))
+
+
+def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
+    replicas = int(eng.get("replicas", 1))
+    result = EngineResult(
+        label=str(eng["label"]),
+        backend=str(eng["backend"]),
+        kind=str(eng["kind"]),
+        status=str(eng.get("status", "failed")),
+        replicas=replicas,
+        urls=list(eng.get("urls", [])),
+        error=eng.get("error"),
+        profile=eng.get("profile"),
+        profile_sources=dict(eng.get("profile_sources", {})),
+    )
+    if eng.get("batch_time"):
+        result.batch_time = BatchTime(**eng["batch_time"])
+    if eng.get("theory"):
+        result.theory = Theory(**eng["theory"])
+    kv_capacity = None
+    if result.profile and result.profile.get("kv_tokens"):
+        kv_capacity = float(result.profile["kv_tokens"]) * replicas
+
+    search = eng.get("search") or {}
+    series = []
+    for raw_probe in search.get("probes", []):
+        probe, samples = _probe(directory, raw_probe, kv_capacity)
+        result.probes.append(probe)
+        series.append((probe, samples))
+    if search:
+        result.boundary = Boundary(
+            lower=search.get("lower"),
+            upper=search.get("upper"),
+            converged=bool(search.get("converged", False)),
+            precision=float(search.get("precision", config.get("precision", 0.0))),
+        )
+    calibration = eng.get("calibration") or {}
+    result.engine_seconds = float(calibration.get("duration", 0.0)) + sum(
+        p.duration for p in result.probes
+    )
+    counts = Counter(p.verdict for p in result.probes)
+    result.verdict_counts = {v: counts.get(v, 0) for v in VERDICTS}
+
+    measured = result.boundary.midpoint if result.boundary else None
+    if result.theory and measured:
+        result.gap_percent = 100 * (result.theory.mu - measured) / measured
+        if result.theory.mu_engine_aware is not None:
+            result.gap_engine_aware_percent = (
+                100 * (result.theory.mu_engine_aware - measured) / measured
+            )
+    target = config.get("target_rate")
+    if target and result.theory:
+        rho = float(config.get("target_utilization", 0.9))
+        lower = result.boundary.lower if result.boundary else None
+        result.provisioning = Provisioning(
+            target_rate=float(target),
+            utilization=rho,
+            replicas_theory=replicas_needed(target, result.theory.mu_replica, rho),
+            replicas_measured=replicas_needed(target, lower / replicas, rho) if lower else None,
+        )
+
+    boundary_series = []
+    if result.boundary:
+        ends = {("STABLE", result.boundary.lower), ("UNSTABLE", result.boundary.upper)}
+        for probe, samples in series:
+            if (probe.verdict, probe.rate) in ends:
+                ends.discard((probe.verdict, probe.rate))
+                boundary_series.append(
+                    ProbeSeries(result.label, result.kind, probe.index, probe.rate,
+                                probe.verdict, samples)
+                )
+    all_samples = [
+        samples.assign(engine=result.label, kind=result.kind, probe=probe.index, rate=probe.rate)
+        for probe, samples in series
+    ]
+    return result, boundary_series, all_samples
+
+
+def build_report(directory: Path) -> Report:
+    """Read a compare directory's raw files and compute every figure of its report."""
+    header, raw_engines = raw.read_compare(directory)
+    config = dict(header.get("config", {}))
+    engines, boundary_series, sample_frames = [], [], []
+    for eng in raw_engines:
+        result, series, frames = _engine(directory, eng, config)
+        engines.append(result)
+        boundary_series.extend(series)
+        sample_frames.extend(frames)
+    results = CompareResults(
+        name=str(header["name"]),
+        created=str(header["created"]),
+        command=str(header["command"]),
+        kvbench_version=str(header["kvbench_version"]),
+        versions=dict(header.get("versions", {})),
+        config=config,
+        banner=header.get("banner"),
+        engines=engines,
+        interrupted=bool(header.get("interrupted", False))
+        or any(e.status == "interrupted" for e in engines),
+    )
+    columns = ["engine", "kind", "probe", "rate", *SAMPLE_COLUMNS]
+    samples = (
+        pd.concat(sample_frames, ignore_index=True)[columns]
+        if sample_frames
+        else pd.DataFrame(columns=columns)
+    )
+    return Report(results, boundary_series, samples)

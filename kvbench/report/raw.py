@@ -1,0 +1,72 @@
+"""The raw files a compare run writes, and reading them back.
+
+    DIR/compare.json                      what was asked: name, command, config, versions, banner
+    DIR/engines/<slug>/engine.json        what one engine did: status, profile, b̄, theory, search
+    DIR/engines/<slug>/<run>/             one run directory per calibration run and probe
+
+`kvbench/benchmark/compare.py` writes these as it goes (each JSON file replaced atomically), so
+an interrupted compare leaves a directory this module can still read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from kvbench.errors import KvbenchError
+
+COMPARE_FILE = "compare.json"
+ENGINE_FILE = "engine.json"
+ENGINES_DIR = "engines"
+RAW_KIND = "kvbench.compare.raw"
+RAW_VERSION = 1
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Replace `path` in one step, so a reader (or a crash) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KvbenchError(f"{path}: missing") from None
+    except OSError as err:
+        raise KvbenchError(f"{path}: cannot read: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise KvbenchError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise KvbenchError(f"{path}:1: expected a JSON object")
+    return data
+
+
+def is_compare_dir(directory: Path) -> bool:
+    return (directory / COMPARE_FILE).is_file()
+
+
+def read_compare(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """compare.json and every engine's engine.json, in the order the engines were asked for
+    (compare.json's `engines`: label, backend, kind, replicas, slug)."""
+    header = read_json(directory / COMPARE_FILE)
+    if header.get("kind") != RAW_KIND:
+        raise KvbenchError(f"{directory / COMPARE_FILE}: not a kvbench compare directory")
+    if header.get("version") != RAW_VERSION:
+        raise KvbenchError(
+            f"{directory / COMPARE_FILE}: raw format version {header.get('version')!r} "
+            f"is not supported (this kvbench reads {RAW_VERSION})"
+        )
+    engines = []
+    for i, asked in enumerate(header.get("engines", [])):
+        path = directory / ENGINES_DIR / asked["slug"] / ENGINE_FILE
+        if path.is_file():
+            engines.append(read_json(path))
+        else:  # interrupted before this engine started: its row says so
+            engines.append(
+                dict(asked, status="interrupted", error="not started (compare was interrupted)")
+            )
+    return header, engines

@@ -1,0 +1,207 @@
+"""The versioned schema of a compare report's `results.json` (documented in docs/results-schema.md).
+
+`results.json` is derived: `kvbench report DIR` rebuilds it from the raw files a compare run
+wrote. Readers check `schema` and `schema_version`; a change that removes or renames a field
+bumps the version, adding an optional field does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvbench.errors import KvbenchError
+
+SCHEMA = "kvbench.compare.results"
+SCHEMA_VERSION = 1
+
+VERDICTS = ("STABLE", "UNSTABLE", "INCONCLUSIVE")
+ENGINE_STATUSES = ("ok", "failed", "interrupted")
+
+
+@dataclass
+class LatencySummary:
+    """Percentiles in seconds over the probe's finished requests, measured from the intended send
+    time (open loop: a late client does not hide queueing)."""
+
+    ttft_p50: float | None = None
+    ttft_p99: float | None = None
+    e2e_p50: float | None = None
+    e2e_p99: float | None = None
+    tpot_p50: float | None = None
+
+
+@dataclass
+class Probe:
+    """One stability run of the boundary search at a fixed arrival rate."""
+
+    index: int
+    rate: float  # intended arrival rate λ, requests/s over all replicas
+    duration: float  # engine-seconds the run took (virtual for simulated engines)
+    verdict: str  # one of VERDICTS
+    run_dir: str  # relative to the report directory
+    departure_rate: float | None = None
+    slope: float | None = None  # growth of requests in system, requests/s
+    slope_ci: list[float] | None = None  # [low, high] at the search's confidence
+    requests_sent: int = 0
+    requests_finished: int = 0
+    requests_failed: int = 0
+    mean_in_system: float | None = None
+    max_in_system: int | None = None
+    client_ok: bool = True  # False when the client could not keep its schedule
+    latency: LatencySummary = field(default_factory=LatencySummary)
+
+
+@dataclass
+class BatchTime:
+    """b̄: the representative iteration time near saturation, from the engine's own timings."""
+
+    value: float
+    method: str  # "median" or "trimmed-mean"
+    trim: float  # fraction cut from each tail for the trimmed mean, 0 for the median
+    samples: int  # timings the estimate is taken from
+    source: str  # e.g. "per-iteration latency (server)", "per-request TPOT (client)"
+    q25: float | None = None
+    q75: float | None = None
+
+
+@dataclass
+class Theory:
+    """The paper's model at this engine's profile and b̄, per replica and for all replicas."""
+
+    mean_g: float  # E[g(s,o)], token·iterations
+    delta: float  # max(s+o)/M
+    mu_replica: float  # M / (b̄·E[g]), requests/s
+    mu: float  # replicas · mu_replica
+    mu_lower: float  # mu·(1−δ): below it the theory guarantees stability
+    mu_engine_aware: float | None = None  # all replicas, when the engine-aware model is available
+    binding: str | None = None  # which engine-aware bound binds
+
+
+@dataclass
+class Boundary:
+    """The measured bracket: largest rate judged stable, smallest judged unstable."""
+
+    lower: float | None
+    upper: float | None
+    converged: bool  # upper/lower − 1 ≤ precision
+    precision: float  # requested relative width
+
+    @property
+    def midpoint(self) -> float | None:
+        if self.lower is None or self.upper is None:
+            return None
+        return (self.lower + self.upper) / 2
+
+
+@dataclass
+class Provisioning:
+    """Replicas needed to carry `target_rate` at utilisation `utilization`."""
+
+    target_rate: float
+    utilization: float
+    replicas_theory: int  # ⌈λ / (ρ·μ_replica)⌉
+    replicas_measured: int | None  # ⌈λ / (ρ·λ*_replica)⌉ from the bracket's lower end
+
+
+@dataclass
+class EngineResult:
+    label: str  # the name the user gave (escaped wherever shown)
+    backend: str  # e.g. "emulate:trtllm", "sim:sglang", "trtllm"
+    kind: str  # "simulated", "emulated" or "real"
+    status: str  # one of ENGINE_STATUSES
+    replicas: int
+    urls: list[str] = field(default_factory=list)
+    error: str | None = None
+    profile: dict[str, Any] | None = None
+    profile_sources: dict[str, str] = field(default_factory=dict)
+    batch_time: BatchTime | None = None
+    theory: Theory | None = None
+    boundary: Boundary | None = None
+    gap_percent: float | None = None  # 100·(μ − λ*)/λ*, λ* the bracket's midpoint
+    gap_engine_aware_percent: float | None = None
+    engine_seconds: float = 0.0  # calibration plus every probe
+    verdict_counts: dict[str, int] = field(default_factory=dict)
+    provisioning: Provisioning | None = None
+    probes: list[Probe] = field(default_factory=list)
+
+    @property
+    def marked(self) -> bool:
+        """True when the figures do not come from a real engine."""
+        return self.kind != "real"
+
+
+@dataclass
+class CompareResults:
+    name: str
+    created: str  # ISO 8601, UTC
+    command: str
+    kvbench_version: str
+    versions: dict[str, str]
+    config: dict[str, Any]
+    banner: str | None  # shown on top of every report when any engine is emulated or simulated
+    engines: list[EngineResult]
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for eng, src in zip(out["engines"], self.engines):
+            if src.boundary is not None:
+                eng["boundary"]["midpoint"] = src.boundary.midpoint
+        return out
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+
+
+def _build(cls, data: Any, where: str):
+    """Construct dataclass `cls` from a JSON object, recursing into nested dataclass fields;
+    a missing required field or a wrong shape raises KvbenchError naming `where`."""
+    if not isinstance(data, dict):
+        raise KvbenchError(f"{where}: expected an object for {cls.__name__}")
+    nested = {
+        "latency": LatencySummary,
+        "batch_time": BatchTime,
+        "theory": Theory,
+        "boundary": Boundary,
+        "provisioning": Provisioning,
+    }
+    kwargs = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in names:
+            continue  # derived (midpoint) or added by a later minor version
+        if key in nested and value is not None:
+            value = _build(nested[key], value, f"{where}.{key}")
+        elif key == "probes":
+            value = [_build(Probe, p, f"{where}.probes[{i}]") for i, p in enumerate(value)]
+        elif key == "engines":
+            value = [_build(EngineResult, e, f"{where}.engines[{i}]") for i, e in enumerate(value)]
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise KvbenchError(f"{where}: {cls.__name__}: {err}") from None
+
+
+def load_results(path: Path) -> CompareResults:
+    """Read a results.json, checking its schema name and version."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise KvbenchError(f"{path}: cannot read: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise KvbenchError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise KvbenchError(f"{path}: not a kvbench compare results file (schema {SCHEMA!r})")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise KvbenchError(
+            f"{path}: schema_version {data.get('schema_version')!r} is not supported "
+            f"(this kvbench reads {SCHEMA_VERSION})"
+        )
+    return _build(CompareResults, data, str(path))

@@ -1,0 +1,103 @@
+"""The summary table's rows as plain, unescaped text, shared by every report format.
+
+Each exporter escapes these strings for its own format; nothing here knows about HTML or
+Markdown.
+"""
+
+from __future__ import annotations
+
+from kvbench.report.schema import CompareResults, EngineResult
+
+DASH = "—"
+
+SUMMARY_COLUMNS = [
+    ("engine", "engine"),
+    ("kind", "kind"),
+    ("replicas", "G"),
+    ("kv_tokens", "M (tokens)"),
+    ("batch_time", "b̄ (s)"),
+    ("mu", "μ theory (req/s)"),
+    ("mu_engine_aware", "μ engine-aware (req/s)"),
+    ("bracket", "λ* measured (req/s)"),
+    ("gap", "gap"),
+    ("engine_seconds", "engine-s"),
+    ("verdicts", "probes S/U/I"),
+    ("status", "status"),
+]
+
+
+def engine_name(engine: EngineResult) -> str:
+    """The label as shown everywhere: simulated and emulated engines say so."""
+    return f"{engine.label} ({engine.kind})" if engine.marked else engine.label
+
+
+def fmt_rate(value: float | None) -> str:
+    return DASH if value is None else f"{value:.3f}"
+
+
+def fmt_gap(value: float | None) -> str:
+    return DASH if value is None else f"{value:+.1f}%"
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return DASH
+    return f"{value:.4g}"
+
+
+def fmt_bracket(engine: EngineResult) -> str:
+    b = engine.boundary
+    if b is None or (b.lower is None and b.upper is None):
+        return DASH
+    lower = DASH if b.lower is None else f"{b.lower:.3f}"
+    upper = DASH if b.upper is None else f"{b.upper:.3f}"
+    return f"{lower} – {upper}" + ("" if b.converged else " (not converged)")
+
+
+def status_text(engine: EngineResult) -> str:
+    if engine.status == "ok":
+        return "ok"
+    return f"{engine.status.upper()}: {engine.error}" if engine.error else engine.status.upper()
+
+
+def summary_row(engine: EngineResult) -> dict[str, str]:
+    t = engine.theory
+    kv = engine.profile.get("kv_tokens") if engine.profile else None
+    counts = engine.verdict_counts
+    return {
+        "engine": engine_name(engine),
+        "kind": engine.kind,
+        "replicas": str(engine.replicas),
+        "kv_tokens": DASH if kv is None else f"{int(kv):,}",
+        "batch_time": DASH if engine.batch_time is None else f"{engine.batch_time.value:.4f}",
+        "mu": DASH if t is None else fmt_rate(t.mu),
+        "mu_engine_aware": DASH if t is None else fmt_rate(t.mu_engine_aware),
+        "bracket": fmt_bracket(engine),
+        "gap": fmt_gap(engine.gap_percent),
+        "engine_seconds": f"{engine.engine_seconds:.0f}",
+        "verdicts": "/".join(str(counts.get(v, 0)) for v in ("STABLE", "UNSTABLE", "INCONCLUSIVE")),
+        "status": status_text(engine),
+    }
+
+
+def summary_columns(results: CompareResults) -> list[tuple[str, str]]:
+    """The columns worth showing: engine-aware μ only when some engine has it."""
+    has_aware = any(e.theory and e.theory.mu_engine_aware is not None for e in results.engines)
+    return [c for c in SUMMARY_COLUMNS if c[0] != "mu_engine_aware" or has_aware]
+
+
+def provisioning_rows(results: CompareResults) -> list[dict[str, str]]:
+    rows = []
+    for e in results.engines:
+        p = e.provisioning
+        if p is None:
+            continue
+        rows.append(
+            {
+                "engine": engine_name(e),
+                "target": f"{p.target_rate:g} req/s at ρ = {p.utilization:g}",
+                "theory": str(p.replicas_theory),
+                "measured": DASH if p.replicas_measured is None else str(p.replicas_measured),
+            }
+        )
+    return rows

@@ -1,0 +1,391 @@
+"""Workloads: the joint law of (prompt length, output length), optionally with arrival timestamps.
+
+A workload is named by a spec or a file (`load_workload`):
+
+- `uniform:S_LO-S_HI,O_LO-O_HI`: s and o independent, discrete uniform on the inclusive ranges;
+- `fixed:S,O`: every request has prompt S and output O;
+- the paper's shorthands `pd-1:1`, `pd-2:1`, `pd-1:2` (prompt:decode ratios of the means);
+- `azure-conv`: the Azure LLM inference trace 2023, conversation service, shipped with kvbench
+  (kvbench/data/, CC-BY 4.0);
+- a trace file: CSV in the Azure schema (`TIMESTAMP,ContextTokens,GeneratedTokens`; the
+  columns `timestamp,prompt_len,output_len` are accepted too) or JSONL with one object per line
+  (`prompt_len`, `output_len`, optional `timestamp`).
+
+Trace timestamps are seconds (a number) or a date-time like `2023-11-16 18:15:46.6805900`
+(any number of fractional digits, optional `T`, optional `Z`/`±HH:MM`). They must not go
+backwards; `Workload.timestamps` holds them in seconds from the first arrival.
+Malformed input raises KvbenchError("<file>:<line>: <what is wrong>").
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from kvbench import validate
+from kvbench.errors import KvbenchError
+
+# The largest length accepted, so that g(s, o) ~ (s + o)² / 2 stays exact in int64.
+MAX_TOKENS = 10**9
+
+PAPER_SHORTHANDS: dict[str, str] = {
+    "pd-1:1": "uniform:10-1600,10-1600",
+    "pd-2:1": "uniform:10-2133,10-1066",
+    "pd-1:2": "uniform:10-1066,10-2133",
+}
+
+AZURE_CONV = "azure-conv"
+_PACKAGED_TRACES: dict[str, str] = {AZURE_CONV: "azure_llm_2023_conv.csv"}
+
+_SPEC_HELP = (
+    "expected uniform:S_LO-S_HI,O_LO-O_HI, fixed:S,O, "
+    + ", ".join(PAPER_SHORTHANDS)
+    + ", "
+    + ", ".join(_PACKAGED_TRACES)
+    + ", or a .csv/.jsonl trace file"
+)
+
+
+@dataclass(frozen=True)
+class UniformLengths:
+    """Independent discrete uniform prompt and output lengths on inclusive ranges (a fixed
+    length is a range of one value)."""
+
+    prompt_min: int
+    prompt_max: int
+    output_min: int
+    output_max: int
+
+    def prompt_support(self) -> np.ndarray:
+        return np.arange(self.prompt_min, self.prompt_max + 1, dtype=np.int64)
+
+    def output_support(self) -> np.ndarray:
+        return np.arange(self.output_min, self.output_max + 1, dtype=np.int64)
+
+
+class Workload(ABC):
+    """A source of (prompt_len, output_len) pairs; see the module docstring for the sources."""
+
+    name: str
+    #: seconds from the first arrival, one per row; None for synthetic laws and untimed traces
+    timestamps: np.ndarray | None = None
+
+    @property
+    @abstractmethod
+    def is_trace(self) -> bool:
+        """True when the workload is a table of recorded rows (`rows()` works)."""
+
+    @property
+    @abstractmethod
+    def max_request_tokens(self) -> int:
+        """The largest s + o a request can have (the theory's δ·M)."""
+
+    @abstractmethod
+    def draw(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """n i.i.d. (prompt_lens, output_lens), int64: from the law for synthetic workloads,
+        resampled with replacement from the rows for traces. Reproducible for a seed."""
+
+    @abstractmethod
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The trace's (prompt_lens, output_lens) in file order; KvbenchError for a synthetic
+        law, which has no rows (use `draw`)."""
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticWorkload(Workload):
+    name: str
+    law: UniformLengths
+
+    @property
+    def is_trace(self) -> bool:
+        return False
+
+    @property
+    def max_request_tokens(self) -> int:
+        return self.law.prompt_max + self.law.output_max
+
+    def draw(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        n = validate.non_negative_int(n, "number of requests")
+        rng = np.random.default_rng(validate.seed(seed))
+        law = self.law
+        prompts = rng.integers(law.prompt_min, law.prompt_max, size=n, endpoint=True, dtype=np.int64)
+        outputs = rng.integers(law.output_min, law.output_max, size=n, endpoint=True, dtype=np.int64)
+        return prompts, outputs
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        raise KvbenchError(f"workload {self.name} is a synthetic law with no rows; draw from it")
+
+
+@dataclass(frozen=True, eq=False)
+class TraceWorkload(Workload):
+    name: str
+    prompt_lens: np.ndarray
+    output_lens: np.ndarray
+    source: str
+    timestamps: np.ndarray | None = None
+
+    @property
+    def is_trace(self) -> bool:
+        return True
+
+    @property
+    def max_request_tokens(self) -> int:
+        return int((self.prompt_lens + self.output_lens).max())
+
+    def draw(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        n = validate.non_negative_int(n, "number of requests")
+        rng = np.random.default_rng(validate.seed(seed))
+        picks = rng.integers(0, len(self.prompt_lens), size=n)
+        return self.prompt_lens[picks], self.output_lens[picks]
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.prompt_lens.copy(), self.output_lens.copy()
+
+
+def load_workload(spec_or_path: str) -> Workload:
+    """The workload named by a spec, a shorthand, a packaged trace name or a trace file path."""
+    text = spec_or_path.strip()
+    if text in PAPER_SHORTHANDS:
+        return SyntheticWorkload(text, _parse_spec(PAPER_SHORTHANDS[text]))
+    if text.startswith(("uniform:", "fixed:")):
+        return SyntheticWorkload(text, _parse_spec(text))
+    if text in _PACKAGED_TRACES:
+        data = resources.files("kvbench").joinpath("data", _PACKAGED_TRACES[text])
+        return _parse_trace(data.read_bytes(), label=f"{text} (kvbench/data/{data.name})", name=text)
+    path = Path(spec_or_path)
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise KvbenchError(f"no such workload or file: {spec_or_path!r} ({_SPEC_HELP})") from None
+    except OSError as err:
+        raise KvbenchError(f"{spec_or_path}: cannot read: {err.strerror or err}") from None
+    return _parse_trace(content, label=str(path), name=path.stem, suffix=path.suffix.lower())
+
+
+# --- synthetic specs --------------------------------------------------------------------------
+
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def _parse_range(part: str, spec: str, what: str) -> tuple[int, int]:
+    match = _RANGE.match(part)
+    if not match:
+        raise KvbenchError(f"workload {spec!r}: {what} range {part.strip()!r} is not N or LO-HI")
+    lo = int(match.group(1))
+    hi = int(match.group(2)) if match.group(2) is not None else lo
+    if not 1 <= lo <= hi <= MAX_TOKENS:
+        raise KvbenchError(
+            f"workload {spec!r}: {what} range {lo}-{hi} must satisfy 1 <= LO <= HI <= {MAX_TOKENS}"
+        )
+    return lo, hi
+
+
+def _parse_spec(spec: str) -> UniformLengths:
+    kind, _, body = spec.partition(":")
+    parts = body.split(",")
+    if len(parts) != 2:
+        form = "uniform:S_LO-S_HI,O_LO-O_HI" if kind == "uniform" else "fixed:S,O"
+        raise KvbenchError(f"workload {spec!r}: expected {form}")
+    if kind == "fixed" and "-" in body:
+        raise KvbenchError(f"workload {spec!r}: fixed takes single lengths, e.g. fixed:512,128")
+    (s_lo, s_hi), (o_lo, o_hi) = (
+        _parse_range(parts[0], spec, "prompt"),
+        _parse_range(parts[1], spec, "output"),
+    )
+    return UniformLengths(s_lo, s_hi, o_lo, o_hi)
+
+
+# --- trace files ------------------------------------------------------------------------------
+
+_PROMPT_COLUMNS = ("contexttokens", "prompt_len")
+_OUTPUT_COLUMNS = ("generatedtokens", "output_len")
+_TIMESTAMP_COLUMNS = ("timestamp",)
+
+_DATETIME = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(Z|[+-]\d{2}:?\d{2})?$"
+)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# Numeric timestamps beyond this many seconds (about 30,000 years) are not times.
+_MAX_SECONDS = Decimal(10**12)
+
+
+def _parse_trace(content: bytes, *, label: str, name: str, suffix: str = "") -> TraceWorkload:
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = content.count(b"\n", 0, err.start) + 1
+        raise KvbenchError(f"{label}:{line}: not UTF-8 text") from None
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        is_jsonl = True
+    elif suffix == ".csv":
+        is_jsonl = False
+    else:
+        is_jsonl = text.lstrip().startswith("{")
+    prompts, outputs, stamps_ns = (_read_jsonl if is_jsonl else _read_csv)(text, label)
+    if not prompts:
+        raise KvbenchError(f"{label}: no requests in the file")
+    timestamps = None
+    if stamps_ns is not None:
+        first = stamps_ns[0]
+        # Subtract in integer nanoseconds, so epoch-sized stamps keep their sub-microsecond gaps.
+        timestamps = np.array([(t - first) / 1e9 for t in stamps_ns], dtype=np.float64)
+    return TraceWorkload(
+        name=name,
+        prompt_lens=np.array(prompts, dtype=np.int64),
+        output_lens=np.array(outputs, dtype=np.int64),
+        timestamps=timestamps,
+        source=label,
+    )
+
+
+def _length(value: object, where: str, what: str) -> int:
+    """A token count from a CSV cell (str) or a JSON value."""
+    if isinstance(value, str):
+        cell = value.strip()
+        if not cell.isascii() or not cell.isdigit():
+            raise KvbenchError(f"{where}: {what} {value!r} is not a non-negative integer")
+        number = int(cell)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    else:
+        raise KvbenchError(f"{where}: {what} {value!r} is not an integer")
+    if number < 1:
+        raise KvbenchError(f"{where}: {what} must be at least 1, got {number}")
+    if number > MAX_TOKENS:
+        raise KvbenchError(f"{where}: {what} {number} exceeds {MAX_TOKENS} tokens")
+    return number
+
+
+def _timestamp_ns(value: object, where: str) -> int:
+    """Integer nanoseconds since the Unix epoch (or since an arbitrary origin for plain seconds)."""
+    if isinstance(value, bool) or value is None:
+        raise KvbenchError(f"{where}: timestamp {value!r} is not a time")
+    if isinstance(value, (int, float)):
+        value = repr(value)
+    if not isinstance(value, str):
+        raise KvbenchError(f"{where}: timestamp {value!r} is not a time")
+    cell = value.strip()
+    match = _DATETIME.match(cell) if cell.isascii() else None
+    if match:
+        year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+        fraction, zone = match.group(7) or "", match.group(8)
+        try:
+            tz = dt.timezone.utc
+            if zone and zone != "Z":
+                sign = -1 if zone[0] == "-" else 1
+                hh, mm = int(zone[1:3]), int(zone[-2:])
+                tz = dt.timezone(sign * dt.timedelta(hours=hh, minutes=mm))
+            moment = dt.datetime(year, month, day, hour, minute, second, tzinfo=tz)
+        except ValueError as err:
+            raise KvbenchError(f"{where}: timestamp {cell!r} is not a valid date-time: {err}") from None
+        whole_seconds = (moment - _EPOCH) // dt.timedelta(seconds=1)
+        return whole_seconds * 10**9 + int(fraction[:9].ljust(9, "0"))
+    try:
+        seconds = Decimal(cell)
+    except InvalidOperation:
+        seconds = None
+    if seconds is None or not seconds.is_finite() or abs(seconds) > _MAX_SECONDS:
+        raise KvbenchError(
+            f"{where}: timestamp {cell!r} is neither seconds nor a date-time like "
+            "2023-11-16 18:15:46.68059"
+        )
+    return int(seconds * 10**9)
+
+
+def _check_order(stamps: list[int], where: str) -> None:
+    if len(stamps) > 1 and stamps[-1] < stamps[-2]:
+        raise KvbenchError(f"{where}: timestamp is earlier than the previous request's")
+
+
+def _find_column(header: list[str], names: tuple[str, ...]) -> int | None:
+    normalized = [cell.strip().lower() for cell in header]
+    for name in names:
+        if name in normalized:
+            return normalized.index(name)
+    return None
+
+
+def _read_csv(text: str, label: str) -> tuple[list[int], list[int], list[int] | None]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    prompts: list[int] = []
+    outputs: list[int] = []
+    stamps: list[int] = []
+    header: list[str] | None = None
+    try:
+        for row in reader:
+            where = f"{label}:{reader.line_num}"
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if header is None:
+                header = row
+                prompt_col = _find_column(header, _PROMPT_COLUMNS)
+                output_col = _find_column(header, _OUTPUT_COLUMNS)
+                time_col = _find_column(header, _TIMESTAMP_COLUMNS)
+                missing = []
+                if prompt_col is None:
+                    missing.append("the prompt length (ContextTokens or prompt_len)")
+                if output_col is None:
+                    missing.append("the output length (GeneratedTokens or output_len)")
+                if missing:
+                    raise KvbenchError(f"{where}: header lacks a column for {' and '.join(missing)}")
+                continue
+            if len(row) != len(header):
+                raise KvbenchError(f"{where}: expected {len(header)} fields, found {len(row)}")
+            prompts.append(_length(row[prompt_col], where, "prompt length"))
+            outputs.append(_length(row[output_col], where, "output length"))
+            if time_col is not None:
+                stamps.append(_timestamp_ns(row[time_col], where))
+                _check_order(stamps, where)
+    except csv.Error as err:
+        raise KvbenchError(f"{label}:{reader.line_num}: malformed CSV: {err}") from None
+    if header is None:
+        raise KvbenchError(f"{label}: empty file")
+    return prompts, outputs, (stamps if time_col is not None else None)
+
+
+def _read_jsonl(text: str, label: str) -> tuple[list[int], list[int], list[int] | None]:
+    prompts: list[int] = []
+    outputs: list[int] = []
+    stamps: list[int] = []
+    timed: bool | None = None
+    for number, line in enumerate(text.split("\n"), start=1):
+        where = f"{label}:{number}"
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as err:
+            reason = err.msg if isinstance(err, json.JSONDecodeError) else type(err).__name__
+            raise KvbenchError(f"{where}: not a JSON object ({reason})") from None
+        if not isinstance(record, dict):
+            raise KvbenchError(f"{where}: expected a JSON object, found {type(record).__name__}")
+        for key in ("prompt_len", "output_len"):
+            if key not in record:
+                raise KvbenchError(f"{where}: missing {key!r}")
+        prompts.append(_length(record["prompt_len"], where, "prompt_len"))
+        outputs.append(_length(record["output_len"], where, "output_len"))
+        has_time = "timestamp" in record
+        if timed is None:
+            timed = has_time
+        elif has_time != timed:
+            raise KvbenchError(
+                f"{where}: 'timestamp' must be on every line or on none "
+                f"(the first request {'has' if timed else 'has none'})"
+            )
+        if has_time:
+            stamps.append(_timestamp_ns(record["timestamp"], where))
+            _check_order(stamps, where)
+    return prompts, outputs, (stamps if timed else None)

@@ -1,0 +1,152 @@
+"""The engine-aware bounds, pinned to hand-computed cases."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvbench.engine_theory import (
+    LengthLaw,
+    engine_aware_mu,
+    head_of_line_gap,
+    paged,
+    paged_lifetime_memory,
+)
+from kvbench.errors import KvbenchError
+from kvbench.profile import UNLIMITED, IterationTimeModel, build_profile
+
+
+def _brute_g(s: int, o: int, chunk: int, page: int) -> int:
+    """Step by step: each prefill iteration adds a chunk, each decode iteration one token; the
+    request holds its tokens rounded up to pages in every iteration."""
+    held, area = 0, 0
+    while held < s:
+        held = min(held + chunk, s)
+        area += math.ceil(held / page) * page
+    for _ in range(o):
+        held += 1
+        area += math.ceil(held / page) * page
+    return area
+
+
+def test_paged_lifetime_memory_by_hand():
+    # s=5, o=3, ŝ=4, pages of 4: prefill holds 4 → 4, then 5 → 8; decode 6, 7, 8 → 8 each.
+    assert paged_lifetime_memory(np.array([5]), np.array([3]), 4, 4)[0] == 4 + 8 + 3 * 8
+    # Token-exact: 4 + 5, then 6 + 7 + 8.
+    assert paged_lifetime_memory(np.array([5]), np.array([3]), 4, 1)[0] == 9 + 21
+    # The paper's closed form when ŝ divides s: [(1 + s/ŝ)·s + 2·o·s + (1+o)·o] / 2 = 31.
+    assert paged_lifetime_memory(np.array([8]), np.array([2]), 4, 1)[0] == 31
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    s=st.integers(1, 3000),
+    o=st.integers(1, 400),
+    chunk=st.sampled_from([1, 7, 64, 512]),
+    page=st.sampled_from([1, 16, 32]),
+)
+def test_paged_lifetime_memory_matches_brute_force(s, o, chunk, page):
+    assert paged_lifetime_memory(np.array([s]), np.array([o]), chunk, page)[0] == _brute_g(s, o, chunk, page)
+
+
+def test_paged_rounds_up_to_pages():
+    assert list(paged(np.array([1, 16, 17, 32, 33]), 16)) == [16, 16, 32, 32, 48]
+
+
+def test_head_of_line_gap():
+    law = LengthLaw.fixed(100, 10)
+    assert head_of_line_gap(np.array([300]), law) == 150.0  # fixed need c: c/2
+    # Needs 1 and 3 equally likely: E[c²]/(2E[c]) = 5 / 4.
+    two = LengthLaw.sample([1, 3], [1, 1])
+    assert head_of_line_gap(np.array([1, 3]), two) == pytest.approx(1.25)
+
+
+def _const(b: float) -> IterationTimeModel:
+    return IterationTimeModel.constant(b)
+
+
+def test_trtllm_reservation_bound_by_hand():
+    # s=100, o=50, ŝ=64, pages of 32: reserves page(150) = 160 tokens for 2 + 50 = 52 iterations;
+    # the head-of-line gap of a fixed 160-token need is 80.
+    prof = build_profile(
+        "trtllm", kv_tokens=16_000, chunk_size=64, block_size=32, iteration_time=_const(0.02)
+    )
+    pred = engine_aware_mu(prof, LengthLaw.fixed(100, 50))
+    per_it = (16_000 - 80) / (160 * 52)
+    assert pred.binding == "reservation"
+    assert pred.mu == pytest.approx(per_it / 0.02, rel=1e-12)
+    # A max_tokens cap of 200 reserves page(300) = 320 tokens instead (gap 160).
+    capped = engine_aware_mu(prof.replace(max_tokens_cap=200), LengthLaw.fixed(100, 50))
+    assert capped.mu == pytest.approx((16_000 - 160) / (320 * 52) / 0.02, rel=1e-12)
+
+
+def test_vllm_memory_bound_with_pages_by_hand():
+    # s=5, o=3, ŝ=4, pages of 4 → g = 36 token·iterations; first need page(min(5,4)) = 4, gap 2.
+    prof = build_profile(
+        "vllm", kv_tokens=1_000, chunk_size=4, block_size=4, iteration_time=_const(0.01),
+        token_budget=UNLIMITED, max_running=UNLIMITED,
+    )
+    pred = engine_aware_mu(prof, LengthLaw.fixed(5, 3))
+    assert pred.binding == "memory"
+    assert pred.mu == pytest.approx((1_000 - 2) / 36 / 0.01, rel=1e-12)
+    # Measured preemption waste adds to the area each request costs.
+    wasted = engine_aware_mu(prof, LengthLaw.fixed(5, 3), waste_per_request=4.0)
+    assert wasted.mu == pytest.approx((1_000 - 2) / 40 / 0.01, rel=1e-12)
+
+
+def test_token_budget_bound_and_its_fixed_point():
+    # Long prompts: s = 4000, o = 10. vLLM's budget of 2048 tokens binds: λ_it = 2048 / 4010.
+    model = IterationTimeModel(c0=0.01, c1=2e-5, c2=1e-7)
+    prof = build_profile("vllm", kv_tokens=131_000, chunk_size=512, iteration_time=model)
+    law = LengthLaw.fixed(4000, 10)
+    pred = engine_aware_mu(prof, law)
+    assert pred.binding == "token budget"
+    per_it = 2048 / 4010
+    g = paged_lifetime_memory(np.array([4000]), np.array([10]), 512, 16)[0]
+    b = 0.01 + 2e-5 * 2048 + 1e-7 * per_it * g
+    assert pred.mu == pytest.approx(per_it / b, rel=1e-12)
+    # The fixed point: b is the model's time at the batch the rate μ itself implies.
+    bb = pred.binding_bound
+    assert bb.iteration_time == pytest.approx(
+        model.mean_time(pred.mu * bb.iteration_time * 4010, pred.mu * bb.iteration_time * g)
+    )
+
+
+def test_running_cap_bound_by_hand():
+    # Short prompts, long outputs, 4 running slots: a request runs ⌈16/512⌉ + 100 = 101 iterations.
+    prof = build_profile(
+        "vllm", kv_tokens=131_000, chunk_size=512, max_running=4, iteration_time=_const(0.03)
+    )
+    pred = engine_aware_mu(prof, LengthLaw.fixed(16, 100))
+    assert pred.binding == "running cap"
+    assert pred.mu == pytest.approx(4 / 101 / 0.03, rel=1e-12)
+    assert {b.name for b in pred.bounds} == {"memory", "token budget", "running cap"}
+
+
+def test_ideal_rule_is_the_paper_bound_less_the_head_of_line_gap():
+    # pd-1:1 with the paper's b̄: the paper's μ is 3.263 req/s (SPEC §1); the ideal rule has no
+    # budget, cap or pages, so only the gap E[c²]/(2E[c]) of first chunks c = min(s, 512) differs.
+    law = LengthLaw.uniform(10, 1600, 10, 1600)
+    prof = build_profile("ideal", iteration_time=_const(0.0372))
+    pred = engine_aware_mu(prof, law)
+    g = law.mean(paged_lifetime_memory(law.prompt, law.output, 512, 1).astype(float))
+    c = np.minimum(law.prompt, 512).astype(float)
+    gap = law.mean(c**2) / (2 * law.mean(c))
+    assert pred.binding == "memory" and len(pred.bounds) == 1
+    assert pred.mu == pytest.approx((131_000 - gap) / (0.0372 * g), rel=1e-12)
+    assert 131_000 / (0.0372 * g) == pytest.approx(3.263, abs=1e-3)  # exact g: 4th digit differs
+
+
+def test_trace_law_carries_a_standard_error():
+    rng = np.random.default_rng(0)
+    law = LengthLaw.sample(rng.integers(10, 2000, 500), rng.integers(10, 500, 500))
+    pred = engine_aware_mu(build_profile("vllm"), law)
+    g = paged_lifetime_memory(law.prompt, law.output, 512, 16).astype(float)
+    assert pred.mu_stderr / pred.mu == pytest.approx(np.std(g, ddof=1) / np.sqrt(500) / g.mean(), rel=1e-9)
+
+
+def test_a_request_larger_than_memory_is_an_error():
+    with pytest.raises(KvbenchError, match="does not fit"):
+        engine_aware_mu(build_profile("vllm", kv_tokens=1_000), LengthLaw.fixed(900, 200))
