@@ -31,7 +31,7 @@ its own admission reserve; `_separate_bounds` explains how that changes the coun
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,6 +53,9 @@ class LengthLaw:
     weight: np.ndarray
     exact: bool
     name: str = ""
+    # Per-(chunk, page) request quantities, computed once per law: the support can be millions
+    # of points (pd-1:1 has 1591²).
+    _lives: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def sample(cls, prompt, output, name: str = "") -> LengthLaw:
@@ -218,6 +221,13 @@ class RequestLives:
 
 
 def request_lives(law: LengthLaw, chunk: int, page: int) -> RequestLives:
+    cached = law._lives.get((chunk, page))
+    if cached is None:
+        cached = law._lives[(chunk, page)] = _request_lives(law, chunk, page)
+    return cached
+
+
+def _request_lives(law: LengthLaw, chunk: int, page: int) -> RequestLives:
     s, o = law.prompt, law.output
     decodes = o - 1
     chunks = -(-s // chunk)
