@@ -54,13 +54,13 @@ def saturated_run(
     order = np.argsort(finished, kind="stable")
     times = finished[order]
     k1, k2 = (int(f * num_prompts) for f in WINDOW)
-    # Equal numbers of completions per batch: rate = K / ΣT_j, and se by the delta method.
-    edges = np.linspace(k1, k2, _BATCHES + 1).round().astype(int)
-    spans = np.diff(times[edges])
-    counts = np.diff(edges)
-    rate = float(counts.sum() / spans.sum())
-    per_batch = counts / spans
-    rate_se = float(np.std(per_batch, ddof=1) / math.sqrt(_BATCHES))
+    span = times[k2] - times[k1]
+    if not span > 0:
+        raise KvbenchError("saturated run: no time passed in the steady window")
+    rate = float((k2 - k1) / span)
+    # Batch means over equal slices of time (completions can coincide, so not of counts).
+    counts, _ = np.histogram(times[k1:k2], bins=_BATCHES, range=(times[k1], times[k2]))
+    rate_se = float(np.std(counts / (span / _BATCHES), ddof=1) / math.sqrt(_BATCHES))
 
     series = result.timeseries
     start = series["time"].to_numpy()
