@@ -31,9 +31,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from kvbench.cli import theory
+    from kvbench.cli import emulate, theory
 
     cli.add_command(theory.theory)
+    cli.add_command(emulate.emulate)
     cli.add_command(theory.provision)
 
 
