@@ -37,7 +37,10 @@ def _evaluate(
     workload = load_workload(workload_spec)
     if batch_time is None:
         batch_time = model.PAPER_BATCH_TIMES.get(workload.name, model.PAPER_BATCH_TIME)
-        source = f"paper's b̄ for {workload.name}" if workload.name in model.PAPER_BATCH_TIMES else "paper's b̄ for pd-1:1"
+        if workload.name in model.PAPER_BATCH_TIMES:
+            source = f"paper's b̄ for {workload.name}"
+        else:
+            source = "default: the paper's pd-1:1 b̄; set --batch-time"
     else:
         source = "given"
     result = model.evaluate(
