@@ -55,6 +55,7 @@ class StabilityResult:
     confidence: float
     tolerance: float
     warmup_end: float
+    rate_window_start: float
     end: float
     slope: float
     slope_lo: float
@@ -101,7 +102,7 @@ def stability_verdict(
     enter = np.ascontiguousarray(enter, dtype=np.float64)
     leave = np.ascontiguousarray(leave, dtype=np.float64)
     a = _core.analyze_queue(enter, leave, float(end), confidence)
-    steady_departures = int(np.count_nonzero((leave >= a.warmup_end) & (leave < end)))
+    steady_departures = int(np.count_nonzero((leave >= a.rate_window_start) & (leave < end)))
     grows = a.slope_lo > 0.0
     # Against what was actually offered in the window when fewer arrived than λ by chance: a
     # stable engine completes what arrives, not λ.
@@ -135,6 +136,7 @@ def stability_verdict(
         confidence=confidence,
         tolerance=tolerance,
         warmup_end=a.warmup_end,
+        rate_window_start=a.rate_window_start,
         end=a.end,
         slope=a.slope,
         slope_lo=a.slope_lo,
