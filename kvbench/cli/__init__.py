@@ -31,10 +31,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from kvbench.cli import theory
+    from kvbench.cli import calibrate, emulate, theory
 
     cli.add_command(theory.theory)
+    cli.add_command(emulate.emulate)
     cli.add_command(theory.provision)
+    cli.add_command(calibrate.calibrate)
 
 
 _register()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from kvbench import theory as model
-from kvbench.calibration import IterationTimeFit, load_fit
+from kvbench.calibration import IterationTimeFit, load_calibration
 from kvbench.cli import options
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.profile import PAPER_A100, UNLIMITED, EngineProfile, IterationTimeModel, build_profile
@@ -37,7 +37,10 @@ def _evaluate(
     workload = load_workload(workload_spec)
     if batch_time is None:
         batch_time = model.PAPER_BATCH_TIMES.get(workload.name, model.PAPER_BATCH_TIME)
-        source = f"paper's b̄ for {workload.name}" if workload.name in model.PAPER_BATCH_TIMES else "paper's b̄ for pd-1:1"
+        if workload.name in model.PAPER_BATCH_TIMES:
+            source = f"paper's b̄ for {workload.name}"
+        else:
+            source = "default: the paper's pd-1:1 b̄; set --batch-time"
     else:
         source = "given"
     result = model.evaluate(
@@ -94,7 +97,8 @@ Examples:
     type=click.Path(dir_okay=False),
     default=None,
     metavar="FILE",
-    help="Iteration-time model fitted by `kvbench calibrate --output FILE` (with --engine).",
+    help="Iteration-time model fitted by `kvbench calibrate --output FILE` (with --engine); its "
+    "measured preemption waste too, unless --preemption-waste is given.",
 )
 @click.option(
     "--preemption-waste",
@@ -186,9 +190,12 @@ def _engine_theory(
     )
     fit: IterationTimeFit | None = None
     if iteration_model_path is not None:
-        fit = load_fit(iteration_model_path)
+        calibration = load_calibration(iteration_model_path)
+        fit = calibration.fit
         iteration = fit.model()
         b_source = f"fitted model ({iteration_model_path})"
+        if preemption_waste is None:
+            preemption_waste = calibration.preemption_waste
     elif batch_time is not None:
         iteration = IterationTimeModel.constant(batch_time)
         b_source = "given, constant"
