@@ -31,12 +31,13 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from kvbench.cli import calibrate, emulate, theory
+    from kvbench.cli import calibrate, emulate, simulate, theory
 
     cli.add_command(theory.theory)
     cli.add_command(emulate.emulate)
     cli.add_command(theory.provision)
     cli.add_command(calibrate.calibrate)
+    cli.add_command(simulate.simulate)
 
 
 _register()

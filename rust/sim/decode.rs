@@ -20,6 +20,8 @@ pub struct DecodeSet {
     pub step: i64,
     /// Σ (computed − step at entry) over members: Σ computed = sum_offset + len·step.
     sum_offset: i64,
+    /// Σ (output − generated offset) over members: Σ remaining output = this − len·step.
+    sum_remaining_offset: i64,
     /// Members per residue (computed − step at entry) mod block: those whose KV fills whole
     /// pages at a step need a new page for it.
     residues: Vec<i64>,
@@ -35,6 +37,7 @@ impl DecodeSet {
             page,
             step: 0,
             sum_offset: 0,
+            sum_remaining_offset: 0,
             residues: vec![0; page.size() as usize],
             finishes: BinaryHeap::new(),
             members: Vec::new(),
@@ -50,6 +53,12 @@ impl DecodeSet {
     #[inline]
     pub fn kv_tokens(&self) -> i64 {
         self.sum_offset + self.len() * self.step
+    }
+
+    /// Σ output tokens members have still to emit.
+    #[inline]
+    pub fn remaining_output(&self) -> i64 {
+        self.sum_remaining_offset - self.len() * self.step
     }
 
     /// Pages the next step needs: one per member whose KV exactly fills its pages.
@@ -86,6 +95,7 @@ impl DecodeSet {
         r.computed -= self.step;
         r.generated -= self.step;
         self.sum_offset += r.computed;
+        self.sum_remaining_offset += r.output - r.generated;
         self.residues[self.page.residue(r.computed)] += 1;
         r.pos = self.members.len() as u32;
         self.members.push(slot);
@@ -98,6 +108,7 @@ impl DecodeSet {
     pub fn leave(&mut self, slot: u32, slab: &mut [Slot]) {
         let r = &mut slab[slot as usize];
         self.sum_offset -= r.computed;
+        self.sum_remaining_offset -= r.output - r.generated;
         self.residues[self.page.residue(r.computed)] -= 1;
         r.computed += self.step;
         r.generated += self.step;

@@ -38,6 +38,8 @@ pub struct Engine {
     admission_order: Vec<(u64, u32)>,
     next_seq: u64,
     running: i64,
+    /// Running requests whose output exceeds SGLang's clip (then the reserve needs a scan).
+    long_outputs_running: i64,
     /// TensorRT-LLM: pages reserved by running requests for their whole lifetime.
     reserved_pages: i64,
     /// SGLang's new_token_ratio and its per-decode-step decay.
@@ -79,6 +81,7 @@ impl Engine {
             admission_order: Vec::new(),
             next_seq: 0,
             running: 0,
+            long_outputs_running: 0,
             reserved_pages: 0,
             rng: Pcg64Mcg::seed_from_u64(seed),
             noise,
@@ -345,19 +348,35 @@ impl Engine {
         }
     }
 
-    /// Σ over running requests of their remaining output, clipped as SGLang clips it.
+    /// Σ over running requests of their remaining output, clipped as SGLang clips it. Without
+    /// outputs long enough for the clip to matter the decode set's running sum gives it in O(1).
     fn remaining_output_clipped(&self) -> f64 {
-        let mut total = 0i64;
-        for &s in &self.decode.members {
-            let r = &self.slab[s as usize];
-            let (_, generated) = self.decode.progress(r);
-            total += (r.output - generated).min(SGLANG_CLIP_MAX_NEW_TOKENS);
-        }
+        let scan = || -> i64 {
+            self.decode
+                .members
+                .iter()
+                .map(|&s| {
+                    let r = &self.slab[s as usize];
+                    (r.output - self.decode.progress(r).1).min(SGLANG_CLIP_MAX_NEW_TOKENS)
+                })
+                .sum()
+        };
+        let mut total = if self.long_outputs_running == 0 {
+            debug_assert_eq!(self.decode.remaining_output(), scan());
+            self.decode.remaining_output()
+        } else {
+            scan()
+        };
         for &s in &self.prefilling {
             let r = &self.slab[s as usize];
             total += (r.output - r.generated).min(SGLANG_CLIP_MAX_NEW_TOKENS);
         }
         total as f64
+    }
+
+    #[inline]
+    fn is_long(&self, s: u32) -> i64 {
+        (self.slab[s as usize].output > SGLANG_CLIP_MAX_NEW_TOKENS) as i64
     }
 
     /// Moves an admitted request into the running set, with `chunk` tokens this iteration.
@@ -370,6 +389,7 @@ impl Engine {
             self.admission_order.retain(|&(q, i)| slab[i as usize].seq == q);
         }
         self.running += 1;
+        self.long_outputs_running += self.is_long(s);
         let computed = self.slab[s as usize].computed;
         self.used_pages += self.pages(computed);
         let r = &mut self.slab[s as usize];
@@ -465,6 +485,7 @@ impl Engine {
         r.phase = Phase::Waiting;
         r.seq = NOT_RUNNING;
         self.running -= 1;
+        self.long_outputs_running -= (r.output > SGLANG_CLIP_MAX_NEW_TOKENS) as i64;
         self.preemptions += 1;
         obs.preempted(r.id, now, r.generated);
         if to_front {
@@ -657,6 +678,7 @@ impl Engine {
         r.phase = Phase::Done;
         r.seq = NOT_RUNNING;
         self.running -= 1;
+        self.long_outputs_running -= (r.output > SGLANG_CLIP_MAX_NEW_TOKENS) as i64;
         self.completed += 1;
         obs.finished(r.id, t, r.generated);
         self.free_slots.push(s);

@@ -301,3 +301,25 @@ fn quiet_stretches_change_nothing() {
         }
     }
 }
+
+/// SGLang's reserve clips each remaining output at 4096: with some longer outputs running the
+/// engine scans, otherwise it uses the running sum (checked against the scan in debug builds).
+#[test]
+fn sglang_with_outputs_beyond_the_clip() {
+    let mut e = Engine::new(profile(Rule::Sglang, 60_000, 1, 512, 2048, 4096), 0);
+    let mut log = Log::default();
+    let mut rng = Pcg64Mcg::seed_from_u64(5);
+    let mut outputs = Vec::new();
+    for id in 0..120u64 {
+        let o = if id % 10 == 0 { rng.random_range(4097..9000) } else { rng.random_range(1..2000) };
+        outputs.push(o);
+        let t = id as f64 * 2.0;
+        e.advance(t, &mut log);
+        e.add_request(id, rng.random_range(1..3000), o, t).unwrap();
+    }
+    e.advance(f64::INFINITY, &mut log);
+    for (id, &o) in outputs.iter().enumerate() {
+        assert_eq!(log.tokens[&(id as u64)].len() as i64, o);
+    }
+    assert!(log.iterations.iter().all(|i| i.kv_used <= 60_000));
+}
