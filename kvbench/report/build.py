@@ -6,7 +6,6 @@ records and samples), so `kvbench report DIR` rebuilds exactly what `kvbench com
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from kvbench.errors import KvbenchError
+from kvbench.theory import replicas_needed
 from kvbench.report import raw
 from kvbench.report.runs import read_run
 from kvbench.report.schema import (
@@ -106,11 +106,6 @@ def _probe(directory: Path, raw_probe: dict[str, Any], kv_capacity: float | None
     if probe.verdict not in VERDICTS:
         raise KvbenchError(f"{directory / raw_probe['run_dir']}: unknown verdict {probe.verdict!r}")
     return probe, samples
-
-
-def replicas_needed(rate: float, per_replica: float, utilization: float) -> int:
-    """G = ⌈λ / (ρ·μ)⌉ (SPEC §1)."""
-    return max(1, math.ceil(rate / (utilization * per_replica) - 1e-12))
 
 
 def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
