@@ -28,11 +28,13 @@ from kvbench import validate
 from kvbench.errors import KvbenchError
 from kvbench.workload import SyntheticWorkload, Workload
 
-# The paper's setting: Llama-3-8B on an A100 with vLLM v1, pd-1:1 (SPEC §1).
+# The paper's setting: Llama-3-8B on an A100 with vLLM v1 (SPEC §1). b̄ was measured per
+# workload (median iteration time near saturation), so each shorthand has its own.
 PAPER_WORKLOAD = "pd-1:1"
 PAPER_KV_TOKENS = 131_000
 PAPER_CHUNK_SIZE = 512
-PAPER_BATCH_TIME = 0.0372
+PAPER_BATCH_TIMES: dict[str, float] = {"pd-1:1": 0.0372, "pd-2:1": 0.0430, "pd-1:2": 0.0337}
+PAPER_BATCH_TIME = PAPER_BATCH_TIMES[PAPER_WORKLOAD]
 
 
 def lifetime_memory(s, o, chunk_size: int) -> np.ndarray:
@@ -172,6 +174,37 @@ class TheoryResult:
     delta: float
     mu_lower: float
     verdict: Verdict | None
+
+    @property
+    def mu_exact(self) -> float:
+        return self.mu_other_form if self.closed_form else self.mu
+
+    @property
+    def mu_closed_form(self) -> float:
+        return self.mu if self.closed_form else self.mu_other_form
+
+    def as_record(self) -> dict:
+        """Flat, JSON-ready fields (the `--json` output of `kvbench theory`)."""
+        record = {
+            "model": "paper",
+            "workload": self.workload,
+            "kv_tokens": self.kv_tokens,
+            "chunk_size": self.chunk_size,
+            "batch_time": self.batch_time,
+            "g": "closed-form" if self.closed_form else "exact",
+            "expected_g": self.expected_g.mean,
+            "expected_g_stderr": self.expected_g.stderr,
+            "mu": self.mu,
+            "mu_stderr": self.mu_stderr,
+            "mu_closed_form": self.mu_closed_form,
+            "mu_exact": self.mu_exact,
+            "delta": self.delta,
+            "mu_lower": self.mu_lower,
+        }
+        if self.verdict is not None:
+            record["request_rate"] = self.verdict.rate
+            record["verdict"] = self.verdict.stability.value
+        return record
 
 
 def evaluate(

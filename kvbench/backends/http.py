@@ -1,0 +1,282 @@
+"""The part every HTTP engine backend shares: the run loop (driver + state scraper), profile
+discovery plumbing, and the per-engine hooks an adapter fills in.
+
+An adapter (vllm.py, sglang.py, trtllm.py) supplies three things in its engine's own terms: the
+completion request body (one whitelist per engine: TensorRT-LLM rejects unknown fields), a
+scrape of server state, and the profile it can read from the server. Emulators mark every
+response with the `X-Kvbench-Emulated` header, so a backend attached to one labels itself
+emulated and its results are never shown as an engine's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from abc import abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from kvbench.backends.base import (
+    Backend,
+    BackendKind,
+    DiscoveredProfile,
+    EventSink,
+    QueueSample,
+    RequestSpec,
+)
+from kvbench.backends.client import ServerClient
+from kvbench.backends.driver import HttpDriver
+from kvbench.errors import KvbenchError
+
+# Prompt token ids are drawn fresh per request from this range: valid in every common vocabulary
+# of ≥ 32k ids and clear of special ids, so prefix caching never shares work (engines.md §4 #1).
+TOKEN_ID_RANGE = (1000, 30000)
+EMULATED_HEADER = "X-Kvbench-Emulated"
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """One reading of server state; `time` is wall-clock epoch seconds (the server's own
+    timestamp where the engine gives one, else when the answer arrived)."""
+
+    time: float
+    waiting: int | None = None
+    running: int | None = None
+    kv_used_tokens: float | None = None
+    kv_usage: float | None = None
+    preemptions_total: int | None = None
+
+
+@dataclass
+class ScrapeLog:
+    """What the state scraper saw besides states: errors and, for draining endpoints, gaps."""
+
+    scrapes: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    first_error: str | None = None
+    missing_iterations: int = 0  # TensorRT-LLM: iterations lost between two drains
+
+    def error(self, message: str, kind: str = "scrape_error") -> None:
+        self.errors[kind] += 1
+        if self.first_error is None:
+            self.first_error = message
+
+
+class HttpBackend(Backend):
+    """An engine reached over HTTP at `url` (attached, or launched by kvbench.backends.launch)."""
+
+    kind: BackendKind = "real"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str | None = None,
+        settings: dict[str, Any] | None = None,
+        settings_source: str = "launch command",
+        scrape_period: float = 0.25,
+        request_timeout: float | None = None,
+        seed: int = 0,
+        server=None,
+    ):
+        self.url = url.rstrip("/")
+        self.model = model
+        self.settings = dict(settings or {})
+        self.settings_source = settings_source
+        self.scrape_period = scrape_period
+        self.request_timeout = request_timeout
+        self.seed = seed
+        self.server = server  # a launch.LaunchedServer this backend owns, stopped on close()
+        self.failures: Counter[str] = Counter()
+        self.failure_examples: dict[str, str] = {}
+        self.scrape_log = ScrapeLog()
+        self.schedule_lag: np.ndarray | None = None
+
+    # ---- engine hooks ---------------------------------------------------------------------
+
+    @abstractmethod
+    def completion_body(self, model: str, prompt: list[int], output_len: int) -> dict:
+        """The /v1/completions body: prompt as token ids, exactly `output_len` tokens, streamed
+        with usage."""
+
+    @abstractmethod
+    async def scrape(self, client: ServerClient) -> list[ServerState]:
+        """Read server state now (several states when the engine hands over a history)."""
+
+    @abstractmethod
+    async def read_profile(self, client: ServerClient) -> DiscoveredProfile:
+        """Read the engine profile from the server (and the launch settings)."""
+
+    # ---- shared plumbing ------------------------------------------------------------------
+
+    def _run(self, coro):
+        try:
+            import uvloop
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(coro)
+        except ImportError:
+            return asyncio.run(coro)
+
+    def _session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def _prepare(self, client: ServerClient) -> None:
+        """Model id from /v1/models when not given, and whether the server is an emulator."""
+        url = client.url("/v1/models")
+        try:
+            async with client.session.get(url, timeout=client.timeout) as resp:
+                if resp.headers.get(EMULATED_HEADER):
+                    self.kind = "emulated"
+                body = await resp.text()
+                if resp.status != 200:
+                    raise KvbenchError(f"{url}: HTTP {resp.status}: {body[:200].strip()}")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+            raise KvbenchError(f"{url}: cannot reach the engine ({type(err).__name__}: {err})") from None
+        if self.model is None:
+            try:
+                self.model = json.loads(body)["data"][0]["id"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise KvbenchError(f"{url}: no model id in the answer: {body[:200]}") from None
+
+    def discover_profile(self) -> DiscoveredProfile:
+        async def go():
+            async with self._session() as session:
+                client = ServerClient(session, self.url)
+                await self._prepare(client)
+                return await self.read_profile(client)
+
+        return self._run(go())
+
+    def execute(self, requests: list[RequestSpec], sink: EventSink, *, duration: float) -> None:
+        self._run(self._execute(requests, sink, duration))
+
+    async def _execute(self, requests: list[RequestSpec], sink: EventSink, duration: float):
+        rng = np.random.default_rng(self.seed)
+        lo, hi = TOKEN_ID_RANGE
+
+        def make_body(spec: RequestSpec) -> bytes:
+            prompt = rng.integers(lo, hi, size=spec.prompt_len).tolist()
+            return json.dumps(self.completion_body(self.model, prompt, spec.output_len)).encode()
+
+        lags: list[float] = []
+
+        class LagSink:
+            def request(self, record):
+                if record.sent is not None:
+                    lags.append(record.sent - record.intended_send)
+                sink.request(record)
+
+            def sample(self, s):
+                sink.sample(s)
+
+        async with self._session() as session:
+            client = ServerClient(session, self.url, timeout=max(10.0, 4 * self.scrape_period))
+            await self._prepare(client)
+            loop = asyncio.get_running_loop()
+            lead = 0.05  # time to start the scraper before the first send
+            t0 = loop.time() + lead
+            wall0 = time.time() + lead
+            driver = HttpDriver(
+                session,
+                client.url("/v1/completions"),
+                LagSink(),
+                t0=t0,
+                request_timeout=self.request_timeout,
+            )
+            scraper = loop.create_task(self._scrape_loop(client, driver, sink, wall0, duration))
+            try:
+                await driver.run(requests, make_body, duration)
+            finally:
+                scraper.cancel()
+                await asyncio.gather(scraper, return_exceptions=True)
+            self.failures = driver.failures
+            self.failure_examples = driver.first_message
+            self.schedule_lag = np.asarray(lags, dtype=np.float64)
+            if driver.engine_down_at is not None or (
+                driver.failures["connection_reset"] and not await self._healthy(client)
+            ):
+                counts = ", ".join(f"{k} {v}" for k, v in sorted(driver.failures.items()))
+                at = f" at t={driver.engine_down_at:.2f} s" if driver.engine_down_at else ""
+                raise KvbenchError(
+                    f"{self.url}: engine stopped answering{at} ({counts}); "
+                    "results up to then are recorded"
+                )
+
+    async def _healthy(self, client: ServerClient) -> bool:
+        try:
+            await client.get_text("/health")
+            return True
+        except KvbenchError:
+            return False
+
+    async def _scrape_loop(
+        self, client: ServerClient, driver: HttpDriver, sink: EventSink, wall0: float, duration: float
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        log = self.scrape_log
+        while True:
+            started = loop.time()
+            try:
+                states = await self.scrape(client)
+                log.scrapes += 1
+            except KvbenchError as err:
+                log.error(str(err))
+                states = []
+            received = time.time()
+            for st in states:
+                t = st.time - wall0
+                # A server clock that disagrees with ours by seconds (another time zone, a
+                # remote host) cannot place its records; use the arrival time instead.
+                if abs(st.time - received) > 5.0 + self.scrape_period:
+                    log.error(f"{client.url('')}: server timestamps off by "
+                              f"{st.time - received:+.1f} s", "clock_skew")
+                    t = received - wall0
+                sink.sample(
+                    QueueSample(
+                        time=t,
+                        in_flight=driver.in_flight,
+                        waiting=st.waiting,
+                        running=st.running,
+                        kv_used_tokens=st.kv_used_tokens,
+                        kv_usage=st.kv_usage,
+                        preemptions_total=st.preemptions_total,
+                    )
+                )
+            await asyncio.sleep(max(0.0, self.scrape_period - (loop.time() - started)))
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Failure counts by kind and what the scraper saw, for the run's record."""
+        return {
+            "failures": dict(self.failures),
+            "failure_examples": dict(self.failure_examples),
+            "scrapes": self.scrape_log.scrapes,
+            "scrape_errors": dict(self.scrape_log.errors),
+            "scrape_first_error": self.scrape_log.first_error,
+            "missing_iterations": self.scrape_log.missing_iterations,
+            "scrape_period_s": self.scrape_period,
+        }
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+def setting(settings: dict[str, Any], sources: dict[str, str], field_name: str,
+            keys: tuple[str, ...], source: str, default: int, default_source: str) -> int:
+    """The first of `keys` present in `settings` (recording `source`), else `default`."""
+    for key in keys:
+        if settings.get(key) is not None:
+            sources[field_name] = f"{source} ({key})"
+            return int(settings[key])
+    sources[field_name] = default_source
+    return default

@@ -1,0 +1,68 @@
+"""Flags shared by several commands, defined once so their names and help read the same
+everywhere. Profile flags default to None: each command fills in its own default (the paper's
+setting for `theory`, an engine preset elsewhere)."""
+
+from __future__ import annotations
+
+import click
+
+WORKLOAD_HELP = (
+    "uniform:S_LO-S_HI,O_LO-O_HI, fixed:S,O, pd-1:1, pd-2:1, pd-1:2, azure-conv (the packaged "
+    "Azure conversation trace), or a trace file (.csv in the Azure schema, or .jsonl)"
+)
+
+
+def workload(default: str | None = "pd-1:1"):
+    return click.option(
+        "--workload",
+        "workload_spec",
+        metavar="SPEC|FILE",
+        default=default,
+        show_default=default is not None,
+        help=WORKLOAD_HELP + ".",
+    )
+
+
+def kv_tokens(default_help: str):
+    return click.option(
+        "--kv-tokens", type=int, default=None, metavar="M", help=f"KV-cache capacity in tokens ({default_help})."
+    )
+
+
+def chunk_size(default_help: str):
+    return click.option(
+        "--chunk-size", type=int, default=None, metavar="N", help=f"Prefill chunk size ŝ in tokens ({default_help})."
+    )
+
+
+def batch_time(default_help: str):
+    return click.option(
+        "--batch-time",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"Iteration time b̄ near saturation ({default_help}).",
+    )
+
+
+def request_rate(required: bool = False):
+    # No explicit default: click ≥ 8.2 treats default=None as a value and skips `required`.
+    return click.option(
+        "--request-rate",
+        type=float,
+        required=required,
+        metavar="λ",
+        help="Arrival rate in requests per second.",
+    )
+
+
+def exact_g():
+    return click.option(
+        "--exact",
+        is_flag=True,
+        help="Use the exact ⌈s/ŝ⌉-chunk sum for g(s,o) instead of the paper's closed form.",
+    )
+
+
+def json_output():
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
