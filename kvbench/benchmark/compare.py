@@ -25,6 +25,7 @@ import numpy as np
 
 from kvbench import __version__, theory
 from kvbench.backends.base import Backend, QueueSample, RequestRecord, RequestSpec
+from kvbench.backends.replicas import RoundRobinBackend
 from kvbench.benchmark.batch_time import (
     CLIENT_SOURCE,
     BatchTimeEstimate,
@@ -233,23 +234,40 @@ def _versions() -> dict[str, str]:
     }
 
 
-def backend_spec(label: str, config: CompareConfig) -> tuple[str, dict[str, Any]]:
-    """The backend to resolve for a label and its options: `--url label=URL` attaches, `--model`
-    launches, and with neither an engine name gets its emulated form (the embedded default)."""
-    options: dict[str, Any] = {"replicas": config.replicas, "seed": config.seed}
+def backend_spec(label: str, config: CompareConfig) -> str:
+    """The backend a label stands for: `--url label=URL` attaches and `--model` launches the
+    engine; with neither an engine name means its embedded form (EMBEDDED_KIND)."""
+    if ":" in label or config.urls.get(label) or config.model:
+        return label
+    return f"{EMBEDDED_KIND}:{label}"
+
+
+def replica_count(label: str, config: CompareConfig) -> int:
     urls = config.urls.get(label, [])
-    if ":" in label:  # explicit: sim:trtllm, emulate:sglang, ...
-        spec = label
-    elif urls or config.model:
-        spec = label
-    else:
-        spec = f"{EMBEDDED_KIND}:{label}"
+    return len(urls) if len(urls) > 1 else config.replicas
+
+
+def open_backend(label: str, spec: str, config: CompareConfig) -> Backend:
+    """Resolve the backend; several URLs become replicas behind a round-robin dispatcher."""
+    from kvbench.backends.registry import resolve_backend
+
+    urls = config.urls.get(label, [])
+    if len(urls) > 1:
+        return RoundRobinBackend([resolve_backend(spec, url=u, seed=config.seed) for u in urls])
     if urls:
-        options["urls"] = urls
-        options["replicas"] = len(urls) if len(urls) > 1 else config.replicas
-    elif config.model:
-        options["model"] = config.model
-    return spec, options
+        if config.replicas > 1:
+            raise KvbenchError(
+                f"{label}: --replicas {config.replicas} with one --url; give one --url per replica"
+            )
+        return resolve_backend(spec, url=urls[0], seed=config.seed)
+    if config.model:
+        if config.replicas > 1:
+            raise KvbenchError(
+                f"{label}: --replicas with --model; launch one server per GPU and give each "
+                "with --url"
+            )
+        return resolve_backend(spec, model=config.model, seed=config.seed)
+    return resolve_backend(spec, replicas=config.replicas, seed=config.seed)
 
 
 def banner_for(kinds: set[str]) -> str | None:
@@ -269,8 +287,6 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
     """Measure every engine; return the compare directory (raw files only: build the report
     with kvbench.report.write_report). KeyboardInterrupt stops after saving what was measured,
     and the directory says so."""
-    from kvbench.backends.registry import resolve_backend
-
     if not config.backends:
         raise KvbenchError("--backends needs at least one engine, e.g. --backends trtllm,sglang")
     workload = load_workload(config.workload)
@@ -279,11 +295,11 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
     directory.mkdir(parents=True)
     asked = []
     for i, label in enumerate(config.backends):
-        spec, options = backend_spec(label, config)
+        spec = backend_spec(label, config)
         asked.append(
             {"label": label, "backend": spec, "kind": _expected_kind(spec),
-             "replicas": options["replicas"], "urls": options.get("urls", []),
-             "slug": f"{i}-{slug(label)}", "_options": options}
+             "replicas": replica_count(label, config), "urls": config.urls.get(label, []),
+             "slug": f"{i}-{slug(label)}"}
         )
     header = {
         "kind": raw.RAW_KIND,
@@ -296,17 +312,16 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         "config": config.to_json(),
         "banner": banner_for({a["kind"] for a in asked}),
         "interrupted": False,
-        "engines": [{k: v for k, v in a.items() if k != "_options"} for a in asked],
+        "engines": asked,
     }
     raw.write_json_atomic(directory / raw.COMPARE_FILE, header)
 
     for index, a in enumerate(asked):
-        options = a.pop("_options")
         engine = _Engine(directory, a)
         observer.engine_started(a["label"], a["kind"], index, len(asked))
         backend = None
         try:
-            backend = resolve_backend(a["backend"], **options)
+            backend = open_backend(a["label"], a["backend"], config)
             engine.data["kind"] = backend.kind
             _measure(backend, engine, directory, workload, config, observer, a["label"])
             engine.data["status"] = "ok"

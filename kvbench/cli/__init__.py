@@ -31,10 +31,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from kvbench.cli import theory
+    from kvbench.cli import compare, theory
 
     cli.add_command(theory.theory)
     cli.add_command(theory.provision)
+    cli.add_command(compare.compare)
 
 
 _register()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -11,9 +10,10 @@ import click
 
 from kvbench.benchmark.compare import CompareConfig, run_compare
 from kvbench.errors import KvbenchError
+from kvbench.export.json import write_json
 from kvbench.output.compare_progress import CompareProgress
 from kvbench.output.terminal import block, highlight
-from kvbench.report import RESULTS_FILE, write_report
+from kvbench.report import write_report
 from kvbench.report.schema import CompareResults, EngineResult
 from kvbench.report.table import engine_name, fmt_bracket, fmt_gap, fmt_rate
 
@@ -145,7 +145,7 @@ def compare(backends, workload, urls, model, replicas, precision, confidence, ma
         directory = run_compare(config, view)
     report, _ = write_report(directory)
     if as_json:
-        click.echo(json.dumps(json.loads((directory / RESULTS_FILE).read_text())))
+        write_json(report.results.to_dict())
     else:
         print_summary(report.results, directory)
     if report.results.interrupted:

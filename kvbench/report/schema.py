@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kvbench.errors import KvbenchError
+from kvbench.export.json import dumps
 
 SCHEMA = "kvbench.compare.results"
 SCHEMA_VERSION = 1
@@ -156,7 +157,7 @@ class CompareResults:
         return out
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        path.write_text(dumps(self.to_dict()) + "\n", encoding="utf-8")
 
 
 def _build(cls, data: Any, where: str):
