@@ -322,7 +322,6 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         backend = None
         try:
             backend = open_backend(a["label"], a["backend"], config)
-            engine.data["kind"] = backend.kind
             _measure(backend, engine, directory, workload, config, observer, a["label"])
             engine.data["status"] = "ok"
         except KeyboardInterrupt:
@@ -365,6 +364,7 @@ def _measure(
     observer.phase(label, "discovering profile", None, None)
     discovered = backend.discover_profile()
     profile = discovered.profile
+    engine.data["kind"] = backend.kind  # an attached server may turn out to be an emulator
     engine.data["profile"] = asdict(profile)
     engine.data["profile_sources"] = dict(discovered.sources)
     engine.save()

@@ -39,7 +39,9 @@ def _label(text: str) -> str:
 
 def _marked_note(results: CompareResults) -> str:
     kinds = sorted({e.kind for e in results.engines if e.marked})
-    return f" — {' and '.join(k.upper() for k in kinds)} engines, not GPU measurements" if kinds else ""
+    if not kinds:
+        return ""
+    return f"<br><sup>{' and '.join(k.upper() for k in kinds)} engines, not GPU measurements</sup>"
 
 
 def _div(fig: go.Figure, div_id: str) -> str:
@@ -146,7 +148,7 @@ def _latency_plot(results: CompareResults) -> go.Figure:
                 )
             )
     fig.update_layout(
-        title="Latency against load (marker: ● stable, × unstable, ◇ inconclusive)"
+        title="Latency against load (● stable, × unstable, ◇ inconclusive)"
         + _marked_note(results),
         xaxis_title="arrival rate λ (req/s)",
         yaxis_title="seconds (from intended send)",
@@ -211,6 +213,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:14px}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}
 tr.failed td{background:#fde2e2}
+td:last-child{text-align:left}
 .banner{background:#fff3cd;border:2px solid #d39e00;padding:.8em 1em;font-weight:bold;margin:1em 0}
 .interrupted{background:#fde2e2;border:2px solid #c00;padding:.8em 1em;margin:1em 0}
 .tag{font-size:11px;font-weight:bold;color:#8a5a00;background:#fff3cd;border-radius:3px;padding:1px 4px}
@@ -277,14 +280,14 @@ def render(report: Report) -> str:
     if report.boundary_series:
         plots.append(
             _div(
-                _series_plot(report, "in_flight", "Requests in system, probes either side of "
-                             "each boundary (dotted: stable, solid: unstable)", "requests"),
+                _series_plot(report, "in_flight", "Requests in system at each bracket's ends "
+                             "(dotted: stable, solid: unstable)", "requests"),
                 "plot-queue",
             )
         )
         if report.samples["kv_usage"].notna().any():
             plots.append(
-                _div(_series_plot(report, "kv_usage", "KV-cache usage, same probes",
+                _div(_series_plot(report, "kv_usage", "KV-cache usage at each bracket's ends",
                                   "fraction of M"), "plot-kv")
             )
     if any(e.probes for e in r.engines):
