@@ -25,8 +25,10 @@ def report_dir(tmp_path_factory) -> Path:
     return d
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def _events(run_dir: Path, kind: str) -> list[dict]:
+    """The raw lines of one type from a run file, read with nothing but json."""
+    lines = [json.loads(line) for line in (run_dir / "run.jsonl").read_text().splitlines()]
+    return [line for line in lines if line["type"] == kind]
 
 
 def test_report_numbers_equal_the_raw_files(report_dir):
@@ -35,8 +37,8 @@ def test_report_numbers_equal_the_raw_files(report_dir):
     checked = 0
     for engine in results.engines:
         for probe in engine.probes:
-            reqs = _jsonl(report_dir / probe.run_dir / "requests.jsonl")
-            samples = _jsonl(report_dir / probe.run_dir / "samples.jsonl")
+            reqs = _events(report_dir / probe.run_dir, "request")
+            samples = _events(report_dir / probe.run_dir, "sample")
             done = [r for r in reqs if r["finished"] is not None and r["error"] is None]
             assert probe.requests_sent == len(reqs)
             assert probe.requests_finished == len(done)
@@ -79,7 +81,7 @@ def test_summary_and_csv_show_the_results_numbers(report_dir):
     assert list(rows["e2e_p99"]) == pytest.approx([p.latency.e2e_p99 for p in first])
     samples = pd.read_csv(report_dir / "samples.csv")
     assert set(samples["engine"]) == {"trtllm", EVIL}
-    raw_kv = [s["kv_used_tokens"] for s in _jsonl(report_dir / first[1].run_dir / "samples.jsonl")]
+    raw_kv = [s["kv_used_tokens"] for s in _events(report_dir / first[1].run_dir, "sample")]
     shown = samples[(samples["engine"] == "trtllm") & (samples["probe"] == first[1].index)]
     assert list(shown["kv_usage"]) == pytest.approx([kv / 131000 for kv in raw_kv])
 
@@ -128,8 +130,10 @@ def test_unknown_schema_version_is_a_one_line_error(tmp_path):
 
 def test_truncated_last_line_of_a_killed_run_is_ignored(tmp_path):
     d = make_compare_dir(tmp_path / "r", labels=("trtllm",), capacities=(3.0,), target_rate=None)
-    run = d / "engines/0-engine/probe-00/requests.jsonl"
+    run = d / "engines/0-engine/probe-00/run.jsonl"
     lines = run.read_text().splitlines()
     run.write_text("\n".join(lines) + '\n{"request_id": 99, "intended')
     report, _ = write_report(d)
-    assert report.results.engines[0].probes[0].requests_sent == len(lines)
+    assert report.results.engines[0].probes[0].requests_sent == sum(
+        '"type": "request"' in line for line in lines
+    )

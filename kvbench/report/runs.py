@@ -1,18 +1,16 @@
-"""Read one run directory's per-request records and queue samples into data frames."""
+"""One run directory's per-request records and queue samples as data frames, read with the
+recorder's reader (kvbench/benchmark/recorder.py owns the run format)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import pandas as pd
 
 from kvbench.backends.base import QueueSample, RequestRecord
-from kvbench.errors import KvbenchError
+from kvbench.benchmark.recorder import read_run as read_run_records
 
-REQUESTS_FILE = "requests.jsonl"
-SAMPLES_FILE = "samples.jsonl"
 REQUEST_COLUMNS = [f.name for f in fields(RequestRecord) if f.name != "token_times"]
 SAMPLE_FIELDS = [f.name for f in fields(QueueSample)]
 
@@ -21,33 +19,19 @@ SAMPLE_FIELDS = [f.name for f in fields(QueueSample)]
 class RunData:
     requests: pd.DataFrame  # REQUEST_COLUMNS
     samples: pd.DataFrame  # SAMPLE_FIELDS
+    status: str  # "completed", "interrupted", "failed" or "killed"
 
 
-def _read_jsonl(path: Path, columns: list[str]) -> pd.DataFrame:
-    rows = []
-    try:
-        with path.open() as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    # a run killed mid-write leaves a partial last line: keep what came before
-                    if not f.readline():
-                        break
-                    raise KvbenchError(f"{path}:{lineno}: invalid JSON: {err.msg}") from None
-                if not isinstance(row, dict):
-                    raise KvbenchError(f"{path}:{lineno}: expected a JSON object")
-                rows.append(row)
-    except FileNotFoundError:
-        raise KvbenchError(f"{path}: missing") from None
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     frame = pd.DataFrame(rows).reindex(columns=columns)
     return frame.astype({c: float for c in columns if c not in ("error", "request_id")})
 
 
 def read_run(directory: Path) -> RunData:
+    run = read_run_records(directory)
+    requests = [{k: v for k, v in asdict(r).items() if k != "token_times"} for r in run.records]
     return RunData(
-        requests=_read_jsonl(directory / REQUESTS_FILE, REQUEST_COLUMNS),
-        samples=_read_jsonl(directory / SAMPLES_FILE, SAMPLE_FIELDS),
+        requests=_frame(requests, REQUEST_COLUMNS),
+        samples=_frame([asdict(s) for s in run.samples], SAMPLE_FIELDS),
+        status=run.status,
     )
