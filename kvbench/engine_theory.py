@@ -1,43 +1,44 @@
 """Engine-aware stability rate: the paper's memory bound made specific to one engine's scheduler.
 
 The paper's μ = M / (b̄·E[g]) is one number per workload. An engine's own boundary also depends on
-how it admits requests, how it rounds memory to pages, its per-iteration token budget, its cap on
-running requests, and an iteration time that grows with the batch. This module takes an
+how it admits and preempts, how it rounds memory to pages, its per-iteration token budget, its
+cap on running requests, and an iteration time that grows with the batch. This module takes an
 `EngineProfile` and a length law p(s, o) and returns the minimum over:
 
-- **memory** (admission by current need: `ideal`, `vllm`, `sglang`): requests hold page-rounded
-  KV, so λ_it · E[g_page(s, o)] ≤ M − gap, where λ_it is completions per iteration and the gap is
-  the memory the head-of-line request cannot use (it needs a whole first chunk);
+- **memory** (admission by current need: `ideal`, `vllm`): requests hold page-rounded KV, so
+  λ_it · E[g_page] ≤ M − gap, where λ_it is completions per iteration and the gap is memory the
+  head-of-line request cannot use; vLLM also loses memory and batch tokens to preemption churn;
 - **reservation** (`trtllm`, GUARANTEED_NO_EVICT): a request reserves R = page(s + max_tokens)
-  at admission and holds it for its whole life of L = ⌈s/ŝ⌉ + o iterations, so
-  λ_it · E[R·L] ≤ M − gap, the gap being the reservation the head request cannot fit;
-- **token budget** (Li, Dai and Peng's condition): a request needs s + o batch tokens over its
-  life and an iteration carries at most K, so λ_it · E[s + o] ≤ K;
+  at admission and holds it for its whole life of L iterations, so λ_it · E[R·L] ≤ M − gap;
+- **token budget** (Li, Dai and Peng's condition): a request needs s + o − 1 batch tokens and an
+  iteration carries at most K, so λ_it · E[s + o − 1] ≤ K;
 - **running cap**: a request occupies one of B running slots for L iterations: λ_it · E[L] ≤ B.
 
-Every bound is a rate in completions per *iteration*. Converting to completions per second needs
-the iteration time at that operating point, b = c0 + c1·T̄ + c2·K̄V̄, where the iteration-averaged
-batch tokens T̄ = λ_it·E[s+o] and KV held K̄V̄ = λ_it·E[g_page] follow from λ_it by Little's law
-over iterations. Because the model is linear, the fixed point b = b(μ·b) is solved exactly, and
-μ = λ_it / b. λ_it/b(λ_it) increases with λ_it, so the smallest λ_it is also the smallest μ: the
-binding constraint is the same in either unit. No saturation run is needed to know b̄.
+Lives follow the engines: ⌈s/ŝ⌉ prefill chunks, the last of which samples the first output
+token, then o − 1 decode iterations, so L = ⌈s/ŝ⌉ + o − 1 (the paper counts o decode steps).
 
-SGLang runs prefill and decode as separate batches by default (`separate_prefill_decode`): a
-decoding request then also holds its KV through other requests' prefill batches, and its life is
-⌈s/ŝ⌉ prefill batches plus o decode batches, interleaved with everyone else's prefill batches.
-The bounds below account for that (see `_lives`).
+Every bound is a rate in completions per *iteration*. Converting it to completions per second
+needs the iteration time at that operating point, b = c0 + c1·T̄ + c2·K̄V̄, where the
+iteration-averaged batch tokens T̄ and attended KV tokens K̄V̄ follow from λ_it by Little's law
+over iterations. The model is linear, so the fixed point b = b(μ·b) has this closed form and
+μ = λ_it / b; λ_it/b(λ_it) increases with λ_it, so the smallest λ_it is also the smallest μ and
+the binding constraint is the same in either unit. No saturation run is needed to know b̄.
+
+SGLang runs prefill and decode as separate batches by default (`separate_prefill_decode`), with
+its own admission reserve; `_separate_bounds` explains how that changes the count.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from kvbench.calibration import IterationTimeFit
 from kvbench.errors import KvbenchError
 from kvbench.profile import UNLIMITED, EngineProfile, IterationTimeModel
+from kvbench.workload import SyntheticWorkload, Workload
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,15 @@ class LengthLaw:
     @classmethod
     def fixed(cls, s: int, o: int, name: str = "") -> LengthLaw:
         return cls.uniform(s, s, o, o, name=name)
+
+    @classmethod
+    def from_workload(cls, workload: Workload) -> LengthLaw:
+        """A synthetic workload's whole support, or a trace's rows."""
+        if isinstance(workload, SyntheticWorkload):
+            u = workload.law
+            return cls.uniform(u.prompt_min, u.prompt_max, u.output_min, u.output_max, workload.name)
+        s, o = workload.rows()
+        return cls.sample(s, o, name=workload.name)
 
     def mean(self, values: np.ndarray) -> float:
         return float(np.dot(self.weight, values))
@@ -146,7 +156,6 @@ class EngineAwarePrediction:
     binding: str
     bounds: tuple[Bound, ...]
     iteration_model: IterationTimeModel
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def iteration_time(self) -> float:
@@ -181,47 +190,203 @@ class EngineAwarePrediction:
                 }
                 for b in self.bounds
             ],
-            "notes": list(self.notes),
         }
 
 
 @dataclass(frozen=True)
-class _Lives:
-    """Per-request quantities over the law's support, in the engine's iteration structure.
+class RequestLives:
+    """Per-request quantities over a law's support, as an engine runs a request: ⌈s/ŝ⌉ prefill
+    chunks, the last of which samples the first output token, then o − 1 decode iterations.
 
-    tokens: batch tokens the request consumes (s prefill + o decode);
-    iterations: iterations the request is running (holding KV and a running slot);
-    kv_area: Σ over those iterations of its page-rounded KV held (token·iterations);
-    own_kv_area: the same, over the iterations that process it (what its own batches attend to)."""
+    tokens: batch tokens the request uses (s prefill + o − 1 decode);
+    iterations: iterations it runs (holding KV and a running slot) in mixed batches;
+    area: Σ over those iterations of its page-rounded KV (token·iterations): memory it occupies;
+    attended: the same without page rounding: the KV its batches attend to (the c2 term);
+    prefill_area / decode_area: `attended` split at the end of prefill;
+    decode_area_paged: the page-rounded decode part;
+    remaining_area: Σ over decode iterations of its remaining output (SGLang's reserve);
+    chunks: ⌈s/ŝ⌉."""
 
     tokens: np.ndarray
     iterations: np.ndarray
-    kv_area: np.ndarray
-    own_kv_area: np.ndarray
+    area: np.ndarray
+    attended: np.ndarray
+    prefill_area: np.ndarray
+    decode_area_paged: np.ndarray
+    remaining_area: np.ndarray
+    chunks: np.ndarray
 
 
-def _lives(profile: EngineProfile, law: LengthLaw) -> _Lives:
+def request_lives(law: LengthLaw, chunk: int, page: int) -> RequestLives:
     s, o = law.prompt, law.output
-    chunk = profile.chunk_size
-    n_chunks = -(-s // chunk)
-    area = paged_lifetime_memory(s, o, chunk, profile.block_size).astype(np.float64)
-    return _Lives(
-        tokens=(s + o).astype(np.float64),
-        iterations=(n_chunks + o).astype(np.float64),
-        kv_area=area,
-        own_kv_area=area,
+    decodes = o - 1
+    chunks = -(-s // chunk)
+    prefill_paged = paged_lifetime_memory(s, np.zeros_like(o), chunk, page)
+    prefill = paged_lifetime_memory(s, np.zeros_like(o), chunk, 1)
+    area = paged_lifetime_memory(s, decodes, chunk, page)
+    attended = paged_lifetime_memory(s, decodes, chunk, 1)
+    f = np.float64
+    return RequestLives(
+        tokens=(s + decodes).astype(f),
+        iterations=(chunks + decodes).astype(f),
+        area=area.astype(f),
+        attended=attended.astype(f),
+        prefill_area=prefill.astype(f),
+        decode_area_paged=(area - prefill_paged).astype(f),
+        remaining_area=(decodes * o / 2).astype(f),  # Σ_{j=1..o−1} (o − j)
+        chunks=chunks.astype(f),
     )
 
 
-def _operating_point(
-    name: str, per_iteration: float, tokens: float, kv_area: float, model: IterationTimeModel, detail: str
+def _mixed_point(
+    name: str, per_it: float, batch: float, kv: float, model: IterationTimeModel, detail: str
 ) -> Bound:
-    batch = per_iteration * tokens
-    kv = per_iteration * kv_area
     b = model.mean_time(batch, kv)
     if b <= 0:
         raise KvbenchError(f"iteration-time model gives {b:.3g} s at the {name} operating point")
-    return Bound(name, per_iteration, batch, kv, b, per_iteration / b, detail)
+    return Bound(name, per_it, batch, kv, b, per_it / b, detail)
+
+
+def _mixed_bounds(
+    profile: EngineProfile,
+    law: LengthLaw,
+    lives: RequestLives,
+    model: IterationTimeModel,
+    waste: float | None,
+) -> list[Bound]:
+    """Engines whose every iteration carries prefill chunks and decodes together."""
+    M = profile.kv_tokens
+    e_tokens = law.mean(lives.tokens)
+    e_attended = law.mean(lives.attended)
+    bounds: list[Bound] = []
+    if profile.policy == "trtllm":
+        max_tokens = law.output if profile.max_tokens_cap is None else np.maximum(
+            law.output, profile.max_tokens_cap
+        )
+        reserve = paged(law.prompt + max_tokens, profile.block_size)
+        reserved_area = law.mean(reserve.astype(np.float64) * lives.iterations)
+        gap = head_of_line_gap(reserve, law)
+        per_it = (M - gap) / reserved_area
+        bounds.append(
+            _mixed_point(
+                "reservation", per_it, per_it * e_tokens, per_it * e_attended, model,
+                f"E[page(s+max_tokens)·life] = {reserved_area:,.0f} token·iterations, "
+                f"head-of-line gap {gap:,.0f} tokens",
+            )
+        )
+    else:
+        first = paged(np.minimum(law.prompt, profile.chunk_size), profile.block_size)
+        gap = head_of_line_gap(first, law)
+        e_area = law.mean(lives.area)
+        if waste is None and profile.policy == "vllm":
+            # A priori: memory is full, the head request is admitted with one chunk whenever
+            # pages free up and preempted (recompute) at the next step that runs short, so about
+            # half a first chunk per iteration is computed and thrown away.
+            churn = law.mean(first.astype(np.float64)) / 2.0
+            per_it = (M - gap - churn) / e_area
+            waste_note = f", preemption churn ≈ {churn:,.0f} tokens/iteration (a priori)"
+        else:
+            # A measured waste of w recomputed tokens per request: each is held about one
+            # iteration before its request is preempted.
+            w = waste or 0.0
+            per_it = (M - gap) / (e_area + w)
+            churn = per_it * w
+            waste_note = f", measured preemption waste {w:,.0f} tokens/request" if w else ""
+        page_note = f", pages of {profile.block_size}" if profile.block_size > 1 else ""
+        bounds.append(
+            _mixed_point(
+                "memory", per_it, per_it * e_tokens + churn, per_it * e_attended + churn, model,
+                f"E[g] = {e_area:,.0f} token·iterations{page_note}, head-of-line gap "
+                f"{gap:,.0f} tokens{waste_note}",
+            )
+        )
+    if profile.token_budget < UNLIMITED:
+        per_it = profile.token_budget / e_tokens
+        bounds.append(
+            _mixed_point(
+                "token budget", per_it, float(profile.token_budget), per_it * e_attended, model,
+                f"{profile.token_budget} tokens per iteration / E[s+o−1] = {e_tokens:,.1f}",
+            )
+        )
+    if profile.max_running < UNLIMITED:
+        e_iters = law.mean(lives.iterations)
+        per_it = profile.max_running / e_iters
+        bounds.append(
+            _mixed_point(
+                "running cap", per_it, per_it * e_tokens, per_it * e_attended, model,
+                f"{profile.max_running} running / E[life] = {e_iters:,.1f} iterations",
+            )
+        )
+    return bounds
+
+
+def _expected_max_of_two(values: np.ndarray, law: LengthLaw) -> float:
+    """E[max(X1, X2)] for X1, X2 i.i.d. with the law of `values`."""
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], law.weight[order]
+    cdf = np.cumsum(w)
+    prev = np.concatenate(([0.0], cdf[:-1]))
+    return float(np.sum(v * (cdf**2 - prev**2)))
+
+
+def _separate_bounds(
+    profile: EngineProfile,
+    law: LengthLaw,
+    lives: RequestLives,
+    model: IterationTimeModel,
+    waste: float | None,
+) -> list[Bound]:
+    """SGLang's default: a batch is either prefill chunks (preferred whenever one can be formed)
+    or one decode step of every decoding request.
+
+    Per completed request the engine runs d decode batches and p prefill batches, so
+    μ = 1 / (d·b_decode + p·b_prefill). Decoders hold their KV through both kinds of batch, but
+    only decode batches advance them, so Little's law over decode batches alone gives
+    d = (E[decode area] + r·E[remaining-output area]) / (M − gap): memory holds the decoders plus
+    SGLang's reserve of new_token_ratio r (at its floor at saturation) times their remaining
+    output, less the head request's unfilled need s + o. The running cap B forces d ≥ E[o−1]/B.
+    Admission waits for that whole need, so requests tend to be admitted two at a time as
+    memory frees and prefill side by side: p = E[max(⌈s1/ŝ⌉, ⌈s2/ŝ⌉)] / 2, and at least
+    E[s]/K when the prefill budget K binds. A measured retraction waste of w recomputed tokens
+    per request adds w prefill tokens (and w token·iterations of memory) per request."""
+    M = profile.kv_tokens
+    r = profile.sglang_min_ratio
+    e_decodes = law.mean(law.output.astype(np.float64) - 1.0)
+    wanted = law.prompt + np.minimum(law.output, 4096)
+    gap = head_of_line_gap(wanted, law)
+    w = waste or 0.0
+    e_dec_paged = law.mean(lives.decode_area_paged) + w
+    e_dec_attended = law.mean(lives.attended - lives.prefill_area)
+    e_prefill_area = law.mean(lives.prefill_area)
+    e_s = law.mean(law.prompt.astype(np.float64)) + w
+    d_mem = (e_dec_paged + r * law.mean(lives.remaining_area)) / (M - gap)
+    d_cap = e_decodes / profile.max_running if profile.max_running < UNLIMITED else 0.0
+    p_pairs = _expected_max_of_two(lives.chunks, law) / 2.0
+    p_budget = e_s / profile.token_budget if profile.token_budget < UNLIMITED else 0.0
+
+    def point(name: str, d: float, p: float, detail: str) -> Bound:
+        b_dec = model.mean_time(e_decodes / d, e_dec_attended / d) if d > 0 else 0.0
+        b_pre = model.mean_time(e_s / p, e_prefill_area / p)
+        time = d * b_dec + p * b_pre
+        per_it = 1.0 / (d + p)
+        # Report the iteration-averaged batch and KV, and the mean iteration time.
+        batch = (e_decodes + e_s) * per_it
+        kv = (e_dec_attended + e_prefill_area) * per_it
+        return Bound(name, per_it, batch, kv, time * per_it, 1.0 / time, detail)
+
+    d, p = max(d_mem, d_cap), max(p_pairs, p_budget)
+    split = f"{d_mem:.2f} decode + {p:.2f} prefill batches per request"
+    bounds = [
+        point(
+            "memory", d_mem, p,
+            f"{split}; reserve ratio {r:g}, head-of-line gap {gap:,.0f} tokens",
+        )
+    ]
+    if d_cap > 0:
+        bounds.append(point("running cap", d_cap, p, f"{profile.max_running} running: ≥ {d_cap:.2f} decode batches per request"))
+    if p_budget > 0:
+        bounds.append(point("token budget", d, p_budget, f"{profile.token_budget} prefill tokens per batch: ≥ {p_budget:.2f} prefill batches per request"))
+    return bounds
 
 
 def engine_aware_mu(
@@ -230,14 +395,15 @@ def engine_aware_mu(
     *,
     iteration_model: IterationTimeModel | None = None,
     iteration_fit: IterationTimeFit | None = None,
-    waste_per_request: float = 0.0,
+    preemption_waste: float | None = None,
 ) -> EngineAwarePrediction:
     """The engine-aware stable service rate of one replica of `profile` on `law`.
 
     iteration_model: overrides the profile's (e.g. a calibrated fit); iteration_fit: the fit it
       came from, whose covariance goes into `mu_stderr`.
-    waste_per_request: token·iterations of KV area lost per request to preemption or retraction
-      (recomputed work), measured from the engine's preemption counters; 0 when unknown."""
+    preemption_waste: batch tokens recomputed per completed request because of preemption or
+      retraction, measured on the engine (e.g. from a short overloaded run, or vLLM's token
+      counters); None uses the rule's a-priori estimate."""
     if iteration_fit is not None and iteration_model is None:
         iteration_model = iteration_fit.model()
     model = iteration_model or profile.iteration_time
@@ -249,59 +415,13 @@ def engine_aware_mu(
         raise KvbenchError(
             f"a request of {largest} tokens does not fit in M = {M} KV tokens: no rate is stable"
         )
-    lives = _lives(profile, law)
-    e_tokens = law.mean(lives.tokens)
-    e_iters = law.mean(lives.iterations)
-    e_area = law.mean(lives.kv_area) + waste_per_request
-    notes: list[str] = []
-    bounds: list[Bound] = []
-
-    if profile.policy == "trtllm":
-        max_tokens = law.output if profile.max_tokens_cap is None else np.maximum(
-            law.output, profile.max_tokens_cap
-        )
-        reserve = paged(law.prompt + max_tokens, profile.block_size)
-        reserved_area = reserve.astype(np.float64) * lives.iterations
-        gap = head_of_line_gap(reserve, law)
-        per_it = (M - gap) / law.mean(reserved_area)
-        bounds.append(
-            _operating_point(
-                "reservation", per_it, e_tokens, e_area, model,
-                f"E[page(s+max_tokens)·life] = {law.mean(reserved_area):,.0f} token·iterations, "
-                f"head-of-line gap {gap:,.0f} tokens",
-            )
-        )
+    lives = request_lives(law, profile.chunk_size, profile.block_size)
+    if profile.separate_prefill_decode:
+        bounds = _separate_bounds(profile, law, lives, model, preemption_waste)
     else:
-        first_need = paged(np.minimum(law.prompt, profile.chunk_size), profile.block_size)
-        gap = head_of_line_gap(first_need, law)
-        per_it = (M - gap) / e_area
-        page_note = f", pages of {profile.block_size}" if profile.block_size > 1 else ""
-        bounds.append(
-            _operating_point(
-                "memory", per_it, e_tokens, e_area, model,
-                f"E[g] = {e_area:,.0f} token·iterations{page_note}, head-of-line gap {gap:,.0f} tokens",
-            )
-        )
-    if profile.token_budget < UNLIMITED:
-        per_it = profile.token_budget / e_tokens
-        bounds.append(
-            _operating_point(
-                "token budget", per_it, e_tokens, e_area, model,
-                f"{profile.token_budget} tokens per iteration / E[s+o] = {e_tokens:,.1f}",
-            )
-        )
-    if profile.max_running < UNLIMITED:
-        per_it = profile.max_running / e_iters
-        bounds.append(
-            _operating_point(
-                "running cap", per_it, e_tokens, e_area, model,
-                f"{profile.max_running} running / E[life] = {e_iters:,.1f} iterations",
-            )
-        )
+        bounds = _mixed_bounds(profile, law, lives, model, preemption_waste)
     binding = min(bounds, key=lambda b: b.mu)
-    rel_var = _relative_variance(law, lives, binding, profile, model, iteration_fit)
-    if waste_per_request == 0.0 and profile.policy in ("vllm", "sglang"):
-        notes.append("no preemption waste supplied: memory bound assumes no recomputed work")
+    rel_var = _relative_variance(law, lives, binding, iteration_fit)
     return EngineAwarePrediction(
         engine=profile.policy,
         mu=binding.mu,
@@ -309,33 +429,22 @@ def engine_aware_mu(
         binding=binding.name,
         bounds=tuple(bounds),
         iteration_model=model,
-        notes=tuple(notes),
     )
 
 
 def _relative_variance(
-    law: LengthLaw,
-    lives: _Lives,
-    binding: Bound,
-    profile: EngineProfile,
-    model: IterationTimeModel,
-    fit: IterationTimeFit | None,
+    law: LengthLaw, lives: RequestLives, binding: Bound, fit: IterationTimeFit | None
 ) -> float:
     """(se(μ)/μ)² from the sampling error of a trace law's mean (of the quantity the binding
     bound divides by) and the fit's covariance at the operating point; independent, so summed."""
     divisor = {
-        "memory": lives.kv_area,
+        "memory": lives.area,
+        "reservation": lives.area,
         "token budget": lives.tokens,
         "running cap": lives.iterations,
-    }.get(binding.name)
-    rel = 0.0
-    if divisor is not None:
-        m = law.mean(divisor)
-        rel += (law.stderr(divisor) / m) ** 2 if m > 0 else 0.0
-    elif binding.name == "reservation":
-        # The reserved area's sampling error; the same order as the memory one.
-        m = law.mean(lives.kv_area)
-        rel += (law.stderr(lives.kv_area) / m) ** 2 if m > 0 else 0.0
+    }[binding.name]
+    m = law.mean(divisor)
+    rel = (law.stderr(divisor) / m) ** 2 if m > 0 else 0.0
     if fit is not None:
         se_b = fit.mean_time_stderr(binding.batch_tokens, binding.kv_tokens)
         rel += (se_b / binding.iteration_time) ** 2

@@ -68,85 +68,122 @@ def _const(b: float) -> IterationTimeModel:
 
 
 def test_trtllm_reservation_bound_by_hand():
-    # s=100, o=50, ŝ=64, pages of 32: reserves page(150) = 160 tokens for 2 + 50 = 52 iterations;
-    # the head-of-line gap of a fixed 160-token need is 80.
+    # s=100, o=50, ŝ=64, pages of 32: reserves page(150) = 160 tokens for its life of 2 prefill
+    # chunks + 49 decode steps = 51 iterations; the head-of-line gap of a fixed 160-token need is 80.
     prof = build_profile(
         "trtllm", kv_tokens=16_000, chunk_size=64, block_size=32, iteration_time=_const(0.02)
     )
     pred = engine_aware_mu(prof, LengthLaw.fixed(100, 50))
-    per_it = (16_000 - 80) / (160 * 52)
+    per_it = (16_000 - 80) / (160 * 51)
     assert pred.binding == "reservation"
     assert pred.mu == pytest.approx(per_it / 0.02, rel=1e-12)
     # A max_tokens cap of 200 reserves page(300) = 320 tokens instead (gap 160).
     capped = engine_aware_mu(prof.replace(max_tokens_cap=200), LengthLaw.fixed(100, 50))
-    assert capped.mu == pytest.approx((16_000 - 160) / (320 * 52) / 0.02, rel=1e-12)
+    assert capped.mu == pytest.approx((16_000 - 160) / (320 * 51) / 0.02, rel=1e-12)
 
 
 def test_vllm_memory_bound_with_pages_by_hand():
-    # s=5, o=3, ŝ=4, pages of 4 → g = 36 token·iterations; first need page(min(5,4)) = 4, gap 2.
+    # s=5, o=3, ŝ=4, pages of 4: prefill holds 4 → 4 then 5 → 8, and the last chunk samples the
+    # first token; 2 decode steps hold 6 and 7 → 8 each: g = 28. First need page(4) = 4, gap 2.
     prof = build_profile(
         "vllm", kv_tokens=1_000, chunk_size=4, block_size=4, iteration_time=_const(0.01),
         token_budget=UNLIMITED, max_running=UNLIMITED,
     )
-    pred = engine_aware_mu(prof, LengthLaw.fixed(5, 3))
+    law = LengthLaw.fixed(5, 3)
+    pred = engine_aware_mu(prof, law, preemption_waste=0.0)
     assert pred.binding == "memory"
-    assert pred.mu == pytest.approx((1_000 - 2) / 36 / 0.01, rel=1e-12)
-    # Measured preemption waste adds to the area each request costs.
-    wasted = engine_aware_mu(prof, LengthLaw.fixed(5, 3), waste_per_request=4.0)
-    assert wasted.mu == pytest.approx((1_000 - 2) / 40 / 0.01, rel=1e-12)
+    assert pred.mu == pytest.approx((1_000 - 2) / 28 / 0.01, rel=1e-12)
+    # A measured waste of 4 recomputed tokens per request costs 4 more token·iterations each.
+    wasted = engine_aware_mu(prof, law, preemption_waste=4.0)
+    assert wasted.mu == pytest.approx((1_000 - 2) / 32 / 0.01, rel=1e-12)
+    # A priori, half a first chunk (4/2 = 2 tokens) churns through memory every iteration.
+    churn = engine_aware_mu(prof, law)
+    assert churn.mu == pytest.approx((1_000 - 2 - 2) / 28 / 0.01, rel=1e-12)
+    assert churn.binding_bound.batch_tokens == pytest.approx(churn.binding_bound.per_iteration * 7 + 2)
 
 
 def test_token_budget_bound_and_its_fixed_point():
-    # Long prompts: s = 4000, o = 10. vLLM's budget of 2048 tokens binds: λ_it = 2048 / 4010.
+    # Long prompts: s = 4000, o = 10 use 4000 + 9 batch tokens. vLLM's budget of 2048 tokens per
+    # iteration binds: λ_it = 2048 / 4009, and the iteration attends λ_it·g KV tokens (unpaged).
     model = IterationTimeModel(c0=0.01, c1=2e-5, c2=1e-7)
     prof = build_profile("vllm", kv_tokens=131_000, chunk_size=512, iteration_time=model)
     law = LengthLaw.fixed(4000, 10)
     pred = engine_aware_mu(prof, law)
     assert pred.binding == "token budget"
-    per_it = 2048 / 4010
-    g = paged_lifetime_memory(np.array([4000]), np.array([10]), 512, 16)[0]
+    per_it = 2048 / 4009
+    g = paged_lifetime_memory(np.array([4000]), np.array([9]), 512, 1)[0]
     b = 0.01 + 2e-5 * 2048 + 1e-7 * per_it * g
     assert pred.mu == pytest.approx(per_it / b, rel=1e-12)
     # The fixed point: b is the model's time at the batch the rate μ itself implies.
     bb = pred.binding_bound
     assert bb.iteration_time == pytest.approx(
-        model.mean_time(pred.mu * bb.iteration_time * 4010, pred.mu * bb.iteration_time * g)
+        model.mean_time(pred.mu * bb.iteration_time * 4009, pred.mu * bb.iteration_time * g)
     )
 
 
 def test_running_cap_bound_by_hand():
-    # Short prompts, long outputs, 4 running slots: a request runs ⌈16/512⌉ + 100 = 101 iterations.
+    # Short prompts, long outputs, 4 running slots: a request runs ⌈16/512⌉ + 99 = 100 iterations.
     prof = build_profile(
         "vllm", kv_tokens=131_000, chunk_size=512, max_running=4, iteration_time=_const(0.03)
     )
     pred = engine_aware_mu(prof, LengthLaw.fixed(16, 100))
     assert pred.binding == "running cap"
-    assert pred.mu == pytest.approx(4 / 101 / 0.03, rel=1e-12)
+    assert pred.mu == pytest.approx(4 / 100 / 0.03, rel=1e-12)
     assert {b.name for b in pred.bounds} == {"memory", "token budget", "running cap"}
 
 
 def test_ideal_rule_is_the_paper_bound_less_the_head_of_line_gap():
     # pd-1:1 with the paper's b̄: the paper's μ is 3.263 req/s (SPEC §1); the ideal rule has no
-    # budget, cap or pages, so only the gap E[c²]/(2E[c]) of first chunks c = min(s, 512) differs.
+    # budget, cap or pages, so only the gap E[c²]/(2E[c]) of first chunks c = min(s, 512) and the
+    # o − 1 (not o) decode steps differ.
     law = LengthLaw.uniform(10, 1600, 10, 1600)
     prof = build_profile("ideal", iteration_time=_const(0.0372))
     pred = engine_aware_mu(prof, law)
-    g = law.mean(paged_lifetime_memory(law.prompt, law.output, 512, 1).astype(float))
+    g = law.mean(paged_lifetime_memory(law.prompt, law.output - 1, 512, 1).astype(float))
     c = np.minimum(law.prompt, 512).astype(float)
     gap = law.mean(c**2) / (2 * law.mean(c))
     assert pred.binding == "memory" and len(pred.bounds) == 1
     assert pred.mu == pytest.approx((131_000 - gap) / (0.0372 * g), rel=1e-12)
-    assert 131_000 / (0.0372 * g) == pytest.approx(3.263, abs=1e-3)  # exact g: 4th digit differs
+    g_paper = law.mean(paged_lifetime_memory(law.prompt, law.output, 512, 1).astype(float))
+    assert 131_000 / (0.0372 * g_paper) == pytest.approx(3.263, abs=1e-3)  # exact g: 4th digit
 
 
 def test_trace_law_carries_a_standard_error():
     rng = np.random.default_rng(0)
     law = LengthLaw.sample(rng.integers(10, 2000, 500), rng.integers(10, 500, 500))
     pred = engine_aware_mu(build_profile("vllm"), law)
-    g = paged_lifetime_memory(law.prompt, law.output, 512, 16).astype(float)
+    g = paged_lifetime_memory(law.prompt, law.output - 1, 512, 16).astype(float)
+    assert pred.binding == "memory"
     assert pred.mu_stderr / pred.mu == pytest.approx(np.std(g, ddof=1) / np.sqrt(500) / g.mean(), rel=1e-9)
 
 
 def test_a_request_larger_than_memory_is_an_error():
     with pytest.raises(KvbenchError, match="does not fit"):
         engine_aware_mu(build_profile("vllm", kv_tokens=1_000), LengthLaw.fixed(900, 200))
+
+
+def test_sglang_separate_batches_by_hand():
+    # s=100, o=11, ŝ=64, token-exact pages, M=10,000, reserve ratio floor 0.1, b = 0.01 s.
+    # Decode area Σ_{j=1..10} (100+j) = 1,055; remaining-output area Σ (11−j) = 55; the head
+    # wants s + o = 111, gap 55.5: d = (1,055 + 0.1·55) / (10,000 − 55.5) decode batches per
+    # request. Two requests of 2 chunks each prefill together: p = max(2, 2) / 2 = 1.
+    prof = build_profile(
+        "sglang", kv_tokens=10_000, chunk_size=64, max_running=UNLIMITED, iteration_time=_const(0.01)
+    )
+    pred = engine_aware_mu(prof, LengthLaw.fixed(100, 11))
+    d = (1_055 + 0.1 * 55) / (10_000 - 55.5)
+    assert pred.binding == "memory"
+    assert pred.mu == pytest.approx(1 / ((d + 1) * 0.01), rel=1e-12)
+    # A running cap of 2 forces d ≥ E[o−1]/B = 5 decode batches per request.
+    capped = engine_aware_mu(prof.replace(max_running=2), LengthLaw.fixed(100, 11))
+    assert capped.binding == "running cap"
+    assert capped.mu == pytest.approx(1 / ((5 + 1) * 0.01), rel=1e-12)
+
+
+def test_law_from_workload():
+    from kvbench.workload import load_workload
+
+    law = LengthLaw.from_workload(load_workload("uniform:10-12,5-6"))
+    assert law.exact and law.prompt.size == 6 and law.mean(law.prompt.astype(float)) == 11.0
+    trace = LengthLaw.from_workload(load_workload("azure-conv"))
+    assert not trace.exact and trace.prompt.size > 19_000
