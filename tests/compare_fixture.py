@@ -16,8 +16,11 @@ from kvbench.report import raw
 def _run(directory: Path, rate: float, capacity: float, duration: float, rng) -> None:
     """Requests arrive at `rate`, are served at most `capacity` per second (FIFO, one server of
     batch work): below capacity the queue stays small, above it grows by (rate − capacity)/s."""
-    recorder = RunRecorder(directory, {"backend": "fixture", "kind": "emulated", "rate": rate})
     n = int(rate * duration)
+    recorder = RunRecorder(directory, {
+        "backend": "fixture", "kind": "emulated", "window_end": duration, "scheduled_in_window": n,
+        "config": {"request_rate": rate, "confidence": 0.95, "tolerance": 0.02},
+    })
     arrivals = np.sort(rng.uniform(0, duration, n))
     service = rng.exponential(1 / capacity, n)
     finish = np.empty(n)
@@ -84,12 +87,9 @@ def make_compare_dir(
         probes = []
         for k, rate in enumerate(rates):
             _run(edir / f"probe-{k:02d}", rate, capacity, 60.0, rng)
-            probes.append({"index": k, "rate": rate, "duration": 60.0,
+            probes.append({"index": k, "rate": rate, "engine_seconds": 60.0,
                            "verdict": "STABLE" if rate < capacity else "UNSTABLE",
-                           "run_dir": f"{raw.ENGINES_DIR}/{a['slug']}/probe-{k:02d}",
-                           "departure_rate": min(rate, capacity), "slope": max(0.0, rate - capacity),
-                           "slope_ci": [max(0.0, rate - capacity) - 0.05, max(0.0, rate - capacity) + 0.05],
-                           "client_ok": True})
+                           "run_dir": f"{raw.ENGINES_DIR}/{a['slug']}/probe-{k:02d}"})
         mu = capacity * 0.97
         eng.update(
             status="ok",
@@ -99,7 +99,7 @@ def make_compare_dir(
                         "source": "per-request TPOT (client)", "q25": 0.035, "q75": 0.039},
             theory={"mean_g": 1.08e6, "delta": 0.0244, "mu_replica": mu, "mu": mu,
                     "mu_lower": mu * (1 - 0.0244)},
-            calibration={"run_dir": None, "duration": 12.0},
+            calibration={"run_dir": None, "engine_seconds": 12.0},
             search={"lower": rates[2], "upper": rates[3], "precision": 0.1, "converged": True,
                     "engine_seconds": 240.0, "probes": probes},
         )

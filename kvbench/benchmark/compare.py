@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -155,16 +155,19 @@ def _theory(workload: Workload, profile: EngineProfile, batch_time: float, repli
 
 
 class _Relay:
-    """The event sink of a run: the recorder writes to disk, the observer sees queue samples."""
+    """An event sink that shows queue samples to the observer (and passes events on to the
+    recorder, when there is one)."""
 
     def __init__(self, recorder, observer: CompareObserver, label: str):
         self.recorder, self.observer, self.label = recorder, observer, label
 
     def request(self, record: RequestRecord) -> None:
-        self.recorder.request(record)
+        if self.recorder is not None:
+            self.recorder.request(record)
 
     def sample(self, sample: QueueSample) -> None:
-        self.recorder.sample(sample)
+        if self.recorder is not None:
+            self.recorder.sample(sample)
         self.observer.sample(self.label, sample)
 
 
@@ -201,7 +204,7 @@ def _calibrate(
     elapsed = _engine_seconds(backend, recorder.records, time.monotonic() - started)
     engine.data["calibration"] = {
         "run_dir": engine.relative(run_dir, root),
-        "duration": elapsed,
+        "engine_seconds": elapsed,
         "requests": len(requests),
     }
     estimate = estimate_batch_time(
@@ -386,7 +389,7 @@ def _search(
 ) -> None:
     """The boundary search from the theory's μ; each probe is recorded in engine.json as soon as
     it is judged, so an interrupted search keeps its finished probes."""
-    from kvbench.benchmark.search import search_boundary
+    from kvbench.benchmark.search import DEFAULT_MAX_ENGINE_SECONDS, find_boundary
 
     search: dict[str, Any] = {
         "lower": None, "upper": None, "precision": config.precision, "converged": False,
@@ -394,45 +397,49 @@ def _search(
     }
     engine.data["search"] = search
 
+    def backend_for_seed(seed: int) -> Backend:
+        # a simulator draws its iteration-time noise from the seed: one per probe; a server is
+        # the same server for every probe
+        if backend.kind == "simulated" and seed != config.seed:
+            return open_backend(label, engine.data["backend"], replace(config, seed=seed))
+        return backend
+
     def on_probe_start(rate: float, duration: float) -> None:
         observer.phase(label, "probe", rate, duration)
 
     def on_probe(probe) -> None:
-        verdict = probe.result.verdict.value
         search["probes"].append(
             {
                 "index": len(search["probes"]),
                 "rate": probe.rate,
-                "duration": probe.engine_seconds,
-                "verdict": verdict,
+                "engine_seconds": probe.engine_seconds,
+                "verdict": probe.verdict,
+                "extensions": probe.extensions,
                 "run_dir": engine.relative(Path(probe.run_dir), root),
-                "departure_rate": probe.result.departure_rate,
-                "slope": probe.result.slope,
-                "slope_ci": [probe.result.slope_lo, probe.result.slope_hi],
-                "client_ok": probe.client_ok,
-                "reason": probe.result.reason,
             }
         )
         stable = [p["rate"] for p in search["probes"] if p["verdict"] == "STABLE"]
         unstable = [p["rate"] for p in search["probes"] if p["verdict"] == "UNSTABLE"]
         search["lower"] = max(stable, default=None)
-        search["upper"] = min(unstable, default=None)
-        search["engine_seconds"] = sum(p["duration"] for p in search["probes"])
+        search["upper"] = min((r for r in unstable if r > (search["lower"] or 0)), default=None)
+        search["engine_seconds"] = sum(p["engine_seconds"] for p in search["probes"])
         engine.save()
-        observer.probe_finished(label, probe.rate, verdict)
+        observer.probe_finished(label, probe.rate, probe.verdict)
 
-    result = search_boundary(
-        backend,
+    result = find_boundary(
+        backend_for_seed,
         workload,
-        start_rate=engine.data["theory"]["mu"],
+        config.workload,
         precision=config.precision,
         confidence=config.confidence,
-        max_engine_seconds=config.max_engine_seconds,
+        max_engine_seconds=config.max_engine_seconds or DEFAULT_MAX_ENGINE_SECONDS,
         seed=config.seed,
-        output=engine.directory / "probes",
-        on_probe_start=on_probe_start,
+        start_rate=engine.data["theory"]["mu"],
         on_probe=on_probe,
+        on_probe_start=on_probe_start,
+        output=engine.directory,
+        progress=_Relay(None, observer, label),
     )
-    search.update(lower=result.lower, upper=result.upper, converged=result.converged,
-                  engine_seconds=result.engine_seconds)
+    search.update(lower=result.lower, upper=result.upper, converged=result.reached,
+                  engine_seconds=result.engine_seconds, stop_reason=result.stop_reason)
     engine.save()

@@ -31,11 +31,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from kvbench.cli import compare, theory
+    from kvbench.cli import compare, report, theory
 
     cli.add_command(theory.theory)
     cli.add_command(theory.provision)
     cli.add_command(compare.compare)
+    cli.add_command(report.report)
 
 
 _register()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -143,7 +144,12 @@ def compare(backends, workload, urls, model, replicas, precision, confidence, ma
     show = sys.stderr.isatty() if progress is None else progress
     with CompareProgress(enabled=show) as view:
         directory = run_compare(config, view)
-    report, _ = write_report(directory)
+    # measuring is over: a Ctrl-C now would only lose the report, so let it finish
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        report, _ = write_report(directory)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if as_json:
         write_json(report.results.to_dict())
     else:
@@ -151,3 +157,13 @@ def compare(backends, workload, urls, model, replicas, precision, confidence, ma
     if report.results.interrupted:
         click.echo("interrupted: the report covers what was measured before the stop", err=True)
         sys.exit(130)
+
+
+def rebuild_compare_report(directory: Path, as_json: bool) -> None:
+    """`kvbench report DIR` for a compare directory: rebuild every report file from the raw
+    files and print the summary (or results.json with --json)."""
+    report, _ = write_report(directory)
+    if as_json:
+        write_json(report.results.to_dict())
+    else:
+        print_summary(report.results, directory)
