@@ -46,10 +46,10 @@ def test_embedded_compare_measures_both_engines_beside_theory(embedded):
         lower, upper = e["boundary"]["lower"], e["boundary"]["upper"]
         assert lower is not None and upper is not None and lower < upper
         verdicts = {p["rate"]: p["verdict"] for p in e["probes"]}
-        assert verdicts[lower] == "STABLE" and verdicts[upper] == "UNSTABLE"
-        # every probe above the bracket is not stable, every one below not unstable
-        assert all(v != "STABLE" for r, v in verdicts.items() if r > upper)
-        assert all(v != "UNSTABLE" for r, v in verdicts.items() if r < lower)
+        assert verdicts[lower] == "STABLE"
+        # no probe at or above the bracket is stable, none below it unstable
+        assert all(v != "STABLE" for r, v in verdicts.items() if r >= upper)
+        assert all(v != "UNSTABLE" for r, v in verdicts.items() if r <= lower)
         t = e["theory"]
         assert t["mu"] == pytest.approx(e["profile"]["kv_tokens"] / (
             e["batch_time"]["value"] * t["mean_g"]))
@@ -107,3 +107,22 @@ def test_ctrl_c_keeps_finished_probes_and_still_reports(tmp_path):
     assert first.status == "interrupted" and len(first.probes) == 2
     assert second.status == "interrupted" and second.error.startswith("not started")
     assert "Interrupted" in (directory / "report.html").read_text()
+
+
+def test_results_numbers_equal_the_raw_run_files(embedded):
+    results, directory = embedded
+    for e in results["engines"][:2]:
+        raw = json.loads(next(directory.glob(f"engines/*-{e['label']}/engine.json")).read_text())
+        assert e["engine_seconds"] == pytest.approx(
+            raw["calibration"]["engine_seconds"]
+            + sum(p["engine_seconds"] for p in raw["search"]["probes"])
+        )
+        assert e["boundary"]["lower"] == raw["search"]["lower"]
+        assert e["boundary"]["upper"] == raw["search"]["upper"]
+        for probe in e["probes"]:
+            lines = (directory / probe["run_dir"] / "requests.jsonl").read_text().splitlines()
+            records = [json.loads(line) for line in lines]
+            assert probe["requests_sent"] == sum(r["sent"] is not None for r in records)
+            assert probe["requests_finished"] == sum(
+                r["finished"] is not None and r["error"] is None for r in records
+            )

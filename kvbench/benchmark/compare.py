@@ -269,7 +269,9 @@ def open_backend(label: str, spec: str, config: CompareConfig) -> Backend:
                 f"{label}: --replicas with --model; launch one server per GPU and give each "
                 "with --url"
             )
-        return resolve_backend(spec, model=config.model, seed=config.seed)
+        from kvbench.backends.engines import open_engine
+
+        return open_engine(spec, model=config.model, seed=config.seed)
     return resolve_backend(spec, replicas=config.replicas, seed=config.seed)
 
 

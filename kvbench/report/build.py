@@ -167,14 +167,17 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
 
     boundary_series = []
     if result.boundary:
-        ends = {("STABLE", result.boundary.lower), ("UNSTABLE", result.boundary.upper)}
-        for probe, samples in series:
-            if (probe.verdict, probe.rate) in ends:
-                ends.discard((probe.verdict, probe.rate))
-                boundary_series.append(
-                    ProbeSeries(result.label, result.kind, probe.index, probe.rate,
-                                probe.verdict, samples)
-                )
+        # the probes either side: the fastest judged STABLE and the slowest judged UNSTABLE
+        stable = [(p, x) for p, x in series if p.verdict == "STABLE"]
+        unstable = [(p, x) for p, x in series if p.verdict == "UNSTABLE"]
+        ends = []
+        if stable:
+            ends.append(max(stable, key=lambda px: px[0].rate))
+        if unstable:
+            ends.append(min(unstable, key=lambda px: px[0].rate))
+        boundary_series = [
+            ProbeSeries(result.label, result.kind, p.index, p.rate, p.verdict, x) for p, x in ends
+        ]
     all_samples = [
         samples.assign(engine=result.label, kind=result.kind, probe=probe.index, rate=probe.rate)
         for probe, samples in series
