@@ -292,8 +292,27 @@ def _windows_from_csv(path: Path, text: str) -> IterationWindows:
     )
 
 
-def load_fit(path: str | Path) -> IterationTimeFit:
-    """A fitted model saved by `kvbench calibrate --output`."""
+@dataclass(frozen=True)
+class Calibration:
+    """What `kvbench calibrate --output` saves: the fitted iteration-time model and, when the
+    calibration run overloaded the engine, the batch tokens it recomputed per request."""
+
+    fit: IterationTimeFit
+    preemption_waste: float | None = None
+    backend: str = ""
+    simulated: bool = False
+
+    def to_json(self) -> dict:
+        return {
+            "fit": self.fit.to_json(),
+            "preemption_waste": self.preemption_waste,
+            "backend": self.backend,
+            "simulated": self.simulated,
+        }
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    """A calibration saved by `kvbench calibrate --output` (a bare fit object is accepted)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -303,4 +322,17 @@ def load_fit(path: str | Path) -> IterationTimeFit:
         raise KvbenchError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
     if not isinstance(data, dict):
         raise KvbenchError(f"{path}: expected a JSON object")
-    return IterationTimeFit.from_json(data.get("fit", data), str(path))
+    waste = data.get("preemption_waste")
+    if waste is not None and not (isinstance(waste, (int, float)) and waste >= 0):
+        raise KvbenchError(f"{path}: preemption_waste must be a non-negative number")
+    return Calibration(
+        fit=IterationTimeFit.from_json(data.get("fit", data), str(path)),
+        preemption_waste=None if waste is None else float(waste),
+        backend=str(data.get("backend", "")),
+        simulated=bool(data.get("simulated", False)),
+    )
+
+
+def load_fit(path: str | Path) -> IterationTimeFit:
+    """A fitted model saved by `kvbench calibrate --output`."""
+    return load_calibration(path).fit

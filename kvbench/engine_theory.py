@@ -31,7 +31,7 @@ its own admission reserve; `_separate_bounds` explains how that changes the coun
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,6 +53,9 @@ class LengthLaw:
     weight: np.ndarray
     exact: bool
     name: str = ""
+    # Per-(chunk, page) request quantities, computed once per law: the support can be millions
+    # of points (pd-1:1 has 1591²).
+    _lives: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def sample(cls, prompt, output, name: str = "") -> LengthLaw:
@@ -218,21 +221,33 @@ class RequestLives:
 
 
 def request_lives(law: LengthLaw, chunk: int, page: int) -> RequestLives:
+    cached = law._lives.get((chunk, page))
+    if cached is None:
+        cached = law._lives[(chunk, page)] = _request_lives(law, chunk, page)
+    return cached
+
+
+def _request_lives(law: LengthLaw, chunk: int, page: int) -> RequestLives:
     s, o = law.prompt, law.output
     decodes = o - 1
     chunks = -(-s // chunk)
-    prefill_paged = paged_lifetime_memory(s, np.zeros_like(o), chunk, page)
-    prefill = paged_lifetime_memory(s, np.zeros_like(o), chunk, 1)
-    area = paged_lifetime_memory(s, decodes, chunk, page)
-    attended = paged_lifetime_memory(s, decodes, chunk, 1)
+    # One pass over the chunks for both the paged and the exact prefill area.
+    prefill_paged = np.zeros_like(s)
+    prefill = np.zeros_like(s)
+    for k in range(1, int(chunks.max(initial=0)) + 1):
+        held = np.where(k <= chunks, np.minimum(k * chunk, s), 0)
+        prefill += held
+        prefill_paged += paged(held, page)
+    decode_paged = _paged_prefix_sum(s + decodes, page) - _paged_prefix_sum(s, page)
+    decode = decodes * s + decodes * (decodes + 1) // 2
     f = np.float64
     return RequestLives(
         tokens=(s + decodes).astype(f),
         iterations=(chunks + decodes).astype(f),
-        area=area.astype(f),
-        attended=attended.astype(f),
+        area=(prefill_paged + decode_paged).astype(f),
+        attended=(prefill + decode).astype(f),
         prefill_area=prefill.astype(f),
-        decode_area_paged=(area - prefill_paged).astype(f),
+        decode_area_paged=decode_paged.astype(f),
         remaining_area=(decodes * o / 2).astype(f),  # Σ_{j=1..o−1} (o − j)
         chunks=chunks.astype(f),
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import io
 import json
 import re
@@ -97,8 +98,8 @@ class Workload(ABC):
 
     @abstractmethod
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """The trace's (prompt_lens, output_lens) in file order; KvbenchError for a synthetic
-        law, which has no rows (use `draw`)."""
+        """The trace's (prompt_lens, output_lens) in file order, read-only; KvbenchError for a
+        synthetic law, which has no rows (use `draw`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,7 +150,8 @@ class TraceWorkload(Workload):
         return self.prompt_lens[picks], self.output_lens[picks]
 
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.prompt_lens.copy(), self.output_lens.copy()
+        """Read-only views of the trace's lengths, in file order."""
+        return self.prompt_lens, self.output_lens
 
 
 def load_workload(spec_or_path: str) -> Workload:
@@ -160,8 +162,7 @@ def load_workload(spec_or_path: str) -> Workload:
     if text.startswith(("uniform:", "fixed:")):
         return SyntheticWorkload(text, _parse_spec(text))
     if text in _PACKAGED_TRACES:
-        data = resources.files("kvbench").joinpath("data", _PACKAGED_TRACES[text])
-        return _parse_trace(data.read_bytes(), label=f"{text} (kvbench/data/{data.name})", name=text)
+        return _packaged_trace(text)
     path = Path(spec_or_path)
     try:
         content = path.read_bytes()
@@ -170,6 +171,13 @@ def load_workload(spec_or_path: str) -> Workload:
     except OSError as err:
         raise KvbenchError(f"{spec_or_path}: cannot read: {err.strerror or err}") from None
     return _parse_trace(content, label=str(path), name=path.stem, suffix=path.suffix.lower())
+
+
+@functools.lru_cache(maxsize=None)
+def _packaged_trace(name: str) -> TraceWorkload:
+    """A trace shipped in kvbench/data, parsed once per process (its arrays are read-only)."""
+    data = resources.files("kvbench").joinpath("data", _PACKAGED_TRACES[name])
+    return _parse_trace(data.read_bytes(), label=f"{name} (kvbench/data/{data.name})", name=name)
 
 
 # --- synthetic specs --------------------------------------------------------------------------
@@ -240,12 +248,14 @@ def _parse_trace(content: bytes, *, label: str, name: str, suffix: str = "") -> 
         first = stamps_ns[0]
         # Subtract in integer nanoseconds, so epoch-sized stamps keep their sub-microsecond gaps.
         timestamps = np.array([(t - first) / 1e9 for t in stamps_ns], dtype=np.float64)
+    prompt_lens = np.array(prompts, dtype=np.int64)
+    output_lens = np.array(outputs, dtype=np.int64)
+    # Read-only, so a workload can be shared (and cached) without one user changing another's.
+    for array in (prompt_lens, output_lens, timestamps):
+        if array is not None:
+            array.flags.writeable = False
     return TraceWorkload(
-        name=name,
-        prompt_lens=np.array(prompts, dtype=np.int64),
-        output_lens=np.array(outputs, dtype=np.int64),
-        timestamps=timestamps,
-        source=label,
+        name=name, prompt_lens=prompt_lens, output_lens=output_lens, timestamps=timestamps, source=label
     )
 
 
@@ -269,6 +279,18 @@ def _length(value: object, where: str, what: str) -> int:
     return number
 
 
+@functools.lru_cache(maxsize=4096)
+def _midnight_seconds(year: str, month: str, day: str, zone: str | None) -> int:
+    """Seconds from the Unix epoch to the start of a day in a zone; cached because a trace's
+    rows share a few days. ValueError for an impossible date or offset."""
+    tz = dt.timezone.utc
+    if zone and zone != "Z":
+        sign = -1 if zone[0] == "-" else 1
+        tz = dt.timezone(sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[-2:])))
+    midnight = dt.datetime(int(year), int(month), int(day), tzinfo=tz)
+    return (midnight - _EPOCH) // dt.timedelta(seconds=1)
+
+
 def _timestamp_ns(value: object, where: str) -> int:
     """Integer nanoseconds since the Unix epoch (or since an arbitrary origin for plain seconds)."""
     if isinstance(value, bool) or value is None:
@@ -280,19 +302,15 @@ def _timestamp_ns(value: object, where: str) -> int:
     cell = value.strip()
     match = _DATETIME.match(cell) if cell.isascii() else None
     if match:
-        year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-        fraction, zone = match.group(7) or "", match.group(8)
+        hour, minute, second = int(match.group(4)), int(match.group(5)), int(match.group(6))
         try:
-            tz = dt.timezone.utc
-            if zone and zone != "Z":
-                sign = -1 if zone[0] == "-" else 1
-                hh, mm = int(zone[1:3]), int(zone[-2:])
-                tz = dt.timezone(sign * dt.timedelta(hours=hh, minutes=mm))
-            moment = dt.datetime(year, month, day, hour, minute, second, tzinfo=tz)
+            if hour > 23 or minute > 59 or second > 59:
+                raise ValueError("time of day out of range")
+            midnight = _midnight_seconds(match.group(1), match.group(2), match.group(3), match.group(8))
         except ValueError as err:
             raise KvbenchError(f"{where}: timestamp {cell!r} is not a valid date-time: {err}") from None
-        whole_seconds = (moment - _EPOCH) // dt.timedelta(seconds=1)
-        return whole_seconds * 10**9 + int(fraction[:9].ljust(9, "0"))
+        whole_seconds = midnight + 3600 * hour + 60 * minute + second
+        return whole_seconds * 10**9 + int((match.group(7) or "")[:9].ljust(9, "0"))
     try:
         seconds = Decimal(cell)
     except InvalidOperation:

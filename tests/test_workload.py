@@ -209,3 +209,13 @@ def test_arbitrary_jsonl_records_never_raise_anything_but_kvbench_error(tmp_path
     path = tmp_path / "fuzz.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")
     _assert_loads_or_fails_cleanly(str(path))
+
+
+def test_trace_arrays_are_read_only_so_a_cached_trace_cannot_be_corrupted():
+    workload = load_workload("azure-conv")
+    s, _ = workload.rows()
+    with pytest.raises(ValueError):
+        s[0] = 1
+    with pytest.raises(ValueError):
+        workload.timestamps[0] = 1.0
+    assert load_workload("azure-conv").rows()[0][0] == 374

@@ -26,8 +26,9 @@ from kvbench.simulator import simulate
 SAMPLE_PERIOD = 0.25
 
 
-def _opt(x: float) -> float | None:
-    return None if math.isnan(x) else float(x)
+def _optional(values: np.ndarray) -> list[float | None]:
+    """Floats with NaN (did not happen) as None, as RequestRecord has them."""
+    return [None if v != v else v for v in values.tolist()]
 
 
 class SimBackend(Backend):
@@ -67,21 +68,21 @@ class SimBackend(Backend):
             sample_interval=self.sample_period,
         )
         rec = result.records
-        first = rec["first_token"].to_numpy()
         fin = rec["finished"].to_numpy()
-        admitted = rec["admitted"].to_numpy()
-        pre = rec["preemptions"].to_numpy()
         end = until if until is not None else float(np.nanmax(fin, initial=0.0))
         samples = self._samples(result.timeseries, t, fin, end)
         # A live run reports a request when it finishes and a still-running one at the end.
         report_at = np.where(np.isnan(fin), np.inf, fin)
         order = np.argsort(report_at, kind="stable")
+        columns = [_optional(rec[c].to_numpy()[order]) for c in ("first_token", "finished", "admitted")]
+        preemptions = rec["preemptions"].to_numpy()[order].tolist()
+        sample_times = [x.time for x in samples]
         si = 0
-        for i in order:
-            while si < len(samples) and samples[si].time <= report_at[i]:
+        for i, first, finished, admitted, pre in zip(order.tolist(), *columns, preemptions):
+            at = math.inf if finished is None else finished
+            while si < len(samples) and sample_times[si] <= at:
                 sink.sample(samples[si])
                 si += 1
-            done = not math.isnan(fin[i])
             spec = requests[i]
             sink.request(
                 RequestRecord(
@@ -90,11 +91,11 @@ class SimBackend(Backend):
                     prompt_len=spec.prompt_len,
                     output_len=spec.output_len,
                     sent=spec.intended_send,
-                    first_token=_opt(first[i]),
-                    finished=_opt(fin[i]),
-                    output_tokens=spec.output_len if done else None,
-                    preemptions=int(pre[i]),
-                    admitted=_opt(admitted[i]),
+                    first_token=first,
+                    finished=finished,
+                    output_tokens=None if finished is None else spec.output_len,
+                    preemptions=int(pre),
+                    admitted=admitted,
                 )
             )
         for sample in samples[si:]:
@@ -115,13 +116,6 @@ class SimBackend(Backend):
         running = by_time["running"].to_numpy()[keep]
         kv = by_time["kv_used"].to_numpy(dtype=np.float64)[keep]
         return [
-            QueueSample(
-                time=float(times[k]),
-                in_flight=int(in_flight[k]),
-                waiting=int(waiting[k]),
-                running=int(running[k]),
-                kv_used_tokens=float(kv[k]),
-                kv_usage=float(kv[k]) / kv_total,
-            )
-            for k in range(len(times))
+            QueueSample(time=a, in_flight=int(b), waiting=int(c), running=int(d), kv_used_tokens=e, kv_usage=e / kv_total)
+            for a, b, c, d, e in zip(times.tolist(), in_flight.tolist(), waiting.tolist(), running.tolist(), kv.tolist())
         ]

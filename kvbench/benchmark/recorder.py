@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import platform
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -89,11 +89,13 @@ class RunRecorder:
 
     def request(self, record: RequestRecord) -> None:
         self.records.append(record)
-        self._append(self._requests, asdict(record))
+        if self._requests is not None:
+            self._append(self._requests, vars(record))
 
     def sample(self, sample: QueueSample) -> None:
         self.samples.append(sample)
-        self._append(self._samples, asdict(sample))
+        if self._samples is not None:
+            self._append(self._samples, vars(sample))
 
     def close(self, status: str = "completed", error: str | None = None) -> None:
         """Write end.json and close the files (idempotent)."""

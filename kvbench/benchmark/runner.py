@@ -99,7 +99,8 @@ def _percentiles(values: np.ndarray) -> dict[str, float | int | None]:
 
 
 def _col(records: list[RequestRecord], name: str) -> np.ndarray:
-    return np.array([np.nan if getattr(r, name) is None else getattr(r, name) for r in records], dtype=np.float64)
+    values = [getattr(r, name) for r in records]
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def _step_stats(samples: list[QueueSample], name: str, start: float, end: float) -> dict[str, float | None]:

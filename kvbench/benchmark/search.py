@@ -1,18 +1,24 @@
 """The boundary search: bracket λ* between the largest rate judged STABLE and the smallest judged
-UNSTABLE, to a relative width `precision`, spending as few engine-seconds as it can.
+UNSTABLE, to a relative width `precision`.
 
-What it uses to spend little:
-- it starts from the theory's rate (the engine-aware μ of the backend's profile), overloaded by a
-  margin, because an overloaded run is the cheapest to judge and its departure rate estimates the
-  capacity directly;
-- every later probe is placed around the latest capacity estimate so that one STABLE and one
-  UNSTABLE answer close the bracket;
-- run lengths scale with the system's time constant (a request's expected life) and grow as the
-  rate approaches the capacity estimate (the evidence shrinks with the distance);
-- an INCONCLUSIVE probe is extended (doubled), not guessed; on a backend that replays a prefix
-  exactly (the simulator) the extension costs only the added seconds, as continuing a live run
-  would.
-Every probe is recorded with its rate, duration, verdict, evidence and cost.
+How it spends little engine time, and why each step is sound:
+1. Saturate. It starts from the theory's rate (the engine-aware μ of the backend's profile) times
+   FIRST_OVERLOAD, raising the rate ×1.5 while runs come back STABLE. An overloaded run is the
+   cheapest to judge, and its departure rate is the engine's capacity: with a backlog that never
+   empties the engine serves at its saturated rate c whatever λ is. The run is extended until the
+   capacity interval [c_lo, c_hi] is narrower than CAPACITY_WIDTH·precision (or the budget says stop).
+2. Upper end. Any λ above c_hi is UNSTABLE at the stated confidence, because a backlog forms
+   sooner or later at any λ and is then served at c < λ. This matters: on the simulator, vLLM's
+   rule serves ~10% above its saturated rate while no backlog has formed (fewer preemptions), so a
+   run at 1.05·c can look stable for thousands of seconds before it tips over. The smallest rate
+   judged UNSTABLE is therefore min(c_hi, the smallest rate a run judged UNSTABLE).
+3. Lower end. It probes λ = upper/(1 + precision). STABLE closes the bracket. UNSTABLE lowers the
+   upper end (and its departure rate refines c); INCONCLUSIVE runs are extended (doubled) first,
+   never guessed, and one still INCONCLUSIVE at the longest length is stepped below.
+Run lengths are in units of a request's expected life in the engine (the queue's time constant)
+and start longer the closer λ is to the capacity estimate. On a backend that replays a prefix
+exactly (the simulator) an extension costs only the added seconds, as continuing a live run
+would. Every probe is recorded with its rate, duration, verdict, evidence and cost.
 """
 
 from __future__ import annotations
@@ -31,18 +37,27 @@ from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile
-from kvbench.workload import SyntheticWorkload, Workload
+from kvbench.workload import Workload
 
 DEFAULT_PRECISION = 0.05
-DEFAULT_MAX_ENGINE_SECONDS = 7200.0
+DEFAULT_MAX_ENGINE_SECONDS = 43200.0
 # The first probe's overload over the theory's rate: enough that a theory 20% too optimistic
 # still yields an overloaded (fast, informative) first run.
 FIRST_OVERLOAD = 1.25
 # Run lengths in units of a request's expected life: the shortest probe, and the longest a probe
-# may be extended to.
-MIN_LIVES = 6.0
-MAX_LIVES = 256.0
+# may be extended to. The minimum is set by metastability, not noise: on the simulator, vLLM's
+# rule at 1.2·λ* looks stable for several hundred seconds (about ten lives) before preemptions
+# pile up, so runs shorter than ~20 lives call overloaded rates STABLE (measured: 3 of 100 at
+# 600 s, 0 of 100 at 1200 s on pd-1:1).
+MIN_LIVES = 20.0
+MAX_LIVES = 320.0
+# Lives a probe starts with at a relative distance d from the capacity estimate: LIVES_AT_UNIT / d
+# (never fewer than MIN_LIVES), so 40 lives at d = 0.025; INCONCLUSIVE doubles it from there.
+LIVES_AT_UNIT = 1.0
 MAX_PROBES = 40
+# The saturated run is extended until its capacity interval is this many precisions wide: wider
+# makes the saturation run cheaper but puts the lower probe closer to the boundary (slower).
+CAPACITY_WIDTH = 1.0
 
 
 @dataclass
@@ -66,7 +81,8 @@ class BoundaryResult:
     engine_seconds: float
     probes: list[Probe]
     theory_mu: float
-    capacity_estimate: float | None  # departure rate of the nearest UNSTABLE probe
+    capacity_estimate: float | None  # saturated departure rate (the narrowest measured)
+    capacity_interval: tuple[float, float] | None
     confidence: float
     stop_reason: str
     kind: str
@@ -88,14 +104,11 @@ class BoundaryResult:
 
 
 def theory_rate(profile: EngineProfile, workload: Workload, *, seed: int = 0) -> float:
-    """The engine-aware μ of one replica of `profile` on the workload (the search's start)."""
-    if isinstance(workload, SyntheticWorkload):
-        law = workload.law
-        ll = LengthLaw.uniform(law.prompt_min, law.prompt_max, law.output_min, law.output_max, name=workload.name)
-    else:
-        s, o = workload.draw(20_000, seed)
-        ll = LengthLaw.sample(s, o, name=workload.name)
-    return engine_aware_mu(profile, ll).mu
+    """The engine-aware μ of one replica of `profile` on the workload (the search's start), over
+    20,000 drawn requests: a start needs no more precision than that (±1%), and the exact law of
+    a synthetic workload has millions of support points."""
+    s, o = workload.draw(20_000, seed)
+    return engine_aware_mu(profile, LengthLaw.sample(s, o, name=workload.name)).mu
 
 
 def request_life(profile: EngineProfile, workload: Workload, mu: float, *, seed: int = 0) -> float:
@@ -128,9 +141,10 @@ def find_boundary(
 ) -> BoundaryResult:
     """Bracket the backend's stability boundary. `backend_for_seed(seed)` gives the backend for
     one probe (probe k uses seed + k, so probes are independent and the search reproducible).
-    With `output`, every run is written to its own directory under it (probe-KK, and
-    probe-KK-xN for the N-th extension); `progress` sees every run's events as they happen and
-    `on_probe_start(rate, duration)` each run's start."""
+    With `output`, every run is written to its own run directory under it (probe-KK, and
+    probe-KK-xN for its N-th extension); `progress` receives every run's events as they happen
+    and `on_probe_start(rate, duration)` is told when each run starts (kvbench compare's live
+    view and report use these)."""
     if not 0.001 <= precision <= 1.0:
         raise KvbenchError(f"--precision must be in [0.001, 1], got {precision}")
     if not max_engine_seconds > 0:
@@ -145,24 +159,24 @@ def find_boundary(
     spent = 0.0
     lo: float | None = None
     hi: float | None = None
-    capacity: float | None = None
-    capacity_at: float | None = None  # the rate of the probe that gave the estimate
+    capacity: tuple[float, float, float] | None = None  # (estimate, lo, hi) from a saturated run
+    stop = "precision reached"
 
     def duration_for(rate: float) -> float:
-        ref = capacity if capacity is not None else mu
+        ref = capacity[0] if capacity is not None else mu
         distance = abs(math.log(rate / ref))
-        # Evidence grows like (distance · duration); 0.25 overload needs MIN_LIVES lives.
-        lives = MIN_LIVES * (0.25 / max(distance, precision / 4)) ** 1.0
+        lives = LIVES_AT_UNIT / max(distance, precision / 4)
         return float(np.clip(lives * life, min_duration, max_duration))
 
-    def probe(rate: float) -> Probe:
+    def probe(rate: float, *, until_capacity_width: float | None = None) -> Probe:
+        """One probe, extended while INCONCLUSIVE (or, for a saturation run, while the capacity
+        interval is wider than `until_capacity_width`)."""
         nonlocal spent
         k = len(probes)
         backend = first if k == 0 else backend_for_seed(seed + k)
         duration = duration_for(rate)
-        cost = 0.0
+        cost = previous = 0.0
         extensions = 0
-        previous = 0.0
         while True:
             duration = min(duration, max_duration)
             spec = RunSpec(workload_spec, rate, burstiness, duration=duration, seed=seed + k,
@@ -177,80 +191,78 @@ def find_boundary(
             cost += step
             spent += step
             verdict = result.summary["verdict"] or "INCONCLUSIVE"
-            if verdict != "INCONCLUSIVE" or duration >= max_duration or spent + duration > max_engine_seconds:
+            ev = result.summary["evidence"] or {}
+            wide = (
+                until_capacity_width is not None and verdict == "UNSTABLE"
+                and ev.get("departure_lo") and ev["departure_hi"] / ev["departure_lo"] - 1 > until_capacity_width
+            )
+            more = verdict == "INCONCLUSIVE" or wide
+            next_cost = 2 * duration - duration if backend.replays_prefix else 2 * duration
+            if not more or duration >= max_duration or spent + next_cost > max_engine_seconds:
                 break
             previous = duration
             duration *= 2.0
             extensions += 1
-        p = Probe(rate, duration, cost, verdict, extensions, result.summary["evidence"] or {},
-                  result.summary["client_kept_schedule"],
+        p = Probe(rate, duration, cost, verdict, extensions, ev, result.summary["client_kept_schedule"],
                   None if run_dir is None else str(run_dir))
         probes.append(p)
         if on_probe is not None:
             on_probe(p)
         return p
 
-    tried: set[float] = set()
-    stop = "precision reached"
+    def learn(p: Probe) -> None:
+        nonlocal lo, hi, capacity
+        if p.verdict == "STABLE":
+            lo = p.rate if lo is None else max(lo, p.rate)
+        elif p.verdict == "UNSTABLE":
+            hi = p.rate if hi is None else min(hi, p.rate)
+            ev = p.evidence
+            dep, dlo, dhi = ev.get("departure_rate"), ev.get("departure_lo"), ev.get("departure_hi")
+            if dep and dlo and dhi and (capacity is None or dhi - dlo < capacity[2] - capacity[1]):
+                capacity = (float(dep), float(dlo), float(dhi))
+            if capacity is not None and capacity[2] > (lo or 0.0):
+                hi = min(hi, capacity[2])
+
+    def budget_left() -> bool:
+        return spent + min_duration <= max_engine_seconds and len(probes) < MAX_PROBES
+
+    # 1. saturate
     rate = mu * FIRST_OVERLOAD
-    while True:
-        if lo is not None and hi is not None and hi / lo - 1.0 <= precision * (1 + 1e-9):
+    while budget_left():
+        p = probe(rate, until_capacity_width=CAPACITY_WIDTH * precision)
+        learn(p)
+        if p.verdict == "UNSTABLE":
             break
-        if len(probes) >= MAX_PROBES:
-            stop = f"stopped after {MAX_PROBES} probes"
+        rate *= 1.5 if p.verdict == "STABLE" else 1.25
+    # 2–3. close the bracket from below
+    ceiling = hi  # the next lower probe goes one precision step below this
+    stalled: list[float] = []
+    while hi is not None and ceiling is not None and budget_left():
+        if lo is not None and hi / lo - 1.0 <= precision * (1 + 1e-9):
             break
-        if spent + min_duration > max_engine_seconds:
-            stop = "engine-second budget spent"
+        rate = ceiling / (1.0 + precision)
+        if lo is not None and rate <= lo * (1 + 1e-9):
+            rate = math.sqrt(lo * hi)
+        if any(abs(rate / r - 1.0) < 1e-6 for r in stalled):
             break
         p = probe(rate)
-        tried.add(round(rate, 12))
-        if p.verdict == "UNSTABLE":
-            if hi is None or rate < hi:
-                hi = rate
-            dep = p.evidence.get("departure_rate")
-            if dep and (capacity_at is None or rate <= capacity_at):
-                capacity, capacity_at = float(dep), rate
-        elif p.verdict == "STABLE":
-            if lo is None or rate > lo:
-                lo = rate
-        rate = _next_rate(lo, hi, capacity if capacity is not None else mu, precision, p, tried)
-        if rate is None:
-            stop = "no rate left to probe inside the bracket"
-            break
+        learn(p)
+        if p.verdict == "INCONCLUSIVE":
+            # Too close to call even at the longest run: the boundary is near; step below it.
+            stalled.append(rate)
+            ceiling = rate
+        else:
+            ceiling = hi
+    reached = lo is not None and hi is not None and hi / lo - 1.0 <= precision * (1 + 1e-9)
+    if not reached:
+        stop = "engine-second budget spent" if not budget_left() else "could not close the bracket"
 
     return BoundaryResult(
-        lower=lo, upper=hi, precision=precision,
-        reached=lo is not None and hi is not None and hi / lo - 1.0 <= precision * (1 + 1e-9),
-        engine_seconds=spent, probes=probes, theory_mu=mu, capacity_estimate=capacity,
+        lower=lo, upper=hi, precision=precision, reached=reached,
+        engine_seconds=spent, probes=probes, theory_mu=mu,
+        capacity_estimate=None if capacity is None else capacity[0],
+        capacity_interval=None if capacity is None else (capacity[1], capacity[2]),
         confidence=confidence, stop_reason=stop, kind=first.kind, backend=first.name,
         extras={"request_life": life},
     )
 
-
-def _next_rate(lo: float | None, hi: float | None, estimate: float, precision: float, last: Probe,
-               tried: set[float]) -> float | None:
-    """Where to probe next: the pair of rates around the capacity estimate that one STABLE and
-    one UNSTABLE answer would close to the requested width, clipped into the open bracket."""
-    half = math.sqrt(1.0 + precision)
-    # Keep the estimate inside what is known: a STABLE λ has capacity above it, an UNSTABLE below.
-    if lo is not None:
-        estimate = max(estimate, lo * half)
-    if hi is not None:
-        estimate = min(estimate, hi / half)
-    below, above = estimate / half, estimate * half
-    candidates: list[float] = []
-    if lo is None:
-        candidates.append(below if hi is None or below < hi else hi / (1.0 + precision))
-    elif hi is None:
-        candidates.append(max(above, lo * (1.0 + precision)) if last.verdict != "STABLE" else max(above, lo * 1.5))
-    else:
-        candidates += [below, above, math.sqrt(lo * hi)]
-    for c in candidates:
-        inside = (lo is None or c > lo * (1 + 1e-9)) and (hi is None or c < hi * (1 - 1e-9))
-        if inside and round(c, 12) not in tried:
-            return c
-    if lo is not None and hi is not None:
-        mid = math.sqrt(lo * hi)
-        if round(mid, 12) not in tried:
-            return mid
-    return None

@@ -66,3 +66,23 @@ def exact_g():
 
 def json_output():
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+
+
+def engine(help_text: str):
+    from kvbench.profile import POLICIES
+
+    return click.option(
+        "--engine", type=click.Choice(POLICIES), default=None, help=help_text
+    )
+
+
+def profile_preset():
+    from kvbench.profile import HARDWARE, PAPER_A100
+
+    return click.option(
+        "--profile",
+        "profile_name",
+        type=click.Choice(sorted(HARDWARE)),
+        default=None,
+        help=f"Hardware/model calibration the engine preset uses (default: {PAPER_A100.name}, illustrative).",
+    )

@@ -1,4 +1,5 @@
-"""`kvbench report DIR`: rebuild a report from the raw files a run or a compare wrote."""
+"""`kvbench report DIR`: rebuild a run's summary from its raw files (complete, interrupted or
+killed), write summary.json and print it."""
 
 from __future__ import annotations
 
@@ -6,25 +7,39 @@ from pathlib import Path
 
 import click
 
-from kvbench.errors import KvbenchError
+from kvbench.benchmark.recorder import read_run, write_summary
+from kvbench.benchmark.runner import summarize
+from kvbench.export.json import write_json
+from kvbench.output.run import run_summary_text
 from kvbench.report.raw import is_compare_dir
 
 
-@click.command()
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
-def report(directory: Path, as_json: bool) -> None:
-    """Rebuild the report of a compare directory from its raw files.
-
-    \b
-    Example:
-      kvbench report reports/2026-11-28-trtllm-vs-sglang
-    """
-    if not directory.is_dir():
-        raise KvbenchError(f"{directory}: no such directory")
-    if is_compare_dir(directory):
+@click.command(
+    epilog="""\b
+Examples:
+  kvbench run --backend sim:sglang --request-rate 2 --duration 900 --output runs/sg-2
+  kvbench report runs/sg-2
+  kvbench report runs/sg-2 --json
+  kvbench report reports/2026-11-28-trtllm-vs-sglang
+"""
+)
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def report(directory: str, as_json: bool) -> None:
+    """Rebuild the summary of the run in DIRECTORY from its header, request records and queue
+    samples, and write it to DIRECTORY/summary.json. For a `kvbench compare` directory, rebuild
+    its whole report (results.json, summary.md, report.html, CSVs) from the raw files."""
+    if is_compare_dir(Path(directory)):
         from kvbench.cli.compare import rebuild_compare_report
 
-        rebuild_compare_report(directory, as_json)
+        rebuild_compare_report(Path(directory), as_json)
         return
-    raise KvbenchError(f"{directory}: not a kvbench compare directory (no compare.json)")
+    data = read_run(directory)
+    summary = summarize(data.header, data.records, data.samples, status=data.status)
+    summary["error"] = None if data.end is None else data.end.get("error")
+    summary["workload"] = data.header["config"]["workload"]
+    write_summary(directory, summary)
+    if as_json:
+        write_json(summary)
+    else:
+        click.echo(run_summary_text(summary, directory))

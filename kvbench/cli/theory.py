@@ -5,7 +5,10 @@ from __future__ import annotations
 import click
 
 from kvbench import theory as model
+from kvbench.calibration import IterationTimeFit, load_calibration
 from kvbench.cli import options
+from kvbench.engine_theory import LengthLaw, engine_aware_mu
+from kvbench.profile import PAPER_A100, UNLIMITED, EngineProfile, IterationTimeModel, build_profile
 from kvbench.export.json import write_json
 from kvbench.output.terminal import block, estimate, highlight, number
 from kvbench.workload import TraceWorkload, Workload, load_workload
@@ -34,7 +37,10 @@ def _evaluate(
     workload = load_workload(workload_spec)
     if batch_time is None:
         batch_time = model.PAPER_BATCH_TIMES.get(workload.name, model.PAPER_BATCH_TIME)
-        source = f"paper's b̄ for {workload.name}" if workload.name in model.PAPER_BATCH_TIMES else "paper's b̄ for pd-1:1"
+        if workload.name in model.PAPER_BATCH_TIMES:
+            source = f"paper's b̄ for {workload.name}"
+        else:
+            source = "default: the paper's pd-1:1 b̄; set --batch-time"
     else:
         source = "given"
     result = model.evaluate(
@@ -70,6 +76,8 @@ Examples:
   kvbench theory --workload pd-2:1                 # μ = 3.956 req/s
   kvbench theory --workload azure-conv --request-rate 2.5
   kvbench theory --workload trace.jsonl --kv-tokens 262144 --chunk-size 2048 --batch-time 0.05 --json
+  kvbench theory --engine trtllm                   # paper's μ beside TensorRT-LLM's own bound
+  kvbench theory --engine vllm --workload azure-conv --iteration-model fit.json --json
 """
 )
 @options.workload()
@@ -78,6 +86,28 @@ Examples:
 @options.batch_time(_PAPER_B)
 @options.request_rate()
 @options.exact_g()
+@options.engine(
+    "Also predict this engine's own boundary (engine-aware μ: its admission rule, pages, token "
+    "budget and running cap, iteration time at the operating point), beside the paper's μ."
+)
+@options.profile_preset()
+@click.option(
+    "--iteration-model",
+    "iteration_model_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Iteration-time model fitted by `kvbench calibrate --output FILE` (with --engine); its "
+    "measured preemption waste too, unless --preemption-waste is given.",
+)
+@click.option(
+    "--preemption-waste",
+    type=float,
+    default=None,
+    metavar="TOKENS",
+    help="Measured recomputed batch tokens per request (preemption/retraction), with --engine; "
+    "default: the rule's a-priori estimate.",
+)
 @options.json_output()
 def theory(
     workload_spec: str,
@@ -86,6 +116,10 @@ def theory(
     batch_time: float | None,
     request_rate: float | None,
     exact: bool,
+    engine: str | None,
+    profile_name: str | None,
+    iteration_model_path: str | None,
+    preemption_waste: float | None,
     as_json: bool,
 ) -> None:
     """Stable service rate μ = M / (b̄·E[g]) of one replica under the paper's KV-cache queueing
@@ -94,7 +128,21 @@ def theory(
     λ > μ is unstable under any scheduler; λ < μ(1 − δ), δ = max(s+o)/M, is stable under a
     work-conserving one; in between the theory is silent. g defaults to the paper's closed form,
     which reproduces its published figures; --exact uses the ⌈s/ŝ⌉-chunk sum (both are shown).
-    For a trace, μ carries the standard error of E[g] over its rows."""
+    For a trace, μ carries the standard error of E[g] over its rows.
+
+    With --engine, the engine preset's profile (the one `kvbench simulate --engine` uses) sets M
+    and ŝ unless given, and the engine-aware μ is the smallest of its memory or reservation
+    bound, token-budget bound and running-cap bound, each at the iteration time its own operating
+    point implies. The paper's μ beside it uses that same iteration time as b̄ (or --batch-time),
+    so the two differ only by what the paper's model leaves out of the scheduler."""
+    if engine is not None:
+        _engine_theory(
+            workload_spec, kv_tokens, chunk_size, batch_time, request_rate, exact, engine,
+            profile_name, iteration_model_path, preemption_waste, as_json,
+        )
+        return
+    if profile_name or iteration_model_path or preemption_waste is not None:
+        raise click.UsageError("--profile, --iteration-model and --preemption-waste need --engine")
     workload, result, b_source = _evaluate(workload_spec, kv_tokens, chunk_size, batch_time, request_rate, exact)
     if as_json:
         write_json(result.as_record())
@@ -120,6 +168,110 @@ def theory(
             )
         )
     click.echo(block(f"Stability (paper model): {_describe(workload)}", rows))
+
+
+def _engine_theory(
+    workload_spec: str,
+    kv_tokens: int | None,
+    chunk_size: int | None,
+    batch_time: float | None,
+    rate: float | None,
+    exact: bool,
+    engine: str,
+    profile_name: str | None,
+    iteration_model_path: str | None,
+    preemption_waste: float | None,
+    as_json: bool,
+) -> None:
+    if batch_time is not None and iteration_model_path is not None:
+        raise click.UsageError("give --batch-time or --iteration-model, not both")
+    profile = build_profile(
+        engine, profile_name or PAPER_A100.name, kv_tokens=kv_tokens, chunk_size=chunk_size
+    )
+    fit: IterationTimeFit | None = None
+    if iteration_model_path is not None:
+        calibration = load_calibration(iteration_model_path)
+        fit = calibration.fit
+        iteration = fit.model()
+        b_source = f"fitted model ({iteration_model_path})"
+        if preemption_waste is None:
+            preemption_waste = calibration.preemption_waste
+    elif batch_time is not None:
+        iteration = IterationTimeModel.constant(batch_time)
+        b_source = "given, constant"
+    else:
+        iteration = profile.iteration_time
+        b_source = f"preset model of {profile.name}"
+    workload = load_workload(workload_spec)
+    prediction = engine_aware_mu(
+        profile.replace(iteration_time=iteration),
+        LengthLaw.from_workload(workload),
+        iteration_fit=fit,
+        preemption_waste=preemption_waste,
+    )
+    b_paper = prediction.iteration_time
+    paper = model.evaluate(
+        workload,
+        kv_tokens=profile.kv_tokens,
+        chunk_size=profile.chunk_size,
+        batch_time=b_paper,
+        rate=rate,
+        closed_form=not exact,
+    )
+    record = paper.as_record()
+    record.update(
+        {
+            "mu_paper": paper.mu,
+            "mu_engine_aware": prediction.mu,
+            "mu_engine_aware_stderr": prediction.mu_stderr,
+            "binding": prediction.binding,
+            "engine": engine,
+            "profile": profile.name,
+            "iteration_time_source": b_source,
+            "engine_aware": prediction.to_json(),
+        }
+    )
+    if rate is not None:
+        engine_verdict = model.stability_verdict(rate, prediction.mu, paper.delta)
+        record["verdict_engine_aware"] = engine_verdict.stability.value
+    if as_json:
+        write_json(record)
+        return
+    rows = [
+        ("M, ŝ", f"{profile.kv_tokens} tokens, {profile.chunk_size} tokens"),
+        ("engine", engine, _limits(profile)),
+        ("b at operating point", f"{b_paper:.4f} s", b_source),
+        ("μ, paper model", _rate(paper, paper.mu), "M / (b̄·E[g]) with that b̄"),
+        (
+            "μ, engine-aware",
+            highlight(estimate(prediction.mu, prediction.mu_stderr, "req/s")),
+            f"binding: {prediction.binding}",
+        ),
+    ]
+    for bound in sorted(prediction.bounds, key=lambda b: b.mu):
+        rows.append((f"  {bound.name}", estimate(bound.mu, 0.0, "req/s"), bound.detail))
+    rows.append(("engine-aware / paper", f"{prediction.mu / paper.mu - 1:+.1%}"))
+    if rate is not None:
+        verdict = model.stability_verdict(rate, prediction.mu, paper.delta)
+        rows.append(
+            (
+                f"λ = {rate:g} req/s",
+                highlight(verdict.stability.value, _VERDICT_COLORS[verdict.stability]),
+                _verdict_note(verdict) + " (engine-aware μ)",
+            )
+        )
+    click.echo(block(f"Stability (paper model vs engine-aware, {engine}): {_describe(workload)}", rows))
+
+
+def _limits(profile: EngineProfile) -> str:
+    parts = [f"pages of {profile.block_size}"]
+    if profile.token_budget < UNLIMITED:
+        parts.append(f"budget {profile.token_budget} tokens/iteration")
+    if profile.max_running < UNLIMITED:
+        parts.append(f"≤ {profile.max_running} running")
+    if profile.separate_prefill_decode:
+        parts.append("separate prefill and decode batches")
+    return ", ".join(parts)
 
 
 def _verdict_note(verdict: model.Verdict) -> str:

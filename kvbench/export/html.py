@@ -29,6 +29,7 @@ from kvbench.report.table import (
 
 REPORT_FILE = "report.html"
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+MAX_POINTS = 1500
 _VERDICT_SYMBOL = {"STABLE": "circle", "UNSTABLE": "x", "INCONCLUSIVE": "diamond-open"}
 
 
@@ -108,10 +109,17 @@ def _boundary_plot(results: CompareResults) -> go.Figure:
     return fig
 
 
+def _thin(data, limit: int = MAX_POINTS):
+    """Every k-th row, so a trace has at most `limit` points: the page stays a few MB and the
+    shape of a queue over thousands of seconds is unchanged (samples.csv keeps every row)."""
+    step = -(-len(data) // limit)
+    return data.iloc[::step] if step > 1 else data
+
+
 def _series_plot(report: Report, column: str, title: str, yaxis: str) -> go.Figure:
     fig = go.Figure()
     for s in report.boundary_series:
-        data = s.samples.dropna(subset=[column])
+        data = _thin(s.samples.dropna(subset=[column]))
         fig.add_trace(
             go.Scatter(
                 name=_label(f"{s.engine}{'' if s.kind == 'real' else f' ({s.kind})'}"

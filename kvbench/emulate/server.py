@@ -1,0 +1,187 @@
+"""The HTTP side shared by the three emulators: routes, the streamed completion, zero-latency
+mode. Each engine's wire format (fields it accepts, chunk shapes, errors, state endpoints) lives
+in its own module as an `EngineFormat`."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from abc import ABC, abstractmethod
+from typing import Any
+
+from aiohttp import web
+
+from kvbench.backends.http import EMULATED_HEADER
+from kvbench.emulate.engine import RealTimeEngine
+from kvbench.profile import EngineProfile
+
+
+class BadRequest(Exception):
+    """A request the emulated engine would reject with HTTP 400."""
+
+
+class EngineFormat(ABC):
+    """One engine's API, in its own formats. `engine` is None in zero-latency mode."""
+
+    name: str
+    model_id: str = "kvbench-emulated"
+    max_model_len: int = 4096
+
+    def __init__(self, profile: EngineProfile):
+        self.profile = profile
+        self.engine: RealTimeEngine | None = None
+
+    # ---- requests -------------------------------------------------------------------------
+
+    @abstractmethod
+    def validate(self, body: dict) -> None:
+        """Raise BadRequest as the engine would."""
+
+    def usage_flags(self, body: dict) -> tuple[bool, bool]:
+        """(include_usage, continuous_usage_stats) in effect for this request."""
+        opts = body.get("stream_options") or {}
+        return bool(opts.get("include_usage")), bool(opts.get("continuous_usage_stats"))
+
+    def error_body(self, message: str, status: int) -> dict:
+        return {"object": "error", "message": message, "type": "BadRequestError", "param": None,
+                "code": status}
+
+    def chunk(self, rid: str, created: int, usage: dict | None, finish: str | None) -> dict:
+        c = {"id": rid, "object": "text_completion", "created": created, "model": self.model_id,
+             "choices": [{"index": 0, "text": " tok", "logprobs": None, "finish_reason": finish}]}
+        if usage is not None:
+            c["usage"] = usage
+        return c
+
+    def final_chunk(self, rid: str, created: int, usage: dict) -> dict:
+        return {"id": rid, "object": "text_completion", "created": created, "model": self.model_id,
+                "choices": [], "usage": usage}
+
+    # ---- state ----------------------------------------------------------------------------
+
+    def on_iteration(self, state: dict[str, Any]) -> None:
+        """Called at the end of every simulated iteration."""
+
+    @abstractmethod
+    def routes(self) -> list[web.RouteDef]:
+        """The engine's own state and info endpoints."""
+
+
+def _usage(prompt: int, done: int) -> dict:
+    return {"prompt_tokens": prompt, "total_tokens": prompt + done, "completion_tokens": done}
+
+
+def _sse(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def build_app(fmt: EngineFormat, *, time_scale: float = 1.0, zero_latency: bool = False,
+              seed: int = 0) -> web.Application:
+    @web.middleware
+    async def mark(request, handler):
+        resp = await handler(request)
+        resp.headers[EMULATED_HEADER] = fmt.name
+        return resp
+
+    app = web.Application(middlewares=[mark])
+
+    async def start(app):
+        if not zero_latency:
+            fmt.engine = RealTimeEngine(fmt.profile, time_scale=time_scale, seed=seed,
+                                        on_iteration=fmt.on_iteration)
+
+    async def stop(app):
+        if fmt.engine is not None:
+            fmt.engine.close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+    def error(message: str, status: int = 400) -> web.Response:
+        return web.json_response(fmt.error_body(message, status), status=status)
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error("request body is not JSON")
+        if not isinstance(body, dict):
+            return error("request body must be a JSON object")
+        try:
+            fmt.validate(body)
+            prompt = body.get("prompt")
+            if not (isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt)):
+                raise BadRequest("kvbench emulators take the prompt as a list of token ids")
+            output = int(body.get("max_tokens") or 16)
+            if body.get("min_tokens", 0) != output or not body.get("ignore_eos"):
+                raise BadRequest("emulated output length is exact: set max_tokens = min_tokens "
+                                 "and ignore_eos (random weights have no natural end)")
+            if len(prompt) + output > fmt.max_model_len:
+                raise BadRequest(f"prompt ({len(prompt)}) + max_tokens ({output}) exceeds "
+                                 f"max_model_len={fmt.max_model_len}")
+        except BadRequest as err:
+            return error(str(err))
+        include_usage, continuous = fmt.usage_flags(body)
+        rid, created = f"cmpl-{uuid.uuid4().hex[:16]}", int(time.time())
+        p = len(prompt)
+        if not body.get("stream"):
+            if fmt.engine is not None:
+                try:
+                    _, queue = fmt.engine.submit(p, output)
+                except ValueError as err:
+                    return error(str(err))
+                while (await queue.get())[1] != "finished":
+                    pass
+            return web.json_response({
+                "id": rid, "object": "text_completion", "created": created, "model": fmt.model_id,
+                "choices": [{"index": 0, "text": " tok" * output, "logprobs": None,
+                             "finish_reason": "length"}],
+                "usage": _usage(p, output)})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        if fmt.engine is None:  # zero latency: the whole stream at once
+            await resp.prepare(request)
+            parts = [_sse(fmt.chunk(rid, created, _usage(p, k) if continuous else None,
+                                    "length" if k == output else None))
+                     for k in range(1, output + 1)]
+            if include_usage:
+                parts.append(_sse(fmt.final_chunk(rid, created, _usage(p, output))))
+            parts.append(b"data: [DONE]\n\n")
+            await resp.write(b"".join(parts))
+            await resp.write_eof()
+            return resp
+        try:
+            sim_id, queue = fmt.engine.submit(p, output)
+        except ValueError as err:
+            return error(str(err))
+        await resp.prepare(request)
+        try:
+            while True:
+                _, kind, _, tokens = await queue.get()
+                if kind == "token":
+                    await resp.write(_sse(fmt.chunk(rid, created, _usage(p, tokens) if continuous
+                                                    else None, "length" if tokens == output else None)))
+                elif kind == "finished":
+                    break
+            if include_usage:
+                await resp.write(_sse(fmt.final_chunk(rid, created, _usage(p, output))))
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except (ConnectionResetError, OSError):
+            pass
+        finally:
+            fmt.engine.abandon(sim_id)
+        return resp
+
+    async def health(request):
+        return web.Response(text="")
+
+    async def models(request):
+        return web.json_response({"object": "list", "data": [{
+            "id": fmt.model_id, "object": "model", "created": int(time.time()),
+            "owned_by": fmt.name, "root": fmt.model_id, "max_model_len": fmt.max_model_len}]})
+
+    app.add_routes([web.post("/v1/completions", completions), web.get("/health", health),
+                    web.get("/v1/models", models), *fmt.routes()])
+    return app

@@ -1,0 +1,90 @@
+"""TensorRT-LLM's API as an emulator serves it: strict request fields (HTTP 400 on any field
+`CompletionRequest` does not declare), `model` required, usage on by default once stream_options
+is present, the final usage chunk serialised as a chat object, and `/metrics` as a draining,
+bounded queue of per-iteration JSON records (oldest dropped when full, `[]` when empty)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from datetime import datetime
+
+from aiohttp import web
+
+from kvbench.backends.trtllm import TIMESTAMP_FORMAT
+from kvbench.emulate.server import BadRequest, EngineFormat
+from kvbench.profile import EngineProfile
+
+# tensorrt_llm/serve/openai_protocol.py CompletionRequest (extra="forbid").
+FIELDS = frozenset("""model prompt best_of echo frequency_penalty logit_bias logprobs max_tokens n
+presence_penalty seed stop stream stream_options suffix temperature top_p user lora_request
+use_beam_search top_k top_p_min min_p repetition_penalty length_penalty early_stopping
+stop_token_ids include_stop_str_in_output ignore_eos min_tokens skip_special_tokens
+spaces_between_special_tokens truncate_prompt_tokens return_context_logits detokenize
+add_special_tokens response_format disaggregated_params""".split())
+STREAM_OPTION_FIELDS = frozenset({"include_usage", "continuous_usage_stats"})
+
+
+class TrtllmFormat(EngineFormat):
+    name = "trtllm"
+
+    def __init__(self, profile: EngineProfile, iter_stats_max_iterations: int = 1000):
+        super().__init__(profile)
+        self.records: deque[dict] = deque(maxlen=iter_stats_max_iterations)
+
+    def validate(self, body: dict) -> None:
+        extra = sorted(set(body) - FIELDS)
+        extra += sorted(f"stream_options.{k}" for k in set(body.get("stream_options") or {})
+                        - STREAM_OPTION_FIELDS)
+        if extra:
+            raise BadRequest(f"Extra inputs are not permitted: {', '.join(extra)}")
+        if "model" not in body:
+            raise BadRequest("model: Field required")
+        if body.get("logprobs"):
+            raise BadRequest("logprobs is not supported")
+        if body.get("suffix"):
+            raise BadRequest("suffix is not supported")
+        if body.get("stream_options") and not body.get("stream"):
+            raise BadRequest("Stream options can only be defined when stream is true.")
+
+    def usage_flags(self, body: dict) -> tuple[bool, bool]:
+        opts = body.get("stream_options")
+        if opts is None:
+            return False, False
+        return bool(opts.get("include_usage", True)), bool(opts.get("continuous_usage_stats", True))
+
+    def final_chunk(self, rid: str, created: int, usage: dict) -> dict:
+        chunk = super().final_chunk(rid, created, usage)
+        chunk["object"] = "chat.completion.chunk"  # as postprocess_handlers.py does
+        return chunk
+
+    def on_iteration(self, state: dict) -> None:
+        p = self.profile
+        per_block = p.block_size
+        total = p.kv_tokens // per_block
+        used = min(total, math.ceil(state["kv_used_tokens"] / per_block))
+        self.records.append({
+            "timestamp": datetime.now().strftime(TIMESTAMP_FORMAT),
+            "iter": int(state["iteration"]) - 1,
+            "iterLatencyMS": 1000.0 * state["last_iteration_time"],
+            "numActiveRequests": state["running"],
+            "numQueuedRequests": state["waiting"],
+            "numCompletedRequests": 0,
+            "maxNumActiveRequests": p.max_running,
+            "maxBatchSizeStatic": p.max_running,
+            "maxNumTokensStatic": p.token_budget,
+            "gpuMemUsage": 0, "cpuMemUsage": 0, "pinnedMemUsage": 0,
+            "inflightBatchingStats": {"numScheduledRequests": state["running"],
+                                      "numContextRequests": 0, "numGenRequests": state["running"],
+                                      "numPausedRequests": 0, "numCtxTokens": 0},
+            "kvCacheStats": {"maxNumBlocks": total, "freeNumBlocks": total - used,
+                             "usedNumBlocks": used, "tokensPerBlock": per_block},
+        })
+
+    def routes(self) -> list[web.RouteDef]:
+        async def metrics(request):
+            drained = list(self.records)
+            self.records.clear()
+            return web.json_response(drained)
+
+        return [web.get("/metrics", metrics)]
