@@ -436,7 +436,8 @@ def _search(
         confidence=config.confidence,
         max_engine_seconds=config.max_engine_seconds or DEFAULT_MAX_ENGINE_SECONDS,
         seed=config.seed,
-        start_rate=engine.data["theory"]["mu"],
+        # the engine-aware μ is the closer guess when there is one; the search overloads it first
+        start_rate=engine.data["theory"]["mu_engine_aware"] or engine.data["theory"]["mu"],
         on_probe=on_probe,
         on_probe_start=on_probe_start,
         output=engine.directory,

@@ -61,9 +61,10 @@ def _engine_lines(e: EngineResult) -> list[tuple[str, str] | tuple[str, str, str
                          f"gap {fmt_gap(e.gap_engine_aware_percent)}, {e.theory.binding} binds"))
     if e.provisioning:
         p = e.provisioning
+        aware = "" if p.replicas_engine_aware is None else f", {p.replicas_engine_aware} engine-aware"
         rows.append(("replicas needed",
                      f"{p.replicas_measured if p.replicas_measured else '—'} measured, "
-                     f"{p.replicas_theory} theory",
+                     f"{p.replicas_theory} paper{aware}",
                      f"for {p.target_rate:g} req/s at ρ = {p.utilization:g}"))
     if e.status != "ok":
         rows.append(("status", highlight(f"{e.status.upper()}: {e.error}", "red")))

@@ -246,9 +246,12 @@ before the stop.</div>{% endif %}
 stable, smallest judged unstable). μ theory is the paper's M / (b̄·E[g]) times the replicas;
 the band below it reaches μ(1−δ). Probes S/U/I: stable, unstable and inconclusive runs.</p>
 {% if provisioning %}<h2>Provisioning</h2>
-<table id="provisioning"><thead><tr><th>engine</th><th>target</th><th>replicas (theory)</th>
-<th>replicas (measured)</th></tr></thead><tbody>{% for p in provisioning %}<tr><td>{{ p.engine }}</td>
-<td>{{ p.target }}</td><td>{{ p.theory }}</td><td>{{ p.measured }}</td></tr>{% endfor %}</tbody></table>{% endif %}
+<table id="provisioning"><thead><tr><th>engine</th><th>target</th><th>replicas (paper μ)</th>
+<th>replicas (engine-aware μ)</th><th>replicas (measured λ*)</th></tr></thead><tbody>
+{% for p in provisioning %}<tr><td>{{ p.engine }}</td><td>{{ p.target }}</td><td>{{ p.theory }}</td>
+<td>{{ p.engine_aware }}</td><td>{{ p.measured }}</td></tr>{% endfor %}</tbody></table>
+<p>Replicas G = ⌈λ / (ρ·μ)⌉ with μ per replica from the paper's model, the engine-aware model,
+or the measured bracket's lower end (the largest rate judged stable).</p>{% endif %}
 <h2>Plots</h2>
 {% for div in plots %}<div class="plot">{{ div | safe }}</div>{% endfor %}
 <h2>Engines</h2>

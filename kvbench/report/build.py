@@ -163,6 +163,10 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
             utilization=rho,
             replicas_theory=replicas_needed(target, result.theory.mu_replica, rho),
             replicas_measured=replicas_needed(target, lower / replicas, rho) if lower else None,
+            replicas_engine_aware=(
+                replicas_needed(target, result.theory.mu_engine_aware / replicas, rho)
+                if result.theory.mu_engine_aware else None
+            ),
         )
 
     boundary_series = []

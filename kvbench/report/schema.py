@@ -109,6 +109,7 @@ class Provisioning:
     utilization: float
     replicas_theory: int  # ⌈λ / (ρ·μ_replica)⌉
     replicas_measured: int | None  # ⌈λ / (ρ·λ*_replica)⌉ from the bracket's lower end
+    replicas_engine_aware: int | None = None  # ⌈λ / (ρ·μ_engine_aware per replica)⌉
 
 
 @dataclass
