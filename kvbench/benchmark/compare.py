@@ -442,6 +442,7 @@ def _search(
         on_probe_start=on_probe_start,
         output=engine.directory,
         progress=_Relay(None, observer, label),
+        replicas=engine.data["replicas"],
     )
     search.update(lower=result.lower, upper=result.upper, converged=result.reached,
                   engine_seconds=result.engine_seconds, stop_reason=result.stop_reason)

@@ -138,13 +138,15 @@ def find_boundary(
     on_probe_start: Callable[[float, float], None] | None = None,
     output: Path | None = None,
     progress: EventSink | None = None,
+    replicas: int = 1,
 ) -> BoundaryResult:
     """Bracket the backend's stability boundary. `backend_for_seed(seed)` gives the backend for
     one probe (probe k uses seed + k, so probes are independent and the search reproducible).
     With `output`, every run is written to its own run directory under it (probe-KK, and
     probe-KK-xN for its N-th extension); `progress` receives every run's events as they happen
     and `on_probe_start(rate, duration)` is told when each run starts (kvbench compare's live
-    view and report use these)."""
+    view and report use these). `replicas`: how many replicas share the load behind the backend
+    (rates, start_rate included, are totals over them)."""
     if not 0.001 <= precision <= 1.0:
         raise KvbenchError(f"--precision must be in [0.001, 1], got {precision}")
     if not max_engine_seconds > 0:
@@ -152,7 +154,8 @@ def find_boundary(
     first = backend_for_seed(seed)
     profile = first.discover_profile().profile
     mu = start_rate if start_rate is not None else theory_rate(profile, workload, seed=seed)
-    life = request_life(profile, workload, mu, seed=seed)
+    # a request lives in one replica, which sees 1/replicas of the load
+    life = request_life(profile, workload, mu / replicas, seed=seed)
     min_duration, max_duration = MIN_LIVES * life, MAX_LIVES * life
 
     probes: list[Probe] = []
