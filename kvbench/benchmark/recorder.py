@@ -13,7 +13,7 @@
 
 Every line is flushed when written, so a killed process loses at most the line being written;
 `read_run` drops a torn last line and reports a run without end.json as killed. The JSONL files
-are the ones `kvbench.report.runs` reads for compare reports. NaN is written as null.
+are what `kvbench.report.build` reads for compare reports. NaN is written as null.
 """
 
 from __future__ import annotations

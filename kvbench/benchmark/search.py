@@ -26,13 +26,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kvbench.backends.base import Backend
+from kvbench.backends.base import Backend, EventSink
 from kvbench.benchmark.runner import RunSpec, execute_run
-from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE
+from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, check_settings
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile
@@ -68,6 +69,7 @@ class Probe:
     extensions: int
     evidence: dict[str, Any]
     client_kept_schedule: bool
+    run_dir: str | None = None  # the judged run's directory, when the search writes them
 
 
 @dataclass
@@ -133,17 +135,28 @@ def find_boundary(
     burstiness: float = 1.0,
     start_rate: float | None = None,
     on_probe: Callable[[Probe], None] | None = None,
+    on_probe_start: Callable[[float, float], None] | None = None,
+    output: Path | None = None,
+    progress: EventSink | None = None,
+    replicas: int = 1,
 ) -> BoundaryResult:
     """Bracket the backend's stability boundary. `backend_for_seed(seed)` gives the backend for
-    one probe (probe k uses seed + k, so probes are independent and the search reproducible)."""
+    one probe (probe k uses seed + k, so probes are independent and the search reproducible).
+    With `output`, every run is written to its own run directory under it (probe-KK, and
+    probe-KK-xN for its N-th extension); `progress` receives every run's events as they happen
+    and `on_probe_start(rate, duration)` is told when each run starts (kvbench compare's live
+    view and report use these). `replicas`: how many replicas share the load behind the backend
+    (rates, start_rate included, are totals over them)."""
     if not 0.001 <= precision <= 1.0:
         raise KvbenchError(f"--precision must be in [0.001, 1], got {precision}")
+    check_settings(confidence, tolerance)
     if not max_engine_seconds > 0:
         raise KvbenchError(f"--max-engine-seconds must be positive, got {max_engine_seconds}")
     first = backend_for_seed(seed)
     profile = first.discover_profile().profile
     mu = start_rate if start_rate is not None else theory_rate(profile, workload, seed=seed)
-    life = request_life(profile, workload, mu, seed=seed)
+    # a request lives in one replica, which sees 1/replicas of the load
+    life = request_life(profile, workload, mu / replicas, seed=seed)
     min_duration, max_duration = MIN_LIVES * life, MAX_LIVES * life
 
     probes: list[Probe] = []
@@ -172,7 +185,12 @@ def find_boundary(
             duration = min(duration, max_duration)
             spec = RunSpec(workload_spec, rate, burstiness, duration=duration, seed=seed + k,
                            confidence=confidence, tolerance=tolerance)
-            result = execute_run(backend, workload, spec)
+            run_dir = None
+            if output is not None:
+                run_dir = output / (f"probe-{k:02d}" + (f"-x{extensions}" if extensions else ""))
+            if on_probe_start is not None:
+                on_probe_start(rate, duration)
+            result = execute_run(backend, workload, spec, output=run_dir, progress=progress)
             step = duration - previous if backend.replays_prefix else duration
             cost += step
             spent += step
@@ -189,7 +207,8 @@ def find_boundary(
             previous = duration
             duration *= 2.0
             extensions += 1
-        p = Probe(rate, duration, cost, verdict, extensions, ev, result.summary["client_kept_schedule"])
+        p = Probe(rate, duration, cost, verdict, extensions, ev, result.summary["client_kept_schedule"],
+                  None if run_dir is None else str(run_dir))
         probes.append(p)
         if on_probe is not None:
             on_probe(p)
