@@ -34,6 +34,14 @@ def test_overload_is_unstable_and_throughput_estimates_capacity():
     assert out["queue"]["final_in_system"] > 1000
 
 
+def test_a_large_max_tokens_cap_costs_trtllm_capacity():
+    args = ["--engine", "trtllm", "--request-rate", "4", "--duration", "4000", "--batch-time", "0.0372", "--json"]
+    own = json.loads(_run(*args).output)
+    capped = json.loads(_run(*args, "--max-tokens", "4096").output)
+    assert capped["config"]["max_tokens_cap"] == 4096
+    assert capped["throughput"] < 0.7 * own["throughput"]
+
+
 def test_text_output_is_labelled_simulated_and_files_are_written(tmp_path):
     res = _run(
         "--engine", "vllm", "--request-rate", "6", "--num-prompts", "3000", "--replicas", "3",

@@ -62,6 +62,15 @@ Examples:
 @options.kv_tokens("the engine preset's")
 @options.chunk_size("the engine preset's")
 @options.batch_time("the preset's iteration-time model; given, a constant iteration time")
+@click.option(
+    "--max-tokens",
+    "max_tokens_cap",
+    type=int,
+    default=None,
+    metavar="N",
+    help="max_tokens each request declares, which trtllm reserves at admission "
+    "(default: each request's own output length).",
+)
 @click.option("--replicas", type=int, default=1, show_default=True, metavar="G", help="Engine replicas.")
 @click.option(
     "--dispatch",
@@ -98,6 +107,7 @@ def simulate(
     kv_tokens: int | None,
     chunk_size: int | None,
     batch_time: float | None,
+    max_tokens_cap: int | None,
     replicas: int,
     dispatch: str,
     sample_interval: float | None,
@@ -119,7 +129,9 @@ def simulate(
         raise KvbenchError(f"--num-prompts must be at least 1, got {num_prompts}")
     if duration is not None and not duration > 0:
         raise KvbenchError(f"--duration must be positive, got {duration}")
-    overrides: dict = dict(kv_tokens=kv_tokens, chunk_size=chunk_size)
+    if max_tokens_cap is not None and max_tokens_cap < 1:
+        raise KvbenchError(f"--max-tokens must be at least 1, got {max_tokens_cap}")
+    overrides: dict = dict(kv_tokens=kv_tokens, chunk_size=chunk_size, max_tokens_cap=max_tokens_cap)
     if batch_time is not None:
         overrides["iteration_time"] = IterationTimeModel.constant(batch_time)
     profile = build_profile(engine, profile_name or PAPER_A100.name, **overrides)

@@ -140,7 +140,6 @@ impl Engine {
             pos: 0,
             chunk: 0,
             reserved: 0,
-            admitted_once: false,
         };
         let index = match self.free_slots.pop() {
             Some(i) => {
@@ -394,7 +393,6 @@ impl Engine {
         self.used_pages += self.pages(computed);
         let r = &mut self.slab[s as usize];
         r.seq = seq;
-        r.admitted_once = true;
         obs.admitted(r.id, now, r.generated);
         if r.generated >= 1 && r.computed == r.known() - 1 {
             // A swapped-out decoder resumes decoding where it stopped.

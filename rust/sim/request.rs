@@ -36,7 +36,6 @@ pub struct Slot {
     pub chunk: i64,
     /// Pages reserved at admission (TensorRT-LLM's GUARANTEED_NO_EVICT).
     pub reserved: i64,
-    pub admitted_once: bool,
 }
 
 impl Slot {
