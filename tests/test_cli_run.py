@@ -62,6 +62,8 @@ def test_boundary_json_keys():
     (["run", "--backend", "vllm", "--request-rate", "1", "--duration", "10"], "--url"),
     (["run", "--backend", "vllm", "--url", "http://x", "--kv-tokens", "5", "--request-rate", "1", "--duration", "1"], "sim:*"),
     (["boundary", "--backend", "sim:vllm", "--precision", "0"], "--precision"),
+    (["boundary", "--backend", "sim:vllm", "--confidence", "1.5"], "--confidence"),
+    (["run", "--backend", "sim:vllm", "--request-rate", "1", "--duration", "10", "--confidence", "0"], "--confidence"),
     (["boundary", "--backend", "sim:vllm", "--max-engine-seconds", "-1"], "--max-engine-seconds"),
     (["report", "/nonexistent/run"], "missing"),
 ])
