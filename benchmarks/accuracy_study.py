@@ -168,11 +168,11 @@ def _systematic(cases: list[AccuracyCase]) -> list[str]:
 def _why(c: AccuracyCase) -> str:
     if c.engine == "sglang":
         return (
-            "SGLang's prefill batches. The model counts p = E[max(⌈s₁/ŝ⌉, ⌈s₂/ŝ⌉)]/2 prefill batches "
-            "per request (admissions in pairs as memory frees); with long or heavy-tailed prompts "
-            "and spare memory, SGLang packs more requests into each prefill batch (up to its "
-            "budget) or, with little memory, retracts and re-prefills, so the true count differs. "
-            "The decode side (memory, reserve ratio at its floor) matches within 1% throughout."
+            "SGLang's prefill batches. The model admits requests in groups of k = 1 + 1/d (what "
+            "one decode batch frees, plus the waiting head) that prefill side by side; where "
+            "prompts are heavy-tailed or retractions re-prefill requests, the true packing of "
+            "prefill batches differs from that estimate. The decode side (memory, reserve ratio "
+            "at its floor) matches within 1% throughout."
         )
     if c.engine == "vllm" and c.calibration is not None:
         return "preemption churn not captured by the measured waste of a short run."

@@ -87,14 +87,23 @@ class Scraper(threading.Thread):
             self.stop.wait(0.5)
 
 
-def windows(samples: list[dict], kv_tokens: int) -> list[tuple[float, float, float, float]]:
+def windows(samples: list[dict], kv_tokens: int, span: float = 2.0) -> list[tuple[float, float, float, float]]:
+    """Windows of at least `span` seconds over which the engine was busy at every scrape
+    (shorter ones are dominated by scrape jitter on a shared CPU)."""
     rows = []
-    for a, b in zip(samples, samples[1:]):
+    i = 0
+    while i < len(samples) - 1:
+        j = i + 1
+        busy = samples[i].get("running", 0) > 0
+        while j < len(samples) - 1 and samples[j]["time"] - samples[i]["time"] < span:
+            busy = busy and samples[j].get("running", 0) > 0
+            j += 1
+        a, b = samples[i], samples[j]
         n = b.get("iters", 0) - a.get("iters", 0)
-        if n <= 0 or not (a.get("running", 0) > 0 and b.get("running", 0) > 0):
-            continue  # only windows where the engine was busy throughout
-        kv = 0.5 * (a.get("kv", 0) + b.get("kv", 0)) * kv_tokens
-        rows.append((n, b["tokens"] - a["tokens"], n * kv, b["time"] - a["time"]))
+        if busy and b.get("running", 0) > 0 and n > 0:
+            kvs = [s.get("kv", 0) for s in samples[i : j + 1]]
+            rows.append((n, b["tokens"] - a["tokens"], n * float(np.mean(kvs)) * kv_tokens, b["time"] - a["time"]))
+        i = j
     return rows
 
 
@@ -114,6 +123,7 @@ def case(python: str, model: Path, kv_tokens: int) -> dict:
     backend = open_engine("vllm", model=str(model), engine_python=python, engine_args=args,
                           engine_env={"VLLM_CPU_KVCACHE_SPACE": "1"},
                           log_dir=Path(tempfile.mkdtemp()), seed=1)
+    raw: dict = {}
     try:
         url = backend.server.url
         profile = backend.discover_profile().profile
@@ -126,10 +136,13 @@ def case(python: str, model: Path, kv_tokens: int) -> dict:
         specs += [RequestSpec(len(specs) + i, burst_at, PROMPT, OUTPUT) for i in range(40)]
         records, samples = run(backend, url, specs, duration=240.0)
         rows = windows(samples, kv_tokens)
+        raw["calibration"] = samples
+        # KV held moves with the batch in these windows and the tiny model's attention is cheap:
+        # fit c0 + c1·tokens only (c2 = 0).
         fit = fit_iteration_time(IterationWindows(
             iterations=np.array([r[0] for r in rows]), batch_tokens=np.array([r[1] for r in rows]),
             kv_tokens=np.array([r[2] for r in rows]), elapsed=np.array([r[3] for r in rows]),
-            source=f"vLLM CPU /metrics windows, M = {kv_tokens}"))
+            source=f"vLLM CPU /metrics windows, M = {kv_tokens}"), terms=("c0", "c1"))
         done = [r for r in records if r.finished is not None]
         total_tokens = samples[-1]["tokens"] - samples[0]["tokens"]
         waste = max(0.0, total_tokens / max(len(done), 1) - (PROMPT + OUTPUT - 1))
@@ -137,6 +150,7 @@ def case(python: str, model: Path, kv_tokens: int) -> dict:
         n = 200
         sat_specs = [RequestSpec(i, 0.0, PROMPT, OUTPUT) for i in range(n)]
         records, samples = run(backend, url, sat_specs, duration=600.0)
+        raw["saturated"] = samples
         fin = np.sort([r.finished for r in records if r.finished is not None])
         k1, k2 = int(0.2 * len(fin)), int(0.8 * len(fin))
         measured = (k2 - k1) / (fin[k2] - fin[k1])
@@ -144,6 +158,7 @@ def case(python: str, model: Path, kv_tokens: int) -> dict:
         b_median = float(np.median([r[3] / r[0] for r in sat_rows]))
     finally:
         backend.close()
+        Path(f"/tmp/cpu-vllm-raw-{kv_tokens}.json").write_text(json.dumps(raw))
     law = LengthLaw.from_workload(load_workload(WORKLOAD))
     prof = profile.replace(iteration_time=fit.model())
     pred = engine_aware_mu(prof, law, iteration_fit=fit, preemption_waste=waste)
