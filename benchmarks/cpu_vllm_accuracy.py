@@ -154,6 +154,7 @@ def case(python: str, model: Path, kv_tokens: int) -> dict:
         fin = np.sort([r.finished for r in records if r.finished is not None])
         k1, k2 = int(0.2 * len(fin)), int(0.8 * len(fin))
         measured = (k2 - k1) / (fin[k2] - fin[k1])
+        raw["measured"] = measured
         sat_rows = [r for r in windows(samples, kv_tokens)]
         b_median = float(np.median([r[3] / r[0] for r in sat_rows]))
     finally:
