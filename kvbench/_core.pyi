@@ -146,10 +146,13 @@ class QueueAnalysis:
     # "batch-means regression", or "batch slopes" when the batch means stayed correlated at 10
     # batches (random-walk-like queue: the mean of within-batch OLS slopes, t on k − 1 dof)
     slope_method: str
-    departure_rate: float  # completions per second in the steady window
+    # start of the window the rates use: MSER-5 on per-interval departure counts (in an overloaded
+    # run that ends at the KV-cache fill, not half-way like the trend in requests in system)
+    rate_window_start: float
+    departure_rate: float  # completions per second over [rate_window_start, end)
     departure_lo: float
     departure_hi: float
-    arrival_rate: float  # sends per second in the steady window
+    arrival_rate: float  # sends per second over the same window
     arrival_lo: float
     arrival_hi: float
     confidence: float
@@ -161,7 +164,8 @@ def analyze_queue(enter: _F64, leave: _F64, end: float, confidence: float = 0.95
     the OLS slope of batch means with a Student-t interval (batch count chosen LBatch-style, the
     standard error inflated by sqrt((1+r1)/(1−r1)) for leftover lag-1 autocorrelation r1; when
     even 10 batch means stay correlated, the mean of 10 within-batch slopes instead), and
-    the departure/arrival rates get t-intervals from per-batch counts."""
+    the departure/arrival rates get t-intervals from per-batch counts over the window MSER-5
+    leaves of the per-interval departure counts."""
 
 def step_mean_max(
     times: _F64, values: _F64, start: float, end: float, initial: float = 0.0

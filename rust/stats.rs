@@ -490,11 +490,14 @@ pub struct QueueAnalysis {
     pub slope_batches: usize,
     pub slope_lag1: f64,
     pub slope_method: String,
-    /// departure (completion) rate over the steady window (requests/s) and its interval
+    /// start of the window the rates use: MSER-5 on per-interval departure counts, which in an
+    /// overloaded run ends at the KV-cache fill rather than half-way like the trend in N(t)
+    pub rate_window_start: f64,
+    /// departure (completion) rate over [rate_window_start, end) and its interval
     pub departure_rate: f64,
     pub departure_lo: f64,
     pub departure_hi: f64,
-    /// arrival (send) rate over the steady window and its interval
+    /// arrival (send) rate over the same window and its interval
     pub arrival_rate: f64,
     pub arrival_lo: f64,
     pub arrival_hi: f64,
@@ -527,8 +530,13 @@ pub fn analyze_queue(enter: &[f64], leave: &[f64], end: f64, confidence: f64) ->
     }
     let (mean, max) = acc.finish();
     let slope = batch_means_slope(&times, &counts, warmup_end, end, confidence);
-    let dep = event_rate(leave, warmup_end, end, confidence);
-    let arr = event_rate(enter, warmup_end, end, confidence);
+    let mut dep_counts = vec![0.0; n];
+    for t in leave.iter().filter(|t| t.is_finite() && **t >= 0.0 && **t < end) {
+        dep_counts[((t / end * n as f64) as usize).min(n - 1)] += 1.0;
+    }
+    let rate_start = edges[mser5(&dep_counts)];
+    let dep = event_rate(leave, rate_start, end, confidence);
+    let arr = event_rate(enter, rate_start, end, confidence);
     QueueAnalysis {
         warmup_end,
         end,
@@ -541,6 +549,7 @@ pub fn analyze_queue(enter: &[f64], leave: &[f64], end: f64, confidence: f64) ->
         slope_batches: slope.batches,
         slope_lag1: slope.lag1,
         slope_method: slope.method.to_string(),
+        rate_window_start: rate_start,
         departure_rate: dep.estimate,
         departure_lo: dep.lo,
         departure_hi: dep.hi,

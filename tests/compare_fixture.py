@@ -4,19 +4,23 @@ above it) and optionally a third engine that failed to start."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from kvbench.backends.base import QueueSample, RequestRecord
+from kvbench.benchmark.recorder import RunRecorder
 from kvbench.report import raw
 
 
-def _run(directory: Path, rate: float, capacity: float, duration: float, rng) -> dict:
+def _run(directory: Path, rate: float, capacity: float, duration: float, rng) -> None:
     """Requests arrive at `rate`, are served at most `capacity` per second (FIFO, one server of
     batch work): below capacity the queue stays small, above it grows by (rate − capacity)/s."""
-    directory.mkdir(parents=True)
     n = int(rate * duration)
+    recorder = RunRecorder(directory, {
+        "backend": "fixture", "kind": "emulated", "window_end": duration, "scheduled_in_window": n,
+        "config": {"request_rate": rate, "confidence": 0.95, "tolerance": 0.02},
+    })
     arrivals = np.sort(rng.uniform(0, duration, n))
     service = rng.exponential(1 / capacity, n)
     finish = np.empty(n)
@@ -24,31 +28,20 @@ def _run(directory: Path, rate: float, capacity: float, duration: float, rng) ->
     for i, a in enumerate(arrivals):
         free = max(free, a) + service[i]
         finish[i] = free
-    with (directory / "requests.jsonl").open("w") as f:
-        for i, a in enumerate(arrivals):
-            prompt, out = int(rng.integers(10, 1601)), int(rng.integers(10, 1601))
-            done = finish[i] <= duration
-            rec = {
-                "request_id": i,
-                "intended_send": float(a),
-                "prompt_len": prompt,
-                "output_len": out,
-                "sent": float(a + 0.0004),
-                "first_token": float(min(finish[i], a + 0.05 + (finish[i] - a) * 0.1)),
-                "finished": float(finish[i]) if done else None,
-                "output_tokens": out if done else None,
-                "preemptions": 0,
-                "error": None,
-            }
-            f.write(json.dumps(rec) + "\n")
-    times = np.arange(0, duration, 0.5)
-    with (directory / "samples.jsonl").open("w") as f:
-        for t in times:
-            in_flight = int(((arrivals <= t) & (finish > t)).sum())
-            f.write(json.dumps({"time": float(t), "in_flight": in_flight, "waiting": None,
-                                "running": None, "kv_used_tokens": float(min(in_flight, 80) * 1500),
-                                "kv_usage": None, "preemptions_total": None}) + "\n")
-    return {"requests": n}
+    for t in np.arange(0, duration, 0.5):
+        in_flight = int(((arrivals <= t) & (finish > t)).sum())
+        recorder.sample(QueueSample(time=float(t), in_flight=in_flight,
+                                    kv_used_tokens=float(min(in_flight, 80) * 1500)))
+    for i, a in enumerate(arrivals):
+        out = int(rng.integers(10, 1601))
+        done = finish[i] <= duration
+        recorder.request(RequestRecord(
+            request_id=i, intended_send=float(a), prompt_len=int(rng.integers(10, 1601)),
+            output_len=out, sent=float(a + 0.0004),
+            first_token=float(min(finish[i], a + 0.05 + (finish[i] - a) * 0.1)),
+            finished=float(finish[i]) if done else None, output_tokens=out if done else None,
+        ))
+    recorder.close()
 
 
 def make_compare_dir(
@@ -94,12 +87,9 @@ def make_compare_dir(
         probes = []
         for k, rate in enumerate(rates):
             _run(edir / f"probe-{k:02d}", rate, capacity, 60.0, rng)
-            probes.append({"index": k, "rate": rate, "duration": 60.0,
+            probes.append({"index": k, "rate": rate, "engine_seconds": 60.0,
                            "verdict": "STABLE" if rate < capacity else "UNSTABLE",
-                           "run_dir": f"{raw.ENGINES_DIR}/{a['slug']}/probe-{k:02d}",
-                           "departure_rate": min(rate, capacity), "slope": max(0.0, rate - capacity),
-                           "slope_ci": [max(0.0, rate - capacity) - 0.05, max(0.0, rate - capacity) + 0.05],
-                           "client_ok": True})
+                           "run_dir": f"{raw.ENGINES_DIR}/{a['slug']}/probe-{k:02d}"})
         mu = capacity * 0.97
         eng.update(
             status="ok",
@@ -109,7 +99,7 @@ def make_compare_dir(
                         "source": "per-request TPOT (client)", "q25": 0.035, "q75": 0.039},
             theory={"mean_g": 1.08e6, "delta": 0.0244, "mu_replica": mu, "mu": mu,
                     "mu_lower": mu * (1 - 0.0244)},
-            calibration={"run_dir": None, "duration": 12.0},
+            calibration={"run_dir": None, "engine_seconds": 12.0},
             search={"lower": rates[2], "upper": rates[3], "precision": 0.1, "converged": True,
                     "engine_seconds": 240.0, "probes": probes},
         )

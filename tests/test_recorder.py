@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from kvbench.backends.base import QueueSample, RequestRecord
-from kvbench.benchmark.recorder import RUN_FILE, RunRecorder, read_run
+from kvbench.benchmark.recorder import REQUESTS_FILE, RunRecorder, read_run
 from kvbench.errors import KvbenchError
 
 
@@ -35,8 +35,8 @@ def test_round_trip(tmp_path):
 def test_each_line_is_on_disk_before_the_run_ends(tmp_path):
     rec = RunRecorder(tmp_path, {"seed": 1})
     rec.request(_record(0))
-    lines = (tmp_path / RUN_FILE).read_text().splitlines()
-    assert [json.loads(x)["type"] for x in lines] == ["header", "request"]
+    lines = (tmp_path / REQUESTS_FILE).read_text().splitlines()
+    assert [json.loads(x)["request_id"] for x in lines] == [0]
     data = read_run(tmp_path)
     assert data.truncated and len(data.records) == 1
 
@@ -44,23 +44,24 @@ def test_each_line_is_on_disk_before_the_run_ends(tmp_path):
 def test_torn_last_line_is_dropped(tmp_path):
     rec = RunRecorder(tmp_path, {"seed": 1})
     rec.request(_record(0))
-    with open(tmp_path / RUN_FILE, "a") as f:
-        f.write('{"type": "request", "request_id": 1, "inten')
+    with open(tmp_path / REQUESTS_FILE, "a") as f:
+        f.write('{"request_id": 1, "inten')
     data = read_run(tmp_path)
-    assert len(data.records) == 1 and data.torn_last_line
+    assert len(data.records) == 1 and data.torn_lines == 1
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):
     RunRecorder(tmp_path, {}).close()
-    with pytest.raises(KvbenchError, match="already exists"):
+    with pytest.raises(KvbenchError, match="already holds a run"):
         RunRecorder(tmp_path, {})
 
 
 def test_garbage_is_a_one_line_error_naming_the_line(tmp_path):
-    (tmp_path / RUN_FILE).write_text('{"type": "header", "format": "kvbench-run/1"}\nnot json\n')
-    with pytest.raises(KvbenchError, match=r"run.jsonl:2:"):
+    (tmp_path / "header.json").write_text('{"format": "kvbench-run/1"}')
+    (tmp_path / REQUESTS_FILE).write_text('{"request_id": 0, "intended_send": 0, "prompt_len": 1, "output_len": 1}\nnot json\n')
+    with pytest.raises(KvbenchError, match=r"requests.jsonl:2:"):
         read_run(tmp_path)
-    with pytest.raises(KvbenchError, match="no such run file"):
+    with pytest.raises(KvbenchError, match="missing"):
         read_run(tmp_path / "missing")
 
 

@@ -40,6 +40,7 @@ class RequestRecord:
     token_times: list[float] = field(default_factory=list)  # arrival of each streamed chunk
     preemptions: int | None = None  # known to the simulator only
     error: str | None = None  # failure kind, e.g. "http_500", "timeout", "short_output"
+    admitted: float | None = None  # first scheduled by the engine; known to the simulator only
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class Backend(ABC):
 
     name: str
     kind: BackendKind
+    #: True when executing a longer schedule with the same seed repeats a shorter one exactly
+    #: (the simulator), so the search can extend a run and pay only for the added seconds.
+    replays_prefix: bool = False
 
     @abstractmethod
     def discover_profile(self) -> DiscoveredProfile:

@@ -1,22 +1,19 @@
 """The run directory: an append-only record of one run, written as it happens.
 
-Layout of a run directory:
-
-    run.jsonl     line 1: {"type": "header", "format": "kvbench-run/1", ...} — the full
-                  configuration, versions, seed, backend name and kind ("simulated", "emulated",
-                  "real"), written before the first request is sent;
-                  then one line per event, in the order the backend reported them:
-                  {"type": "request", <RequestRecord fields>} when a request is done (finished,
-                  failed, or still unfinished at the end of the run), and
-                  {"type": "sample", <QueueSample fields>} for each sample of server state;
-                  last, if the run ended in an orderly way (also on Ctrl-C or an engine error):
-                  {"type": "end", "status": "completed" | "interrupted" | "failed",
-                   "error": str | null}.
-    summary.json  the summary the runner computed (`kvbench report DIR` rebuilds it from
-                  run.jsonl alone).
+    header.json     written (atomically) before the first request is sent:
+                    {"format": "kvbench-run/1", "kind": "simulated"|"emulated"|"real",
+                     "backend": ..., "config": {...}, "seed": ..., "versions": {...}, ...}
+    requests.jsonl  one JSON object per request when it is done (finished, failed, or still
+                    unfinished when the run stopped): the fields of `RequestRecord`
+    samples.jsonl   one JSON object per sample of server state: the fields of `QueueSample`
+    end.json        written when the run ends in an orderly way, Ctrl-C and engine errors
+                    included: {"status": "completed"|"interrupted"|"failed", "error": str|null}
+    summary.json    the summary the runner computed; `kvbench report DIR` rebuilds it from the
+                    files above alone
 
 Every line is flushed when written, so a killed process loses at most the line being written;
-`read_run` ignores a torn last line and reports the run as truncated when no "end" line exists.
+`read_run` drops a torn last line and reports a run without end.json as killed. The JSONL files
+are what `kvbench.report.build` reads for compare reports. NaN is written as null.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import platform
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,7 +32,10 @@ from kvbench.backends.base import QueueSample, RequestRecord
 from kvbench.errors import KvbenchError
 
 RUN_FORMAT = "kvbench-run/1"
-RUN_FILE = "run.jsonl"
+HEADER_FILE = "header.json"
+REQUESTS_FILE = "requests.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+END_FILE = "end.json"
 SUMMARY_FILE = "summary.json"
 
 _REQUEST_FIELDS = {f.name for f in fields(RequestRecord)}
@@ -61,57 +61,65 @@ def _clean(value: Any) -> Any:
 
 class RunRecorder:
     """An `EventSink` that keeps every record and sample in memory and, given a directory, also
-    appends each one to `run.jsonl` as it arrives."""
+    appends each one to the run directory as it arrives."""
 
     def __init__(self, directory: Path | str | None, header: dict[str, Any]) -> None:
         self.records: list[RequestRecord] = []
         self.samples: list[QueueSample] = []
         self.directory = Path(directory) if directory is not None else None
-        self._file: IO[str] | None = None
-        if self.directory is not None:
-            try:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.directory / RUN_FILE, "x", encoding="utf-8")
-            except FileExistsError:
-                raise KvbenchError(
-                    f"{self.directory / RUN_FILE}: already exists; choose a new --output directory"
-                ) from None
-            except OSError as err:
-                raise KvbenchError(f"{self.directory}: cannot write run: {err.strerror}") from None
-            self._write({"type": "header", "format": RUN_FORMAT, **header})
-
-    def _write(self, obj: dict[str, Any]) -> None:
-        if self._file is None:
+        self._requests: IO[str] | None = None
+        self._samples: IO[str] | None = None
+        if self.directory is None:
             return
-        self._file.write(json.dumps({k: _clean(v) for k, v in obj.items()}) + "\n")
-        self._file.flush()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if (self.directory / HEADER_FILE).exists():
+                raise KvbenchError(f"{self.directory}: already holds a run; choose a new --output directory")
+            _write_json_atomic(self.directory / HEADER_FILE, {"format": RUN_FORMAT, **header})
+            self._requests = open(self.directory / REQUESTS_FILE, "w", encoding="utf-8")
+            self._samples = open(self.directory / SAMPLES_FILE, "w", encoding="utf-8")
+        except OSError as err:
+            raise KvbenchError(f"{self.directory}: cannot write run: {err.strerror or err}") from None
+
+    @staticmethod
+    def _append(file: IO[str] | None, obj: dict[str, Any]) -> None:
+        if file is not None:
+            file.write(json.dumps({k: _clean(v) for k, v in obj.items()}) + "\n")
+            file.flush()
 
     def request(self, record: RequestRecord) -> None:
         self.records.append(record)
-        self._write({"type": "request", **asdict(record)})
+        if self._requests is not None:
+            self._append(self._requests, vars(record))
 
     def sample(self, sample: QueueSample) -> None:
         self.samples.append(sample)
-        self._write({"type": "sample", **asdict(sample)})
+        if self._samples is not None:
+            self._append(self._samples, vars(sample))
 
     def close(self, status: str = "completed", error: str | None = None) -> None:
-        """Write the end line and close the file (idempotent)."""
-        if self._file is None:
+        """Write end.json and close the files (idempotent)."""
+        if self._requests is None or self._samples is None or self.directory is None:
             return
-        self._write({"type": "end", "status": status, "error": error})
-        self._file.close()
-        self._file = None
+        self._requests.close()
+        self._samples.close()
+        self._requests = self._samples = None
+        _write_json_atomic(self.directory / END_FILE, {"status": status, "error": error})
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.directory is not None:
             write_summary(self.directory, summary)
 
 
+def _write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
+    """Replace `path` in one step, so a reader (or a crash) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_clean) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
 def write_summary(directory: Path | str, summary: dict[str, Any]) -> None:
-    path = Path(directory) / SUMMARY_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=_clean) + "\n", encoding="utf-8")
-    tmp.replace(path)  # atomic: a reader never sees half a summary
+    _write_json_atomic(Path(directory) / SUMMARY_FILE, summary)
 
 
 @dataclass
@@ -122,7 +130,7 @@ class RunData:
     records: list[RequestRecord] = field(default_factory=list)
     samples: list[QueueSample] = field(default_factory=list)
     end: dict[str, Any] | None = None
-    torn_last_line: bool = False
+    torn_lines: int = 0
 
     @property
     def truncated(self) -> bool:
@@ -133,46 +141,45 @@ class RunData:
         return "killed" if self.end is None else str(self.end.get("status"))
 
 
-def read_run(directory: Path | str) -> RunData:
-    """Rebuild records and samples from a run directory, complete or cut off."""
-    path = Path(directory) / RUN_FILE
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise KvbenchError(f"{path}: no such run file (is {directory} a kvbench run directory?)") from None
+        raise KvbenchError(f"{path}: missing (is {path.parent} a kvbench run directory?)") from None
     except OSError as err:
         raise KvbenchError(f"{path}: cannot read: {err.strerror}") from None
-    lines = text.split("\n")
-    # A file written to the end finishes with "\n"; anything after the last newline is a line
-    # torn by a kill and is dropped.
-    torn = lines[-1] != ""
-    lines = lines[:-1]
-    data: RunData | None = None
-    for lineno, line in enumerate(lines, start=1):
+
+
+def _read_jsonl(path: Path, cls: type, names: set[str]) -> tuple[list, int]:
+    """Objects of `cls` from a JSONL file; a torn last line (no newline: the writer was killed
+    mid-line) is dropped and counted."""
+    if not path.exists():
+        return [], 0
+    lines = _read_text(path).split("\n")
+    torn = int(lines[-1] != "")
+    out = []
+    for lineno, line in enumerate(lines[:-1], start=1):
         try:
             obj = json.loads(line)
-            kind = obj.pop("type")
-        except (json.JSONDecodeError, KeyError, AttributeError):
-            raise KvbenchError(f"{path}:{lineno}: not a kvbench run record") from None
-        if lineno == 1:
-            if kind != "header" or obj.get("format") != RUN_FORMAT:
-                raise KvbenchError(f"{path}:1: not a {RUN_FORMAT} header")
-            data = RunData(header=obj)
-            continue
-        assert data is not None
-        try:
-            if kind == "request":
-                data.records.append(RequestRecord(**{k: v for k, v in obj.items() if k in _REQUEST_FIELDS}))
-            elif kind == "sample":
-                data.samples.append(QueueSample(**{k: v for k, v in obj.items() if k in _SAMPLE_FIELDS}))
-            elif kind == "end":
-                data.end = obj
-            else:
-                raise KvbenchError(f"{path}:{lineno}: unknown record type {kind!r}")
-        except TypeError as err:
-            raise KvbenchError(f"{path}:{lineno}: malformed {kind} record ({err})") from None
-    if data is None:
-        raise KvbenchError(f"{path}: empty run file")
-    data.torn_last_line = torn
-    return data
+            out.append(cls(**{k: v for k, v in obj.items() if k in names}))
+        except (json.JSONDecodeError, AttributeError, TypeError) as err:
+            raise KvbenchError(f"{path}:{lineno}: not a {cls.__name__} record ({err})") from None
+    return out, torn
 
+
+def read_run(directory: Path | str) -> RunData:
+    """Rebuild records and samples from a run directory, complete or cut off."""
+    directory = Path(directory)
+    header_path = directory / HEADER_FILE
+    try:
+        header = json.loads(_read_text(header_path))
+    except json.JSONDecodeError as err:
+        raise KvbenchError(f"{header_path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    if not isinstance(header, dict) or header.get("format") != RUN_FORMAT:
+        raise KvbenchError(f"{header_path}: not a {RUN_FORMAT} header")
+    records, torn_r = _read_jsonl(directory / REQUESTS_FILE, RequestRecord, _REQUEST_FIELDS)
+    samples, torn_s = _read_jsonl(directory / SAMPLES_FILE, QueueSample, _SAMPLE_FIELDS)
+    end = None
+    if (directory / END_FILE).exists():
+        end = json.loads(_read_text(directory / END_FILE))
+    return RunData(header=header, records=records, samples=samples, end=end, torn_lines=torn_r + torn_s)

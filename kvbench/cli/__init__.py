@@ -31,12 +31,17 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from kvbench.cli import calibrate, emulate, theory
+    from kvbench.cli import boundary, calibrate, compare, emulate, report, run, simulate, theory
 
     cli.add_command(theory.theory)
     cli.add_command(emulate.emulate)
     cli.add_command(theory.provision)
     cli.add_command(calibrate.calibrate)
+    cli.add_command(simulate.simulate)
+    cli.add_command(run.run)
+    cli.add_command(boundary.boundary)
+    cli.add_command(compare.compare)
+    cli.add_command(report.report)
 
 
 _register()

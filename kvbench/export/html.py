@@ -29,6 +29,7 @@ from kvbench.report.table import (
 
 REPORT_FILE = "report.html"
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+MAX_POINTS = 1500
 _VERDICT_SYMBOL = {"STABLE": "circle", "UNSTABLE": "x", "INCONCLUSIVE": "diamond-open"}
 
 
@@ -39,7 +40,9 @@ def _label(text: str) -> str:
 
 def _marked_note(results: CompareResults) -> str:
     kinds = sorted({e.kind for e in results.engines if e.marked})
-    return f" — {' and '.join(k.upper() for k in kinds)} engines, not GPU measurements" if kinds else ""
+    if not kinds:
+        return ""
+    return f"<br><sup>{' and '.join(k.upper() for k in kinds)} engines, not GPU measurements</sup>"
 
 
 def _div(fig: go.Figure, div_id: str) -> str:
@@ -106,10 +109,17 @@ def _boundary_plot(results: CompareResults) -> go.Figure:
     return fig
 
 
+def _thin(data, limit: int = MAX_POINTS):
+    """Every k-th row, so a trace has at most `limit` points: the page stays a few MB and the
+    shape of a queue over thousands of seconds is unchanged (samples.csv keeps every row)."""
+    step = -(-len(data) // limit)
+    return data.iloc[::step] if step > 1 else data
+
+
 def _series_plot(report: Report, column: str, title: str, yaxis: str) -> go.Figure:
     fig = go.Figure()
     for s in report.boundary_series:
-        data = s.samples.dropna(subset=[column])
+        data = _thin(s.samples.dropna(subset=[column]))
         fig.add_trace(
             go.Scatter(
                 name=_label(f"{s.engine}{'' if s.kind == 'real' else f' ({s.kind})'}"
@@ -146,7 +156,7 @@ def _latency_plot(results: CompareResults) -> go.Figure:
                 )
             )
     fig.update_layout(
-        title="Latency against load (marker: ● stable, × unstable, ◇ inconclusive)"
+        title="Latency against load (● stable, × unstable, ◇ inconclusive)"
         + _marked_note(results),
         xaxis_title="arrival rate λ (req/s)",
         yaxis_title="seconds (from intended send)",
@@ -211,6 +221,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:14px}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}
 tr.failed td{background:#fde2e2}
+td:last-child{text-align:left}
 .banner{background:#fff3cd;border:2px solid #d39e00;padding:.8em 1em;font-weight:bold;margin:1em 0}
 .interrupted{background:#fde2e2;border:2px solid #c00;padding:.8em 1em;margin:1em 0}
 .tag{font-size:11px;font-weight:bold;color:#8a5a00;background:#fff3cd;border-radius:3px;padding:1px 4px}
@@ -235,9 +246,12 @@ before the stop.</div>{% endif %}
 stable, smallest judged unstable). μ theory is the paper's M / (b̄·E[g]) times the replicas;
 the band below it reaches μ(1−δ). Probes S/U/I: stable, unstable and inconclusive runs.</p>
 {% if provisioning %}<h2>Provisioning</h2>
-<table id="provisioning"><thead><tr><th>engine</th><th>target</th><th>replicas (theory)</th>
-<th>replicas (measured)</th></tr></thead><tbody>{% for p in provisioning %}<tr><td>{{ p.engine }}</td>
-<td>{{ p.target }}</td><td>{{ p.theory }}</td><td>{{ p.measured }}</td></tr>{% endfor %}</tbody></table>{% endif %}
+<table id="provisioning"><thead><tr><th>engine</th><th>target</th><th>replicas (paper μ)</th>
+<th>replicas (engine-aware μ)</th><th>replicas (measured λ*)</th></tr></thead><tbody>
+{% for p in provisioning %}<tr><td>{{ p.engine }}</td><td>{{ p.target }}</td><td>{{ p.theory }}</td>
+<td>{{ p.engine_aware }}</td><td>{{ p.measured }}</td></tr>{% endfor %}</tbody></table>
+<p>Replicas G = ⌈λ / (ρ·μ)⌉ with μ per replica from the paper's model, the engine-aware model,
+or the measured bracket's lower end (the largest rate judged stable).</p>{% endif %}
 <h2>Plots</h2>
 {% for div in plots %}<div class="plot">{{ div | safe }}</div>{% endfor %}
 <h2>Engines</h2>
@@ -277,14 +291,14 @@ def render(report: Report) -> str:
     if report.boundary_series:
         plots.append(
             _div(
-                _series_plot(report, "in_flight", "Requests in system, probes either side of "
-                             "each boundary (dotted: stable, solid: unstable)", "requests"),
+                _series_plot(report, "in_flight", "Requests in system at each bracket's ends "
+                             "(dotted: stable, solid: unstable)", "requests"),
                 "plot-queue",
             )
         )
         if report.samples["kv_usage"].notna().any():
             plots.append(
-                _div(_series_plot(report, "kv_usage", "KV-cache usage, same probes",
+                _div(_series_plot(report, "kv_usage", "KV-cache usage at each bracket's ends",
                                   "fraction of M"), "plot-kv")
             )
     if any(e.probes for e in r.engines):

@@ -6,18 +6,18 @@ records and samples), so `kvbench report DIR` rebuilds exactly what `kvbench com
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from kvbench.errors import KvbenchError
+from kvbench.theory import replicas_needed
 from kvbench.report import raw
-from kvbench.report.runs import read_run
+from kvbench.benchmark.recorder import read_run
+from kvbench.benchmark.runner import summarize
 from kvbench.report.schema import (
     VERDICTS,
     BatchTime,
@@ -52,28 +52,6 @@ class Report:
     samples: pd.DataFrame  # every probe's samples, with `engine` and `probe` columns
 
 
-def _percentile(values: np.ndarray, q: float) -> float | None:
-    return float(np.percentile(values, q)) if values.size else None
-
-
-def latency_summary(requests: pd.DataFrame) -> LatencySummary:
-    """Percentiles over finished requests, from the intended send time (open loop)."""
-    done = requests[requests["finished"].notna() & requests["error"].isna()]
-    ttft = (done["first_token"] - done["intended_send"]).dropna().to_numpy(float)
-    e2e = (done["finished"] - done["intended_send"]).to_numpy(float)
-    decoding = done[done["output_tokens"] > 1]
-    tpot = (
-        (decoding["finished"] - decoding["first_token"]) / (decoding["output_tokens"] - 1)
-    ).dropna().to_numpy(float)
-    return LatencySummary(
-        ttft_p50=_percentile(ttft, 50),
-        ttft_p99=_percentile(ttft, 99),
-        e2e_p50=_percentile(e2e, 50),
-        e2e_p99=_percentile(e2e, 99),
-        tpot_p50=_percentile(tpot, 50),
-    )
-
-
 def _with_kv_usage(samples: pd.DataFrame, kv_capacity: float | None) -> pd.DataFrame:
     """Fill kv_usage from kv_used_tokens where an engine reports tokens but not the fraction."""
     samples = samples.reindex(columns=SAMPLE_COLUMNS)
@@ -82,35 +60,50 @@ def _with_kv_usage(samples: pd.DataFrame, kv_capacity: float | None) -> pd.DataF
     return samples
 
 
+def _latency(summary: dict[str, Any]) -> LatencySummary:
+    lat = summary["latency"]
+    return LatencySummary(
+        ttft_p50=lat["ttft"]["p50"],
+        ttft_p99=lat["ttft"]["p99"],
+        e2e_p50=lat["e2e"]["p50"],
+        e2e_p99=lat["e2e"]["p99"],
+        tpot_p50=lat["tpot"]["p50"],
+    )
+
+
 def _probe(directory: Path, raw_probe: dict[str, Any], kv_capacity: float | None):
-    run = read_run(directory / raw_probe["run_dir"])
-    requests, samples = run.requests, _with_kv_usage(run.samples, kv_capacity)
-    in_system = samples["in_flight"].to_numpy(float)
+    """One probe's figures, recomputed from its run file with the runner's own summary."""
+    run_dir = directory / raw_probe["run_dir"]
+    run = read_run(run_dir)
+    summary = summarize(run.header, run.records, run.samples, status=run.status)
+    evidence = summary["evidence"] or {}
+    counts = summary["requests"]
+    samples = _with_kv_usage(
+        pd.DataFrame([asdict(s) for s in run.samples]), kv_capacity
+    )
     probe = Probe(
         index=int(raw_probe["index"]),
         rate=float(raw_probe["rate"]),
-        duration=float(raw_probe["duration"]),
+        duration=float(summary["window"]),
+        engine_seconds=float(raw_probe["engine_seconds"]),
         verdict=str(raw_probe["verdict"]),
         run_dir=str(raw_probe["run_dir"]),
-        departure_rate=raw_probe.get("departure_rate"),
-        slope=raw_probe.get("slope"),
-        slope_ci=raw_probe.get("slope_ci"),
-        requests_sent=int(requests["sent"].notna().sum()),
-        requests_finished=int((requests["finished"].notna() & requests["error"].isna()).sum()),
-        requests_failed=int(requests["error"].notna().sum()),
-        mean_in_system=float(in_system.mean()) if in_system.size else None,
-        max_in_system=int(in_system.max()) if in_system.size else None,
-        client_ok=bool(raw_probe.get("client_ok", True)),
-        latency=latency_summary(requests),
+        departure_rate=evidence.get("departure_rate"),
+        slope=evidence.get("slope"),
+        slope_ci=[evidence["slope_lo"], evidence["slope_hi"]] if "slope_lo" in evidence else None,
+        requests_sent=counts["sent"],
+        requests_finished=counts["completed"],
+        requests_failed=counts["failed"],
+        mean_in_system=evidence.get("mean_in_system"),
+        max_in_system=evidence.get("max_in_system"),
+        client_ok=bool(summary["client_kept_schedule"]),
+        extensions=int(raw_probe.get("extensions", 0)),
+        reason=evidence.get("reason"),
+        latency=_latency(summary),
     )
     if probe.verdict not in VERDICTS:
-        raise KvbenchError(f"{directory / raw_probe['run_dir']}: unknown verdict {probe.verdict!r}")
+        raise KvbenchError(f"{run_dir}: unknown verdict {probe.verdict!r}")
     return probe, samples
-
-
-def replicas_needed(rate: float, per_replica: float, utilization: float) -> int:
-    """G = ⌈λ / (ρ·μ)⌉ (SPEC §1)."""
-    return max(1, math.ceil(rate / (utilization * per_replica) - 1e-12))
 
 
 def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
@@ -148,8 +141,8 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
             precision=float(search.get("precision", config.get("precision", 0.0))),
         )
     calibration = eng.get("calibration") or {}
-    result.engine_seconds = float(calibration.get("duration", 0.0)) + sum(
-        p.duration for p in result.probes
+    result.engine_seconds = float(calibration.get("engine_seconds", 0.0)) + sum(
+        p.engine_seconds for p in result.probes
     )
     counts = Counter(p.verdict for p in result.probes)
     result.verdict_counts = {v: counts.get(v, 0) for v in VERDICTS}
@@ -170,18 +163,25 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
             utilization=rho,
             replicas_theory=replicas_needed(target, result.theory.mu_replica, rho),
             replicas_measured=replicas_needed(target, lower / replicas, rho) if lower else None,
+            replicas_engine_aware=(
+                replicas_needed(target, result.theory.mu_engine_aware / replicas, rho)
+                if result.theory.mu_engine_aware else None
+            ),
         )
 
     boundary_series = []
     if result.boundary:
-        ends = {("STABLE", result.boundary.lower), ("UNSTABLE", result.boundary.upper)}
-        for probe, samples in series:
-            if (probe.verdict, probe.rate) in ends:
-                ends.discard((probe.verdict, probe.rate))
-                boundary_series.append(
-                    ProbeSeries(result.label, result.kind, probe.index, probe.rate,
-                                probe.verdict, samples)
-                )
+        # the probes either side: the fastest judged STABLE and the slowest judged UNSTABLE
+        stable = [(p, x) for p, x in series if p.verdict == "STABLE"]
+        unstable = [(p, x) for p, x in series if p.verdict == "UNSTABLE"]
+        ends = []
+        if stable:
+            ends.append(max(stable, key=lambda px: px[0].rate))
+        if unstable:
+            ends.append(min(unstable, key=lambda px: px[0].rate))
+        boundary_series = [
+            ProbeSeries(result.label, result.kind, p.index, p.rate, p.verdict, x) for p, x in ends
+        ]
     all_samples = [
         samples.assign(engine=result.label, kind=result.kind, probe=probe.index, rate=probe.rate)
         for probe, samples in series

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kvbench.errors import KvbenchError
+from kvbench.export.json import dumps
 
 COMPARE_FILE = "compare.json"
 ENGINE_FILE = "engine.json"
@@ -27,7 +28,7 @@ RAW_VERSION = 1
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Replace `path` in one step, so a reader (or a crash) never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    tmp.write_text(dumps(data) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kvbench.errors import KvbenchError
+from kvbench.export.json import dumps
 
 SCHEMA = "kvbench.compare.results"
 SCHEMA_VERSION = 1
@@ -24,8 +25,8 @@ ENGINE_STATUSES = ("ok", "failed", "interrupted")
 
 @dataclass
 class LatencySummary:
-    """Percentiles in seconds over the probe's finished requests, measured from the intended send
-    time (open loop: a late client does not hide queueing)."""
+    """Percentiles in seconds over the probe's finished requests, from the send time, as the
+    runner's summary computes them (a run whose client lagged says so in `client_ok`)."""
 
     ttft_p50: float | None = None
     ttft_p99: float | None = None
@@ -40,7 +41,8 @@ class Probe:
 
     index: int
     rate: float  # intended arrival rate λ, requests/s over all replicas
-    duration: float  # engine-seconds the run took (virtual for simulated engines)
+    duration: float  # seconds of load the judged run lasted (virtual for simulated engines)
+    engine_seconds: float  # what the probe cost, extensions of an INCONCLUSIVE run included
     verdict: str  # one of VERDICTS
     run_dir: str  # relative to the report directory
     departure_rate: float | None = None
@@ -49,9 +51,11 @@ class Probe:
     requests_sent: int = 0
     requests_finished: int = 0
     requests_failed: int = 0
-    mean_in_system: float | None = None
-    max_in_system: int | None = None
+    mean_in_system: float | None = None  # time-weighted, after warm-up
+    max_in_system: float | None = None
     client_ok: bool = True  # False when the client could not keep its schedule
+    extensions: int = 0  # times an INCONCLUSIVE run was doubled
+    reason: str | None = None  # the stability test's one-line evidence
     latency: LatencySummary = field(default_factory=LatencySummary)
 
 
@@ -105,6 +109,7 @@ class Provisioning:
     utilization: float
     replicas_theory: int  # ⌈λ / (ρ·μ_replica)⌉
     replicas_measured: int | None  # ⌈λ / (ρ·λ*_replica)⌉ from the bracket's lower end
+    replicas_engine_aware: int | None = None  # ⌈λ / (ρ·μ_engine_aware per replica)⌉
 
 
 @dataclass
@@ -156,7 +161,7 @@ class CompareResults:
         return out
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        path.write_text(dumps(self.to_dict()) + "\n", encoding="utf-8")
 
 
 def _build(cls, data: Any, where: str):

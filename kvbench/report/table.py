@@ -97,6 +97,7 @@ def provisioning_rows(results: CompareResults) -> list[dict[str, str]]:
                 "engine": engine_name(e),
                 "target": f"{p.target_rate:g} req/s at ρ = {p.utilization:g}",
                 "theory": str(p.replicas_theory),
+                "engine_aware": DASH if p.replicas_engine_aware is None else str(p.replicas_engine_aware),
                 "measured": DASH if p.replicas_measured is None else str(p.replicas_measured),
             }
         )

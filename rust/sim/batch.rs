@@ -124,6 +124,9 @@ impl Observer for Recorder {
             self.series.push(it.start, self.replica, it, it.waiting, it.running, it.kv_used);
         }
     }
+    fn records_iterations(&self) -> bool {
+        self.per_iteration
+    }
 }
 
 /// Runs the schedule. Arrivals must be sorted; lengths are validated per request.

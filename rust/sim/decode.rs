@@ -10,15 +10,18 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use super::pages::PageSize;
 use super::request::Slot;
 
 #[derive(Debug)]
 pub struct DecodeSet {
-    block: i64,
+    page: PageSize,
     /// Decode steps taken so far (the shared clock of all offsets).
     pub step: i64,
     /// Σ (computed − step at entry) over members: Σ computed = sum_offset + len·step.
     sum_offset: i64,
+    /// Σ (output − generated offset) over members: Σ remaining output = this − len·step.
+    sum_remaining_offset: i64,
     /// Members per residue (computed − step at entry) mod block: those whose KV fills whole
     /// pages at a step need a new page for it.
     residues: Vec<i64>,
@@ -29,12 +32,13 @@ pub struct DecodeSet {
 }
 
 impl DecodeSet {
-    pub fn new(block: i64) -> DecodeSet {
+    pub fn new(page: PageSize) -> DecodeSet {
         DecodeSet {
-            block,
+            page,
             step: 0,
             sum_offset: 0,
-            residues: vec![0; block as usize],
+            sum_remaining_offset: 0,
+            residues: vec![0; page.size() as usize],
             finishes: BinaryHeap::new(),
             members: Vec::new(),
         }
@@ -51,13 +55,32 @@ impl DecodeSet {
         self.sum_offset + self.len() * self.step
     }
 
+    /// Σ output tokens members have still to emit.
+    #[inline]
+    pub fn remaining_output(&self) -> i64 {
+        self.sum_remaining_offset - self.len() * self.step
+    }
+
     /// Pages the next step needs: one per member whose KV exactly fills its pages.
     #[inline]
     pub fn growth_pages(&self) -> i64 {
-        if self.members.is_empty() {
-            return 0;
+        self.growth_pages_at(self.step)
+    }
+
+    /// Pages step `step` would need with the current members.
+    #[inline]
+    pub fn growth_pages_at(&self, step: i64) -> i64 {
+        if self.page.size() == 1 {
+            return self.len();
         }
-        self.residues[(-self.step).rem_euclid(self.block) as usize]
+        self.residues[self.page.residue(-step)]
+    }
+
+    /// The earliest step that may emit some member's last token (a stale entry can make it
+    /// early, never late).
+    #[inline]
+    pub fn next_finish_step(&self) -> Option<i64> {
+        self.finishes.peek().map(|Reverse((step, _, _))| *step)
     }
 
     /// Current (computed, generated) of a member.
@@ -72,7 +95,8 @@ impl DecodeSet {
         r.computed -= self.step;
         r.generated -= self.step;
         self.sum_offset += r.computed;
-        self.residues[r.computed.rem_euclid(self.block) as usize] += 1;
+        self.sum_remaining_offset += r.output - r.generated;
+        self.residues[self.page.residue(r.computed)] += 1;
         r.pos = self.members.len() as u32;
         self.members.push(slot);
         // The step that emits token `output` is the one taken when generated = output − 1.
@@ -84,7 +108,8 @@ impl DecodeSet {
     pub fn leave(&mut self, slot: u32, slab: &mut [Slot]) {
         let r = &mut slab[slot as usize];
         self.sum_offset -= r.computed;
-        self.residues[r.computed.rem_euclid(self.block) as usize] -= 1;
+        self.sum_remaining_offset -= r.output - r.generated;
+        self.residues[self.page.residue(r.computed)] -= 1;
         r.computed += self.step;
         r.generated += self.step;
         r.epoch = r.epoch.wrapping_add(1);

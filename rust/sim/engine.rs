@@ -15,6 +15,7 @@ use rand_distr::{Distribution, LogNormal};
 use rand_pcg::Pcg64Mcg;
 
 use super::decode::DecodeSet;
+use super::pages::PageSize;
 use super::profile::{Profile, Rule, SGLANG_CLIP_MAX_NEW_TOKENS, SGLANG_RETRACT_DECODE_STEPS};
 use super::request::{IterationRecord, Observer, Phase, Slot};
 
@@ -24,6 +25,7 @@ const NOT_RUNNING: u64 = u64::MAX;
 pub struct Engine {
     profile: Profile,
     block: i64,
+    page: PageSize,
     total_pages: i64,
     used_pages: i64,
     slab: Vec<Slot>,
@@ -36,6 +38,8 @@ pub struct Engine {
     admission_order: Vec<(u64, u32)>,
     next_seq: u64,
     running: i64,
+    /// Running requests whose output exceeds SGLang's clip (then the reserve needs a scan).
+    long_outputs_running: i64,
     /// TensorRT-LLM: pages reserved by running requests for their whole lifetime.
     reserved_pages: i64,
     /// SGLang's new_token_ratio and its per-decode-step decay.
@@ -72,10 +76,12 @@ impl Engine {
             free_slots: Vec::new(),
             waiting: VecDeque::new(),
             prefilling: Vec::new(),
-            decode: DecodeSet::new(block),
+            decode: DecodeSet::new(PageSize::new(block)),
+            page: PageSize::new(block),
             admission_order: Vec::new(),
             next_seq: 0,
             running: 0,
+            long_outputs_running: 0,
             reserved_pages: 0,
             rng: Pcg64Mcg::seed_from_u64(seed),
             noise,
@@ -94,7 +100,7 @@ impl Engine {
 
     #[inline]
     fn pages(&self, tokens: i64) -> i64 {
-        (tokens + self.block - 1) / self.block
+        self.page.pages(tokens)
     }
 
     /// TensorRT-LLM's max_tokens for a request: the configured cap, or the request's own output
@@ -134,7 +140,6 @@ impl Engine {
             pos: 0,
             chunk: 0,
             reserved: 0,
-            admitted_once: false,
         };
         let index = match self.free_slots.pop() {
             Some(i) => {
@@ -162,7 +167,11 @@ impl Engine {
                         return;
                     }
                     self.complete(obs);
-                    self.start(end, obs);
+                    if !O::TOKENS && !obs.records_iterations() {
+                        self.run_quiet_steps(until);
+                    }
+                    let now = self.clock;
+                    self.start(now, obs);
                 }
                 None => {
                     let Some(&front) = self.waiting.front() else { return };
@@ -338,19 +347,35 @@ impl Engine {
         }
     }
 
-    /// Σ over running requests of their remaining output, clipped as SGLang clips it.
+    /// Σ over running requests of their remaining output, clipped as SGLang clips it. Without
+    /// outputs long enough for the clip to matter the decode set's running sum gives it in O(1).
     fn remaining_output_clipped(&self) -> f64 {
-        let mut total = 0i64;
-        for &s in &self.decode.members {
-            let r = &self.slab[s as usize];
-            let (_, generated) = self.decode.progress(r);
-            total += (r.output - generated).min(SGLANG_CLIP_MAX_NEW_TOKENS);
-        }
+        let scan = || -> i64 {
+            self.decode
+                .members
+                .iter()
+                .map(|&s| {
+                    let r = &self.slab[s as usize];
+                    (r.output - self.decode.progress(r).1).min(SGLANG_CLIP_MAX_NEW_TOKENS)
+                })
+                .sum()
+        };
+        let mut total = if self.long_outputs_running == 0 {
+            debug_assert_eq!(self.decode.remaining_output(), scan());
+            self.decode.remaining_output()
+        } else {
+            scan()
+        };
         for &s in &self.prefilling {
             let r = &self.slab[s as usize];
             total += (r.output - r.generated).min(SGLANG_CLIP_MAX_NEW_TOKENS);
         }
         total as f64
+    }
+
+    #[inline]
+    fn is_long(&self, s: u32) -> i64 {
+        (self.slab[s as usize].output > SGLANG_CLIP_MAX_NEW_TOKENS) as i64
     }
 
     /// Moves an admitted request into the running set, with `chunk` tokens this iteration.
@@ -363,11 +388,11 @@ impl Engine {
             self.admission_order.retain(|&(q, i)| slab[i as usize].seq == q);
         }
         self.running += 1;
+        self.long_outputs_running += self.is_long(s);
         let computed = self.slab[s as usize].computed;
         self.used_pages += self.pages(computed);
         let r = &mut self.slab[s as usize];
         r.seq = seq;
-        r.admitted_once = true;
         obs.admitted(r.id, now, r.generated);
         if r.generated >= 1 && r.computed == r.known() - 1 {
             // A swapped-out decoder resumes decoding where it stopped.
@@ -458,6 +483,7 @@ impl Engine {
         r.phase = Phase::Waiting;
         r.seq = NOT_RUNNING;
         self.running -= 1;
+        self.long_outputs_running -= (r.output > SGLANG_CLIP_MAX_NEW_TOKENS) as i64;
         self.preemptions += 1;
         obs.preempted(r.id, now, r.generated);
         if to_front {
@@ -502,6 +528,86 @@ impl Engine {
             decode,
         }
     }
+}
+
+// Quiet stretches: decode-only iterations in which no request changes state.
+impl Engine {
+    /// Runs, without planning each, the decode-only iterations from the clock on in which no
+    /// request is admitted, finishes, prefills or is preempted, ending by `until`. Each is exactly
+    /// the iteration `start` would plan: every decoding request steps, pages grow by residue
+    /// class, and the waiting queue's head stays blocked (memory only fills up, reservations and
+    /// the running count do not change). SGLang's ratio decays, so with a waiting queue it could
+    /// admit: its stretches need an empty queue. Noise would need a draw per iteration anyway.
+    fn run_quiet_steps(&mut self, until: f64) {
+        let n = self.decode.len();
+        if n == 0 || !self.prefilling.is_empty() || self.noise.is_some() {
+            return;
+        }
+        let blocked_pages = match self.waiting.front() {
+            None => None,
+            Some(_) if self.profile.rule == Rule::Sglang => return,
+            Some(&s) => match self.head_blocked(s) {
+                Blocked::No => return,
+                Blocked::Always => None,
+                Blocked::ByMemory(pages) => Some(pages),
+            },
+        };
+        let last_quiet = self.decode.next_finish_step().map_or(i64::MAX, |f| f - 1);
+        let model = self.profile.iteration_time;
+        let sglang = self.profile.rule == Rule::Sglang;
+        while self.decode.step <= last_quiet {
+            let growth = self.decode.growth_pages();
+            let used = self.used_pages + growth;
+            if used > self.total_pages || blocked_pages.is_some_and(|p| used + p <= self.total_pages) {
+                break;
+            }
+            let duration = model.mean(n, self.decode.kv_tokens() + n);
+            let end = self.clock + duration;
+            if end > until {
+                break;
+            }
+            self.used_pages = used;
+            self.peak_kv_tokens = self.peak_kv_tokens.max(used * self.block);
+            self.decode.step += 1;
+            self.clock = end;
+            self.busy_time += duration;
+            self.iterations += 1;
+            if sglang {
+                self.ratio = (self.ratio - self.ratio_decay).max(self.profile.sglang_min_ratio);
+            }
+        }
+    }
+
+    /// Whether the head of the queue could be admitted in a decode-only iteration, and if only
+    /// memory stops it, how many pages it needs beyond the step's growth.
+    fn head_blocked(&self, s: u32) -> Blocked {
+        let r = &self.slab[s as usize];
+        let budget = self.profile.token_budget - self.decode.len();
+        if r.arrival > self.clock {
+            return Blocked::No;
+        }
+        if self.running >= self.profile.max_running || budget <= 0 {
+            return Blocked::Always;
+        }
+        if self.profile.rule == Rule::Trtllm
+            && self.reserved_pages + self.pages(r.prompt + self.max_tokens(r.output)) > self.total_pages
+        {
+            return Blocked::Always;
+        }
+        let n = (r.known() - r.computed).min(self.profile.chunk_size).min(budget);
+        let pages_now = self.pages(r.computed + n);
+        if self.used_pages + self.decode.growth_pages() + pages_now > self.total_pages {
+            Blocked::ByMemory(pages_now)
+        } else {
+            Blocked::No
+        }
+    }
+}
+
+enum Blocked {
+    No,
+    Always,
+    ByMemory(i64),
 }
 
 // Completing an iteration: tokens, first tokens, finishes.
@@ -570,6 +676,7 @@ impl Engine {
         r.phase = Phase::Done;
         r.seq = NOT_RUNNING;
         self.running -= 1;
+        self.long_outputs_running -= (r.output > SGLANG_CLIP_MAX_NEW_TOKENS) as i64;
         self.completed += 1;
         obs.finished(r.id, t, r.generated);
         self.free_slots.push(s);

@@ -5,6 +5,7 @@
 mod batch;
 mod decode;
 mod engine;
+mod pages;
 mod profile;
 mod request;
 mod stepping;

@@ -36,7 +36,6 @@ pub struct Slot {
     pub chunk: i64,
     /// Pages reserved at admission (TensorRT-LLM's GUARANTEED_NO_EVICT).
     pub reserved: i64,
-    pub admitted_once: bool,
 }
 
 impl Slot {
@@ -59,6 +58,9 @@ pub trait Observer {
     fn finished(&mut self, id: u64, time: f64, generated: i64);
     fn preempted(&mut self, id: u64, time: f64, generated: i64);
     fn iteration(&mut self, it: &IterationRecord);
+    /// Whether `iteration` must hear of every iteration; when not, the engine may run stretches
+    /// of decode-only iterations in which no request changes state without reporting each.
+    fn records_iterations(&self) -> bool;
 }
 
 /// One engine iteration, as scheduled at its start.

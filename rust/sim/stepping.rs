@@ -53,6 +53,9 @@ impl Observer for EventLog {
         self.events.push((id, EventKind::Preempted, time, generated));
     }
     fn iteration(&mut self, _it: &IterationRecord) {}
+    fn records_iterations(&self) -> bool {
+        true
+    }
 }
 
 /// One replica plus the events not yet handed to the caller.

@@ -41,6 +41,9 @@ impl Observer for Log {
     fn iteration(&mut self, it: &IterationRecord) {
         self.iterations.push(*it);
     }
+    fn records_iterations(&self) -> bool {
+        true
+    }
 }
 
 fn profile(rule: Rule, kv_tokens: i64, block: i64, chunk: i64, budget: i64, max_running: i64) -> Profile {
@@ -267,4 +270,56 @@ fn bad_input_is_named() {
         replicas: 1, dispatch: Dispatch::RoundRobin, seed: 0, until: None, sample_interval: None,
     });
     assert!(unsorted.err().unwrap().contains("arrivals[1]"));
+}
+
+/// Quiet stretches (taken only when iterations are not recorded one by one) must not change
+/// anything: per-request times and totals equal the iteration-by-iteration run exactly.
+#[test]
+fn quiet_stretches_change_nothing() {
+    for rule in [Rule::Ideal, Rule::Vllm, Rule::Sglang, Rule::Trtllm] {
+        for block in [1, 16] {
+            let mut p = profile(rule, 30_000, block, 512, 2048, 256);
+            p.iteration_time = IterationTime { c0: 0.02, c1: 5e-5, c2: 1e-7, noise_sigma: 0.0 };
+            let mut rng = Pcg64Mcg::seed_from_u64(block as u64);
+            let n = 4000;
+            let prompt: Vec<i64> = (0..n).map(|_| rng.random_range(10..1600)).collect();
+            let output: Vec<i64> = (0..n).map(|_| rng.random_range(10..1600)).collect();
+            let mut t = 0.0;
+            let arrivals: Vec<f64> = (0..n).map(|_| { t += rng.random::<f64>() * 0.6; t }).collect();
+            let run = |sample_interval| {
+                let opts = Options { replicas: 1, dispatch: Dispatch::RoundRobin, seed: 0, until: Some(1500.0), sample_interval };
+                simulate(&p, &prompt, &output, &arrivals, &opts).unwrap()
+            };
+            let (every, sampled) = (run(None), run(Some(5.0)));
+            let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| x == y || (x.is_nan() && y.is_nan()));
+            assert!(same(&every.records.finished, &sampled.records.finished), "{rule:?} {block}");
+            assert!(same(&every.records.admitted, &sampled.records.admitted), "{rule:?} {block}");
+            assert_eq!(every.records.preemptions, sampled.records.preemptions);
+            assert_eq!(every.summary.iterations, sampled.summary.iterations);
+            assert_eq!(every.summary.peak_kv_tokens, sampled.summary.peak_kv_tokens);
+            assert_eq!(every.summary.busy_time, sampled.summary.busy_time);
+        }
+    }
+}
+
+/// SGLang's reserve clips each remaining output at 4096: with some longer outputs running the
+/// engine scans, otherwise it uses the running sum (checked against the scan in debug builds).
+#[test]
+fn sglang_with_outputs_beyond_the_clip() {
+    let mut e = Engine::new(profile(Rule::Sglang, 60_000, 1, 512, 2048, 4096), 0);
+    let mut log = Log::default();
+    let mut rng = Pcg64Mcg::seed_from_u64(5);
+    let mut outputs = Vec::new();
+    for id in 0..120u64 {
+        let o = if id % 10 == 0 { rng.random_range(4097..9000) } else { rng.random_range(1..2000) };
+        outputs.push(o);
+        let t = id as f64 * 2.0;
+        e.advance(t, &mut log);
+        e.add_request(id, rng.random_range(1..3000), o, t).unwrap();
+    }
+    e.advance(f64::INFINITY, &mut log);
+    for (id, &o) in outputs.iter().enumerate() {
+        assert_eq!(log.tokens[&(id as u64)].len() as i64, o);
+    }
+    assert!(log.iterations.iter().all(|i| i.kv_used <= 60_000));
 }

@@ -1,0 +1,104 @@
+"""Data-parallel replicas: G backends of one engine behind a round-robin dispatcher (the paper's
+8-GPU setup), seen by the runner as one backend.
+
+Request i goes to replica i mod G. Each replica runs its share on its own thread (an HTTP
+backend runs its own event loop), and their events reach the caller's sink one at a time.
+Server state is reported as the sum over replicas of each one's latest sample.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from kvbench.backends.base import (
+    Backend,
+    DiscoveredProfile,
+    EventSink,
+    QueueSample,
+    RequestRecord,
+    RequestSpec,
+)
+from kvbench.errors import KvbenchError
+
+
+def _sum(values: list) -> float | None:
+    return None if any(v is None for v in values) else sum(values)
+
+
+class _ReplicaSink:
+    def __init__(self, owner: RoundRobinBackend, index: int, sink: EventSink):
+        self.owner, self.index, self.sink = owner, index, sink
+
+    def request(self, record: RequestRecord) -> None:
+        with self.owner._lock:
+            self.sink.request(record)
+
+    def sample(self, sample: QueueSample) -> None:
+        with self.owner._lock:
+            self.owner._latest[self.index] = sample
+            latest = self.owner._latest
+            if any(s is None for s in latest):
+                return
+            kv_fractions = [s.kv_usage for s in latest]
+            self.sink.sample(
+                QueueSample(
+                    time=sample.time,
+                    in_flight=sum(s.in_flight for s in latest),
+                    waiting=_sum([s.waiting for s in latest]),
+                    running=_sum([s.running for s in latest]),
+                    kv_used_tokens=_sum([s.kv_used_tokens for s in latest]),
+                    kv_usage=None if None in kv_fractions else sum(kv_fractions) / len(latest),
+                    preemptions_total=_sum([s.preemptions_total for s in latest]),
+                )
+            )
+
+
+class RoundRobinBackend(Backend):
+    def __init__(self, replicas: list[Backend]):
+        if not replicas:
+            raise KvbenchError("round-robin dispatch needs at least one replica")
+        self.replicas = replicas
+        self.name = replicas[0].name
+        self.kind = replicas[0].kind
+        self._lock = threading.Lock()
+        self._latest: list[QueueSample | None] = []
+
+    def discover_profile(self) -> DiscoveredProfile:
+        """The first replica's profile; every replica must have the same KV capacity, or the
+        theory's G·μ would not describe them."""
+        found = [r.discover_profile() for r in self.replicas]
+        self.kind = "real" if all(r.kind == "real" for r in self.replicas) else self.replicas[0].kind
+        sizes = {f.profile.kv_tokens for f in found}
+        if len(sizes) > 1:
+            raise KvbenchError(
+                f"replicas of {self.name} differ in KV capacity ({sorted(sizes)} tokens): "
+                "give replicas of one configuration"
+            )
+        sources = dict(found[0].sources)
+        sources["replicas"] = f"{len(self.replicas)} endpoints, round-robin"
+        return DiscoveredProfile(found[0].profile, sources)
+
+    def execute(self, requests: list[RequestSpec], sink: EventSink, *, duration: float) -> None:
+        g = len(self.replicas)
+        self._latest = [None] * g
+        errors: list[BaseException] = []
+
+        def run(i: int) -> None:
+            try:
+                self.replicas[i].execute(requests[i::g], _ReplicaSink(self, i, sink),
+                                         duration=duration)
+            except BaseException as err:  # re-raised on the caller's thread below
+                errors.append(err)
+
+        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(g)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        for r in self.replicas:
+            r.close()
+

@@ -1,0 +1,277 @@
+"""One stability run: build the schedule, drive a backend, record everything, summarise.
+
+The summary holds latency percentiles (TTFT, TPOT, ITL, E2E, queueing delay), achieved vs
+intended rate, the client's schedule lag, and the stability verdict. A run whose client could
+not keep its schedule (lag p99 above LAG_BUDGET, or fewer requests sent than scheduled) claims
+no verdict: the engine was not offered the rate being judged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kvbench import _core
+from kvbench.arrivals import arrival_times
+from kvbench.backends.base import Backend, EventSink, QueueSample, RequestRecord, RequestSpec
+from kvbench.benchmark.recorder import RunRecorder, versions
+from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, stability_verdict
+from kvbench.errors import KvbenchError
+from kvbench.workload import Workload
+
+# A client that sends more than this late (p99 of actual − intended send time) did not offer the
+# engine the rate being judged.
+LAG_BUDGET = 0.05
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run. Exactly one of duration (seconds of open-loop load) and num_prompts."""
+
+    workload: str
+    request_rate: float
+    burstiness: float = 1.0
+    duration: float | None = None
+    num_prompts: int | None = None
+    seed: int = 0
+    confidence: float = DEFAULT_CONFIDENCE
+    tolerance: float = DEFAULT_TOLERANCE
+
+    def __post_init__(self) -> None:
+        if (self.duration is None) == (self.num_prompts is None):
+            raise KvbenchError("give exactly one of --duration and --num-prompts")
+        if not (self.request_rate > 0 and math.isfinite(self.request_rate)):
+            raise KvbenchError(f"--request-rate must be a positive number, got {self.request_rate}")
+        if self.duration is not None and not (self.duration > 0 and math.isfinite(self.duration)):
+            raise KvbenchError(f"--duration must be a positive number of seconds, got {self.duration}")
+        if self.num_prompts is not None and self.num_prompts < 1:
+            raise KvbenchError(f"--num-prompts must be at least 1, got {self.num_prompts}")
+        if not self.burstiness > 0:
+            raise KvbenchError(f"--burstiness must be positive, got {self.burstiness}")
+
+
+def build_schedule(
+    workload: Workload,
+    rate: float,
+    *,
+    burstiness: float = 1.0,
+    seed: int = 0,
+    duration: float | None = None,
+    num_prompts: int | None = None,
+) -> list[RequestSpec]:
+    """The open-loop schedule: arrival times at `rate` and lengths drawn from the workload, for
+    `num_prompts` requests or every arrival before `duration`. A longer duration with the same
+    seed extends a shorter one (the same prefix), which is what lets a run be extended."""
+    if num_prompts is not None:
+        n = num_prompts
+        times = arrival_times(rate, n, burstiness=burstiness, seed=seed)
+    else:
+        assert duration is not None
+        expected = rate * duration
+        n = int(expected + 8 * math.sqrt(expected / min(burstiness, 1.0)) + 16)
+        while True:
+            times = arrival_times(rate, n, burstiness=burstiness, seed=seed)
+            if times.size and times[-1] >= duration:
+                break
+            n *= 2
+        n = int(np.searchsorted(times, duration, side="left"))
+        times = times[:n]
+    prompts, outputs = workload.draw(n, seed)
+    return [
+        RequestSpec(i, float(t), int(s), int(o))
+        for i, (t, s, o) in enumerate(zip(times, prompts, outputs))
+    ]
+
+
+def _percentiles(values: np.ndarray) -> dict[str, float | int | None]:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return {"n": 0, "mean": None, **{f"p{p}": None for p in PERCENTILES}}
+    q = np.percentile(values, PERCENTILES)
+    return {"n": int(values.size), "mean": float(values.mean()), **{f"p{p}": float(v) for p, v in zip(PERCENTILES, q)}}
+
+
+def _col(records: list[RequestRecord], name: str) -> np.ndarray:
+    values = [getattr(r, name) for r in records]
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _step_stats(samples: list[QueueSample], name: str, start: float, end: float) -> dict[str, float | None]:
+    pts = [(s.time, getattr(s, name)) for s in samples if getattr(s, name) is not None]
+    if not pts or not end > start:
+        return {"mean": None, "max": None}
+    t = np.array([p[0] for p in pts], dtype=np.float64)
+    v = np.array([p[1] for p in pts], dtype=np.float64)
+    mean, mx = _core.step_mean_max(t, v, start, end, float(v[0]))
+    return {"mean": None if math.isnan(mean) else mean, "max": None if math.isnan(mx) else mx}
+
+
+def summarize(header: dict[str, Any], records: list[RequestRecord], samples: list[QueueSample], *, status: str) -> dict[str, Any]:
+    """The run's summary from its header, records and samples alone (what `kvbench report DIR`
+    rebuilds). For a run cut short, the verdict window ends at the last event observed."""
+    config = header["config"]
+    rate = float(config["request_rate"])
+    planned_end = float(header["window_end"])
+    records = sorted(records, key=lambda r: r.request_id)
+    sent = _col(records, "sent")
+    intended = _col(records, "intended_send")
+    first = _col(records, "first_token")
+    fin = _col(records, "finished")
+    admitted = _col(records, "admitted")
+    failed = np.array([r.error is not None for r in records], dtype=bool)
+    end = planned_end
+    if status != "completed":
+        observed = [x for x in (np.nanmax(sent, initial=0.0), np.nanmax(fin, initial=0.0)) if math.isfinite(x)]
+        observed += [s.time for s in samples[-1:]]
+        end = min(planned_end, max(observed, default=0.0))
+    scheduled_in_window = int(header.get("scheduled_in_window", len(records)))
+    n_sent = int(np.count_nonzero(np.isfinite(sent) & (sent < end)))
+    lag = (sent - intended)[np.isfinite(sent)]
+    lag_p50, lag_p99 = (np.percentile(lag, [50, 99]).tolist() if lag.size else (None, None))
+    expected_sent = scheduled_in_window if status == "completed" else int(np.count_nonzero(intended < end))
+    kept = lag_p99 is not None and lag_p99 <= LAG_BUDGET and n_sent >= expected_sent
+    n_out = np.array([r.output_tokens if r.output_tokens is not None else r.output_len for r in records], dtype=np.float64)
+    decode = n_out - 1
+    decode[decode <= 0] = np.nan
+    itl = np.concatenate([np.diff(r.token_times) for r in records if len(r.token_times) > 1] or [np.empty(0)])
+    # A failed request leaves the system when its failure is known: the last time seen for it.
+    leave = fin.copy()
+    leave[failed] = np.fmax(np.fmax(fin, first), sent)[failed]
+    leave[leave > end] = np.nan
+    summary: dict[str, Any] = {
+        "format": "kvbench-run-summary/1",
+        "kind": header["kind"],
+        "simulated": header["kind"] == "simulated",
+        "emulated": header["kind"] == "emulated",
+        "backend": header["backend"],
+        "status": status,
+        "request_rate": rate,
+        "window": end,
+        "requests": {
+            "scheduled": len(records),
+            "sent": int(np.count_nonzero(np.isfinite(sent))),
+            "completed": int(np.count_nonzero(np.isfinite(fin) & ~failed)),
+            "failed": int(failed.sum()),
+            "unfinished": int(np.count_nonzero(~np.isfinite(fin) & ~failed)),
+        },
+        "achieved_rate": n_sent / end if end > 0 else None,
+        "schedule_lag": {"p50": lag_p50, "p99": lag_p99, "budget": LAG_BUDGET},
+        "client_kept_schedule": bool(kept),
+        "latency": {
+            "ttft": _percentiles(first - sent),
+            "tpot": _percentiles((fin - first) / decode),
+            "itl": _percentiles(itl),
+            "e2e": _percentiles(fin - sent),
+            "queueing_delay": _percentiles(admitted - sent),
+        },
+        "waiting": _step_stats(samples, "waiting", 0.0, end),
+        "kv_usage": _step_stats(samples, "kv_usage", 0.0, end),
+        "verdict": None,
+        "evidence": None,
+    }
+    enter = np.where(sent < end, sent, np.nan)
+    if end > 0 and n_sent > 0:
+        result = stability_verdict(
+            enter[np.isfinite(enter)], leave[np.isfinite(enter)], rate=rate, end=end,
+            confidence=float(config.get("confidence", DEFAULT_CONFIDENCE)),
+            tolerance=float(config.get("tolerance", DEFAULT_TOLERANCE)),
+        )
+        summary["evidence"] = result.to_dict()
+        summary["verdict"] = result.verdict.value if kept else None
+        if not kept:
+            summary["evidence"]["reason"] = (
+                "no verdict: the client could not keep its schedule "
+                f"(lag p99 {lag_p99 if lag_p99 is not None else float('nan'):.3g} s, "
+                f"{n_sent}/{expected_sent} sent)"
+            )
+    return summary
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    records: list[RequestRecord]
+    samples: list[QueueSample]
+    directory: Path | None
+
+    @property
+    def verdict(self) -> str | None:
+        return self.summary["verdict"]
+
+
+def run_header(backend: Backend, spec: RunSpec, requests: list[RequestSpec], window_end: float, extra: dict[str, Any] | None) -> dict[str, Any]:
+    discovered = backend.discover_profile()
+    profile = dataclasses.asdict(discovered.profile)
+    return {
+        "kind": backend.kind,
+        "backend": backend.name,
+        "config": dataclasses.asdict(spec),
+        "seed": spec.seed,
+        "window_end": window_end,
+        "scheduled_in_window": sum(1 for r in requests if r.intended_send < window_end),
+        "profile": profile,
+        "profile_sources": discovered.sources,
+        "versions": versions(),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+
+
+class _Tee:
+    def __init__(self, *sinks: EventSink) -> None:
+        self.sinks = sinks
+
+    def request(self, record: RequestRecord) -> None:
+        for s in self.sinks:
+            s.request(record)
+
+    def sample(self, sample: QueueSample) -> None:
+        for s in self.sinks:
+            s.sample(sample)
+
+
+def execute_run(
+    backend: Backend,
+    workload: Workload,
+    spec: RunSpec,
+    *,
+    output: Path | str | None = None,
+    progress: EventSink | None = None,
+    header_extra: dict[str, Any] | None = None,
+) -> RunResult:
+    """Run `spec` on `backend`, writing to `output` (if given) as it goes. On Ctrl-C or an engine
+    error the run directory is closed with that status and a summary of what was measured, then
+    the exception propagates."""
+    requests = build_schedule(
+        workload, spec.request_rate, burstiness=spec.burstiness, seed=spec.seed,
+        duration=spec.duration, num_prompts=spec.num_prompts,
+    )
+    window_end = spec.duration if spec.duration is not None else requests[-1].intended_send
+    header = run_header(backend, spec, requests, window_end, header_extra)
+    recorder = RunRecorder(output, header)
+    sink: EventSink = recorder if progress is None else _Tee(recorder, progress)
+    status, error = "completed", None
+    try:
+        backend.execute(requests, sink, duration=spec.duration if spec.duration is not None else math.inf)
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user"
+        raise
+    except KvbenchError as err:
+        status, error = "failed", str(err)
+        raise
+    except Exception as err:  # a crash still leaves a readable, closed run
+        status, error = "failed", f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        recorder.close(status, error)
+        summary = summarize(header, recorder.records, recorder.samples, status=status)
+        summary["error"] = error
+        recorder.write_summary(summary)
+    return RunResult(summary, recorder.records, recorder.samples, recorder.directory)

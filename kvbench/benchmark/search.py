@@ -1,0 +1,271 @@
+"""The boundary search: bracket λ* between the largest rate judged STABLE and the smallest judged
+UNSTABLE, to a relative width `precision`.
+
+How it spends little engine time, and why each step is sound:
+1. Saturate. It starts from the theory's rate (the engine-aware μ of the backend's profile) times
+   FIRST_OVERLOAD, raising the rate ×1.5 while runs come back STABLE. An overloaded run is the
+   cheapest to judge, and its departure rate is the engine's capacity: with a backlog that never
+   empties the engine serves at its saturated rate c whatever λ is. The run is extended until the
+   capacity interval [c_lo, c_hi] is narrower than CAPACITY_WIDTH·precision (or the budget says stop).
+2. Upper end. Any λ above c_hi is UNSTABLE at the stated confidence, because a backlog forms
+   sooner or later at any λ and is then served at c < λ. This matters: on the simulator, vLLM's
+   rule serves ~10% above its saturated rate while no backlog has formed (fewer preemptions), so a
+   run at 1.05·c can look stable for thousands of seconds before it tips over. The smallest rate
+   judged UNSTABLE is therefore min(c_hi, the smallest rate a run judged UNSTABLE).
+3. Lower end. It probes λ = upper/(1 + precision). STABLE closes the bracket. UNSTABLE lowers the
+   upper end (and its departure rate refines c); INCONCLUSIVE runs are extended (doubled) first,
+   never guessed, and one still INCONCLUSIVE at the longest length is stepped below.
+Run lengths are in units of a request's expected life in the engine (the queue's time constant)
+and start longer the closer λ is to the capacity estimate. On a backend that replays a prefix
+exactly (the simulator) an extension costs only the added seconds, as continuing a live run
+would. Every probe is recorded with its rate, duration, verdict, evidence and cost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kvbench.backends.base import Backend, EventSink
+from kvbench.benchmark.runner import RunSpec, execute_run
+from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE
+from kvbench.engine_theory import LengthLaw, engine_aware_mu
+from kvbench.errors import KvbenchError
+from kvbench.profile import EngineProfile
+from kvbench.workload import Workload
+
+DEFAULT_PRECISION = 0.05
+DEFAULT_MAX_ENGINE_SECONDS = 43200.0
+# The first probe's overload over the theory's rate: enough that a theory 20% too optimistic
+# still yields an overloaded (fast, informative) first run.
+FIRST_OVERLOAD = 1.25
+# Run lengths in units of a request's expected life: the shortest probe, and the longest a probe
+# may be extended to. The minimum is set by metastability, not noise: on the simulator, vLLM's
+# rule at 1.2·λ* looks stable for several hundred seconds (about ten lives) before preemptions
+# pile up, so runs shorter than ~20 lives call overloaded rates STABLE (measured: 3 of 100 at
+# 600 s, 0 of 100 at 1200 s on pd-1:1).
+MIN_LIVES = 20.0
+MAX_LIVES = 320.0
+# Lives a probe starts with at a relative distance d from the capacity estimate: LIVES_AT_UNIT / d
+# (never fewer than MIN_LIVES), so 40 lives at d = 0.025; INCONCLUSIVE doubles it from there.
+LIVES_AT_UNIT = 1.0
+MAX_PROBES = 40
+# The saturated run is extended until its capacity interval is this many precisions wide: wider
+# makes the saturation run cheaper but puts the lower probe closer to the boundary (slower).
+CAPACITY_WIDTH = 1.0
+
+
+@dataclass
+class Probe:
+    rate: float
+    duration: float  # seconds of load of the final (possibly extended) run
+    engine_seconds: float  # what this probe cost, extensions included
+    verdict: str  # STABLE / UNSTABLE / INCONCLUSIVE (after all extensions)
+    extensions: int
+    evidence: dict[str, Any]
+    client_kept_schedule: bool
+    run_dir: str | None = None  # the judged run's directory, when the search writes them
+
+
+@dataclass
+class BoundaryResult:
+    lower: float | None  # largest rate judged STABLE
+    upper: float | None  # smallest rate judged UNSTABLE (above lower)
+    precision: float  # requested relative width
+    reached: bool  # upper / lower − 1 ≤ precision
+    engine_seconds: float
+    probes: list[Probe]
+    theory_mu: float
+    capacity_estimate: float | None  # saturated departure rate (the narrowest measured)
+    capacity_interval: tuple[float, float] | None
+    confidence: float
+    stop_reason: str
+    kind: str
+    backend: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def width(self) -> float | None:
+        if self.lower is None or self.upper is None:
+            return None
+        return self.upper / self.lower - 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["width"] = self.width
+        d["simulated"] = self.kind == "simulated"
+        d["emulated"] = self.kind == "emulated"
+        return d
+
+
+def theory_rate(profile: EngineProfile, workload: Workload, *, seed: int = 0) -> float:
+    """The engine-aware μ of one replica of `profile` on the workload (the search's start), over
+    20,000 drawn requests: a start needs no more precision than that (±1%), and the exact law of
+    a synthetic workload has millions of support points."""
+    s, o = workload.draw(20_000, seed)
+    return engine_aware_mu(profile, LengthLaw.sample(s, o, name=workload.name)).mu
+
+
+def request_life(profile: EngineProfile, workload: Workload, mu: float, *, seed: int = 0) -> float:
+    """Expected seconds a request spends in an engine near saturation: its iterations (prefill
+    chunks plus decode steps) times the iteration time at that load — the queue's time constant."""
+    s, o = workload.draw(20_000, seed)
+    iterations = float(np.mean(np.ceil(s / profile.chunk_size) + o))
+    # Little's law near saturation: tokens in a batch ≈ μ·E[s+o]·b, KV held ≈ the whole cache.
+    it = profile.iteration_time
+    b = it.c0 / max(1e-9, 1.0 - it.c1 * mu * float(np.mean(s + o))) + it.c2 * profile.kv_tokens
+    return iterations * b
+
+
+def find_boundary(
+    backend_for_seed: Callable[[int], Backend],
+    workload: Workload,
+    workload_spec: str,
+    *,
+    precision: float = DEFAULT_PRECISION,
+    confidence: float = DEFAULT_CONFIDENCE,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_engine_seconds: float = DEFAULT_MAX_ENGINE_SECONDS,
+    seed: int = 0,
+    burstiness: float = 1.0,
+    start_rate: float | None = None,
+    on_probe: Callable[[Probe], None] | None = None,
+    on_probe_start: Callable[[float, float], None] | None = None,
+    output: Path | None = None,
+    progress: EventSink | None = None,
+    replicas: int = 1,
+) -> BoundaryResult:
+    """Bracket the backend's stability boundary. `backend_for_seed(seed)` gives the backend for
+    one probe (probe k uses seed + k, so probes are independent and the search reproducible).
+    With `output`, every run is written to its own run directory under it (probe-KK, and
+    probe-KK-xN for its N-th extension); `progress` receives every run's events as they happen
+    and `on_probe_start(rate, duration)` is told when each run starts (kvbench compare's live
+    view and report use these). `replicas`: how many replicas share the load behind the backend
+    (rates, start_rate included, are totals over them)."""
+    if not 0.001 <= precision <= 1.0:
+        raise KvbenchError(f"--precision must be in [0.001, 1], got {precision}")
+    if not max_engine_seconds > 0:
+        raise KvbenchError(f"--max-engine-seconds must be positive, got {max_engine_seconds}")
+    first = backend_for_seed(seed)
+    profile = first.discover_profile().profile
+    mu = start_rate if start_rate is not None else theory_rate(profile, workload, seed=seed)
+    # a request lives in one replica, which sees 1/replicas of the load
+    life = request_life(profile, workload, mu / replicas, seed=seed)
+    min_duration, max_duration = MIN_LIVES * life, MAX_LIVES * life
+
+    probes: list[Probe] = []
+    spent = 0.0
+    lo: float | None = None
+    hi: float | None = None
+    capacity: tuple[float, float, float] | None = None  # (estimate, lo, hi) from a saturated run
+    stop = "precision reached"
+
+    def duration_for(rate: float) -> float:
+        ref = capacity[0] if capacity is not None else mu
+        distance = abs(math.log(rate / ref))
+        lives = LIVES_AT_UNIT / max(distance, precision / 4)
+        return float(np.clip(lives * life, min_duration, max_duration))
+
+    def probe(rate: float, *, until_capacity_width: float | None = None) -> Probe:
+        """One probe, extended while INCONCLUSIVE (or, for a saturation run, while the capacity
+        interval is wider than `until_capacity_width`)."""
+        nonlocal spent
+        k = len(probes)
+        backend = first if k == 0 else backend_for_seed(seed + k)
+        duration = duration_for(rate)
+        cost = previous = 0.0
+        extensions = 0
+        while True:
+            duration = min(duration, max_duration)
+            spec = RunSpec(workload_spec, rate, burstiness, duration=duration, seed=seed + k,
+                           confidence=confidence, tolerance=tolerance)
+            run_dir = None
+            if output is not None:
+                run_dir = output / (f"probe-{k:02d}" + (f"-x{extensions}" if extensions else ""))
+            if on_probe_start is not None:
+                on_probe_start(rate, duration)
+            result = execute_run(backend, workload, spec, output=run_dir, progress=progress)
+            step = duration - previous if backend.replays_prefix else duration
+            cost += step
+            spent += step
+            verdict = result.summary["verdict"] or "INCONCLUSIVE"
+            ev = result.summary["evidence"] or {}
+            wide = (
+                until_capacity_width is not None and verdict == "UNSTABLE"
+                and ev.get("departure_lo") and ev["departure_hi"] / ev["departure_lo"] - 1 > until_capacity_width
+            )
+            more = verdict == "INCONCLUSIVE" or wide
+            next_cost = 2 * duration - duration if backend.replays_prefix else 2 * duration
+            if not more or duration >= max_duration or spent + next_cost > max_engine_seconds:
+                break
+            previous = duration
+            duration *= 2.0
+            extensions += 1
+        p = Probe(rate, duration, cost, verdict, extensions, ev, result.summary["client_kept_schedule"],
+                  None if run_dir is None else str(run_dir))
+        probes.append(p)
+        if on_probe is not None:
+            on_probe(p)
+        return p
+
+    def learn(p: Probe) -> None:
+        nonlocal lo, hi, capacity
+        if p.verdict == "STABLE":
+            lo = p.rate if lo is None else max(lo, p.rate)
+        elif p.verdict == "UNSTABLE":
+            hi = p.rate if hi is None else min(hi, p.rate)
+            ev = p.evidence
+            dep, dlo, dhi = ev.get("departure_rate"), ev.get("departure_lo"), ev.get("departure_hi")
+            if dep and dlo and dhi and (capacity is None or dhi - dlo < capacity[2] - capacity[1]):
+                capacity = (float(dep), float(dlo), float(dhi))
+            if capacity is not None and capacity[2] > (lo or 0.0):
+                hi = min(hi, capacity[2])
+
+    def budget_left() -> bool:
+        return spent + min_duration <= max_engine_seconds and len(probes) < MAX_PROBES
+
+    # 1. saturate
+    rate = mu * FIRST_OVERLOAD
+    while budget_left():
+        p = probe(rate, until_capacity_width=CAPACITY_WIDTH * precision)
+        learn(p)
+        if p.verdict == "UNSTABLE":
+            break
+        rate *= 1.5 if p.verdict == "STABLE" else 1.25
+    # 2–3. close the bracket from below
+    ceiling = hi  # the next lower probe goes one precision step below this
+    stalled: list[float] = []
+    while hi is not None and ceiling is not None and budget_left():
+        if lo is not None and hi / lo - 1.0 <= precision * (1 + 1e-9):
+            break
+        rate = ceiling / (1.0 + precision)
+        if lo is not None and rate <= lo * (1 + 1e-9):
+            rate = math.sqrt(lo * hi)
+        if any(abs(rate / r - 1.0) < 1e-6 for r in stalled):
+            break
+        p = probe(rate)
+        learn(p)
+        if p.verdict == "INCONCLUSIVE":
+            # Too close to call even at the longest run: the boundary is near; step below it.
+            stalled.append(rate)
+            ceiling = rate
+        else:
+            ceiling = hi
+    reached = lo is not None and hi is not None and hi / lo - 1.0 <= precision * (1 + 1e-9)
+    if not reached:
+        stop = "engine-second budget spent" if not budget_left() else "could not close the bracket"
+
+    return BoundaryResult(
+        lower=lo, upper=hi, precision=precision, reached=reached,
+        engine_seconds=spent, probes=probes, theory_mu=mu,
+        capacity_estimate=None if capacity is None else capacity[0],
+        capacity_interval=None if capacity is None else (capacity[1], capacity[2]),
+        confidence=confidence, stop_reason=stop, kind=first.kind, backend=first.name,
+        extras={"request_life": life},
+    )
+

@@ -1,0 +1,23 @@
+"""Flags that pick and shape a backend, shared by `run` and `boundary`."""
+
+from __future__ import annotations
+
+import click
+
+from kvbench.cli import options
+
+
+def backend_options(f):
+    for decorator in reversed([
+        click.option("--backend", required=True, metavar="NAME",
+                     help="sim:vllm, sim:sglang, sim:trtllm, sim:ideal (simulated), or vllm, sglang, trtllm with --url."),
+        click.option("--url", default=None, metavar="URL", help="Base URL of a running engine (real backends)."),
+        options.profile_preset(),
+        options.kv_tokens("sim:* only; default: the profile's"),
+        options.chunk_size("sim:* only; default: the profile's"),
+        options.batch_time("sim:* only; a constant iteration time; default: the profile's model"),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seeds arrivals, lengths and the simulator."),
+        click.option("--confidence", type=float, default=0.95, show_default=True, help="Confidence of every verdict."),
+    ]):
+        f = decorator(f)
+    return f

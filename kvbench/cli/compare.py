@@ -1,0 +1,170 @@
+"""`kvbench compare`: several engines' stability boundaries beside the theory, as a report."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from kvbench.benchmark.compare import CompareConfig, run_compare
+from kvbench.errors import KvbenchError
+from kvbench.export.json import write_json
+from kvbench.output.compare_progress import CompareProgress
+from kvbench.output.terminal import block, highlight
+from kvbench.report import write_report
+from kvbench.report.schema import CompareResults, EngineResult
+from kvbench.report.table import engine_name, fmt_bracket, fmt_gap, fmt_rate
+
+
+def _parse_urls(values: tuple[str, ...]) -> dict[str, list[str]]:
+    urls: dict[str, list[str]] = {}
+    for value in values:
+        engine, sep, url = value.partition("=")
+        if not sep or not engine or not url.startswith(("http://", "https://")):
+            raise KvbenchError(f"--url {value!r}: expected ENGINE=http://HOST:PORT")
+        urls.setdefault(engine, []).append(url)
+    return urls
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command as typed, up to option order: every option that differs from its default."""
+    words = ["kvbench", "compare"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value == param.default or value in (None, ()) or param.name == "progress":
+            continue
+        flag = param.opts[0]
+        if param.is_flag:
+            words.append(flag)
+        else:
+            for v in value if param.multiple else (value,):
+                words += [flag, str(v)]
+    return shlex.join(words)
+
+
+def _engine_lines(e: EngineResult) -> list[tuple[str, str] | tuple[str, str, str]]:
+    if e.status != "ok" and not e.probes:
+        return [("status", highlight(f"{e.status.upper()}: {e.error}", "red"))]
+    rows: list = []
+    if e.boundary:
+        rows.append(("λ* measured", highlight(f"{fmt_bracket(e)} req/s"),
+                     f"{len(e.probes)} probes, {e.engine_seconds:.0f} engine-s"))
+    if e.theory:
+        rows.append(("μ theory", f"{fmt_rate(e.theory.mu)} req/s",
+                     f"gap {fmt_gap(e.gap_percent)}, b̄ = {e.batch_time.value:.4f} s"
+                     if e.batch_time else ""))
+        if e.theory.mu_engine_aware is not None:
+            rows.append(("μ engine-aware", f"{fmt_rate(e.theory.mu_engine_aware)} req/s",
+                         f"gap {fmt_gap(e.gap_engine_aware_percent)}, {e.theory.binding} binds"))
+    if e.provisioning:
+        p = e.provisioning
+        aware = "" if p.replicas_engine_aware is None else f", {p.replicas_engine_aware} engine-aware"
+        rows.append(("replicas needed",
+                     f"{p.replicas_measured if p.replicas_measured else '—'} measured, "
+                     f"{p.replicas_theory} paper{aware}",
+                     f"for {p.target_rate:g} req/s at ρ = {p.utilization:g}"))
+    if e.status != "ok":
+        rows.append(("status", highlight(f"{e.status.upper()}: {e.error}", "red")))
+    return rows
+
+
+def print_summary(results: CompareResults, directory: Path) -> None:
+    if results.banner:
+        click.echo(click.style(results.banner, fg="yellow", bold=True))
+    for e in results.engines:
+        click.echo(block(f"{engine_name(e)} — {results.config.get('workload', '')}",
+                         _engine_lines(e)))
+    click.echo(f"Report: {directory / 'report.html'}")
+
+
+@click.command()
+@click.option("--backends", default="trtllm,sglang", show_default=True,
+              help="Comma-separated engines: trtllm, sglang, vllm, or an explicit backend such as "
+              "sim:trtllm or emulate:sglang.")
+@click.option("--workload", default="pd-1:1", show_default=True,
+              help="Workload spec (pd-1:1, uniform:S-S,O-O, fixed:S,O) or trace file.")
+@click.option("--url", "urls", multiple=True, metavar="ENGINE=URL",
+              help="Attach to a running server; repeat for data-parallel replicas.")
+@click.option("--model", help="Launch each engine from its recipe with this model.")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel replicas per engine, dispatched round-robin.")
+@click.option("--precision", type=float, default=0.05, show_default=True,
+              help="Relative width of the boundary bracket to reach.")
+@click.option("--confidence", type=float, default=0.95, show_default=True)
+@click.option("--max-engine-seconds", type=float, help="Search budget per engine.")
+@click.option("--target-rate", type=float,
+              help="Also answer: replicas needed for this rate (req/s).")
+@click.option("--target-utilization", type=float, default=0.9, show_default=True)
+@click.option("--trim", type=float, default=0.0, show_default=True,
+              help="b̄ as a trimmed mean cutting this fraction from each tail (0: the median).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--name", help="Report name (default: the engines).")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("reports"), show_default=True,
+              help="The report goes to OUTPUT_DIR/<date>-<name>/.")
+@click.option("--progress/--no-progress", default=None,
+              help="Live progress view (default: on a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
+def compare(backends, workload, urls, model, replicas, precision, confidence, max_engine_seconds,
+            target_rate, target_utilization, trim, seed, name, output_dir, progress,
+            as_json) -> None:
+    """Measure each engine's stability boundary on the same workload, set it beside the theory,
+    and write a report (report.html, summary.md, results.json, CSVs).
+
+    With no --url and no --model the engines are kvbench's own simulated forms, and the report
+    says so on every row and plot.
+
+    \b
+    Examples:
+      kvbench compare --backends trtllm,sglang
+      kvbench compare --backends vllm --url vllm=http://127.0.0.1:8000 --target-rate 50
+    """
+    config = CompareConfig(
+        backends=[b.strip() for b in backends.split(",") if b.strip()],
+        workload=workload,
+        name=name,
+        urls=_parse_urls(urls),
+        model=model,
+        replicas=replicas,
+        precision=precision,
+        confidence=confidence,
+        max_engine_seconds=max_engine_seconds,
+        seed=seed,
+        target_rate=target_rate,
+        target_utilization=target_utilization,
+        trim=trim,
+        output_root=output_dir,
+        command=_command_line(click.get_current_context()),
+    )
+    unknown = set(config.urls) - set(config.backends)
+    if unknown:
+        raise KvbenchError(f"--url names {', '.join(sorted(unknown))}, not in --backends")
+    show = sys.stderr.isatty() if progress is None else progress
+    with CompareProgress(enabled=show) as view:
+        directory = run_compare(config, view)
+    # measuring is over: a Ctrl-C now would only lose the report, so let it finish
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        report, _ = write_report(directory)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if as_json:
+        write_json(report.results.to_dict())
+    else:
+        print_summary(report.results, directory)
+    if report.results.interrupted:
+        click.echo("interrupted: the report covers what was measured before the stop", err=True)
+        sys.exit(130)
+
+
+def rebuild_compare_report(directory: Path, as_json: bool) -> None:
+    """`kvbench report DIR` for a compare directory: rebuild every report file from the raw
+    files and print the summary (or results.json with --json)."""
+    report, _ = write_report(directory)
+    if as_json:
+        write_json(report.results.to_dict())
+    else:
+        print_summary(report.results, directory)

@@ -1,0 +1,59 @@
+"""`kvbench run`: one open-loop stability run at a fixed rate."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from kvbench.backends.registry import resolve_backend
+from kvbench.benchmark.runner import RunSpec, execute_run
+from kvbench.cli import options
+from kvbench.cli.backend_options import backend_options
+from kvbench.export.json import write_json
+from kvbench.output.progress import RunProgress, echo_progress
+from kvbench.output.run import run_summary_text
+from kvbench.workload import load_workload
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  kvbench run --backend sim:vllm --workload pd-1:1 --request-rate 2.0 --duration 1200
+  kvbench run --backend sim:trtllm --request-rate 3 --num-prompts 5000 --output runs/trt-3
+  kvbench run --backend vllm --url http://localhost:8000 --request-rate 1.5 --duration 600 --json
+"""
+)
+@backend_options
+@options.workload()
+@options.request_rate(required=True)
+@click.option("--burstiness", type=float, default=1.0, show_default=True, help="Gamma shape of inter-arrival gaps (1 = Poisson).")
+@click.option("--duration", type=float, default=None, metavar="SECONDS", help="Seconds of load (or --num-prompts).")
+@click.option("--num-prompts", type=int, default=None, metavar="N", help="Requests to send (or --duration).")
+@click.option("--output", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Write the run (header, every request and queue sample) here as it goes.")
+@options.json_output()
+def run(backend: str, url: str | None, profile_name: str | None, kv_tokens: int | None, chunk_size: int | None,
+        batch_time: float | None, seed: int, confidence: float, workload_spec: str, request_rate: float,
+        burstiness: float, duration: float | None, num_prompts: int | None, output: str | None, as_json: bool) -> None:
+    """Send requests open-loop at a fixed rate, record every event, and judge whether the
+    engine's queue stays bounded: STABLE, UNSTABLE or INCONCLUSIVE at the stated confidence."""
+    spec = RunSpec(workload_spec, request_rate, burstiness, duration=duration, num_prompts=num_prompts,
+                   seed=seed, confidence=confidence)
+    workload = load_workload(workload_spec)
+    engine = resolve_backend(backend, url=url, profile=profile_name, kv_tokens=kv_tokens, chunk_size=chunk_size,
+                             batch_time=batch_time, seed=seed)
+    try:
+        with RunProgress(f"{backend} λ={request_rate:g}", duration, quiet=as_json) as progress:
+            result = execute_run(engine, workload, spec, output=output, progress=progress)
+    except KeyboardInterrupt:
+        where = f"; partial run in {output} (kvbench report {output})" if output else ""
+        echo_progress(f"interrupted{where}")
+        sys.exit(130)
+    finally:
+        engine.close()
+    summary = {**result.summary, "workload": workload_spec, "directory": output}
+    if as_json:
+        write_json(summary)
+    else:
+        click.echo(run_summary_text(summary, output))

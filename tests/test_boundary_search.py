@@ -1,0 +1,51 @@
+"""The boundary search brackets the true λ* (a long saturated run's departure rate, with its 95%
+interval; tests/data/saturated_capacity.json) for every engine rule on pd-1:1, pd-2:1, pd-1:2
+and the Azure conversation trace, to the requested 5% width, reproducibly."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kvbench.backends.registry import resolve_backend
+from kvbench.benchmark.search import find_boundary
+from kvbench.errors import KvbenchError
+from kvbench.workload import load_workload
+
+REFS = json.loads((Path(__file__).parent / "data" / "saturated_capacity.json").read_text())["references"]
+
+
+def _search(policy, workload, seed=0, **kw):
+    return find_boundary(lambda s: resolve_backend(f"sim:{policy}", seed=s), load_workload(workload), workload,
+                         seed=seed, **kw)
+
+
+@pytest.mark.parametrize("ref", REFS, ids=lambda r: f"{r['policy']}-{r['workload']}")
+def test_search_brackets_the_saturated_rate(ref):
+    result = _search(ref["policy"], ref["workload"])
+    assert result.reached, result.stop_reason
+    assert result.upper / result.lower - 1 <= 0.05 + 1e-9
+    # the bracket meets the reference's interval (λ* is known only to it)
+    assert result.lower <= ref["capacity_hi"] and result.upper >= ref["capacity_lo"], (result.lower, result.upper, ref)
+    assert result.engine_seconds == pytest.approx(sum(p.engine_seconds for p in result.probes))
+    verdicts = {p.rate: p.verdict for p in result.probes}
+    assert verdicts[result.lower] == "STABLE"
+
+
+def test_search_is_reproducible_and_records_every_probe():
+    a = _search("sglang", "pd-2:1", seed=5).to_dict()
+    b = _search("sglang", "pd-2:1", seed=5).to_dict()
+    assert a == b
+    assert all({"rate", "duration", "verdict", "evidence", "engine_seconds"} <= p.keys() for p in a["probes"])
+
+
+def test_budget_stops_the_search_honestly():
+    result = _search("vllm", "pd-1:1", max_engine_seconds=700)
+    assert not result.reached
+    assert result.engine_seconds <= 700
+    assert "budget" in result.stop_reason
+
+
+def test_bad_precision_is_a_one_line_error():
+    with pytest.raises(KvbenchError, match="precision"):
+        _search("ideal", "pd-1:1", precision=0)

@@ -1,0 +1,135 @@
+"""`kvbench run`, `kvbench boundary` and `kvbench report`: JSON shapes, partial runs, and one-line
+errors for malformed options."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from kvbench.backends.registry import resolve_backend
+from kvbench.benchmark.recorder import read_run
+from kvbench.benchmark.runner import RunSpec, execute_run
+from kvbench.cli import cli
+from kvbench.workload import load_workload
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_run_json_has_a_verdict_and_writes_a_rebuildable_directory(tmp_path):
+    out = tmp_path / "run"
+    r = _invoke("run", "--backend", "sim:sglang", "--request-rate", "1.5", "--duration", "900",
+                "--output", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["verdict"] == "STABLE" and summary["simulated"] is True
+    assert summary["latency"]["ttft"]["p50"] > 0
+    rebuilt = _invoke("report", str(out), "--json")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    again = json.loads(rebuilt.output)
+    assert again["verdict"] == summary["verdict"]
+    assert again["evidence"]["slope"] == pytest.approx(summary["evidence"]["slope"])
+    assert (out / "summary.json").exists()
+
+
+def test_run_text_labels_simulated_results():
+    r = _invoke("run", "--backend", "sim:ideal", "--request-rate", "1", "--num-prompts", "300")
+    assert r.exit_code == 0, r.output
+    assert "SIMULATED" in r.output.splitlines()[0]
+    assert "verdict" in r.output
+
+
+def test_boundary_json_keys():
+    r = _invoke("boundary", "--backend", "sim:ideal", "--workload", "pd-2:1", "--precision", "0.1", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert {"lower", "upper", "engine_seconds", "probes"} <= d.keys()
+    assert d["lower"] < d["upper"] <= d["lower"] * 1.1 + 1e-9
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--backend", "sim:nope", "--request-rate", "1", "--duration", "10"], "unknown backend"),
+    (["run", "--backend", "sim:vllm", "--request-rate", "1"], "exactly one of --duration and --num-prompts"),
+    (["run", "--backend", "sim:vllm", "--request-rate", "-2", "--duration", "10"], "--request-rate"),
+    (["run", "--backend", "sim:vllm", "--request-rate", "1", "--duration", "10", "--kv-tokens", "0"], "--kv-tokens"),
+    (["run", "--backend", "sim:vllm", "--request-rate", "1", "--duration", "10", "--workload", "uniform:5"], "uniform"),
+    (["run", "--backend", "vllm", "--request-rate", "1", "--duration", "10"], "--url"),
+    (["run", "--backend", "vllm", "--url", "http://x", "--kv-tokens", "5", "--request-rate", "1", "--duration", "1"], "sim:*"),
+    (["boundary", "--backend", "sim:vllm", "--precision", "0"], "--precision"),
+    (["boundary", "--backend", "sim:vllm", "--max-engine-seconds", "-1"], "--max-engine-seconds"),
+    (["report", "/nonexistent/run"], "missing"),
+])
+def test_malformed_options_get_one_line_errors(args, message):
+    r = _invoke(*args)
+    assert r.exit_code == 2
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.output
+
+
+class _FailAfter:
+    """A backend whose engine dies after reporting n requests."""
+
+    def __init__(self, inner, n, error=RuntimeError("engine crashed")):
+        self.inner, self.n, self.error = inner, n, error
+        self.name, self.kind, self.replays_prefix = inner.name, inner.kind, False
+
+    def discover_profile(self):
+        return self.inner.discover_profile()
+
+    def execute(self, requests, sink, *, duration):
+        n, error = self.n, self.error
+
+        class Sink:
+            count = 0
+
+            def request(self, record):
+                if Sink.count == n:
+                    raise error
+                Sink.count += 1
+                sink.request(record)
+
+            def sample(self, s):
+                sink.sample(s)
+
+        self.inner.execute(requests, Sink(), duration=duration)
+
+
+@pytest.mark.parametrize("error, status", [(RuntimeError("engine crashed"), "failed"),
+                                           (KeyboardInterrupt(), "interrupted")])
+def test_a_crash_after_n_records_leaves_a_readable_partial_run(tmp_path, error, status):
+    backend = _FailAfter(resolve_backend("sim:vllm"), 200, error)
+    with pytest.raises(type(error)):
+        execute_run(backend, load_workload("pd-1:1"), RunSpec("pd-1:1", 2.0, duration=600), output=tmp_path)
+    data = read_run(tmp_path)
+    assert data.status == status and data.end["error"]
+    assert len(data.records) == 200
+    r = _invoke("report", str(tmp_path), "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["status"] == status and summary["requests"]["scheduled"] == 200
+
+
+def test_a_killed_run_process_leaves_a_readable_partial_run(tmp_path):
+    # A run long enough to be killed mid-way: the recorder flushes each line as it goes.
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "kvbench", "run", "--backend", "sim:ideal", "--request-rate", "20",
+                          "--duration", "20000", "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        f = out / "requests.jsonl"
+        if f.exists() and f.stat().st_size > 20_000:
+            break
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    data = read_run(out)
+    assert data.truncated and data.status == "killed" and len(data.records) > 50
+    r = _invoke("report", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["status"] == "killed"

@@ -1,0 +1,128 @@
+"""kvbench compare end to end on the embedded engines: orchestration, the report rebuilt from
+the raw files, a failed engine, Ctrl-C, replicas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kvbench.benchmark.compare import CompareConfig, run_compare
+from kvbench.cli import cli
+from kvbench.report import write_report
+from kvbench.report.schema import load_results
+
+# Small enough for CI: a coarse bracket on a bounded budget.
+FAST = ["--precision", "0.2", "--max-engine-seconds", "3000", "--seed", "3"]
+
+
+def _compare(tmp_path: Path, *args: str) -> tuple[int, str, Path | None]:
+    result = CliRunner().invoke(
+        cli, ["compare", "--output-dir", str(tmp_path), "--no-progress", *FAST, *args]
+    )
+    dirs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    return result.exit_code, result.output, dirs[-1] if dirs else None
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    # vllm points at a closed port: it must fail alone, with its row marked
+    code, output, directory = _compare(out, "--backends", "trtllm,sglang,vllm", "--url",
+                                       "vllm=http://127.0.0.1:9", "--target-rate", "40", "--json")
+    assert code == 0, output
+    return json.loads(output), directory
+
+
+def test_embedded_compare_measures_both_engines_beside_theory(embedded):
+    results, directory = embedded
+    assert [e["label"] for e in results["engines"]] == ["trtllm", "sglang", "vllm"]
+    assert results["banner"] and "not from GPU measurements" in results["banner"]
+    for e in results["engines"][:2]:
+        assert e["status"] == "ok", e["error"]
+        assert e["kind"] in ("simulated", "emulated")
+        lower, upper = e["boundary"]["lower"], e["boundary"]["upper"]
+        assert lower is not None and upper is not None and lower < upper
+        verdicts = {p["rate"]: p["verdict"] for p in e["probes"]}
+        assert verdicts[lower] == "STABLE"
+        # no probe at or above the bracket is stable, none below it unstable
+        assert all(v != "STABLE" for r, v in verdicts.items() if r >= upper)
+        assert all(v != "UNSTABLE" for r, v in verdicts.items() if r <= lower)
+        t = e["theory"]
+        assert t["mu"] == pytest.approx(e["profile"]["kv_tokens"] / (
+            e["batch_time"]["value"] * t["mean_g"]))
+        assert e["provisioning"]["replicas_theory"] >= 1
+    for name in ("report.html", "summary.md", "results.json", "probes.csv", "samples.csv"):
+        assert (directory / name).is_file(), name
+
+
+def test_report_command_rebuilds_the_same_results(embedded):
+    results, directory = embedded
+    before = (directory / "results.json").read_text()
+    (directory / "results.json").unlink()
+    (directory / "report.html").unlink()
+    result = CliRunner().invoke(cli, ["report", str(directory)])
+    assert result.exit_code == 0, result.output
+    assert (directory / "results.json").read_text() == before
+    assert (directory / "report.html").is_file()
+
+
+def test_engine_that_fails_to_start_gets_a_failed_row(embedded):
+    _, directory = embedded
+    results = load_results(directory / "results.json")
+    failed = results.engines[2]
+    assert failed.status == "failed" and "127.0.0.1:9" in failed.error
+    assert failed.kind == "real" and failed.probes == []
+    assert "FAILED" in (directory / "summary.md").read_text()
+    assert '<tr class="failed"' in (directory / "report.html").read_text()
+
+
+class _StopAfter:
+    """A progress observer that presses Ctrl-C after `n` probes."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def engine_started(self, *a): ...
+    def phase(self, *a): ...
+    def sample(self, *a): ...
+    def engine_finished(self, *a): ...
+
+    def probe_finished(self, label, rate, verdict):
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_keeps_finished_probes_and_still_reports(tmp_path):
+    config = CompareConfig(backends=["trtllm", "sglang"], precision=0.2,
+                           max_engine_seconds=3000, seed=3, output_root=tmp_path)
+    directory = run_compare(config, _StopAfter(2))
+    report, _ = write_report(directory)
+    r = report.results
+    assert r.interrupted
+    first, second = r.engines
+    assert first.status == "interrupted" and len(first.probes) == 2
+    assert second.status == "interrupted" and second.error.startswith("not started")
+    assert "Interrupted" in (directory / "report.html").read_text()
+
+
+def test_results_numbers_equal_the_raw_run_files(embedded):
+    results, directory = embedded
+    for e in results["engines"][:2]:
+        raw = json.loads(next(directory.glob(f"engines/*-{e['label']}/engine.json")).read_text())
+        assert e["engine_seconds"] == pytest.approx(
+            raw["calibration"]["engine_seconds"]
+            + sum(p["engine_seconds"] for p in raw["search"]["probes"])
+        )
+        assert e["boundary"]["lower"] == raw["search"]["lower"]
+        assert e["boundary"]["upper"] == raw["search"]["upper"]
+        for probe in e["probes"]:
+            lines = (directory / probe["run_dir"] / "requests.jsonl").read_text().splitlines()
+            records = [json.loads(line) for line in lines]
+            assert probe["requests_sent"] == sum(r["sent"] is not None for r in records)
+            assert probe["requests_finished"] == sum(
+                r["finished"] is not None and r["error"] is None for r in records
+            )
