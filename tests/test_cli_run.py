@@ -62,6 +62,8 @@ def test_boundary_json_keys():
     (["run", "--backend", "vllm", "--request-rate", "1", "--duration", "10"], "--url"),
     (["run", "--backend", "vllm", "--url", "http://x", "--kv-tokens", "5", "--request-rate", "1", "--duration", "1"], "sim:*"),
     (["boundary", "--backend", "sim:vllm", "--precision", "0"], "--precision"),
+    (["boundary", "--backend", "sim:vllm", "--confidence", "1.5"], "--confidence"),
+    (["run", "--backend", "sim:vllm", "--request-rate", "1", "--duration", "10", "--confidence", "0"], "--confidence"),
     (["boundary", "--backend", "sim:vllm", "--max-engine-seconds", "-1"], "--max-engine-seconds"),
     (["report", "/nonexistent/run"], "missing"),
 ])
@@ -133,3 +135,22 @@ def test_a_killed_run_process_leaves_a_readable_partial_run(tmp_path):
     r = _invoke("report", str(out), "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["status"] == "killed"
+
+
+def test_a_client_that_fell_behind_claims_no_verdict():
+    from kvbench.backends.base import RequestRecord
+    from kvbench.benchmark.runner import summarize
+
+    header = {"kind": "real", "backend": "vllm", "window_end": 600.0, "scheduled_in_window": 600,
+              "config": {"request_rate": 1.0, "confidence": 0.95, "tolerance": 0.05}}
+    # every send 0.2 s late (p99 lag 200 ms > the 50 ms budget); the engine itself keeps up
+    records = [RequestRecord(i, float(i), 100, 10, sent=i + 0.2, first_token=i + 0.3, finished=i + 1.2,
+                             output_tokens=10) for i in range(600)]
+    s = summarize(header, records, [], status="completed")
+    assert s["client_kept_schedule"] is False and s["verdict"] is None
+    assert "could not keep its schedule" in s["evidence"]["reason"]
+    assert s["schedule_lag"]["p99"] == pytest.approx(0.2)
+    on_time = [RequestRecord(r.request_id, r.intended_send, 100, 10, sent=r.intended_send,
+                             first_token=r.first_token, finished=r.finished, output_tokens=10) for r in records]
+    s = summarize(header, on_time, [], status="completed")
+    assert s["client_kept_schedule"] is True and s["verdict"] == "STABLE"

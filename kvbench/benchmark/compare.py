@@ -43,6 +43,8 @@ from kvbench.workload import SyntheticWorkload, Workload, load_workload
 CALIBRATION_FILL = 2.0
 # What an engine name means with no --url and no --model: its simulated form, run in virtual time.
 EMBEDDED_KIND = "sim"
+# Long enough for one 16-token prompt and 2 output tokens on any engine that is up at all.
+WARMUP_SECONDS = 60.0
 
 
 @dataclass
@@ -152,6 +154,16 @@ def _theory(workload: Workload, profile: EngineProfile, batch_time: float, repli
         "mu_engine_aware": replicas * aware.mu,
         "binding": aware.binding,
     }
+
+
+class _Discard:
+    """An event sink that keeps nothing (the warm-up request)."""
+
+    def request(self, record: RequestRecord) -> None:
+        pass
+
+    def sample(self, sample: QueueSample) -> None:
+        pass
 
 
 class _Relay:
@@ -337,6 +349,7 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
             engine.data["status"], engine.data["error"] = "failed", str(err)
         finally:
             if backend is not None:
+                engine.data["kind"] = backend.kind  # an attached server may be an emulator
                 backend.close()
             engine.save()
             observer.engine_finished(a["label"], engine.data["status"], engine.data["error"])
@@ -366,10 +379,13 @@ def _measure(
     observer: CompareObserver,
     label: str,
 ) -> None:
+    observer.phase(label, "warm-up request", None, None)
+    # one short request first: TensorRT-LLM publishes its KV-cache stats (and so M) only after
+    # an iteration has run, and every engine's first request pays one-off start-up costs
+    backend.execute([RequestSpec(0, 0.0, 16, 2)], _Discard(), duration=WARMUP_SECONDS)
     observer.phase(label, "discovering profile", None, None)
     discovered = backend.discover_profile()
     profile = discovered.profile
-    engine.data["kind"] = backend.kind  # an attached server may turn out to be an emulator
     engine.data["profile"] = asdict(profile)
     engine.data["profile_sources"] = dict(discovered.sources)
     engine.save()

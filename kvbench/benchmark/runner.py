@@ -21,7 +21,7 @@ from kvbench import _core
 from kvbench.arrivals import arrival_times
 from kvbench.backends.base import Backend, EventSink, QueueSample, RequestRecord, RequestSpec
 from kvbench.benchmark.recorder import RunRecorder, versions
-from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, stability_verdict
+from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, check_settings, stability_verdict
 from kvbench.errors import KvbenchError
 from kvbench.workload import Workload
 
@@ -55,6 +55,7 @@ class RunSpec:
             raise KvbenchError(f"--num-prompts must be at least 1, got {self.num_prompts}")
         if not self.burstiness > 0:
             raise KvbenchError(f"--burstiness must be positive, got {self.burstiness}")
+        check_settings(self.confidence, self.tolerance)
 
 
 def build_schedule(

@@ -33,7 +33,7 @@ import numpy as np
 
 from kvbench.backends.base import Backend, EventSink
 from kvbench.benchmark.runner import RunSpec, execute_run
-from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE
+from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, check_settings
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile
@@ -149,6 +149,7 @@ def find_boundary(
     (rates, start_rate included, are totals over them)."""
     if not 0.001 <= precision <= 1.0:
         raise KvbenchError(f"--precision must be in [0.001, 1], got {precision}")
+    check_settings(confidence, tolerance)
     if not max_engine_seconds > 0:
         raise KvbenchError(f"--max-engine-seconds must be positive, got {max_engine_seconds}")
     first = backend_for_seed(seed)

@@ -80,9 +80,9 @@ class StabilityResult:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
-def _check(confidence: float, tolerance: float) -> None:
+def check_settings(confidence: float, tolerance: float) -> None:
     if not 0.5 <= confidence < 1.0:
-        raise KvbenchError(f"confidence must be in [0.5, 1), got {confidence}")
+        raise KvbenchError(f"--confidence must be in [0.5, 1), got {confidence}")
     if not 0.0 < tolerance < 0.5:
         raise KvbenchError(f"tolerance must be in (0, 0.5), got {tolerance}")
 
@@ -98,7 +98,7 @@ def stability_verdict(
 ) -> StabilityResult:
     """Judge a run from each request's send time (`enter`) and finish time (`leave`, NaN if it
     had not finished by `end`), offered at `rate` requests/s."""
-    _check(confidence, tolerance)
+    check_settings(confidence, tolerance)
     enter = np.ascontiguousarray(enter, dtype=np.float64)
     leave = np.ascontiguousarray(leave, dtype=np.float64)
     a = _core.analyze_queue(enter, leave, float(end), confidence)

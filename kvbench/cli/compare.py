@@ -34,7 +34,10 @@ def _command_line(ctx: click.Context) -> str:
     words = ["kvbench", "compare"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if value == param.default or value in (None, ()) or param.name == "progress":
+        shown_always = param.name == "backends"
+        if (value == param.default and not shown_always) or value in (None, ()) or (
+            param.name == "progress"
+        ):
             continue
         flag = param.opts[0]
         if param.is_flag:

@@ -159,7 +159,7 @@ def _latency_plot(results: CompareResults) -> go.Figure:
         title="Latency against load (● stable, × unstable, ◇ inconclusive)"
         + _marked_note(results),
         xaxis_title="arrival rate λ (req/s)",
-        yaxis_title="seconds (from intended send)",
+        yaxis_title="seconds (from send)",
         yaxis_type="log",
     )
     return fig

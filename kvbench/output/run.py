@@ -54,8 +54,11 @@ def run_summary_text(summary: dict[str, Any], directory: str | None = None) -> s
          "client kept its schedule" if summary["client_kept_schedule"] else highlight("CLIENT FELL BEHIND", "red")),
         ("requests", f"{req['sent']:,} sent  {req['completed']:,} done  {req['failed']:,} failed  {req['unfinished']:,} unfinished"),
     ]
+    unmeasured = {"itl": "no per-token times from the simulator" if summary["kind"] == "simulated" else "",
+                  "queueing_delay": "engines do not report admission times" if summary["kind"] != "simulated" else ""}
     for key, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "E2E"), ("queueing_delay", "queueing delay")):
-        rows.append((label, _latency(summary["latency"][key])))
+        stats = summary["latency"][key]
+        rows.append((label, _latency(stats), "" if stats["n"] else unmeasured.get(key, "")))
     if summary["status"] != "completed":
         rows.append(("status", highlight(summary["status"], "red"), summary.get("error") or ""))
     if directory:

@@ -19,7 +19,8 @@ SUMMARY_COLUMNS = [
     ("mu", "μ theory (req/s)"),
     ("mu_engine_aware", "μ engine-aware (req/s)"),
     ("bracket", "λ* measured (req/s)"),
-    ("gap", "gap"),
+    ("gap", "gap (paper μ)"),
+    ("gap_engine_aware", "gap (engine-aware μ)"),
     ("engine_seconds", "engine-s"),
     ("verdicts", "probes S/U/I"),
     ("status", "status"),
@@ -74,6 +75,7 @@ def summary_row(engine: EngineResult) -> dict[str, str]:
         "mu_engine_aware": DASH if t is None else fmt_rate(t.mu_engine_aware),
         "bracket": fmt_bracket(engine),
         "gap": fmt_gap(engine.gap_percent),
+        "gap_engine_aware": fmt_gap(engine.gap_engine_aware_percent),
         "engine_seconds": f"{engine.engine_seconds:.0f}",
         "verdicts": "/".join(str(counts.get(v, 0)) for v in ("STABLE", "UNSTABLE", "INCONCLUSIVE")),
         "status": status_text(engine),
@@ -83,7 +85,10 @@ def summary_row(engine: EngineResult) -> dict[str, str]:
 def summary_columns(results: CompareResults) -> list[tuple[str, str]]:
     """The columns worth showing: engine-aware μ only when some engine has it."""
     has_aware = any(e.theory and e.theory.mu_engine_aware is not None for e in results.engines)
-    return [c for c in SUMMARY_COLUMNS if c[0] != "mu_engine_aware" or has_aware]
+    return [
+        c for c in SUMMARY_COLUMNS
+        if c[0] not in ("mu_engine_aware", "gap_engine_aware") or has_aware
+    ]
 
 
 def provisioning_rows(results: CompareResults) -> list[dict[str, str]]:
