@@ -49,3 +49,12 @@ def test_too_few_timings_is_a_one_line_error():
         estimate_batch_time(np.array([0.1, 0.2, 0.3]), source=CLIENT_SOURCE)
     with pytest.raises(KvbenchError, match="--trim"):
         estimate_batch_time(np.full(50, 0.1), source=CLIENT_SOURCE, trim=0.6)
+
+
+def test_requests_admitted_during_warm_up_do_not_count():
+    records = [
+        _rec(0, 0.1, 2.1, 51),  # first token before the warm-up ended at 1.0
+        _rec(1, 1.5, 4.5, 101),  # 0.03
+        _rec(2, 6.0, 9.0, 11),  # the last admission
+    ]
+    assert saturated_decode_times(records, after=1.0) == pytest.approx([0.03])

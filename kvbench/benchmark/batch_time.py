@@ -19,6 +19,10 @@ from kvbench.errors import KvbenchError
 MIN_TIMINGS = 20
 SERVER_SOURCE = "per-iteration latency (server)"
 CLIENT_SOURCE = "per-request time per output token while requests waited (client)"
+PROBE_SOURCE = (
+    "per-request time per output token in the overloaded probe at λ = {rate:.3f} req/s, "
+    "after its warm-up (client)"
+)
 
 
 @dataclass(frozen=True)
@@ -32,14 +36,16 @@ class BatchTimeEstimate:
     q75: float
 
 
-def saturated_decode_times(records: list[RequestRecord]) -> np.ndarray:
+def saturated_decode_times(records: list[RequestRecord], after: float = 0.0) -> np.ndarray:
     """Time per output token of each request whose whole decode happened while some request
-    was still waiting for its first token (the engine ran full batches all along)."""
+    was still waiting for its first token (the engine ran full batches all along), counting
+    only requests whose first token came at or after `after` (the end of a run's warm-up)."""
     done = [
         r
         for r in records
         if r.error is None
         and r.first_token is not None
+        and r.first_token >= after
         and r.finished is not None
         and (r.output_tokens or r.output_len) > 1
     ]

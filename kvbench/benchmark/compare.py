@@ -28,6 +28,8 @@ from kvbench.backends.base import Backend, QueueSample, RequestRecord, RequestSp
 from kvbench.backends.replicas import RoundRobinBackend
 from kvbench.benchmark.batch_time import (
     CLIENT_SOURCE,
+    MIN_TIMINGS,
+    PROBE_SOURCE,
     BatchTimeEstimate,
     estimate_batch_time,
     saturated_decode_times,
@@ -394,6 +396,36 @@ def _measure(
     engine.data["theory"] = _theory(workload, profile, batch.value, engine.data["replicas"])
     engine.save()
     _search(backend, engine, root, workload, config, observer, label)
+    saturated = _saturated_batch_time(engine, root, config)
+    if saturated is not None:
+        engine.data["batch_time_burst"] = engine.data["batch_time"]
+        engine.data["batch_time"] = asdict(saturated)
+        engine.data["theory"] = _theory(workload, profile, saturated.value, engine.data["replicas"])
+        engine.save()
+
+
+def _saturated_batch_time(
+    engine: _Engine, root: Path, config: CompareConfig
+) -> BatchTimeEstimate | None:
+    """b̄ as the paper measured it: in the open-loop run nearest saturation (the slowest probe
+    judged UNSTABLE, whose queue never drains after warm-up), rather than in the calibration
+    burst, whose all-at-once arrivals make it more prefill-heavy than steady saturation.
+    None when the search judged no probe UNSTABLE or the probe has too few timings."""
+    from kvbench.benchmark.recorder import read_run
+    from kvbench.benchmark.runner import summarize
+
+    unstable = [p for p in engine.data["search"]["probes"] if p["verdict"] == "UNSTABLE"]
+    if not unstable:
+        return None
+    probe = min(unstable, key=lambda p: p["rate"])
+    run = read_run(root / probe["run_dir"])
+    evidence = summarize(run.header, run.records, run.samples, status=run.status)["evidence"]
+    timings = saturated_decode_times(run.records, after=(evidence or {}).get("warmup_end", 0.0))
+    if timings.size < MIN_TIMINGS:
+        return None
+    return estimate_batch_time(
+        timings, source=PROBE_SOURCE.format(rate=probe["rate"]), trim=config.trim
+    )
 
 
 def _search(

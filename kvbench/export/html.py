@@ -203,6 +203,7 @@ def _engine_detail(e: EngineResult) -> dict:
         "status": status_text(e),
         "failed": e.status != "ok",
         "batch_time": e.batch_time,
+        "batch_time_burst": e.batch_time_burst,
         "theory": e.theory,
         "profile": json.dumps(e.profile, indent=2) if e.profile else None,
         "sources": e.profile_sources,
@@ -259,7 +260,9 @@ or the measured bracket's lower end (the largest rate judged stable).</p>{% endi
 <p>backend <code>{{ d.backend }}</code>{% if d.urls %}, at {% for u in d.urls %}<code>{{ u }}</code> {% endfor %}{% endif %};
 status: <b>{{ d.status }}</b></p>
 {% if d.batch_time %}<p>b̄ = {{ "%.5f" % d.batch_time.value }} s ({{ d.batch_time.method }}{% if d.batch_time.trim %},
-trim {{ d.batch_time.trim }}{% endif %}, {{ d.batch_time.samples }} timings, {{ d.batch_time.source }}).</p>{% endif %}
+trim {{ d.batch_time.trim }}{% endif %}, {{ d.batch_time.samples }} timings, {{ d.batch_time.source }}){% if d.batch_time_burst %};
+the calibration burst gave {{ "%.5f" % d.batch_time_burst.value }} s ({{ d.batch_time_burst.samples }} timings),
+used to start the search{% endif %}.</p>{% endif %}
 {% if d.theory %}<p>E[g] = {{ "%.4g" % d.theory.mean_g }} token·iterations, δ = {{ "%.4f" % d.theory.delta }},
 μ per replica = {{ "%.4f" % d.theory.mu_replica }} req/s{% if d.theory.binding %}; engine-aware bound
 binding: {{ d.theory.binding }}{% endif %}.</p>{% endif %}

@@ -121,6 +121,8 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
     )
     if eng.get("batch_time"):
         result.batch_time = BatchTime(**eng["batch_time"])
+    if eng.get("batch_time_burst"):
+        result.batch_time_burst = BatchTime(**eng["batch_time_burst"])
     if eng.get("theory"):
         result.theory = Theory(**eng["theory"])
     kv_capacity = None

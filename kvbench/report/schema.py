@@ -123,7 +123,8 @@ class EngineResult:
     error: str | None = None
     profile: dict[str, Any] | None = None
     profile_sources: dict[str, str] = field(default_factory=dict)
-    batch_time: BatchTime | None = None
+    batch_time: BatchTime | None = None  # b̄ the theory uses
+    batch_time_burst: BatchTime | None = None  # the calibration burst's b̄ (the search's start)
     theory: Theory | None = None
     boundary: Boundary | None = None
     gap_percent: float | None = None  # 100·(μ − λ*)/λ*, λ* the bracket's midpoint
@@ -172,6 +173,7 @@ def _build(cls, data: Any, where: str):
     nested = {
         "latency": LatencySummary,
         "batch_time": BatchTime,
+        "batch_time_burst": BatchTime,
         "theory": Theory,
         "boundary": Boundary,
         "provisioning": Provisioning,
