@@ -166,6 +166,9 @@ def main() -> None:
     ap.add_argument("--start", type=float, default=8.0)
     ap.add_argument("--limit", type=float, default=4096.0)
     ap.add_argument("--workloads", default="128,32;1024,256")
+    ap.add_argument("--rates", default=None,
+                    help="comma-separated rates: measure each tool at each rate instead of "
+                    "searching for the highest sustained one")
     args = ap.parse_args()
 
     from kvbench.backends.launch import free_port
@@ -187,6 +190,15 @@ def main() -> None:
         for spec in args.workloads.split(";"):
             prompt, output = (int(x) for x in spec.split(","))
             name = f"fixed:{prompt},{output}"
+            if args.rates:
+                for rate in (float(r) for r in args.rates.split(",")):
+                    k = run_kvbench(url, rate, args.seconds, prompt, output)
+                    v = run_vllm(url, rate, args.seconds, prompt, output, args.vllm_python, tok)
+                    results.setdefault(name, []).append({"rate": rate, "kvbench": k, "vllm": v})
+                    print(f"{name} {rate:7.1f} req/s  p99 lag: kvbench {k['p99'] * 1e3:8.3f} ms "
+                          f"({k['completed']}/{k['n']})  vllm bench serve {v['p99'] * 1e3:8.3f} ms "
+                          f"({v['completed']}/{v['n']})", flush=True)
+                continue
             print(f"{name}: kvbench driver", flush=True)
             k, klog = highest_rate(lambda r: run_kvbench(url, r, args.seconds, prompt, output),
                                    args.start, args.limit)
@@ -197,8 +209,10 @@ def main() -> None:
                              "kvbench_trials": klog, "vllm_trials": vlog}
             print(f"{name}: kvbench {k:.0f} req/s, vllm bench serve {v:.0f} req/s "
                   f"(ratio {k / v if v else float('nan'):.2f}x)", flush=True)
-        print(json.dumps({k: {kk: vv for kk, vv in v.items() if not kk.endswith("trials")}
-                          for k, v in results.items()}))
+        if not args.rates:
+            results = {k: {kk: vv for kk, vv in v.items() if not kk.endswith("trials")}
+                       for k, v in results.items()}
+        print(json.dumps(results))
     finally:
         server.terminate()
         server.wait(10)
