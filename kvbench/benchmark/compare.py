@@ -24,7 +24,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from kvbench import __version__, theory
-from kvbench.backends.base import Backend, QueueSample, RequestRecord, RequestSpec
+from kvbench.backends.base import (
+    Backend,
+    DiscoveredProfile,
+    QueueSample,
+    RequestRecord,
+    RequestSpec,
+)
 from kvbench.backends.replicas import RoundRobinBackend
 from kvbench.benchmark.batch_time import (
     CLIENT_SOURCE,
@@ -428,6 +434,29 @@ def _saturated_batch_time(
     )
 
 
+class _MeasuredIterationTime(Backend):
+    """A real engine's backend whose profile carries the b̄ compare measured: the search sizes
+    its runs from the profile's iteration time, which an engine over HTTP does not report."""
+
+    def __init__(self, backend: Backend, batch_time: float):
+        self.backend, self.batch_time = backend, batch_time
+        self.name, self.kind = backend.name, backend.kind
+        self.replays_prefix = getattr(backend, "replays_prefix", False)
+
+    def discover_profile(self) -> DiscoveredProfile:
+        found = self.backend.discover_profile()
+        if math.isfinite(found.profile.iteration_time.mean_time(0.0, 0.0)):
+            return found
+        sources = dict(found.sources, iteration_time="b̄ measured by kvbench compare")
+        profile = found.profile.replace(
+            iteration_time=IterationTimeModel.constant(self.batch_time)
+        )
+        return DiscoveredProfile(profile, sources)
+
+    def execute(self, requests: list[RequestSpec], sink, *, duration: float) -> None:
+        self.backend.execute(requests, sink, duration=duration)
+
+
 def _search(
     backend: Backend,
     engine: _Engine,
@@ -447,12 +476,14 @@ def _search(
     }
     engine.data["search"] = search
 
+    measured = _MeasuredIterationTime(backend, engine.data["batch_time"]["value"])
+
     def backend_for_seed(seed: int) -> Backend:
         # a simulator draws its iteration-time noise from the seed: one per probe; a server is
         # the same server for every probe
         if backend.kind == "simulated" and seed != config.seed:
             return open_backend(label, engine.data["backend"], replace(config, seed=seed))
-        return backend
+        return measured
 
     def on_probe_start(rate: float, duration: float) -> None:
         observer.phase(label, "probe", rate, duration)
