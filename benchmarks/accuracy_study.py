@@ -28,6 +28,7 @@ ENGINES = ("ideal", "vllm", "sglang", "trtllm")
 WORKLOADS = ("pd-1:1", "pd-2:1", "pd-1:2", "azure-conv", "uniform:2000-6000,10-50")
 KV_SIZES = (131_000, 524_000)
 TARGET = 0.05
+REAL_RESULTS = "benchmarks/results/cpu_vllm_accuracy.jsonl"
 
 
 def _pct(x: float) -> str:
@@ -45,7 +46,7 @@ def _row(c: AccuracyCase) -> str:
     )
 
 
-def render(cases: list[AccuracyCase], seconds: float, num_prompts: int) -> str:
+def render(cases: list[AccuracyCase], seconds: float, num_prompts: int, real: list[dict]) -> str:
     worst = max(cases, key=lambda c: abs(c.gap_engine_aware))
     worst_paper = max(cases, key=lambda c: abs(c.gap_paper))
     misses = [c for c in cases if abs(c.gap_engine_aware) > TARGET]
@@ -94,7 +95,7 @@ def render(cases: list[AccuracyCase], seconds: float, num_prompts: int) -> str:
         "",
     ]
     if not misses:
-        lines.append("No case misses the 5% target.")
+        lines.append("No simulated case misses the 5% target (the real CPU engine does; see its section).")
     for c in misses:
         lines.append(f"- **{c.engine}, {c.workload}, M = {c.kv_tokens:,}** ({_pct(c.gap_engine_aware)}): {_why(c)}")
     lines += [
@@ -103,19 +104,7 @@ def render(cases: list[AccuracyCase], seconds: float, num_prompts: int) -> str:
         "",
         *_systematic(cases),
         "",
-        "## Real CPU vLLM (CI engine)",
-        "",
-        "| engine | KV tokens | measured by `kvbench boundary` | paper μ | engine-aware μ |",
-        "|---|---|---|---|---|",
-        "| vLLM 0.32 CPU, tiny random Llama | 1,024 | not measured | — | — |",
-        "| vLLM 0.32 CPU, tiny random Llama | 2,048 | not measured | — | — |",
-        "",
-        "Not measured: these rows need the boundary search (`kvbench boundary`) against the CI vLLM",
-        "server and an iteration-time fit from its `/metrics` counters (`vllm:iteration_tokens_total`",
-        "windows, which `kvbench calibrate --windows FILE` fits). Neither the boundary search nor a",
-        "running CPU vLLM was available to this study when it was generated; the rows stay empty",
-        "rather than show figures that were not measured.",
-        "",
+        *_real_section(real),
         "## Reproduce",
         "",
         "```",
@@ -127,6 +116,64 @@ def render(cases: list[AccuracyCase], seconds: float, num_prompts: int) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _real_section(real: list[dict]) -> list[str]:
+    lines = [
+        "## Real CPU vLLM (the CI engine)",
+        "",
+        "vLLM 0.32 CPU build serving a tiny random-weight Llama (`scripts/build_tiny_llama.py`) on a",
+        "shared 2-core machine, `fixed:128,128`, 16 running slots, pages of 32, launched from kvbench's",
+        "recipe. Measured with `benchmarks/cpu_vllm_accuracy.py` (figures in",
+        f"`{REAL_RESULTS}`): the boundary is the departure rate of 200 requests sent at",
+        "once (middle 60%), not `kvbench boundary` (which landed after these runs); the iteration-time",
+        "model is fitted (c0 + c1·tokens) to ≥ 2 s windows of the server's `vllm:iteration_tokens_total`",
+        "counters during a separate calibration run.",
+        "",
+        "| KV tokens | measured λ* (req/s) | fit c0 (ms) | fit c1 (µs/token) | fit R² | paper μ | gap | engine-aware μ | gap | binding |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    if not real:
+        lines += [
+            "| 1,024 | not measured | | | | | | | | |",
+            "| 2,048 | not measured | | | | | | | | |",
+            "",
+            "Not measured: run `benchmarks/cpu_vllm_accuracy.py` with the CI vLLM environment.",
+        ]
+        return lines + [""]
+    for r in real:
+        fit = r["fit"]
+        lines.append(
+            f"| {r['kv_tokens']:,} | {r['measured']:.3f} | {fit['c0'] * 1e3:.1f} ± {fit['stderr'][0] * 1e3:.1f} "
+            f"| {fit['c1'] * 1e6:.1f} ± {fit['stderr'][1] * 1e6:.1f} | {fit['r_squared']:.2f} | {r['mu_paper']:.3f} "
+            f"| {_pct(r['gap_paper'])} | {r['mu_engine_aware']:.3f} ± {r['mu_engine_aware_stderr']:.3f} "
+            f"| **{_pct(r['gap_engine_aware'])}** | {r['binding']} |"
+        )
+    lines += ["", *_real_notes(real), ""]
+    return lines
+
+
+def _real_notes(real: list[dict]) -> list[str]:
+    drift = ", ".join(
+        f"{r['fit']['c0'] * 1e3:.1f} ms fitted vs {r['b_median'] * 1e3:.1f} ms median at saturation "
+        f"(M = {r['kv_tokens']:,})"
+        for r in real
+    )
+    worst = max(real, key=lambda r: abs(r["gap_engine_aware"]))
+    return [
+        f"These rows **miss the 5% target** (worst {_pct(worst['gap_engine_aware'])}). The cause is the",
+        "iteration time, not the scheduler model: on a 2-core machine shared with other jobs the",
+        "tiny model's iteration is host overhead (the batch's tokens explain none of its variance:",
+        "the fitted c1 is within its error of zero or held at zero, and R² ≤ 0), and it differs",
+        f"between the calibration run and the saturated run: {drift}. Whether that is",
+        "contention from other jobs or a per-request host cost that 2-second counter windows",
+        "cannot resolve, these data do not say.",
+        "The paper's μ, given the saturated run's own median b̄, is off by",
+        f"{_span([r['gap_paper'] for r in real])}; the engine-aware μ cannot be better than its b. A",
+        "GPU engine, whose iteration time is dominated by the batch's work, or an idle machine, is",
+        "needed to test the model on a real engine; the scheduler side (memory, pages, running",
+        "cap) is what the simulated rows above check.",
+    ]
 
 
 def _span(values: list[float]) -> str:
@@ -168,11 +215,11 @@ def _systematic(cases: list[AccuracyCase]) -> list[str]:
 def _why(c: AccuracyCase) -> str:
     if c.engine == "sglang":
         return (
-            "SGLang's prefill batches. The model counts p = E[max(⌈s₁/ŝ⌉, ⌈s₂/ŝ⌉)]/2 prefill batches "
-            "per request (admissions in pairs as memory frees); with long or heavy-tailed prompts "
-            "and spare memory, SGLang packs more requests into each prefill batch (up to its "
-            "budget) or, with little memory, retracts and re-prefills, so the true count differs. "
-            "The decode side (memory, reserve ratio at its floor) matches within 1% throughout."
+            "SGLang's prefill batches. The model admits requests in groups of k = 1 + 1/d (what "
+            "one decode batch frees, plus the waiting head) that prefill side by side; where "
+            "prompts are heavy-tailed or retractions re-prefill requests, the true packing of "
+            "prefill batches differs from that estimate. The decode side (memory, reserve ratio "
+            "at its floor) matches within 1% throughout."
         )
     if c.engine == "vllm" and c.calibration is not None:
         return "preemption churn not captured by the measured waste of a short run."
@@ -194,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                 case = evaluate_case(engine, workload, kv, num_prompts=args.num_prompts)
                 cases.append(case)
                 print(_row(case), file=sys.stderr, flush=True)
-    text = render(cases, time.time() - started, args.num_prompts)
+    real_path = Path(REAL_RESULTS)
+    real = [json.loads(line) for line in real_path.read_text().splitlines() if line.strip()] if real_path.exists() else []
+    text = render(cases, time.time() - started, args.num_prompts, real)
     Path(args.output).write_text(text)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps([c.to_json() for c in cases], indent=2) + "\n")

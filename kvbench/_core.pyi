@@ -30,9 +30,10 @@ def replay_arrivals(timestamps: npt.NDArray[np.float64], time_scale: float) -> n
 
 # --- engine simulator (rust/sim/) ---------------------------------------------------------------
 # An iteration-level continuous-batching engine with a KV cache of `profile.kv_tokens` tokens in
-# pages of `block_size`. Each iteration schedules running requests first (one decode token each,
-# or their next prefill chunk of at most `chunk_size` tokens, within `token_budget`), then admits
-# waiting requests FCFS (no overtaking) up to `max_running`, by the profile's rule:
+# pages of `block_size`. Each iteration schedules running requests first (every decoding request
+# steps one token; prefill chunks of at most `chunk_size` tokens share what the decodes leave of
+# `token_budget`), then admits waiting requests FCFS (no overtaking) up to `max_running`, by the
+# profile's rule:
 #   ideal:  admit by current need; on shortage swap the newest running request out at no cost,
 #           keeping its KV progress; it returns first (front of the queue).
 #   vllm:   admit by current need; on shortage preempt the newest running request, free its KV,

@@ -149,26 +149,16 @@ def fit_iteration_time(windows: IterationWindows, terms: tuple[str, ...] = TERMS
         per_iter = columns[term] / iters
         if np.ptp(per_iter) > 1e-9 * max(1.0, float(np.max(np.abs(per_iter)))):
             fitted.append(term)
-    p = len(fitted)
-    if n < p + 2:
-        raise KvbenchError(
-            f"iteration windows: {n} windows are too few to fit {p} coefficients with errors"
-        )
-
-    x = np.column_stack([columns[t] for t in fitted])
     y = windows.elapsed
-    # Scale columns so the normal equations are well conditioned (kv_tokens ~ 1e5, c0 column ~ 1).
-    scale = np.sqrt(np.sum(x * x, axis=0))
-    xs = x / scale
-    coef_s, _, rank, _ = np.linalg.lstsq(xs, y, rcond=None)
-    if rank < p:
-        raise KvbenchError("iteration windows: the terms cannot be separated (collinear data)")
-    resid = y - xs @ coef_s
-    xtx_inv = np.linalg.inv(xs.T @ xs)
-    meat = (xs * resid[:, None] ** 2).T @ xs
-    cov_s = xtx_inv @ meat @ xtx_inv * (n / (n - p))
-    coef = coef_s / scale
-    cov = cov_s / np.outer(scale, scale)
+    while True:
+        coef, cov, resid, x = _least_squares([columns[t] for t in fitted], y, n)
+        # An iteration cannot get cheaper with more tokens: a negative slope means the data do
+        # not support that term, so it is held at zero and the rest refitted.
+        negative = [(coef[i], t) for i, t in enumerate(fitted) if t != "c0" and coef[i] < 0]
+        if not negative:
+            break
+        fitted.remove(min(negative)[1])
+    p = len(fitted)
 
     full_coef = dict.fromkeys(TERMS, 0.0)
     full_cov = np.zeros((3, 3))
@@ -178,8 +168,10 @@ def fit_iteration_time(windows: IterationWindows, terms: tuple[str, ...] = TERMS
         for j, tj in enumerate(idx):
             full_cov[ti, tj] = cov[i, j]
 
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else 1.0
+    # R² of the mean iteration time per window (for single iterations, of each iteration's time).
+    per_iter = y / iters
+    ss_tot = float(np.sum((per_iter - per_iter.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((resid / iters) ** 2)) / ss_tot if ss_tot > 0 else 1.0
     single = iters == 1
     predicted = x @ coef
     sigma = 0.0
@@ -198,6 +190,27 @@ def fit_iteration_time(windows: IterationWindows, terms: tuple[str, ...] = TERMS
         fixed=tuple(t for t in TERMS if t not in fitted),
         source=windows.source,
     )
+
+
+def _least_squares(columns: list[np.ndarray], y: np.ndarray, n: int):
+    """OLS of y on `columns` with the HC1 sandwich covariance: (coef, cov, residuals, X)."""
+    p = len(columns)
+    if n < p + 2:
+        raise KvbenchError(
+            f"iteration windows: {n} windows are too few to fit {p} coefficients with errors"
+        )
+    x = np.column_stack(columns)
+    # Scale columns so the normal equations are well conditioned (kv_tokens ~ 1e5, c0 column ~ 1).
+    scale = np.sqrt(np.sum(x * x, axis=0))
+    xs = x / scale
+    coef_s, _, rank, _ = np.linalg.lstsq(xs, y, rcond=None)
+    if rank < p:
+        raise KvbenchError("iteration windows: the terms cannot be separated (collinear data)")
+    resid = y - xs @ coef_s
+    xtx_inv = np.linalg.inv(xs.T @ xs)
+    meat = (xs * resid[:, None] ** 2).T @ xs
+    cov_s = xtx_inv @ meat @ xtx_inv * (n / (n - p))
+    return coef_s / scale, cov_s / np.outer(scale, scale), resid, x
 
 
 def windows_from_trtllm_stats(records: list[dict], where: str) -> IterationWindows:

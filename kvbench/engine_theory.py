@@ -335,13 +335,13 @@ def _mixed_bounds(
     return bounds
 
 
-def _expected_max_of_two(values: np.ndarray, law: LengthLaw) -> float:
-    """E[max(X1, X2)] for X1, X2 i.i.d. with the law of `values`."""
+def _expected_max(values: np.ndarray, law: LengthLaw, k: float) -> float:
+    """E[max of k i.i.d. draws] of `values` under the law, with CDF F^k (k need not be whole)."""
     order = np.argsort(values, kind="stable")
     v, w = values[order], law.weight[order]
-    cdf = np.cumsum(w)
+    cdf = np.minimum(np.cumsum(w), 1.0)
     prev = np.concatenate(([0.0], cdf[:-1]))
-    return float(np.sum(v * (cdf**2 - prev**2)))
+    return float(np.sum(v * (cdf**k - prev**k)))
 
 
 def _separate_bounds(
@@ -360,8 +360,10 @@ def _separate_bounds(
     d = (E[decode area] + r·E[remaining-output area]) / (M − gap): memory holds the decoders plus
     SGLang's reserve of new_token_ratio r (at its floor at saturation) times their remaining
     output, less the head request's unfilled need s + o. The running cap B forces d ≥ E[o−1]/B.
-    Admission waits for that whole need, so requests tend to be admitted two at a time as
-    memory frees and prefill side by side: p = E[max(⌈s1/ŝ⌉, ⌈s2/ŝ⌉)] / 2, and at least
+    Admission waits for that whole need, so requests are admitted in groups as decode batches
+    free memory: k = max(2, 1/d) per group (at least pairs; more when one decode batch finishes
+    several requests). A group prefills side by side, at most P = K/ŝ chunks per batch, so it
+    takes max(E[max of k chunk counts], k·E[⌈s/ŝ⌉]/P) batches: p is that over k, and at least
     E[s]/K when the prefill budget K binds. A measured retraction waste of w recomputed tokens
     per request adds w prefill tokens (and w token·iterations of memory) per request."""
     M = profile.kv_tokens
@@ -376,7 +378,10 @@ def _separate_bounds(
     e_s = law.mean(law.prompt.astype(np.float64)) + w
     d_mem = (e_dec_paged + r * law.mean(lives.remaining_area)) / (M - gap)
     d_cap = e_decodes / profile.max_running if profile.max_running < UNLIMITED else 0.0
-    p_pairs = _expected_max_of_two(lives.chunks, law) / 2.0
+    group = max(2.0, 1.0 + 1.0 / max(d_mem, d_cap))
+    parallel = max(1.0, profile.token_budget // profile.chunk_size)
+    run = max(_expected_max(lives.chunks, law, group), group * law.mean(lives.chunks) / parallel)
+    p_groups = run / group
     p_budget = e_s / profile.token_budget if profile.token_budget < UNLIMITED else 0.0
 
     def point(name: str, d: float, p: float, detail: str) -> Bound:
@@ -389,8 +394,8 @@ def _separate_bounds(
         kv = (e_dec_attended + e_prefill_area) * per_it
         return Bound(name, per_it, batch, kv, time * per_it, 1.0 / time, detail)
 
-    d, p = max(d_mem, d_cap), max(p_pairs, p_budget)
-    split = f"{d_mem:.2f} decode + {p:.2f} prefill batches per request"
+    d, p = max(d_mem, d_cap), max(p_groups, p_budget)
+    split = f"{d_mem:.2f} decode + {p:.2f} prefill batches per request (admitted {group:.1f} at a time)"
     bounds = [
         point(
             "memory", d_mem, p,

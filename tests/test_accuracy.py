@@ -38,8 +38,7 @@ def test_preemption_waste_is_measured():
 
 
 # The reduced grid: every rule, each constraint binding somewhere (memory, reservation, running
-# cap at 524k tokens, token budget on long prompts). Cases docs/accuracy.md lists as misses
-# (SGLang with long or heavy-tailed prompts) are left out and explained there.
+# cap at 524k tokens, token budget on long prompts, SGLang's prefill-heavy regime).
 GRID = [
     ("ideal", "pd-1:1", 131_000),
     ("vllm", "pd-1:1", 131_000),
@@ -48,6 +47,7 @@ GRID = [
     ("vllm", "pd-1:2", 524_000),
     ("vllm", "uniform:2000-6000,10-50", 131_000),
     ("trtllm", "uniform:2000-6000,10-50", 524_000),
+    ("sglang", "uniform:2000-6000,10-50", 524_000),
 ]
 
 

@@ -149,3 +149,13 @@ def test_saved_fit_round_trips(tmp_path):
     path.write_text('{"c0": 1}')
     with pytest.raises(KvbenchError, match="not an iteration-time model"):
         load_fit(path)
+
+
+def test_a_negative_slope_is_held_at_zero():
+    # Times that do not depend on the batch, plus noise that happens to tilt the slope negative:
+    # the fit keeps c0 only rather than predict cheaper iterations for bigger batches.
+    tokens = np.arange(1.0, 201.0)
+    t = 0.0168 - 1e-7 * (tokens - tokens.mean())
+    fit = fit_iteration_time(IterationWindows.per_iteration(tokens, np.zeros(200), t))
+    assert fit.fixed == ("c1", "c2") and fit.c1 == 0.0
+    assert fit.c0 == pytest.approx(0.0168, rel=1e-9)

@@ -166,15 +166,19 @@ def test_sglang_separate_batches_by_hand():
     # s=100, o=11, ŝ=64, token-exact pages, M=10,000, reserve ratio floor 0.1, b = 0.01 s.
     # Decode area Σ_{j=1..10} (100+j) = 1,055; remaining-output area Σ (11−j) = 55; the head
     # wants s + o = 111, gap 55.5: d = (1,055 + 0.1·55) / (10,000 − 55.5) decode batches per
-    # request. Two requests of 2 chunks each prefill together: p = max(2, 2) / 2 = 1.
+    # request. Each decode batch finishes 1/d requests; they and the waiting head, k = 1 + 1/d,
+    # are admitted together and prefill side by side (2,048/64 = 32 chunks fit a batch), which
+    # takes the 2 batches of one request: p = 2 / k.
     prof = build_profile(
         "sglang", kv_tokens=10_000, chunk_size=64, max_running=UNLIMITED, iteration_time=_const(0.01)
     )
     pred = engine_aware_mu(prof, LengthLaw.fixed(100, 11))
     d = (1_055 + 0.1 * 55) / (10_000 - 55.5)
+    p = 2 / (1 + 1 / d)
     assert pred.binding == "memory"
-    assert pred.mu == pytest.approx(1 / ((d + 1) * 0.01), rel=1e-12)
-    # A running cap of 2 forces d ≥ E[o−1]/B = 5 decode batches per request.
+    assert pred.mu == pytest.approx(1 / ((d + p) * 0.01), rel=1e-12)
+    # A running cap of 2 forces d ≥ E[o−1]/B = 5 decode batches per request; groups are then
+    # pairs (k = max(2, 1 + 1/5)), p = 2 / 2.
     capped = engine_aware_mu(prof.replace(max_running=2), LengthLaw.fixed(100, 11))
     assert capped.binding == "running cap"
     assert capped.mu == pytest.approx(1 / ((5 + 1) * 0.01), rel=1e-12)

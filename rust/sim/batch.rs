@@ -145,6 +145,7 @@ pub fn simulate(
             output.len()
         ));
     }
+    // Negated so that NaN, which fails every comparison, is caught too.
     if let Some(i) = (1..n).find(|&i| !(arrivals[i] >= arrivals[i - 1])) {
         return Err(format!("arrivals must be sorted and finite: arrivals[{i}] < arrivals[{}]", i - 1));
     }

@@ -99,17 +99,13 @@ impl Profile {
 
     pub fn validate(&self) -> Result<(), String> {
         let it = &self.iteration_time;
-        let checks: [(bool, &str); 10] = [
+        let checks: [(bool, &str); 9] = [
             (self.kv_tokens >= 1, "kv_tokens must be at least 1"),
             (self.block_size >= 1, "block_size must be at least 1"),
             (self.kv_tokens >= self.block_size, "kv_tokens must hold at least one block"),
             (self.chunk_size >= 1, "chunk_size must be at least 1"),
             (self.token_budget >= 1, "token_budget must be at least 1"),
             (self.max_running >= 1, "max_running must be at least 1"),
-            (
-                self.separate_prefill_decode || self.token_budget >= self.max_running,
-                "token_budget must be at least max_running when decodes share the batch budget",
-            ),
             (
                 it.c0 > 0.0 && it.c1 >= 0.0 && it.c2 >= 0.0 && it.c0.is_finite(),
                 "iteration time needs c0 > 0 and c1, c2 >= 0",

@@ -323,3 +323,23 @@ fn sglang_with_outputs_beyond_the_clip() {
     }
     assert!(log.iterations.iter().all(|i| i.kv_used <= 60_000));
 }
+
+/// Decoding requests always step; the token budget only limits prefill. So a budget below the
+/// running cap (SGLang's defaults with mixed batches) is valid, and prefill waits while the
+/// decodes alone fill the budget.
+#[test]
+fn budget_below_the_running_cap_limits_prefill_only() {
+    let mut p = profile(Rule::Sglang, 100_000, 1, 512, 8, 64);
+    p.separate_prefill_decode = false;
+    assert!(p.validate().is_ok());
+    let mut e = Engine::new(p, 0);
+    let mut log = Log::default();
+    for id in 0..20 {
+        e.add_request(id, 4, 200, 0.0).unwrap();
+    }
+    e.advance(f64::INFINITY, &mut log);
+    assert_eq!(log.finished.len(), 20);
+    // Once 8 requests decode, nobody else is admitted until one finishes.
+    assert!(log.iterations.iter().all(|i| i.batch_tokens <= 8 || i.batch_tokens == i.running));
+    assert!(log.iterations.iter().map(|i| i.running).max().unwrap() <= 9);
+}
