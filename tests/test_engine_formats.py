@@ -218,3 +218,11 @@ def test_trtllm_profile():
     assert "GUARANTEED_NO_EVICT" in found.sources["policy"]
     with pytest.raises(KvbenchError, match="enable_iter_perf_stats"):
         trtllm.build_profile({}, {}, "none")
+
+
+def test_vllm_scrape_filter_reads_the_same_state():
+    text = read("vllm", "metrics_loaded.prom")
+    full = vllm.read_state(Metrics.parse(text, "f"), 0.0)
+    assert vllm.read_state(Metrics.parse(text, "f", keep=vllm.SCRAPED), 0.0) == full
+    kept = Metrics.parse(text, "f", keep=vllm.SCRAPED).names()
+    assert "vllm:num_preemptions_total" in kept and not any("bucket" in n for n in kept)

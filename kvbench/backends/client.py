@@ -47,6 +47,17 @@ class ServerClient:
         except json.JSONDecodeError as err:
             raise KvbenchError(f"{self.url(path)}: not JSON ({err})") from None
 
+    async def post_json(self, path: str, body: dict) -> dict:
+        url = self.url(path)
+        try:
+            async with self.session.post(url, json=body, timeout=self.timeout) as resp:
+                text = await resp.text()
+                if resp.status != 200:
+                    raise KvbenchError(f"{url}: HTTP {resp.status}: {text[:200].strip()}")
+                return json.loads(text)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as err:
+            raise KvbenchError(f"{url}: {type(err).__name__}: {err}".rstrip(": ")) from None
+
     async def first_json(self, *paths: str):
         """(path, body) of the first of `paths` that exists; (None, None) when none does."""
         for path in paths:

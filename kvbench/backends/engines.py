@@ -27,6 +27,7 @@ def open_engine(
     engine_python: str | None = None,
     engine_args: list[str] | None = None,
     engine_env: dict[str, str] | None = None,
+    engine_nice: int = 0,
     log_dir: Path | None = None,
     served_model: str | None = None,
     scrape_period: float = 0.25,
@@ -46,6 +47,6 @@ def open_engine(
     if url is not None:
         return cls(url, settings_source="none", **options)
     server = launch(engine, model, python=engine_python, extra_args=engine_args, env=engine_env,
-                    log_dir=log_dir)
+                    log_dir=log_dir, nice=engine_nice)
     return cls(server.url, settings=server.settings, settings_source="launch command",
                server=server, **options)

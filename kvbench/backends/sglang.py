@@ -170,7 +170,9 @@ class SglangBackend(HttpBackend):
             return None
         text = await client.get_text("/metrics", missing_ok=True)
         self._metrics_enabled = text is not None
-        return None if text is None else Metrics.parse(text, client.url("/metrics"))
+        if text is None:
+            return None
+        return Metrics.parse(text, client.url("/metrics"), keep=("sglang:", "sglang_"))
 
     async def scrape(self, client: ServerClient) -> list[ServerState]:
         loads = await self._read_loads(client)

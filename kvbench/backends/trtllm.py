@@ -11,6 +11,7 @@ drained it; those iterations are counted as missing. An empty list means "no new
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime
 
@@ -176,13 +177,27 @@ class TrtllmBackend(HttpBackend):
             self.last_record = records[-1]
         return self.drain.take(records, time.time())
 
-    async def read_profile(self, client: ServerClient) -> DiscoveredProfile:
-        # Reading /metrics drains it; discovery happens before the run, so nothing of the run is
-        # lost, and the records taken here only advance the gap detector.
+    async def _drain_latest(self, client: ServerClient) -> None:
         records = await client.get_json("/metrics")
         if isinstance(records, list) and records:
             self.drain.take(records, time.time())
             self.last_record = records[-1]
+
+    async def read_profile(self, client: ServerClient) -> DiscoveredProfile:
+        # Reading /metrics drains it; discovery happens before the run, so nothing of the run is
+        # lost, and the records taken here only advance the gap detector. The list is empty
+        # until the engine has run an iteration, so an idle engine gets one 1-token request.
+        await self._drain_latest(client)
+        if self.last_record is None:
+            body = completion_body(self.model, [1000, 1001, 1002, 1003], 1)
+            body["stream"] = False
+            del body["stream_options"]
+            await client.post_json("/v1/completions", body)
+            for _ in range(20):
+                await self._drain_latest(client)
+                if self.last_record is not None:
+                    break
+                await asyncio.sleep(0.1)
         text = await client.get_text("/prometheus/metrics", missing_ok=True)
         prometheus = Metrics.parse(text, client.url("/prometheus/metrics")) if text else None
         return build_profile(self.last_record or {}, self.settings, self.settings_source, prometheus)

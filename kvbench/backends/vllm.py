@@ -22,6 +22,8 @@ from kvbench.profile import EngineProfile, IterationTimeModel
 
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # new name, then the old
 PREEMPTIONS = ("vllm:num_preemptions_total", "vllm:num_preemptions")
+SCRAPED = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:cache_config_info",
+           *KV_USAGE, "vllm:num_preemptions")
 _LOG_KV = re.compile(r"(?:GPU|CPU|XPU|TPU)? ?KV cache size: ([\d,]+) tokens")
 _LOG_ARGS = re.compile(r"non-default args: (\{.*\})")
 
@@ -163,7 +165,8 @@ class VllmBackend(HttpBackend):
 
     async def scrape(self, client: ServerClient) -> list[ServerState]:
         text = await client.get_text("/metrics")
-        return [read_state(Metrics.parse(text, client.url("/metrics")), time.time())]
+        received = time.time()
+        return [read_state(Metrics.parse(text, client.url("/metrics"), keep=SCRAPED), received)]
 
     async def read_profile(self, client: ServerClient) -> DiscoveredProfile:
         text = await client.get_text("/metrics")

@@ -72,6 +72,16 @@ def _usage(prompt: int, done: int) -> dict:
     return {"prompt_tokens": prompt, "total_tokens": prompt + done, "completion_tokens": done}
 
 
+def _prompt_tokens(prompt) -> int:
+    """Prompt length: token ids count exactly; a text prompt counts one token per word, an
+    approximation (the emulator has no tokenizer) that only load generators sending text see."""
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return len(prompt)
+    if isinstance(prompt, str) and prompt:
+        return max(1, len(prompt.split()))
+    raise BadRequest("prompt must be a non-empty list of token ids or a string")
+
+
 def _sse(obj: dict) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
@@ -110,21 +120,17 @@ def build_app(fmt: EngineFormat, *, time_scale: float = 1.0, zero_latency: bool 
             return error("request body must be a JSON object")
         try:
             fmt.validate(body)
-            prompt = body.get("prompt")
-            if not (isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt)):
-                raise BadRequest("kvbench emulators take the prompt as a list of token ids")
+            p = _prompt_tokens(body.get("prompt"))
+            # The simulated engine has no tokens to stop on: every request generates exactly
+            # max_tokens, as a real engine does with ignore_eos.
             output = int(body.get("max_tokens") or 16)
-            if body.get("min_tokens", 0) != output or not body.get("ignore_eos"):
-                raise BadRequest("emulated output length is exact: set max_tokens = min_tokens "
-                                 "and ignore_eos (random weights have no natural end)")
-            if len(prompt) + output > fmt.max_model_len:
-                raise BadRequest(f"prompt ({len(prompt)}) + max_tokens ({output}) exceeds "
+            if p + output > fmt.max_model_len:
+                raise BadRequest(f"prompt ({p}) + max_tokens ({output}) exceeds "
                                  f"max_model_len={fmt.max_model_len}")
         except BadRequest as err:
             return error(str(err))
         include_usage, continuous = fmt.usage_flags(body)
         rid, created = f"cmpl-{uuid.uuid4().hex[:16]}", int(time.time())
-        p = len(prompt)
         if not body.get("stream"):
             if fmt.engine is not None:
                 try:
@@ -141,22 +147,25 @@ def build_app(fmt: EngineFormat, *, time_scale: float = 1.0, zero_latency: bool 
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         if fmt.engine is None:  # zero latency: the whole stream at once
-            await resp.prepare(request)
             parts = [_sse(fmt.chunk(rid, created, _usage(p, k) if continuous else None,
                                     "length" if k == output else None))
                      for k in range(1, output + 1)]
             if include_usage:
                 parts.append(_sse(fmt.final_chunk(rid, created, _usage(p, output))))
             parts.append(b"data: [DONE]\n\n")
-            await resp.write(b"".join(parts))
-            await resp.write_eof()
+            try:
+                await resp.prepare(request)
+                await resp.write(b"".join(parts))
+                await resp.write_eof()
+            except ConnectionError:  # the client left (a run ending); nothing to answer
+                pass
             return resp
         try:
             sim_id, queue = fmt.engine.submit(p, output)
         except ValueError as err:
             return error(str(err))
-        await resp.prepare(request)
         try:
+            await resp.prepare(request)
             while True:
                 _, kind, _, tokens = await queue.get()
                 if kind == "token":
@@ -168,7 +177,7 @@ def build_app(fmt: EngineFormat, *, time_scale: float = 1.0, zero_latency: bool 
                 await resp.write(_sse(fmt.final_chunk(rid, created, _usage(p, output))))
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
-        except (ConnectionResetError, OSError):
+        except ConnectionError:  # the client left (a run ending); the engine keeps the request
             pass
         finally:
             fmt.engine.abandon(sim_id)
