@@ -39,7 +39,6 @@ from kvbench.backends.base import RequestSpec
 from kvbench.backends.engines import open_engine
 from kvbench.calibration import IterationWindows, fit_iteration_time
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
-from kvbench.profile import IterationTimeModel
 from kvbench.workload import load_workload
 
 ROOT = Path(__file__).resolve().parents[1]

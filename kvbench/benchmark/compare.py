@@ -44,7 +44,7 @@ from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel
 from kvbench.report import raw
-from kvbench.workload import SyntheticWorkload, Workload, load_workload
+from kvbench.workload import Workload, load_workload
 
 # A calibration burst holds this many KV caches' worth of requests, so that the engine runs full
 # batches while about half of them wait.
@@ -135,15 +135,6 @@ class _Engine:
         return path.relative_to(root).as_posix()
 
 
-def length_law(workload: Workload) -> LengthLaw:
-    if isinstance(workload, SyntheticWorkload):
-        law = workload.law
-        return LengthLaw.uniform(
-            law.prompt_min, law.prompt_max, law.output_min, law.output_max, name=workload.name
-        )
-    return LengthLaw.sample(*workload.rows(), name=workload.name)
-
-
 def _theory(workload: Workload, profile: EngineProfile, batch_time: float, replicas: int) -> dict:
     """The paper's μ at the measured b̄, and the engine-aware μ with the same constant b̄ (so the
     two differ only by the engine's admission rule, pages, token budget and running cap)."""
@@ -151,7 +142,7 @@ def _theory(workload: Workload, profile: EngineProfile, batch_time: float, repli
         workload, kv_tokens=profile.kv_tokens, chunk_size=profile.chunk_size, batch_time=batch_time
     )
     aware = engine_aware_mu(
-        profile, length_law(workload), iteration_model=IterationTimeModel.constant(batch_time)
+        profile, LengthLaw.from_workload(workload), iteration_model=IterationTimeModel.constant(batch_time)
     )
     return {
         "mean_g": paper.expected_g.mean,
