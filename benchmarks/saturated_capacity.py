@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 
-import numpy as np
 
 from kvbench.arrivals import arrival_times
 from kvbench.benchmark.search import theory_rate

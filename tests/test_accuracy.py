@@ -89,3 +89,26 @@ def test_calibrate_errors():
     assert res.exit_code == 2 and "exactly one of" in res.output
     res = runner.invoke(cli, ["calibrate", "--backend", "vllm"])
     assert res.exit_code == 2 and "error: cannot calibrate backend 'vllm'" in res.output
+
+
+def test_calibrate_from_trtllm_iteration_records(tmp_path):
+    records = []
+    for i in range(60):
+        ctx, gen, blocks = 100 + 6 * i, i, 50 + 3 * (i % 17)  # KV cycles apart from the batch
+        ms = 1000 * (0.01 + 2e-5 * (ctx + gen) + 1e-7 * 32 * blocks)
+        records.append(
+            {
+                "iter": i,
+                "iterLatencyMS": ms,
+                "inflightBatchingStats": {"numCtxTokens": ctx, "numGenRequests": gen},
+                "kvCacheStats": {"usedNumBlocks": blocks, "tokensPerBlock": 32},
+            }
+        )
+    path = tmp_path / "iters.json"
+    path.write_text(json.dumps(records))
+    res = CliRunner().invoke(cli, ["calibrate", "--windows", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    fit = json.loads(res.output)["fit"]
+    assert [fit["c0"], fit["c1"], fit["c2"]] == pytest.approx([0.01, 2e-5, 1e-7], rel=1e-6)
+    text = CliRunner().invoke(cli, ["calibrate", "--windows", str(path)]).output
+    assert "c1:" in text and "µs/token" in text and "SIMULATED" not in text

@@ -9,7 +9,7 @@ from kvbench import theory as paper
 from kvbench.calibration import IterationWindows, fit_iteration_time
 from kvbench.cli import cli
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
-from kvbench.profile import IterationTimeModel, build_profile
+from kvbench.profile import build_profile
 from kvbench.workload import load_workload
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import re
-from pathlib import Path
 
 from browser import load
 from compare_fixture import make_compare_dir

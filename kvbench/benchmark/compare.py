@@ -24,7 +24,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from kvbench import __version__, theory
-from kvbench.backends.base import Backend, QueueSample, RequestRecord, RequestSpec
+from kvbench.backends.base import (
+    Backend,
+    DiscoveredProfile,
+    QueueSample,
+    RequestRecord,
+    RequestSpec,
+)
 from kvbench.backends.replicas import RoundRobinBackend
 from kvbench.benchmark.batch_time import (
     CLIENT_SOURCE,
@@ -38,7 +44,7 @@ from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel
 from kvbench.report import raw
-from kvbench.workload import SyntheticWorkload, Workload, load_workload
+from kvbench.workload import Workload, load_workload
 
 # A calibration burst holds this many KV caches' worth of requests, so that the engine runs full
 # batches while about half of them wait.
@@ -129,15 +135,6 @@ class _Engine:
         return path.relative_to(root).as_posix()
 
 
-def length_law(workload: Workload) -> LengthLaw:
-    if isinstance(workload, SyntheticWorkload):
-        law = workload.law
-        return LengthLaw.uniform(
-            law.prompt_min, law.prompt_max, law.output_min, law.output_max, name=workload.name
-        )
-    return LengthLaw.sample(*workload.rows(), name=workload.name)
-
-
 def _theory(workload: Workload, profile: EngineProfile, batch_time: float, replicas: int) -> dict:
     """The paper's μ at the measured b̄, and the engine-aware μ with the same constant b̄ (so the
     two differ only by the engine's admission rule, pages, token budget and running cap)."""
@@ -145,7 +142,7 @@ def _theory(workload: Workload, profile: EngineProfile, batch_time: float, repli
         workload, kv_tokens=profile.kv_tokens, chunk_size=profile.chunk_size, batch_time=batch_time
     )
     aware = engine_aware_mu(
-        profile, length_law(workload), iteration_model=IterationTimeModel.constant(batch_time)
+        profile, LengthLaw.from_workload(workload), iteration_model=IterationTimeModel.constant(batch_time)
     )
     return {
         "mean_g": paper.expected_g.mean,
@@ -428,6 +425,29 @@ def _saturated_batch_time(
     )
 
 
+class _MeasuredIterationTime(Backend):
+    """A real engine's backend whose profile carries the b̄ compare measured: the search sizes
+    its runs from the profile's iteration time, which an engine over HTTP does not report."""
+
+    def __init__(self, backend: Backend, batch_time: float):
+        self.backend, self.batch_time = backend, batch_time
+        self.name, self.kind = backend.name, backend.kind
+        self.replays_prefix = getattr(backend, "replays_prefix", False)
+
+    def discover_profile(self) -> DiscoveredProfile:
+        found = self.backend.discover_profile()
+        if math.isfinite(found.profile.iteration_time.mean_time(0.0, 0.0)):
+            return found
+        sources = dict(found.sources, iteration_time="b̄ measured by kvbench compare")
+        profile = found.profile.replace(
+            iteration_time=IterationTimeModel.constant(self.batch_time)
+        )
+        return DiscoveredProfile(profile, sources)
+
+    def execute(self, requests: list[RequestSpec], sink, *, duration: float) -> None:
+        self.backend.execute(requests, sink, duration=duration)
+
+
 def _search(
     backend: Backend,
     engine: _Engine,
@@ -447,12 +467,14 @@ def _search(
     }
     engine.data["search"] = search
 
+    measured = _MeasuredIterationTime(backend, engine.data["batch_time"]["value"])
+
     def backend_for_seed(seed: int) -> Backend:
         # a simulator draws its iteration-time noise from the seed: one per probe; a server is
         # the same server for every probe
         if backend.kind == "simulated" and seed != config.seed:
             return open_backend(label, engine.data["backend"], replace(config, seed=seed))
-        return backend
+        return measured
 
     def on_probe_start(rate: float, duration: float) -> None:
         observer.phase(label, "probe", rate, duration)
