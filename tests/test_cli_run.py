@@ -137,20 +137,35 @@ def test_a_killed_run_process_leaves_a_readable_partial_run(tmp_path):
     assert json.loads(r.output)["status"] == "killed"
 
 
-def test_a_client_that_fell_behind_claims_no_verdict():
+def _steady_run(rate: float, lag: float):
+    """600 s at `rate`, every send `lag` late; the engine itself keeps up (1.2 s per request)."""
     from kvbench.backends.base import RequestRecord
+
+    n = int(600 * rate)
+    header = {"kind": "real", "backend": "vllm", "window_end": 600.0, "scheduled_in_window": n,
+              "config": {"request_rate": rate, "confidence": 0.95, "tolerance": 0.05}}
+    records = [RequestRecord(i, i / rate, 100, 10, sent=i / rate + lag, first_token=i / rate + lag + 0.1,
+                             finished=i / rate + lag + 1.0, output_tokens=10) for i in range(n)]
+    return header, records
+
+
+def test_a_client_that_fell_behind_claims_no_verdict():
     from kvbench.benchmark.runner import summarize
 
-    header = {"kind": "real", "backend": "vllm", "window_end": 600.0, "scheduled_in_window": 600,
-              "config": {"request_rate": 1.0, "confidence": 0.95, "tolerance": 0.05}}
-    # every send 0.2 s late (p99 lag 200 ms > the 50 ms budget); the engine itself keeps up
-    records = [RequestRecord(i, float(i), 100, 10, sent=i + 0.2, first_token=i + 0.3, finished=i + 1.2,
-                             output_tokens=10) for i in range(600)]
-    s = summarize(header, records, [], status="completed")
+    # p99 lag 200 ms at 10 req/s: above both the 50 ms floor and the 100 ms mean gap
+    s = summarize(*_steady_run(10.0, 0.2), [], status="completed")
     assert s["client_kept_schedule"] is False and s["verdict"] is None
     assert "could not keep its schedule" in s["evidence"]["reason"]
     assert s["schedule_lag"]["p99"] == pytest.approx(0.2)
-    on_time = [RequestRecord(r.request_id, r.intended_send, 100, 10, sent=r.intended_send,
-                             first_token=r.first_token, finished=r.finished, output_tokens=10) for r in records]
-    s = summarize(header, on_time, [], status="completed")
+    assert s["schedule_lag"]["budget"] == pytest.approx(0.1)
+    s = summarize(*_steady_run(10.0, 0.0), [], status="completed")
+    assert s["client_kept_schedule"] is True and s["verdict"] == "STABLE"
+
+
+def test_lag_shorter_than_a_mean_gap_keeps_the_verdict():
+    from kvbench.benchmark.runner import lag_budget, summarize
+
+    assert lag_budget(1.0) == 1.0 and lag_budget(12.0) == pytest.approx(1 / 12) and lag_budget(1000.0) == 0.05
+    # the same 200 ms lag at 1 req/s shifts each send by a fifth of a gap: the offered process is intact
+    s = summarize(*_steady_run(1.0, 0.2), [], status="completed")
     assert s["client_kept_schedule"] is True and s["verdict"] == "STABLE"
