@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kvbench.backends import sglang, trtllm, vllm
-from kvbench.backends.http import ScrapeLog
+from kvbench.backends.http import ScrapeLog, completion_body
 from kvbench.backends.prometheus import Metrics
 from kvbench.backends.stream import DONE, StreamResult, parse_line
 from kvbench.errors import KvbenchError
@@ -67,16 +67,15 @@ def test_stream_without_final_usage_is_not_counted():
 
 def test_trtllm_body_uses_only_declared_fields():
     spec = json.loads(read("trtllm", "completion_request_fields.json"))
-    body = trtllm.completion_body("m", [1000, 1001], 7)
+    body = completion_body("m", [1000, 1001], 7)
     assert set(body) <= set(spec["CompletionRequest"])
     assert set(body["stream_options"]) <= set(spec["StreamOptions"])
     assert not set(body) & set(spec["rejected_when_set"])
     assert body["max_tokens"] == body["min_tokens"] == 7 and body["ignore_eos"] is True
 
 
-@pytest.mark.parametrize("module", [vllm, sglang, trtllm])
-def test_bodies_force_exact_output_and_stream_usage(module):
-    body = module.completion_body("m", [1000, 29999], 128)
+def test_body_forces_exact_output_and_streams_usage():
+    body = completion_body("m", [1000, 29999], 128)
     assert body["prompt"] == [1000, 29999]
     assert body["max_tokens"] == body["min_tokens"] == 128
     assert body["ignore_eos"] is True and body["stream"] is True

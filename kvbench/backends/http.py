@@ -1,9 +1,10 @@
 """The part every HTTP engine backend shares: the run loop (driver + state scraper), profile
 discovery plumbing, and the per-engine hooks an adapter fills in.
 
-An adapter (vllm.py, sglang.py, trtllm.py) supplies three things in its engine's own terms: the
-completion request body (one whitelist per engine: TensorRT-LLM rejects unknown fields), a
-scrape of server state, and the profile it can read from the server. Emulators mark every
+An adapter (vllm.py, sglang.py, trtllm.py) supplies, in its engine's own terms, a scrape of
+server state and the profile it can read from the server; the completion request body is shared
+(`completion_body`: only fields TensorRT-LLM's strict schema declares) unless an adapter
+overrides it. Emulators mark every
 response with the `X-Kvbench-Emulated` header, so a backend attached to one labels itself
 emulated and its results are never shown as an engine's.
 """
@@ -67,6 +68,29 @@ class ScrapeLog:
             self.first_error = message
 
 
+def completion_body(model: str, prompt: list[int], output_len: int) -> dict:
+    """The /v1/completions body kvbench sends to every engine: prompt as token ids, exactly
+    `output_len` tokens, streamed with usage.
+
+    One body serves all three engines because every field in it is one that TensorRT-LLM's strict
+    CompletionRequest declares (it answers 400 to any other; tests check the body against the
+    field list from its source), and vLLM and SGLang accept the same names. SGLang's
+    include_usage defaults to false and TensorRT-LLM's to true, so both usage flags are always
+    set explicitly. An engine that ever needs another field overrides
+    `HttpBackend.completion_body`.
+    """
+    return {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": output_len,
+        "min_tokens": output_len,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+
+
 class HttpBackend(Backend):
     """An engine reached over HTTP at `url` (attached, or launched by kvbench.backends.launch)."""
 
@@ -99,10 +123,8 @@ class HttpBackend(Backend):
 
     # ---- engine hooks ---------------------------------------------------------------------
 
-    @abstractmethod
     def completion_body(self, model: str, prompt: list[int], output_len: int) -> dict:
-        """The /v1/completions body: prompt as token ids, exactly `output_len` tokens, streamed
-        with usage."""
+        return completion_body(model, prompt, output_len)
 
     @abstractmethod
     async def scrape(self, client: ServerClient) -> list[ServerState]:

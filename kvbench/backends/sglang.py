@@ -28,19 +28,6 @@ def _names(metric: str) -> tuple[str, str]:
     return f"sglang:{metric}", f"sglang_{metric}"
 
 
-def completion_body(model: str, prompt: list[int], output_len: int) -> dict:
-    # SGLang's include_usage defaults to false: set it, or no final usage chunk arrives.
-    return {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": output_len,
-        "min_tokens": output_len,
-        "ignore_eos": True,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
-    }
-
 
 def _rank0(metrics: Metrics, metric: str) -> float | None:
     """Sum over data-parallel ranks of the tp_rank-0 series."""
@@ -152,9 +139,6 @@ class SglangBackend(HttpBackend):
     name = "sglang"
     _loads_path: str | None = None
     _metrics_enabled: bool | None = None
-
-    def completion_body(self, model: str, prompt: list[int], output_len: int) -> dict:
-        return completion_body(model, prompt, output_len)
 
     async def _read_loads(self, client: ServerClient) -> list[dict] | None:
         if self._loads_path is None:

@@ -25,20 +25,6 @@ from kvbench.profile import EngineProfile, IterationTimeModel
 TIMESTAMP_FORMAT = "%m-%d-%Y %H:%M:%S.%f"
 
 
-def completion_body(model: str, prompt: list[int], output_len: int) -> dict:
-    # TensorRT-LLM defaults include_usage and continuous_usage_stats to true once stream_options
-    # is present; both are set anyway so the body means the same on every version.
-    return {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": output_len,
-        "min_tokens": output_len,
-        "ignore_eos": True,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
-    }
-
 
 def record_time(record: dict, fallback: float) -> float:
     """Epoch seconds of a record's server-local `timestamp`, else `fallback`."""
@@ -166,9 +152,6 @@ class TrtllmBackend(HttpBackend):
         self.drain = IterationDrain(self.scrape_log)
         self.last_record: dict | None = None
 
-    def completion_body(self, model: str, prompt: list[int], output_len: int) -> dict:
-        return completion_body(model, prompt, output_len)
-
     async def scrape(self, client: ServerClient) -> list[ServerState]:
         records = await client.get_json("/metrics")
         if not isinstance(records, list):
@@ -189,7 +172,7 @@ class TrtllmBackend(HttpBackend):
         # until the engine has run an iteration, so an idle engine gets one 1-token request.
         await self._drain_latest(client)
         if self.last_record is None:
-            body = completion_body(self.model, [1000, 1001, 1002, 1003], 1)
+            body = self.completion_body(self.model, [1000, 1001, 1002, 1003], 1)
             body["stream"] = False
             del body["stream_options"]
             await client.post_json("/v1/completions", body)

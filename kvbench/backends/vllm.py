@@ -28,18 +28,6 @@ _LOG_KV = re.compile(r"(?:GPU|CPU|XPU|TPU)? ?KV cache size: ([\d,]+) tokens")
 _LOG_ARGS = re.compile(r"non-default args: (\{.*\})")
 
 
-def completion_body(model: str, prompt: list[int], output_len: int) -> dict:
-    return {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": output_len,
-        "min_tokens": output_len,
-        "ignore_eos": True,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
-    }
-
 
 def kv_capacity(metrics: Metrics) -> tuple[int, str] | None:
     """M in tokens from `cache_config_info`, summed over data-parallel engines, with its source."""
@@ -159,9 +147,6 @@ def build_profile(
 
 class VllmBackend(HttpBackend):
     name = "vllm"
-
-    def completion_body(self, model: str, prompt: list[int], output_len: int) -> dict:
-        return completion_body(model, prompt, output_len)
 
     async def scrape(self, client: ServerClient) -> list[ServerState]:
         text = await client.get_text("/metrics")
