@@ -61,6 +61,13 @@ def test_boundary_json_keys():
     (["run", "--backend", "sim:vllm", "--request-rate", "1", "--duration", "10", "--workload", "uniform:5"], "uniform"),
     (["run", "--backend", "vllm", "--request-rate", "1", "--duration", "10"], "--url"),
     (["run", "--backend", "vllm", "--url", "http://x", "--kv-tokens", "5", "--request-rate", "1", "--duration", "1"], "sim:*"),
+    (["run", "--backend", "vllm", "--request-rate", "1", "--duration", "10"], "--model PATH"),
+    (["run", "--backend", "vllm", "--url", "http://x", "--model", "/m", "--request-rate", "1", "--duration", "1"],
+     "exactly one of --url (attach) or --model (launch)"),
+    (["run", "--backend", "sim:vllm", "--model", "/m", "--request-rate", "1", "--duration", "1"], "no --url or --model"),
+    # --model launches from backends/vllm/recipe.toml; an engine that dies at start is one line
+    (["run", "--backend", "vllm", "--model", "/nonexistent-model", "--request-rate", "1", "--duration", "1"],
+     "vllm exited with code"),
     (["boundary", "--backend", "sim:vllm", "--precision", "0"], "--precision"),
     (["boundary", "--backend", "sim:vllm", "--confidence", "1.5"], "--confidence"),
     (["run", "--backend", "sim:vllm", "--request-rate", "1", "--duration", "10", "--confidence", "0"], "--confidence"),

@@ -1,5 +1,6 @@
 """Backends by name: `sim:ENGINE` (the simulator, in-process) and the HTTP engines `vllm`,
-`sglang`, `trtllm` (attached with --url). One place maps a name and its options to a `Backend`,
+`sglang`, `trtllm` (attached with --url, or launched from backends/<engine>/recipe.toml with
+--model). One place maps a name and its options to a `Backend`,
 so the CLI commands and the search share it and new kinds plug in here."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def resolve_backend(
     name: str,
     *,
     url: str | None = None,
+    model: str | None = None,
     profile: str | None = None,
     kv_tokens: int | None = None,
     chunk_size: int | None = None,
@@ -36,8 +38,8 @@ def resolve_backend(
         policy = name[len(SIM_PREFIX):]
         if policy not in POLICIES:
             raise KvbenchError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}")
-        if url is not None:
-            raise KvbenchError(f"{name} is simulated in-process and takes no --url")
+        if url is not None or model is not None:
+            raise KvbenchError(f"{name} is simulated in-process and takes no --url or --model")
         if replicas < 1:
             raise KvbenchError(f"--replicas must be at least 1, got {replicas}")
         for flag, value in (("--kv-tokens", kv_tokens), ("--chunk-size", chunk_size)):
@@ -62,6 +64,6 @@ def resolve_backend(
                             ("--batch-time", batch_time)) if v is not None]
     if given:
         raise KvbenchError(f"{name}: {', '.join(given)} apply to sim:* backends; a real engine reports its own profile")
-    if url is None:
-        raise KvbenchError(f"{name}: give --url of a running server")
-    return open_engine(name, url=url, seed=seed)
+    if url is None and model is None:
+        raise KvbenchError(f"{name}: give --url of a running server, or --model PATH to launch one")
+    return open_engine(name, url=url, model=model, seed=seed)

@@ -10,8 +10,11 @@ from kvbench.cli import options
 def backend_options(f):
     for decorator in reversed([
         click.option("--backend", required=True, metavar="NAME",
-                     help="sim:vllm, sim:sglang, sim:trtllm, sim:ideal (simulated), or vllm, sglang, trtllm with --url."),
+                     help="sim:vllm, sim:sglang, sim:trtllm, sim:ideal (simulated), or vllm, sglang, trtllm with --url or --model."),
         click.option("--url", default=None, metavar="URL", help="Base URL of a running engine (real backends)."),
+        click.option("--model", default=None, metavar="PATH",
+                     help="Launch the engine (real backends) with this model, from its recipe in backends/<engine>/; "
+                          "kvbench stops it at the end."),
         options.profile_preset(),
         options.kv_tokens("sim:* only; default: the profile's"),
         options.chunk_size("sim:* only; default: the profile's"),

@@ -32,7 +32,7 @@ Examples:
               metavar="S", help="Stop once the probes have used this much engine time.")
 @click.option("--burstiness", type=float, default=1.0, show_default=True, help="Gamma shape of inter-arrival gaps (1 = Poisson).")
 @options.json_output()
-def boundary(backend: str, url: str | None, profile_name: str | None, kv_tokens: int | None, chunk_size: int | None,
+def boundary(backend: str, url: str | None, model: str | None, profile_name: str | None, kv_tokens: int | None, chunk_size: int | None,
              batch_time: float | None, seed: int, confidence: float, workload_spec: str, precision: float,
              max_engine_seconds: float, burstiness: float, as_json: bool) -> None:
     """Bracket the rate λ* at which the engine's queue stops being stable, between the largest
@@ -41,8 +41,12 @@ def boundary(backend: str, url: str | None, profile_name: str | None, kv_tokens:
     opened = []
 
     def backend_for_seed(s: int):
-        b = resolve_backend(backend, url=url, profile=profile_name, kv_tokens=kv_tokens, chunk_size=chunk_size,
-                            batch_time=batch_time, seed=s)
+        # The simulator draws its noise from the seed, so each probe gets its own; a server is the
+        # same server for every probe (launching one per probe would hold several at once).
+        if opened and opened[0].kind != "simulated":
+            return opened[0]
+        b = resolve_backend(backend, url=url, model=model, profile=profile_name, kv_tokens=kv_tokens,
+                            chunk_size=chunk_size, batch_time=batch_time, seed=s)
         opened.append(b)
         return b
 

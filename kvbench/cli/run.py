@@ -33,7 +33,7 @@ Examples:
 @click.option("--output", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Write the run (header, every request and queue sample) here as it goes.")
 @options.json_output()
-def run(backend: str, url: str | None, profile_name: str | None, kv_tokens: int | None, chunk_size: int | None,
+def run(backend: str, url: str | None, model: str | None, profile_name: str | None, kv_tokens: int | None, chunk_size: int | None,
         batch_time: float | None, seed: int, confidence: float, workload_spec: str, request_rate: float,
         burstiness: float, duration: float | None, num_prompts: int | None, output: str | None, as_json: bool) -> None:
     """Send requests open-loop at a fixed rate, record every event, and judge whether the
@@ -41,7 +41,7 @@ def run(backend: str, url: str | None, profile_name: str | None, kv_tokens: int 
     spec = RunSpec(workload_spec, request_rate, burstiness, duration=duration, num_prompts=num_prompts,
                    seed=seed, confidence=confidence)
     workload = load_workload(workload_spec)
-    engine = resolve_backend(backend, url=url, profile=profile_name, kv_tokens=kv_tokens, chunk_size=chunk_size,
+    engine = resolve_backend(backend, url=url, model=model, profile=profile_name, kv_tokens=kv_tokens, chunk_size=chunk_size,
                              batch_time=batch_time, seed=seed)
     try:
         with RunProgress(f"{backend} λ={request_rate:g}", duration, quiet=as_json) as progress:
