@@ -53,6 +53,10 @@ def test_embedded_compare_measures_both_engines_beside_theory(embedded):
         t = e["theory"]
         assert t["mu"] == pytest.approx(e["profile"]["kv_tokens"] / (
             e["batch_time"]["value"] * t["mean_g"]))
+        # the simulated engines' iteration-time model is known, so the engine-aware μ uses it
+        # (not the client's b̄) and lands on the measured bracket
+        assert t["iteration_model"] == "engine profile"
+        assert lower * 0.95 <= t["mu_engine_aware"] <= upper * 1.05
         assert e["provisioning"]["replicas_theory"] >= 1
     for name in ("report.html", "summary.md", "results.json", "probes.csv", "samples.csv"):
         assert (directory / name).is_file(), name

@@ -265,7 +265,7 @@ the calibration burst gave {{ "%.5f" % d.batch_time_burst.value }} s ({{ d.batch
 used to start the search{% endif %}.</p>{% endif %}
 {% if d.theory %}<p>E[g] = {{ "%.4g" % d.theory.mean_g }} token·iterations, δ = {{ "%.4f" % d.theory.delta }},
 μ per replica = {{ "%.4f" % d.theory.mu_replica }} req/s{% if d.theory.binding %}; engine-aware bound
-binding: {{ d.theory.binding }}{% endif %}.</p>{% endif %}
+binding: {{ d.theory.binding }}, iteration time from the {{ d.theory.iteration_model or "measured b̄" }}{% endif %}.</p>{% endif %}
 {% if d.probes %}<table class="probes"><thead><tr><th>probe</th><th>λ (req/s)</th><th>duration (s)</th>
 <th>verdict</th><th>departures (req/s)</th><th>slope (req/s)</th><th>slope CI</th><th>sent</th>
 <th>finished</th><th>failed</th><th>mean in system</th><th>TTFT p99 (s)</th><th>E2E p50 (s)</th>

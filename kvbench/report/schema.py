@@ -83,6 +83,7 @@ class Theory:
     mu_lower: float  # mu·(1−δ): below it the theory guarantees stability
     mu_engine_aware: float | None = None  # all replicas, when the engine-aware model is available
     binding: str | None = None  # which engine-aware bound binds
+    iteration_model: str | None = None  # "engine profile" or "measured b̄ (constant)"
 
 
 @dataclass
