@@ -9,6 +9,7 @@ iteration-time model). The Rust simulator reads the same fields from this datacl
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +36,16 @@ class IterationTimeModel:
     @classmethod
     def constant(cls, batch_time: float) -> IterationTimeModel:
         return cls(c0=batch_time)
+
+    @classmethod
+    def unknown(cls) -> IterationTimeModel:
+        """A real engine's model before calibration (no server exposes one): NaN, so nothing
+        computed from it by mistake looks like a figure."""
+        return cls(c0=float("nan"))
+
+    @property
+    def known(self) -> bool:
+        return math.isfinite(self.c0)
 
     def mean_time(self, batch_tokens: float, kv_tokens: float) -> float:
         return self.c0 + self.c1 * batch_tokens + self.c2 * kv_tokens

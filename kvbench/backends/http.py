@@ -33,6 +33,7 @@ from kvbench.backends.base import (
 from kvbench.backends.client import ServerClient
 from kvbench.backends.driver import HttpDriver
 from kvbench.errors import KvbenchError
+from kvbench.profile import EngineProfile, IterationTimeModel
 
 # Prompt token ids are drawn fresh per request from this range: valid in every common vocabulary
 # of ≥ 32k ids and clear of special ids, so prefix caching never shares work (engines.md §4 #1).
@@ -66,6 +67,19 @@ class ScrapeLog:
         self.errors[kind] += 1
         if self.first_error is None:
             self.first_error = message
+
+
+def discovered_profile(policy: str, sources: dict[str, str], **fields) -> DiscoveredProfile:
+    """The profile read from a running engine. Its iteration-time model is unknown, since no
+    server exposes one: b̄ is measured from a run, or a model fitted with `kvbench calibrate`."""
+    profile = EngineProfile(
+        policy=policy,
+        iteration_time=IterationTimeModel.unknown(),
+        name=policy,
+        source="discovered from the running engine",
+        **fields,
+    )
+    return DiscoveredProfile(profile=profile, sources=sources)
 
 
 def completion_body(model: str, prompt: list[int], output_len: int) -> dict:

@@ -16,10 +16,9 @@ import time
 
 from kvbench.backends.base import DiscoveredProfile
 from kvbench.backends.client import ServerClient
-from kvbench.backends.http import HttpBackend, ServerState
+from kvbench.backends.http import HttpBackend, discovered_profile, ServerState
 from kvbench.backends.prometheus import Metrics
 from kvbench.errors import KvbenchError
-from kvbench.profile import EngineProfile, IterationTimeModel
 
 INFO_PATHS = ("/get_server_info", "/server_info")
 
@@ -119,20 +118,12 @@ def build_profile(info: dict, info_path: str, loads: list[dict]) -> DiscoveredPr
     sources["token_budget"] = sources["chunk_size"] + "; prefill batches only, decode separate"
     sources["iteration_time"] = "not discoverable; measure it from a run"
     conservativeness = float(args.get("schedule_conservativeness") or 1.0)
-    profile = EngineProfile(
-        policy="sglang",
-        kv_tokens=int(kv),
-        block_size=int(page),
-        chunk_size=int(chunk),
-        token_budget=int(chunk),
-        max_running=int(running),
-        iteration_time=IterationTimeModel(c0=float("nan")),
+    return discovered_profile(
+        "sglang", sources, kv_tokens=int(kv), block_size=int(page), chunk_size=int(chunk),
+        token_budget=int(chunk), max_running=int(running),
         separate_prefill_decode=not bool(args.get("enable_mixed_chunk")),
         sglang_init_ratio=0.7 * conservativeness,
-        name="sglang",
-        source="discovered from the running engine",
     )
-    return DiscoveredProfile(profile=profile, sources=sources)
 
 
 class SglangBackend(HttpBackend):

@@ -17,10 +17,9 @@ from datetime import datetime
 
 from kvbench.backends.base import DiscoveredProfile
 from kvbench.backends.client import ServerClient
-from kvbench.backends.http import HttpBackend, ScrapeLog, ServerState, setting
+from kvbench.backends.http import HttpBackend, discovered_profile, ScrapeLog, ServerState, setting
 from kvbench.backends.prometheus import Metrics
 from kvbench.errors import KvbenchError
-from kvbench.profile import EngineProfile, IterationTimeModel
 
 TIMESTAMP_FORMAT = "%m-%d-%Y %H:%M:%S.%f"
 
@@ -130,18 +129,10 @@ def build_profile(record: dict, settings: dict, settings_source: str,
            " (default; not exposed by the server)")
     )
     sources["iteration_time"] = "iterLatencyMS per record; not a profile constant"
-    profile = EngineProfile(
-        policy="trtllm",
-        kv_tokens=kv_tokens,
-        block_size=block,
-        chunk_size=budget,
-        token_budget=budget,
-        max_running=running,
-        iteration_time=IterationTimeModel(c0=float("nan")),
-        name="trtllm",
-        source="discovered from the running engine",
+    return discovered_profile(
+        "trtllm", sources, kv_tokens=kv_tokens, block_size=block, chunk_size=budget,
+        token_budget=budget, max_running=running,
     )
-    return DiscoveredProfile(profile=profile, sources=sources)
 
 
 class TrtllmBackend(HttpBackend):

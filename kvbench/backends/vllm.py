@@ -15,10 +15,9 @@ import time
 
 from kvbench.backends.base import DiscoveredProfile
 from kvbench.backends.client import ServerClient
-from kvbench.backends.http import HttpBackend, ServerState, setting
+from kvbench.backends.http import HttpBackend, discovered_profile, ServerState, setting
 from kvbench.backends.prometheus import Metrics
 from kvbench.errors import KvbenchError
-from kvbench.profile import EngineProfile, IterationTimeModel
 
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # new name, then the old
 PREEMPTIONS = ("vllm:num_preemptions_total", "vllm:num_preemptions")
@@ -131,18 +130,10 @@ def build_profile(
     sources["iteration_time"] = "not discoverable; measure it from a run"
     if info.get("enable_prefix_caching") == "True":
         sources["prefix_caching"] = "on (kvbench sends fresh random token ids per request)"
-    profile = EngineProfile(
-        policy="vllm",
-        kv_tokens=kv_tokens,
-        block_size=block,
-        chunk_size=budget,
-        token_budget=budget,
-        max_running=running,
-        iteration_time=IterationTimeModel(c0=float("nan")),
-        name="vllm",
-        source="discovered from the running engine",
+    return discovered_profile(
+        "vllm", sources, kv_tokens=kv_tokens, block_size=block, chunk_size=budget,
+        token_budget=budget, max_running=running,
     )
-    return DiscoveredProfile(profile=profile, sources=sources)
 
 
 class VllmBackend(HttpBackend):

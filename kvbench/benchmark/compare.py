@@ -140,7 +140,7 @@ def _theory(workload: Workload, profile: EngineProfile, batch_time: float, repli
 
     The engine-aware μ evaluates each bound's iteration time at its own operating point when the
     engine's iteration-time model is known (a simulated engine's profile carries it; a real
-    engine's discovered profile does not, c0 = NaN) and falls back to the measured b̄ as a
+    engine's discovered profile does not) and falls back to the measured b̄ as a
     constant otherwise. The measured b̄ is the client's time per output token, which for an
     engine that runs prefill and decode as separate batches (SGLang) already includes the
     interleaved prefill iterations that the engine-aware model counts itself, so using it where
@@ -148,7 +148,7 @@ def _theory(workload: Workload, profile: EngineProfile, batch_time: float, repli
     paper = theory.evaluate(
         workload, kv_tokens=profile.kv_tokens, chunk_size=profile.chunk_size, batch_time=batch_time
     )
-    known = math.isfinite(profile.iteration_time.c0)
+    known = profile.iteration_time.known
     model = profile.iteration_time if known else IterationTimeModel.constant(batch_time)
     aware = engine_aware_mu(profile, LengthLaw.from_workload(workload), iteration_model=model)
     return {
