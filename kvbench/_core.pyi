@@ -30,9 +30,9 @@ def replay_arrivals(timestamps: npt.NDArray[np.float64], time_scale: float) -> n
 
 # --- HTTP driver (rust/driver/) ----------------------------------------------------------------
 # The timed send/receive loop of the HTTP load generator. A dedicated OS thread sleeps until
-# 200 µs before each intended send, spins to the instant and hands the request to a tokio
-# runtime (`workers` threads) that POSTs it over pooled keep-alive connections (plain http://
-# only) and reads its server-sent events. Per chunk it parses choices[].finish_reason and
+# 500 µs before each intended send and hands the request to a tokio runtime (`workers`
+# threads), whose task spins to the instant, POSTs it over pooled keep-alive connections (plain
+# http:// only) and reads its server-sent events. Per chunk it parses choices[].finish_reason and
 # usage.{completion,prompt}_tokens; a chunk with non-empty choices is a token event, timed on
 # arrival; counts come from the final chunk with empty choices plus usage (TensorRT-LLM's is a
 # chat object), never from the number of chunks. Failure kinds on records: http_<status>,

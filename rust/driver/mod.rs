@@ -5,9 +5,9 @@
 //! adapter built) and polls for finished records; the loop itself never takes the GIL.
 //!
 //! Timing: a dedicated OS thread walks the schedule. It sleeps (`std::thread::sleep`, a
-//! high-resolution timer) until `SPIN` before each send, then spins to the instant, and hands
-//! the request to a small tokio runtime that POSTs it over pooled keep-alive connections and
-//! reads its event stream. Tokio's own timer wheel has millisecond granularity, and the
+//! high-resolution timer) until `LEAD` before each send and hands the request to a small tokio
+//! runtime, whose task spins to the instant, then POSTs it over pooled keep-alive connections
+//! and reads its event stream. Tokio's own timer wheel has millisecond granularity, and the
 //! schedule-lag budget is 1 ms, so it times only timeouts and the end of the run.
 //!
 //! Failure kinds: `http_<status>` (with a body excerpt), `timeout`, `connection_refused`,
@@ -41,9 +41,10 @@ use pyo3::types::PyBytes;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::watch;
 
-/// The scheduler thread sleeps until this long before a send, then spins: the kernel's timer
-/// slack (50 µs by default) plus wake-up latency stay well inside it.
-const SPIN: Duration = Duration::from_micros(200);
+/// How long before a send the scheduler thread wakes and hands the request to a runtime worker,
+/// which then spins to the instant: both threads' wake-up latencies (timer slack, a parked
+/// worker, a halted virtual CPU) fall inside it instead of onto the send.
+const LEAD: Duration = Duration::from_micros(500);
 /// Longest single sleep of the scheduler thread, so `stop()` and a dead engine are seen soon.
 const NAP: Duration = Duration::from_millis(10);
 
@@ -128,36 +129,31 @@ impl Shared {
     }
 }
 
-/// Sleeps, then spins, until `target`; false when the run stopped sending meanwhile.
-fn wait_until(shared: &Shared, target: Instant) -> bool {
+/// Sleeps until `until`; false when the run stopped sending meanwhile.
+fn sleep_until(shared: &Shared, until: Instant) -> bool {
     loop {
         if !shared.running() {
             return false;
         }
         let now = Instant::now();
-        if now >= target {
+        if now >= until {
             return true;
         }
-        let left = target - now;
-        if left > SPIN {
-            std::thread::sleep((left - SPIN).min(NAP));
-        } else {
-            while Instant::now() < target {
-                std::hint::spin_loop();
-            }
-        }
+        std::thread::sleep((until - now).min(NAP));
     }
 }
 
-/// The scheduler thread: walks the schedule and starts each request on the runtime on time.
+/// The scheduler thread: walks the schedule and starts each request on the runtime `LEAD`
+/// before its time; the request's task spins to the instant itself.
 fn schedule(shared: Arc<Shared>, runtime: Handle, times: Vec<f64>, bodies: Vec<Bytes>) {
     for (index, (t, body)) in times.into_iter().zip(bodies).enumerate() {
-        if !wait_until(&shared, shared.t0 + Duration::from_secs_f64(t)) {
+        let at = shared.t0 + Duration::from_secs_f64(t);
+        if !sleep_until(&shared, at.checked_sub(LEAD).unwrap_or(at)) {
             break;
         }
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
         shared.sent.fetch_add(1, Ordering::SeqCst);
-        runtime.spawn(request::run(shared.clone(), index, body));
+        runtime.spawn(request::run(shared.clone(), index, at, body));
     }
     shared.sending_done.store(true, Ordering::SeqCst);
 }

@@ -29,8 +29,12 @@ fn failed(kind: impl Into<String>, message: impl Into<String>) -> Ending {
     Ending::Failed(kind.into(), message.into())
 }
 
-/// Sends request `index` now and reports its record to `shared`.
-pub(super) async fn run(shared: Arc<Shared>, index: usize, body: Bytes) {
+/// Sends request `index` at `at` (spinning until then: the worker is awake and the send is
+/// on time) and reports its record to `shared`.
+pub(super) async fn run(shared: Arc<Shared>, index: usize, at: Instant, body: Bytes) {
+    while Instant::now() < at {
+        std::hint::spin_loop();
+    }
     let sent_at = Instant::now();
     let mut record = Outcome::new(index, shared.secs(sent_at));
     let mut leftover: Option<Incoming> = None;
