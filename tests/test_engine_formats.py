@@ -1,6 +1,8 @@
 """Contract tests of the engine adapters against payloads shaped like each engine's real output
 (tests/fixtures/<engine>/: vLLM's captured from a real vLLM 0.32 CPU server; SGLang's and
-TensorRT-LLM's written from their source, see the READMEs there)."""
+TensorRT-LLM's written from their source, see the READMEs there). The completion streams are
+parsed in Rust: their payload tests are in rust/driver/stream.rs, and
+tests/test_emulators_http.py replays them through the driver end to end."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import pytest
 from kvbench.backends import sglang, trtllm, vllm
 from kvbench.backends.http import ScrapeLog, completion_body
 from kvbench.backends.prometheus import Metrics
-from kvbench.backends.stream import DONE, StreamResult, parse_line
 from kvbench.errors import KvbenchError
 
 FIX = Path(__file__).parent / "fixtures"
@@ -21,48 +22,6 @@ FIX = Path(__file__).parent / "fixtures"
 
 def read(engine: str, name: str) -> str:
     return (FIX / engine / name).read_text()
-
-
-def replay(engine: str) -> tuple[StreamResult, int]:
-    result, token_events = StreamResult(), 0
-    for line in read(engine, "completion_stream.sse").encode().splitlines(keepends=True):
-        chunk = parse_line(line)
-        if chunk is DONE:
-            result.done = True
-            break
-        if chunk is not None and result.feed(chunk):
-            token_events += 1
-    return result, token_events
-
-
-@pytest.mark.parametrize(
-    "engine, prompt, tokens, chunks",
-    [("vllm", 8, 5, 5), ("sglang", 8, 3, 3), ("trtllm", 8, 3, 2)],
-)
-def test_stream_final_usage_chunk_gives_the_count(engine, prompt, tokens, chunks):
-    result, events = replay(engine)
-    assert result.done and result.final_usage
-    assert result.completion_tokens == tokens and result.prompt_tokens == prompt
-    assert result.finish_reason == "length"
-    # TensorRT-LLM's second chunk carries two tokens: chunks are not tokens.
-    assert events == chunks == result.chunks
-
-
-def test_trtllm_final_chunk_is_a_chat_object_and_still_recognised():
-    last = [line for line in read("trtllm", "completion_stream.sse").splitlines() if "usage" in line][-1]
-    chunk = parse_line(last.encode())
-    assert chunk["object"] == "chat.completion.chunk"
-    result = StreamResult()
-    assert result.feed(chunk) is False and result.final_usage
-
-
-def test_stream_without_final_usage_is_not_counted():
-    result = StreamResult()
-    for line in read("vllm", "completion_stream.sse").splitlines():
-        chunk = parse_line(line.encode())
-        if isinstance(chunk, dict) and chunk["choices"]:
-            result.feed(chunk)
-    assert not result.final_usage  # continuous usage alone is not the server's final word
 
 
 def test_trtllm_body_uses_only_declared_fields():
