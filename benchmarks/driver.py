@@ -3,11 +3,12 @@ core's timed send/receive loop) keeps its p99 schedule lag ≤ 1 ms against a ze
 emulator, beside `vllm bench serve` (vLLM's own load generator, from the CPU vLLM environment)
 against the same server.
 
-Both tools get the same job: evenly spaced requests (vLLM: gamma arrivals with burstiness 10^6,
-i.e. constant gaps) of a fixed workload for a few seconds (at least `--min-requests`). The lag
-is measured the same way for both: request i's arrival minus its slot t0 + i/λ, with t0 fitted
-as the earliest slot that makes every lag ≥ 0; so it includes everything between a tool's timer
-and the socket. Arrivals are stamped twice:
+Both tools get the same job: evenly spaced requests (vLLM: `--burstiness inf`, its constant
+gaps; a finite burstiness draws gamma gaps whose running sum strays from the even slots by
+milliseconds, which this lag would charge to vLLM) of a fixed workload for a few seconds (at
+least `--min-requests`). The lag is measured the same way for both: request i's arrival minus
+its slot t0 + i/λ, with t0 fitted as the earliest slot that makes every lag ≥ 0; so it includes
+everything between a tool's timer and the socket. Arrivals are stamped twice:
 - on the wire (the figure that decides): the kernel's timestamp of each packet that starts a
   `POST` to the server's port, from tcpdump on the loopback interface. It does not depend on
   the emulator, whose Python event loop stamps requests only when it gets to them;
@@ -110,7 +111,14 @@ class WireStamps:
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(10)
         self.out.seek(0)
-        self.times = [float(line.split()[0]) for line in self.out if line.strip()]
+        # A retransmitted segment is the same (source port, seq) again: only its first copy
+        # is the arrival.
+        first: dict[tuple[str, str], float] = {}
+        for line in self.out:
+            fields = line.split()
+            if len(fields) > 8 and fields[7] == "seq":
+                first.setdefault((fields[2], fields[8]), float(fields[0]))
+        self.times = sorted(first.values())
         self.err.seek(0)
         for line in self.err:
             if "dropped by kernel" in line:
@@ -129,6 +137,16 @@ def slot_lag(arrivals: list[float], rate: float, n: int) -> np.ndarray:
 def fetch_arrivals(url: str) -> list[float]:
     with urllib.request.urlopen(url + "/_bench/arrivals") as resp:
         return json.load(resp)
+
+
+def settle(url: str) -> None:
+    """Waits until the emulator has had no request for a second: after a rate it could not
+    keep up with, its backlog (and the kernel's retransmissions to it) would land in the next
+    trial."""
+    quiet = 0
+    while quiet < 2:
+        time.sleep(0.5)
+        quiet = quiet + 1 if not fetch_arrivals(url) else 0
 
 
 def lag_figures(wire: WireStamps, url: str, rate: float, n: int) -> dict:
@@ -166,7 +184,7 @@ def client(url: str, rate: float, n: int, prompt: int, output: int) -> None:
 
 def run_kvbench(url: str, port: int, rate: float, n: int, prompt: int, output: int,
                 pin: list[str]) -> dict:
-    fetch_arrivals(url)
+    settle(url)
     cmd = [*pin, sys.executable, __file__, "client", url, str(rate), str(n), str(prompt),
            str(output)]
     with WireStamps(port) as wire:
@@ -178,7 +196,7 @@ def run_kvbench(url: str, port: int, rate: float, n: int, prompt: int, output: i
 
 def run_vllm(url: str, port: int, rate: float, n: int, prompt: int, output: int,
              pin: list[str], python: str, tokenizer: str) -> dict:
-    fetch_arrivals(url)
+    settle(url)
     with tempfile.TemporaryDirectory() as out:
         code = ("import sys, argparse\nfrom vllm.benchmarks.serve import add_cli_args, main\n"
                 "p = argparse.ArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
@@ -186,7 +204,7 @@ def run_vllm(url: str, port: int, rate: float, n: int, prompt: int, output: int,
                "--endpoint", "/v1/completions", "--model", "kvbench-emulated",
                "--tokenizer", tokenizer, "--dataset-name", "random",
                "--random-input-len", str(prompt), "--random-output-len", str(output),
-               "--num-prompts", str(n), "--request-rate", str(rate), "--burstiness", "1e6",
+               "--num-prompts", str(n), "--request-rate", str(rate), "--burstiness", "inf",
                "--ignore-eos", "--disable-tqdm", "--save-result", "--result-dir", out,
                "--result-filename", "r.json", "--seed", "0"]
         with WireStamps(port) as wire:
