@@ -28,6 +28,73 @@ def replay_arrivals(timestamps: npt.NDArray[np.float64], time_scale: float) -> n
     """A recorded schedule (non-decreasing seconds) shifted so the first arrival is at 0, then
     divided by `time_scale`: 2.0 replays twice as fast (double the rate), 0.5 at half speed."""
 
+# --- HTTP driver (rust/driver/) ----------------------------------------------------------------
+# The timed send/receive loop of the HTTP load generator. A dedicated OS thread sleeps until
+# 500 µs before each intended send and hands the request to a tokio runtime (`workers`
+# threads), whose task spins to the instant, POSTs it over pooled keep-alive connections (plain
+# http:// only) and reads its server-sent events. Per chunk it parses choices[].finish_reason and
+# usage.{completion,prompt}_tokens; a chunk with non-empty choices is a token event, timed on
+# arrival; counts come from the final chunk with empty choices plus usage (TensorRT-LLM's is a
+# chat object), never from the number of chunks. Failure kinds on records: http_<status>,
+# timeout, connection_refused, connection_reset, bad_stream, truncated_stream, missing_usage,
+# short_output, long_output (these two keep finished and output_tokens), engine_down. A
+# refused connection means the engine is gone: sending stops and requests in flight end as
+# engine_down. Requests in flight at `duration` or at stop() are unfinished: sent, no finish,
+# no error. Its threads never take the GIL; Python polls for records.
+
+class DriverRecord:
+    """One request's record. Times are seconds since the run's t0."""
+
+    index: int  # position in the schedule given to HttpDriver
+    sent: float  # when its task started sending (intended + client-side schedule lag)
+    first_token: float | None
+    finished: float | None  # `data: [DONE]` after a final usage chunk
+    output_tokens: int | None  # the server's usage.completion_tokens
+    prompt_tokens: int | None
+    token_times: list[float]  # arrival of each chunk that carried output
+    error: str | None  # failure kind, see above
+    message: str | None  # what the failure said (an HTTP body's first 200 characters, ...)
+
+class HttpDriver:
+    """Sends one schedule to one completions URL.
+
+    `send_times` (seconds from t0, non-decreasing, ≥ 0), `bodies` (the JSON request bodies) and
+    `output_lens` (tokens each request asks for, checked against the server's count) are one
+    per request; requests at or after `duration` are dropped from the run. `request_timeout`
+    bounds a whole request (None: no bound). Invalid input raises ValueError.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        send_times: npt.NDArray[np.float64],
+        bodies: list[bytes],
+        output_lens: npt.NDArray[np.int64],
+        duration: float,
+        request_timeout: float | None = None,
+        workers: int = 2,
+    ) -> None: ...
+    def start(self, elapsed: float) -> None:
+        """Start sending; `elapsed` = time.monotonic() − t0 (negative while t0 is ahead), so the
+        driver's times line up with Python's monotonic clock. Once only (RuntimeError after)."""
+    def poll(self) -> list[DriverRecord]:
+        """Records of the requests that ended since the last call (cheap; call every ~10 ms)."""
+    def stop(self, wait: float = 5.0) -> None:
+        """End the run now: send nothing more, report requests in flight unfinished; returns
+        when every record is ready to poll (at most `wait` seconds)."""
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet reported."""
+    @property
+    def sent(self) -> int:
+        """Requests sent so far."""
+    @property
+    def engine_down_at(self) -> float | None:
+        """Seconds since t0 when the engine first refused a connection; None while it answers."""
+    @property
+    def finished(self) -> bool:
+        """Sending is over and every sent request has its record (poll once more after)."""
+
 # --- engine simulator (rust/sim/) ---------------------------------------------------------------
 # An iteration-level continuous-batching engine with a KV cache of `profile.kv_tokens` tokens in
 # pages of `block_size`. Each iteration schedules running requests first (every decoding request

@@ -2,6 +2,7 @@
 reads TensorRT-LLM iteration records and CSV windows."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,17 @@ def test_a_negative_slope_is_held_at_zero():
     fit = fit_iteration_time(IterationWindows.per_iteration(tokens, np.zeros(200), t))
     assert fit.fixed == ("c1", "c2") and fit.c1 == 0.0
     assert fit.c0 == pytest.approx(0.0168, rel=1e-9)
+
+
+def test_committed_h200_fits_follow_from_their_windows():
+    """docs/benchmarks.md quotes these fits: they must be what the committed GPU windows give."""
+    results = Path(__file__).resolve().parents[1] / "benchmarks/results/h200-llama3-8b-transformers"
+    for mode in ("eager", "cuda-graph"):
+        refit = fit_iteration_time(load_windows(results / f"iterations-{mode}.csv"))
+        saved = load_fit(results / f"fit-{mode}.json")
+        assert refit.n_windows == 26
+        np.testing.assert_allclose([refit.c0, refit.c1, refit.c2], [saved.c0, saved.c1, saved.c2],
+                                   rtol=1e-9)
+    eager = load_fit(results / "fit-eager.json")
+    assert eager.c0 == pytest.approx(10.16e-3, rel=1e-3)
+    assert eager.c2 == pytest.approx(403.8e-9, rel=1e-3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from pathlib import Path
 import sys
 import time
 import urllib.request
@@ -13,7 +14,9 @@ import urllib.request
 import pytest
 from aiohttp import web
 
+import numpy as np
 from emulator_helpers import ListSink, serving
+from kvbench._core import HttpDriver
 from kvbench.backends.base import RequestSpec
 from kvbench.backends.engines import ENGINES
 from kvbench.backends.http import completion_body
@@ -39,7 +42,8 @@ def test_adapter_against_zero_latency_emulator(engine):
     assert not backend.failures
     assert len(sink.records) == 40
     assert all(r.output_tokens == 12 and len(r.token_times) == 12 for r in sink.records)
-    assert all(r.first_token >= r.sent for r in sink.records)
+    assert all(r.first_token >= r.sent >= r.intended_send for r in sink.records)  # never early
+    assert sorted(r.request_id for r in sink.records) == list(range(40))
 
 
 def test_trtllm_emulator_rejects_unknown_fields_like_the_engine():
@@ -128,6 +132,8 @@ def test_5xx_and_short_outputs_are_counted_never_dropped():
     assert error is None
     assert len(sink.records) == 30
     assert backend.failures == {"http_503": 10, "short_output": 10}
+    assert backend.failure_examples["http_503"] == '{"error": "overloaded"}'
+    assert backend.failure_examples["short_output"] == "4 of 5 tokens (finish_reason None)"
     assert sorted(r.error or "ok" for r in sink.records).count("ok") == 10
     short = [r for r in sink.records if r.error == "short_output"]
     assert all(r.output_tokens == 4 and r.finished is not None for r in short)
@@ -172,3 +178,144 @@ def test_engine_killed_mid_run_keeps_partial_results_and_reports(tmp_path):
     assert backend.failures["connection_refused"] >= 1
     assert sum(backend.failures.values()) + len(finished) == len(sink.records)
     assert sink.samples and sink.samples[0].running is not None
+
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("engine, tokens, chunks", [("vllm", 5, 5), ("sglang", 3, 3), ("trtllm", 3, 2)])
+def test_real_shaped_streams_through_the_driver(engine, tokens, chunks):
+    """Each engine's captured or source-derived stream, served in small pieces so lines span
+    reads: counts come from the final usage chunk (TensorRT-LLM's is a chat object, and one of
+    its chunks carries two tokens), one token event per output chunk."""
+    stream = (FIX / engine / "completion_stream.sse").read_bytes()
+
+    async def replay(request):
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for k in range(0, len(stream), 97):
+            await resp.write(stream[k:k + 97])
+            await asyncio.sleep(0.001)
+        return resp
+
+    backend, sink, error = _driven(_stand_in(replay), specs(10, 50.0, output=tokens))
+    assert error is None and not backend.failures
+    assert len(sink.records) == 10
+    for r in sink.records:
+        assert r.output_tokens == tokens and len(r.token_times) == chunks
+        assert r.first_token == r.token_times[0] and r.finished >= r.token_times[-1]
+
+
+def _sse(obj) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def test_broken_streams_are_failures_by_kind():
+    chunk = _sse({"choices": [{"index": 0, "text": "x", "finish_reason": None}]})
+    final = _sse({"choices": [], "usage": {"prompt_tokens": 16, "completion_tokens": 2}})
+    done = b"data: [DONE]\n\n"
+    bodies = [
+        chunk * 2 + final + done,  # fine
+        chunk * 2 + final,  # truncated_stream: no [DONE]
+        chunk * 2 + done,  # missing_usage: no closing usage chunk
+        chunk + b"data: {not json\n\n" + final + done,  # bad_stream
+        chunk * 3 + _sse({"choices": [], "usage": {"completion_tokens": 3}}) + done,  # long_output
+    ]
+    calls = {"n": 0}
+
+    async def handler(request):
+        await request.read()
+        body = bodies[calls["n"] % len(bodies)]
+        calls["n"] += 1
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(body)
+        return resp
+
+    backend, sink, error = _driven(_stand_in(handler), specs(25, 50.0, output=2))
+    assert error is None
+    assert backend.failures == {"truncated_stream": 5, "missing_usage": 5, "bad_stream": 5,
+                                "long_output": 5}
+    assert "not json" in backend.failure_examples["bad_stream"]
+    long = [r for r in sink.records if r.error == "long_output"]
+    assert all(r.output_tokens == 3 and r.finished is not None for r in long)
+    unfinished = [r for r in sink.records if r.error in ("truncated_stream", "missing_usage")]
+    assert all(r.finished is None and len(r.token_times) == 2 for r in unfinished)
+
+
+def test_connection_dropped_mid_stream_is_a_reset():
+    calls = {"n": 0}
+
+    async def handler(request):
+        await request.read()
+        calls["n"] += 1
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(_sse({"choices": [{"index": 0, "text": "x", "finish_reason": None}]}))
+        if calls["n"] % 2:
+            request.transport.close()  # mid-stream: the chunked body never ends
+            return resp
+        await resp.write(_sse({"choices": [], "usage": {"completion_tokens": 1}}) + b"data: [DONE]\n\n")
+        return resp
+
+    backend, sink, error = _driven(_stand_in(handler), specs(10, 50.0, output=1))
+    assert error is None  # /health still answers: the engine is up, these requests failed
+    assert backend.failures == {"connection_reset": 5}
+    assert sum(r.finished is not None for r in sink.records) == 5
+
+
+def test_requests_in_flight_at_the_end_are_unfinished_not_failed():
+    async def stalls(request):
+        await request.read()
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(_sse({"choices": [{"index": 0, "text": "x", "finish_reason": None}]}))
+        await asyncio.sleep(30)
+        return resp
+
+    started = time.monotonic()
+    backend, sink, error = _driven(_stand_in(stalls), specs(5, 10.0))
+    assert time.monotonic() - started < 15  # ends at the run's duration, not the server's 30 s
+    assert error is None and not backend.failures
+    assert len(sink.records) == 5
+    assert all(r.sent is not None and r.first_token is not None and r.finished is None
+               and r.error is None for r in sink.records)
+
+
+def test_stop_ends_the_run_and_keeps_every_record():
+    async def stalls(request):
+        await request.read()
+        await asyncio.sleep(30)
+        return web.Response(text="late")
+
+    with serving(_stand_in(stalls)) as url:
+        n = 20
+        driver = HttpDriver(url + "/v1/completions", np.arange(n) * 0.02, [b"{}"] * n,
+                            np.full(n, 4, dtype=np.int64), 60.0)
+        driver.start(0.0)
+        time.sleep(0.2)
+        driver.stop()
+        assert driver.finished
+        records = driver.poll()
+    assert 0 < driver.sent == len(records) < n  # sending stopped; each sent request reported
+    assert all(r.error is None and r.finished is None for r in records)
+
+
+def test_driver_refuses_a_bad_schedule():
+    one = [b"{}"]
+    with pytest.raises(ValueError, match="must not decrease"):
+        HttpDriver("http://127.0.0.1:1/v1/completions", np.array([0.2, 0.1]), one * 2,
+                   np.ones(2, dtype=np.int64), 1.0)
+    with pytest.raises(ValueError, match="one of each per request"):
+        HttpDriver("http://127.0.0.1:1/v1/completions", np.array([0.1]), one * 2,
+                   np.ones(1, dtype=np.int64), 1.0)
+    with pytest.raises(ValueError, match="only http://"):
+        HttpDriver("https://127.0.0.1:1/v1/completions", np.array([0.1]), one,
+                   np.ones(1, dtype=np.int64), 1.0)
+
+
+def test_https_is_refused_with_the_reason():
+    with pytest.raises(KvbenchError, match=r"https://engine:8000: kvbench drives engines over "
+                                           r"plain http:// only"):
+        ENGINES["vllm"]("https://engine:8000")

@@ -13,6 +13,7 @@ from kvbench.backends.engines import ENGINES
 from kvbench.backends.prometheus import Metrics
 from kvbench.emulate.formats import make_format
 from kvbench.emulate.server import build_app
+from kvbench.emulate.trtllm import TrtllmFormat
 from kvbench.profile import IterationTimeModel, build_profile
 
 FAST = IterationTimeModel.constant(0.02)
@@ -33,6 +34,25 @@ def test_trtllm_iteration_records_cover_every_iteration():
     # One sample per engine iteration (20 ms engine time = 5 ms real), far denser than the scrapes.
     assert len(sink.samples) > 5 * backend.scrape_log.scrapes
     assert max(s.running for s in sink.samples) == 8  # the running cap binds
+
+
+def test_trtllm_without_iteration_records_samples_the_prometheus_gauges():
+    """enable_iter_perf_stats off: /metrics stays [], so M and the queue come from the newer
+    trtllm_ gauges on /prometheus/metrics, one state per scrape."""
+    profile = build_profile("trtllm", kv_tokens=4000, max_running=8, iteration_time=FAST)
+    fmt = TrtllmFormat(profile, iter_stats=False)
+    with serving(build_app(fmt, time_scale=4.0)) as url:
+        backend = ENGINES["trtllm"](url, scrape_period=0.05)
+        found = backend.discover_profile()
+        sink = ListSink()
+        backend.execute([RequestSpec(i, i * 0.005, 100, 20) for i in range(40)], sink, duration=3.0)
+    assert found.profile.kv_tokens == 4000
+    assert found.sources["kv_tokens"].startswith("/prometheus/metrics")
+    assert "gauges" in found.sources["queue_state"]
+    assert not backend.failures and all(r.output_tokens == 20 for r in sink.records)
+    assert len(sink.samples) == backend.scrape_log.scrapes  # one state per scrape
+    assert max(s.running for s in sink.samples) == 8  # the scheduled gauge saw the cap bind
+    assert max(s.waiting for s in sink.samples) > 0
 
 
 def test_sglang_gauges_stick_between_refreshes_while_loads_are_live():

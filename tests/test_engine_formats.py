@@ -1,6 +1,8 @@
 """Contract tests of the engine adapters against payloads shaped like each engine's real output
 (tests/fixtures/<engine>/: vLLM's captured from a real vLLM 0.32 CPU server; SGLang's and
-TensorRT-LLM's written from their source, see the READMEs there)."""
+TensorRT-LLM's written from their source, see the READMEs there). The completion streams are
+parsed in Rust: their payload tests are in rust/driver/stream.rs, and
+tests/test_emulators_http.py replays them through the driver end to end."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import pytest
 from kvbench.backends import sglang, trtllm, vllm
 from kvbench.backends.http import ScrapeLog, completion_body
 from kvbench.backends.prometheus import Metrics
-from kvbench.backends.stream import DONE, StreamResult, parse_line
 from kvbench.errors import KvbenchError
 
 FIX = Path(__file__).parent / "fixtures"
@@ -21,48 +22,6 @@ FIX = Path(__file__).parent / "fixtures"
 
 def read(engine: str, name: str) -> str:
     return (FIX / engine / name).read_text()
-
-
-def replay(engine: str) -> tuple[StreamResult, int]:
-    result, token_events = StreamResult(), 0
-    for line in read(engine, "completion_stream.sse").encode().splitlines(keepends=True):
-        chunk = parse_line(line)
-        if chunk is DONE:
-            result.done = True
-            break
-        if chunk is not None and result.feed(chunk):
-            token_events += 1
-    return result, token_events
-
-
-@pytest.mark.parametrize(
-    "engine, prompt, tokens, chunks",
-    [("vllm", 8, 5, 5), ("sglang", 8, 3, 3), ("trtllm", 8, 3, 2)],
-)
-def test_stream_final_usage_chunk_gives_the_count(engine, prompt, tokens, chunks):
-    result, events = replay(engine)
-    assert result.done and result.final_usage
-    assert result.completion_tokens == tokens and result.prompt_tokens == prompt
-    assert result.finish_reason == "length"
-    # TensorRT-LLM's second chunk carries two tokens: chunks are not tokens.
-    assert events == chunks == result.chunks
-
-
-def test_trtllm_final_chunk_is_a_chat_object_and_still_recognised():
-    last = [line for line in read("trtllm", "completion_stream.sse").splitlines() if "usage" in line][-1]
-    chunk = parse_line(last.encode())
-    assert chunk["object"] == "chat.completion.chunk"
-    result = StreamResult()
-    assert result.feed(chunk) is False and result.final_usage
-
-
-def test_stream_without_final_usage_is_not_counted():
-    result = StreamResult()
-    for line in read("vllm", "completion_stream.sse").splitlines():
-        chunk = parse_line(line.encode())
-        if isinstance(chunk, dict) and chunk["choices"]:
-            result.feed(chunk)
-    assert not result.final_usage  # continuous usage alone is not the server's final word
 
 
 def test_trtllm_body_uses_only_declared_fields():
@@ -225,3 +184,53 @@ def test_vllm_scrape_filter_reads_the_same_state():
     assert vllm.read_state(Metrics.parse(text, "f", keep=vllm.SCRAPED), 0.0) == full
     kept = Metrics.parse(text, "f", keep=vllm.SCRAPED).names()
     assert "vllm:num_preemptions_total" in kept and not any("bucket" in n for n in kept)
+
+
+# ---- startup logs and TensorRT-LLM's Prometheus gauges --------------------------------------
+
+
+def test_sglang_log_gives_m_and_the_effective_running_cap():
+    log = sglang.read_log(read("sglang", "startup.log"))
+    assert log["max_total_num_tokens"] == 200000 and log["max_running_requests"] == 64
+    assert log["chunked_prefill_size"] == 2048 and "available_gpu_mem" not in log  # not an int
+    # An old build: /get_server_info without max_total_num_tokens, no /v1/loads; server_args
+    # says 256 running, but the scheduler capped it at 64, as its log line says.
+    info = {"server_args": {"max_running_requests": 256, "schedule_policy": "fcfs"}}
+    found = sglang.build_profile(info, "/get_server_info", [], read("sglang", "startup.log"))
+    p = found.profile
+    assert (p.kv_tokens, p.max_running, p.chunk_size) == (200000, 64, 2048)
+    assert found.sources["kv_tokens"] == "startup log max_total_num_tokens"
+    assert found.sources["max_running"] == "startup log max_running_requests (effective)"
+    with pytest.raises(KvbenchError, match="cannot read M"):
+        sglang.build_profile(info, "/get_server_info", [])
+
+
+def test_trtllm_log_takes_the_final_kv_pool():
+    log = trtllm.read_log(read("trtllm", "startup.log"))
+    assert log["kv_tokens"] == 263008 == 8219 * 32  # not the estimation pass's 8192
+    assert (log["block_size"], log["max_batch_size"], log["max_num_tokens"]) == (32, 64, 2048)
+    found = trtllm.build_profile({}, {}, "none", None, read("trtllm", "startup.log"))
+    p = found.profile
+    assert (p.kv_tokens, p.block_size, p.max_running, p.token_budget) == (263008, 32, 64, 2048)
+    assert found.sources["kv_tokens"].startswith("startup log")
+    assert found.sources["max_running"] == "startup log (max_batch_size)"
+    # the launch command's own settings win over what the log repeats
+    found = trtllm.build_profile({}, {"max_batch_size": 8}, "launch command", None,
+                                 read("trtllm", "startup.log"))
+    assert found.profile.max_running == 8
+    with pytest.raises(KvbenchError, match="no startup log"):
+        trtllm.build_profile({}, {}, "none")
+
+
+def test_trtllm_gauges_map_like_the_iteration_record():
+    m = Metrics.parse(read("trtllm", "prometheus_metrics.prom"), "f")
+    from_gauges = trtllm.prometheus_state(m, 5.0)
+    record = json.loads(read("trtllm", "metrics_drain_1.json"))[-1]
+    from_record = trtllm.record_state(record, 5.0)
+    assert from_gauges.waiting == from_record.waiting == 2 + (41 - 32)
+    assert from_gauges.running == from_record.running == 32
+    assert from_gauges.kv_used_tokens == from_record.kv_used_tokens == 6100 * 32
+    assert from_gauges.kv_usage == pytest.approx(from_record.kv_usage)
+    assert trtllm.prometheus_state(Metrics.parse("", "f"), 0.0) is None
+    found = trtllm.build_profile({}, {}, "none", m)
+    assert found.profile.kv_tokens == 8219 * 32

@@ -1,5 +1,6 @@
-"""The part every HTTP engine backend shares: the run loop (driver + state scraper), profile
-discovery plumbing, and the per-engine hooks an adapter fills in.
+"""The part every HTTP engine backend shares: the run loop (the Rust driver, polled for its
+records, beside the state scraper), profile discovery plumbing, and the per-engine hooks an
+adapter fills in.
 
 An adapter (vllm.py, sglang.py, trtllm.py) supplies, in its engine's own terms, a scrape of
 server state and the profile it can read from the server; the completion request body is shared
@@ -21,10 +22,12 @@ from abc import abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
 
+from kvbench._core import DriverRecord, HttpDriver
 from kvbench.backends.base import (
     Backend,
     BackendKind,
@@ -35,7 +38,6 @@ from kvbench.backends.base import (
     RequestSpec,
 )
 from kvbench.backends.client import ServerClient
-from kvbench.backends.driver import HttpDriver
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel
 
@@ -44,6 +46,9 @@ from kvbench.profile import EngineProfile, IterationTimeModel
 TOKEN_ID_RANGE = (1000, 30000)
 EMULATED_HEADER = "X-Kvbench-Emulated"
 TIME_SCALE_HEADER = "X-Kvbench-Time-Scale"
+# How often finished records move from the Rust driver to the sink: results stay incremental,
+# and the driver's own threads never wait for Python.
+_POLL_PERIOD = 0.015
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,11 @@ class HttpBackend(Backend):
         seed: int = 0,
         server=None,
     ):
+        if urlsplit(url).scheme != "http":
+            raise KvbenchError(
+                f"{url}: kvbench drives engines over plain http:// only: engines serve plain "
+                "HTTP, and through a TLS proxy the proxy's latency would be measured"
+            )
         self.url = url.rstrip("/")
         self.model = model
         self.settings = dict(settings or {})
@@ -218,57 +228,86 @@ class HttpBackend(Backend):
             duration /= scale
         self._run(self._execute(requests, sink, duration))
 
-    async def _execute(self, requests: list[RequestSpec], sink: EventSink, duration: float):
+    def _bodies(self, specs: list[RequestSpec]) -> list[bytes]:
+        """Each request's body, with fresh random prompt ids per request."""
         rng = np.random.default_rng(self.seed)
         lo, hi = TOKEN_ID_RANGE
+        return [
+            json.dumps(
+                self.completion_body(
+                    self.model, rng.integers(lo, hi, size=s.prompt_len).tolist(), s.output_len
+                )
+            ).encode()
+            for s in specs
+        ]
 
-        def make_body(spec: RequestSpec) -> bytes:
-            prompt = rng.integers(lo, hi, size=spec.prompt_len).tolist()
-            return json.dumps(self.completion_body(self.model, prompt, spec.output_len)).encode()
-
-        lags: list[float] = []
-
-        class LagSink:
-            def request(self, record):
-                if record.sent is not None:
-                    lags.append(record.sent - record.intended_send)
-                sink.request(record)
-
-            def sample(self, s):
-                sink.sample(s)
-
+    async def _execute(self, requests: list[RequestSpec], sink: EventSink, duration: float):
         async with self._session() as session:
             client = ServerClient(session, self.url, timeout=max(10.0, 4 * self.scrape_period))
             await self._prepare(client)
-            loop = asyncio.get_running_loop()
-            lead = 0.05  # time to start the scraper before the first send
-            t0 = loop.time() + lead
-            wall0 = time.time() + lead
+            specs = sorted(
+                (r for r in requests if r.intended_send < duration), key=lambda r: r.intended_send
+            )
             driver = HttpDriver(
-                session,
                 client.url("/v1/completions"),
-                LagSink(),
-                t0=t0,
+                np.array([s.intended_send for s in specs], dtype=np.float64),
+                self._bodies(specs),
+                np.array([s.output_len for s in specs], dtype=np.int64),
+                duration,
                 request_timeout=self.request_timeout,
             )
-            scraper = loop.create_task(self._scrape_loop(client, driver, sink, wall0, duration))
+            lead = 0.05  # time to start the scraper before the first send
+            t0 = time.monotonic() + lead
+            wall0 = time.time() + lead
+            scraper = asyncio.create_task(self._scrape_loop(client, driver, sink, wall0, duration))
+            self.failures, self.failure_examples = Counter(), {}
+            lags: list[float] = []
+            driver.start(time.monotonic() - t0)
             try:
-                await driver.run(requests, make_body, duration)
+                while not driver.finished:
+                    self._deliver(driver.poll(), specs, sink, lags)
+                    await asyncio.sleep(_POLL_PERIOD)
             finally:
+                if not driver.finished:  # cancelled (Ctrl-C): end it, keep what it has
+                    driver.stop()
+                self._deliver(driver.poll(), specs, sink, lags)
+                self.schedule_lag = np.asarray(lags, dtype=np.float64)
                 scraper.cancel()
                 await asyncio.gather(scraper, return_exceptions=True)
-            self.failures = driver.failures
-            self.failure_examples = driver.first_message
-            self.schedule_lag = np.asarray(lags, dtype=np.float64)
             if driver.engine_down_at is not None or (
-                driver.failures["connection_reset"] and not await self._healthy(client)
+                self.failures["connection_reset"] and not await self._healthy(client)
             ):
-                counts = ", ".join(f"{k} {v}" for k, v in sorted(driver.failures.items()))
+                counts = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items()))
                 at = f" at t={driver.engine_down_at:.2f} s" if driver.engine_down_at else ""
                 raise KvbenchError(
                     f"{self.url}: engine stopped answering{at} ({counts}); "
                     "results up to then are recorded"
                 )
+
+    def _deliver(
+        self, done: list[DriverRecord], specs: list[RequestSpec], sink: EventSink, lags: list[float]
+    ) -> None:
+        """The driver's records as RequestRecords to the sink, failures counted by kind."""
+        for d in done:
+            spec = specs[d.index]
+            lags.append(d.sent - spec.intended_send)
+            if d.error is not None:
+                self.failures[d.error] += 1
+                self.failure_examples.setdefault(d.error, d.message or "")
+            sink.request(
+                RequestRecord(
+                    request_id=spec.request_id,
+                    intended_send=spec.intended_send,
+                    prompt_len=spec.prompt_len,
+                    output_len=spec.output_len,
+                    sent=d.sent,
+                    first_token=d.first_token,
+                    finished=d.finished,
+                    output_tokens=d.output_tokens,
+                    token_times=d.token_times,
+                    error=d.error,
+                )
+            )
 
     async def _healthy(self, client: ServerClient) -> bool:
         try:

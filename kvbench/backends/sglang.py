@@ -7,11 +7,14 @@ and stick when idle, so they are the last resort for queue lengths. Only attenti
 reports; series are summed over `dp_rank`, never over `tp_rank`. Gateways re-export the names as
 `sglang_…`, so both spellings are read. M is `max_total_num_tokens` from /get_server_info (or
 /server_info), and the effective running cap from /v1/loads, since server_args holds only the
-user's value, which the engine may have capped.
+user's value, which the engine may have capped. When kvbench launched the server, its startup
+log line "max_total_num_tokens=…, chunked_prefill_size=…, max_running_requests=…" (the
+scheduler's own, effective values) fills whatever the endpoints lack.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 from kvbench.backends.base import DiscoveredProfile
@@ -21,6 +24,7 @@ from kvbench.backends.prometheus import Metrics
 from kvbench.errors import KvbenchError
 
 INFO_PATHS = ("/get_server_info", "/server_info")
+_LOG_LIMITS = re.compile(r"max_total_num_tokens=\d+(?:, \w+=[^,\s]+)*")
 
 
 def _names(metric: str) -> tuple[str, str]:
@@ -76,9 +80,24 @@ def read_state(loads: list[dict] | None, metrics: Metrics | None, at: float) -> 
     )
 
 
-def build_profile(info: dict, info_path: str, loads: list[dict]) -> DiscoveredProfile:
+def read_log(text: str) -> dict[str, int]:
+    """The scheduler's limits from the last "max_total_num_tokens=…, …" startup line (it is
+    printed again when the memory pool is resized), numeric values only."""
+    found: dict[str, int] = {}
+    for m in _LOG_LIMITS.finditer(text):
+        found = {}
+        for pair in m.group(0).split(", "):
+            key, _, value = pair.partition("=")
+            if value.isdigit():
+                found[key] = int(value)
+    return found
+
+
+def build_profile(info: dict, info_path: str, loads: list[dict],
+                  log_text: str | None = None) -> DiscoveredProfile:
     sources: dict[str, str] = {}
     args = info.get("server_args", info)  # older builds nest server_args; newer flatten them
+    log = read_log(log_text) if log_text else {}
 
     def pick(key: str, where: dict, source: str, field_name: str):
         value = where.get(key)
@@ -92,11 +111,16 @@ def build_profile(info: dict, info_path: str, loads: list[dict]) -> DiscoveredPr
         if kv:
             sources["kv_tokens"] = "/v1/loads max_total_num_tokens"
     if kv is None:
+        kv = pick("max_total_num_tokens", log, "startup log max_total_num_tokens", "kv_tokens")
+    if kv is None:
         raise KvbenchError(f"SGLang {info_path}: no max_total_num_tokens: cannot read M")
     running = None
     if loads and all(r.get("max_running_requests") is not None for r in loads):
         running = sum(r["max_running_requests"] for r in loads)
         sources["max_running"] = "/v1/loads max_running_requests (effective)"
+    if running is None:
+        running = pick("max_running_requests", log, "startup log max_running_requests "
+                       "(effective)", "max_running")
     if running is None:
         running = pick("max_running_requests", args, f"{info_path} server_args (user value, "
                        "may be capped by the engine)", "max_running")
@@ -104,6 +128,8 @@ def build_profile(info: dict, info_path: str, loads: list[dict]) -> DiscoveredPr
         running = min(4096, int(kv) // 2)
         sources["max_running"] = "SGLang derived default, ≤ M/2 (not exposed)"
     chunk = pick("chunked_prefill_size", args, f"{info_path} chunked_prefill_size", "chunk_size")
+    if chunk is None:
+        chunk = pick("chunked_prefill_size", log, "startup log chunked_prefill_size", "chunk_size")
     if chunk is None or int(chunk) <= 0:
         chunk = pick("max_prefill_tokens", args, f"{info_path} max_prefill_tokens "
                      "(chunking off)", "chunk_size") or 16384
@@ -164,4 +190,5 @@ class SglangBackend(HttpBackend):
         if info is None:
             raise KvbenchError(f"{client.url('')}: SGLang answers neither {' nor '.join(INFO_PATHS)}")
         loads = await self._read_loads(client) or []
-        return build_profile(info, path, loads)
+        log_text = self.server.log_text() if self.server is not None else None
+        return build_profile(info, path, loads, log_text)

@@ -7,11 +7,18 @@ exactly one task reads it, each record becomes one state at the server's own tim
 jump in `iter` between two records means the bounded stats queue overflowed or another client
 drained it; those iterations are counted as missing. An empty list means "no new iterations"
 (or iteration stats are off), never zero load. A call may block up to ~2 s server-side.
+
+Where the iteration records are off but the server has the newer `trtllm_` gauges on
+`/prometheus/metrics`, M comes from those and the run samples them instead (one state per
+scrape, not per iteration). When kvbench launched the server, the startup log's "Allocated …
+for max tokens in paged KV cache (N)" and "max_seq_len=…, max_num_tokens=…, max_batch_size=…"
+lines fill whatever the endpoints lack.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from datetime import datetime
 
@@ -22,7 +29,12 @@ from kvbench.backends.prometheus import Metrics
 from kvbench.errors import KvbenchError
 
 TIMESTAMP_FORMAT = "%m-%d-%Y %H:%M:%S.%f"
-
+PROMETHEUS_PATH = "/prometheus/metrics"
+# The KV cache is sized twice at startup (a small estimation pass, then the real pool): the last
+# line is the one that serves.
+_LOG_KV = re.compile(r"for max tokens in paged KV cache \((\d+)\)")
+_LOG_BLOCK = re.compile(r"Number of tokens per block: (\d+)")
+_LOG_LIMITS = re.compile(r"max_seq_len=\d+(?:, \w+=\d+)*")
 
 
 def record_time(record: dict, fallback: float) -> float:
@@ -86,9 +98,49 @@ class IterationDrain:
         return states
 
 
+def prometheus_state(metrics: Metrics, at: float) -> ServerState | None:
+    """A state from the `trtllm_` gauges, mapped as the iteration records are (their "running"
+    gauge counts active requests, so the scheduled gauge is running); None without the gauges."""
+    queued = metrics.total("trtllm_num_requests_waiting")
+    if queued is None:
+        return None
+    active = metrics.total("trtllm_num_requests_running")
+    scheduled = metrics.total("trtllm_num_scheduled_requests")
+    used = metrics.total("trtllm_kv_cache_used_blocks")
+    per_block = metrics.total("trtllm_kv_cache_tokens_per_block")
+    waiting = int(queued)
+    if active is not None and scheduled is not None:
+        waiting += max(0, int(active) - int(scheduled))
+    running = scheduled if scheduled is not None else active
+    return ServerState(
+        time=at,
+        waiting=waiting,
+        running=None if running is None else int(running),
+        kv_used_tokens=None if used is None or not per_block else used * per_block,
+        kv_usage=metrics.total("trtllm_kv_cache_utilization"),
+        preemptions_total=None,
+    )
+
+
+def read_log(text: str) -> dict[str, int]:
+    """M and the limits the startup log states: kv_tokens (the last paged-KV allocation), the
+    block size, and max_seq_len / max_num_requests / max_num_tokens / max_batch_size."""
+    found: dict[str, int] = {}
+    for m in _LOG_KV.finditer(text):
+        found["kv_tokens"] = int(m.group(1))
+    for m in _LOG_BLOCK.finditer(text):
+        found["block_size"] = int(m.group(1))
+    for m in _LOG_LIMITS.finditer(text):
+        for pair in m.group(0).split(", "):
+            key, _, value = pair.partition("=")
+            found[key] = int(value)
+    return found
+
+
 def build_profile(record: dict, settings: dict, settings_source: str,
-                  prometheus: Metrics | None = None) -> DiscoveredProfile:
+                  prometheus: Metrics | None = None, log_text: str | None = None) -> DiscoveredProfile:
     sources: dict[str, str] = {}
+    log = read_log(log_text) if log_text else {}
     kv = record.get("kvCacheStats") or {}
     if kv.get("maxNumBlocks") and kv.get("tokensPerBlock"):
         kv_tokens = int(kv["maxNumBlocks"]) * int(kv["tokensPerBlock"])
@@ -100,22 +152,30 @@ def build_profile(record: dict, settings: dict, settings_source: str,
         kv_tokens = int(prometheus.total("trtllm_kv_cache_max_blocks")) * block
         sources["kv_tokens"] = "/prometheus/metrics trtllm_kv_cache_max_blocks × tokens_per_block"
         sources["block_size"] = "/prometheus/metrics trtllm_kv_cache_tokens_per_block"
+    elif "kv_tokens" in log:
+        kv_tokens = log["kv_tokens"]
+        sources["kv_tokens"] = "startup log 'Allocated … for max tokens in paged KV cache (N)'"
+        block = setting(log, sources, "block_size", ("block_size",), "startup log", 32,
+                        "TensorRT-LLM default tokens_per_block (32)")
     else:
         raise KvbenchError(
             "TensorRT-LLM /metrics has no kvCacheStats (enable_iter_perf_stats off, or no "
-            "iteration yet): cannot read M"
+            "iteration yet), no trtllm_ gauges on /prometheus/metrics and no startup log: "
+            "cannot read M"
         )
+    launch = {**{k: log[k] for k in ("max_batch_size", "max_num_tokens") if k in log}, **settings}
+    launch_source = settings_source if settings else "startup log"
     if record.get("maxBatchSizeStatic"):
         running = int(record["maxBatchSizeStatic"])
         sources["max_running"] = "/metrics maxBatchSizeStatic"
     else:
-        running = setting(settings, sources, "max_running", ("max_batch_size",), settings_source,
+        running = setting(launch, sources, "max_running", ("max_batch_size",), launch_source,
                           2048, "TensorRT-LLM default max_batch_size (2048)")
     if record.get("maxNumTokensStatic"):
         budget = int(record["maxNumTokensStatic"])
         sources["token_budget"] = "/metrics maxNumTokensStatic"
     else:
-        budget = setting(settings, sources, "token_budget", ("max_num_tokens",), settings_source,
+        budget = setting(launch, sources, "token_budget", ("max_num_tokens",), launch_source,
                          8192, "TensorRT-LLM default max_num_tokens (8192)")
     chunked = settings.get("enable_chunked_prefill")
     sources["chunk_size"] = sources["token_budget"] + (
@@ -142,8 +202,16 @@ class TrtllmBackend(HttpBackend):
         super().__init__(url, **options)
         self.drain = IterationDrain(self.scrape_log)
         self.last_record: dict | None = None
+        self.state_from_gauges = False  # discovery found no iteration records, only the gauges
 
     async def scrape(self, client: ServerClient) -> list[ServerState]:
+        if self.state_from_gauges:
+            text = await client.get_text(PROMETHEUS_PATH)
+            state = prometheus_state(Metrics.parse(text, client.url(PROMETHEUS_PATH),
+                                                   keep=("trtllm_",)), time.time())
+            if state is None:
+                raise KvbenchError(f"{client.url(PROMETHEUS_PATH)}: no trtllm_num_requests_waiting")
+            return [state]
         records = await client.get_json("/metrics")
         if not isinstance(records, list):
             raise KvbenchError(f"{client.url('/metrics')}: expected a JSON list of iteration records")
@@ -172,6 +240,14 @@ class TrtllmBackend(HttpBackend):
                 if self.last_record is not None:
                     break
                 await asyncio.sleep(0.1)
-        text = await client.get_text("/prometheus/metrics", missing_ok=True)
-        prometheus = Metrics.parse(text, client.url("/prometheus/metrics")) if text else None
-        return build_profile(self.last_record or {}, self.settings, self.settings_source, prometheus)
+        text = await client.get_text(PROMETHEUS_PATH, missing_ok=True)
+        prometheus = Metrics.parse(text, client.url(PROMETHEUS_PATH)) if text else None
+        log_text = self.server.log_text() if self.server is not None else None
+        found = build_profile(self.last_record or {}, self.settings, self.settings_source,
+                              prometheus, log_text)
+        self.state_from_gauges = (self.last_record is None and prometheus is not None
+                                  and prometheus_state(prometheus, 0.0) is not None)
+        found.sources["queue_state"] = (
+            f"{PROMETHEUS_PATH} trtllm_ gauges, one state per scrape (no iteration records)"
+            if self.state_from_gauges else "/metrics iteration records, one state per iteration")
+        return found

@@ -1,7 +1,10 @@
 """TensorRT-LLM's API as an emulator serves it: strict request fields (HTTP 400 on any field
 `CompletionRequest` does not declare), `model` required, usage on by default once stream_options
-is present, the final usage chunk serialised as a chat object, and `/metrics` as a draining,
-bounded queue of per-iteration JSON records (oldest dropped when full, `[]` when empty)."""
+is present, the final usage chunk serialised as a chat object, `/metrics` as a draining,
+bounded queue of per-iteration JSON records (oldest dropped when full, `[]` when empty; always
+`[]` with `iter_stats=False`, as with enable_iter_perf_stats off), and `/prometheus/metrics` with
+the newer `trtllm_` gauges, which show the latest iteration (the collector's mapping: "running"
+gauge = active requests, "waiting" = the executor queue)."""
 
 from __future__ import annotations
 
@@ -28,9 +31,12 @@ STREAM_OPTION_FIELDS = frozenset({"include_usage", "continuous_usage_stats"})
 class TrtllmFormat(EngineFormat):
     name = "trtllm"
 
-    def __init__(self, profile: EngineProfile, iter_stats_max_iterations: int = 1000):
+    def __init__(self, profile: EngineProfile, iter_stats_max_iterations: int = 1000,
+                 iter_stats: bool = True):
         super().__init__(profile)
         self.records: deque[dict] = deque(maxlen=iter_stats_max_iterations)
+        self.iter_stats = iter_stats
+        self.latest: dict | None = None  # the last iteration's record, for the gauges
 
     def validate(self, body: dict) -> None:
         extra = sorted(set(body) - FIELDS)
@@ -63,7 +69,7 @@ class TrtllmFormat(EngineFormat):
         per_block = p.block_size
         total = p.kv_tokens // per_block
         used = min(total, math.ceil(state["kv_used_tokens"] / per_block))
-        self.records.append({
+        self.latest = {
             "timestamp": datetime.now().strftime(TIMESTAMP_FORMAT),
             "iter": int(state["iteration"]) - 1,
             "iterLatencyMS": 1000.0 * state["last_iteration_time"],
@@ -79,7 +85,34 @@ class TrtllmFormat(EngineFormat):
                                       "numPausedRequests": 0, "numCtxTokens": 0},
             "kvCacheStats": {"maxNumBlocks": total, "freeNumBlocks": total - used,
                              "usedNumBlocks": used, "tokensPerBlock": per_block},
-        })
+        }
+        if self.iter_stats:
+            self.records.append(self.latest)
+
+    def prometheus_text(self) -> str:
+        labels = f'engine_type="trtllm",model_name="{self.model_id}"'
+        p = self.profile
+        r = self.latest or {"numActiveRequests": 0, "numQueuedRequests": 0, "iterLatencyMS": 0.0,
+                            "inflightBatchingStats": {"numScheduledRequests": 0},
+                            "kvCacheStats": {"usedNumBlocks": 0}}
+        total = p.kv_tokens // p.block_size
+        used = r["kvCacheStats"]["usedNumBlocks"]
+        lines = []
+        for name, value in [
+            ("num_requests_running", r["numActiveRequests"]),
+            ("num_requests_waiting", r["numQueuedRequests"]),
+            ("num_scheduled_requests", r["inflightBatchingStats"]["numScheduledRequests"]),
+            ("kv_cache_max_blocks", total),
+            ("kv_cache_used_blocks", used),
+            ("kv_cache_free_blocks", total - used),
+            ("kv_cache_tokens_per_block", p.block_size),
+            ("kv_cache_utilization", used / total),
+            ("max_num_active_requests", p.max_running),
+            ("iteration_latency_seconds", r["iterLatencyMS"] / 1000.0),
+        ]:
+            lines += [f"# HELP trtllm_{name} {name}", f"# TYPE trtllm_{name} gauge",
+                      f"trtllm_{name}{{{labels}}} {float(value)}"]
+        return "\n".join(lines) + "\n"
 
     def routes(self) -> list[web.RouteDef]:
         async def metrics(request):
@@ -87,4 +120,7 @@ class TrtllmFormat(EngineFormat):
             self.records.clear()
             return web.json_response(drained)
 
-        return [web.get("/metrics", metrics)]
+        async def prometheus(request):
+            return web.Response(text=self.prometheus_text(), content_type="text/plain")
+
+        return [web.get("/metrics", metrics), web.get("/prometheus/metrics", prometheus)]

@@ -1,0 +1,398 @@
+//! The HTTP load generator's timed send/receive loop: every request sent at its scheduled time,
+//! every streamed chunk timed, every failure recorded with its kind.
+//!
+//! Python hands over the whole schedule (intended send times and the request bodies its engine
+//! adapter built) and polls for finished records; the loop itself never takes the GIL.
+//!
+//! Timing: a dedicated OS thread walks the schedule. It sleeps (`std::thread::sleep`, a
+//! high-resolution timer) until `LEAD` before each send and hands the request to a small tokio
+//! runtime, whose task spins to the instant, then POSTs it over pooled keep-alive connections
+//! and reads its event stream. Tokio's own timer wheel has millisecond granularity, and the
+//! schedule-lag budget is 1 ms, so it times only timeouts and the end of the run.
+//!
+//! Failure kinds: `http_<status>` (with a body excerpt), `timeout`, `connection_refused`,
+//! `connection_reset`, `bad_stream`, `truncated_stream`, `missing_usage`, `short_output`,
+//! `long_output`, `engine_down`. A refused connection means the engine is gone: sending stops
+//! and requests in flight end as `engine_down`. Requests still in flight at `duration` (or at
+//! `stop()`) are reported unfinished: sent, no finish, no error.
+//!
+//! Plain `http://` only: engines serve plain HTTP, and a load generator that measured through a
+//! TLS terminating proxy would measure the proxy. The Python side refuses `https://` URLs with a
+//! message saying so.
+
+mod request;
+pub mod stream;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use numpy::PyReadonlyArray1;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::watch;
+
+/// How long before a send the scheduler thread wakes and hands the request to a runtime worker,
+/// which then spins to the instant: both threads' wake-up latencies (timer slack, a parked
+/// worker, a halted virtual CPU) fall inside it instead of onto the send.
+const LEAD: Duration = Duration::from_micros(500);
+/// Longest single sleep of the scheduler thread, so `stop()` and a dead engine are seen soon.
+const NAP: Duration = Duration::from_millis(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunState {
+    Sending,
+    EngineDown,
+    Stopped,
+}
+
+/// One request's record while it is in Rust.
+struct Outcome {
+    index: usize,
+    sent: f64,
+    first_token: Option<f64>,
+    finished: Option<f64>,
+    output_tokens: Option<i64>,
+    prompt_tokens: Option<i64>,
+    token_times: Vec<f64>,
+    error: Option<String>,
+    message: Option<String>,
+}
+
+impl Outcome {
+    fn new(index: usize, sent: f64) -> Self {
+        Outcome {
+            index,
+            sent,
+            first_token: None,
+            finished: None,
+            output_tokens: None,
+            prompt_tokens: None,
+            token_times: Vec::new(),
+            error: None,
+            message: None,
+        }
+    }
+}
+
+/// What the scheduler thread, the request tasks and the Python-facing object share.
+struct Shared {
+    t0: Instant,
+    end: tokio::time::Instant,
+    uri: Uri,
+    client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Option<Duration>,
+    output_lens: Vec<i64>,
+    state: watch::Sender<RunState>,
+    in_flight: AtomicUsize,
+    sent: AtomicUsize,
+    sending_done: AtomicBool,
+    engine_down_at: Mutex<Option<f64>>,
+    records: Mutex<Vec<Outcome>>,
+}
+
+impl Shared {
+    /// Seconds since t0 (negative before it).
+    fn secs(&self, at: Instant) -> f64 {
+        match at.checked_duration_since(self.t0) {
+            Some(d) => d.as_secs_f64(),
+            None => -(self.t0 - at).as_secs_f64(),
+        }
+    }
+
+    /// Moves the run out of `Sending` (the first reason to end it is the one that counts).
+    fn end_sending(&self, to: RunState) {
+        self.state.send_if_modified(|s| {
+            let changed = *s == RunState::Sending;
+            if changed {
+                *s = to;
+            }
+            changed
+        });
+    }
+
+    fn running(&self) -> bool {
+        *self.state.borrow() == RunState::Sending
+    }
+
+    fn finished(&self) -> bool {
+        self.sending_done.load(Ordering::SeqCst) && self.in_flight.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// Sleeps until `until`; false when the run stopped sending meanwhile.
+fn sleep_until(shared: &Shared, until: Instant) -> bool {
+    loop {
+        if !shared.running() {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return true;
+        }
+        std::thread::sleep((until - now).min(NAP));
+    }
+}
+
+/// The scheduler thread: walks the schedule and starts each request on the runtime `LEAD`
+/// before its time; the request's task spins to the instant itself.
+fn schedule(shared: Arc<Shared>, runtime: Handle, times: Vec<f64>, bodies: Vec<Bytes>) {
+    for (index, (t, body)) in times.into_iter().zip(bodies).enumerate() {
+        let at = shared.t0 + Duration::from_secs_f64(t);
+        if !sleep_until(&shared, at.checked_sub(LEAD).unwrap_or(at)) {
+            break;
+        }
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        shared.sent.fetch_add(1, Ordering::SeqCst);
+        runtime.spawn(request::run(shared.clone(), index, at, body));
+    }
+    shared.sending_done.store(true, Ordering::SeqCst);
+}
+
+/// One request's record, as `HttpDriver.poll()` returns it. Times are seconds since t0.
+#[pyclass(module = "kvbench._core", frozen, get_all)]
+pub struct DriverRecord {
+    /// Position of the request in the schedule given to the driver.
+    index: usize,
+    sent: f64,
+    first_token: Option<f64>,
+    finished: Option<f64>,
+    output_tokens: Option<i64>,
+    prompt_tokens: Option<i64>,
+    token_times: Vec<f64>,
+    error: Option<String>,
+    message: Option<String>,
+}
+
+impl From<Outcome> for DriverRecord {
+    fn from(o: Outcome) -> Self {
+        DriverRecord {
+            index: o.index,
+            sent: o.sent,
+            first_token: o.first_token,
+            finished: o.finished,
+            output_tokens: o.output_tokens,
+            prompt_tokens: o.prompt_tokens,
+            token_times: o.token_times,
+            error: o.error,
+            message: o.message,
+        }
+    }
+}
+
+/// The schedule until `start()` hands it to the scheduler thread.
+struct Plan {
+    times: Vec<f64>,
+    bodies: Vec<Bytes>,
+}
+
+#[pyclass(module = "kvbench._core")]
+pub struct HttpDriver {
+    uri: Uri,
+    duration: f64,
+    timeout: Option<Duration>,
+    output_lens: Vec<i64>,
+    plan: Option<Plan>,
+    runtime: Option<Runtime>,
+    shared: Option<Arc<Shared>>,
+    scheduler: Option<JoinHandle<()>>,
+}
+
+#[pymethods]
+impl HttpDriver {
+    #[new]
+    #[pyo3(signature = (url, send_times, bodies, output_lens, duration, request_timeout=None, workers=2))]
+    fn new(
+        url: &str,
+        send_times: PyReadonlyArray1<'_, f64>,
+        bodies: Vec<Bound<'_, PyBytes>>,
+        output_lens: PyReadonlyArray1<'_, i64>,
+        duration: f64,
+        request_timeout: Option<f64>,
+        workers: usize,
+    ) -> PyResult<Self> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|err| PyValueError::new_err(format!("{url}: not a URL ({err})")))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(PyValueError::new_err(format!("{url}: only http://HOST[:PORT]/PATH URLs")));
+        }
+        let times = send_times.as_slice()?.to_vec();
+        let output_lens = output_lens.as_slice()?.to_vec();
+        if bodies.len() != times.len() || output_lens.len() != times.len() {
+            return Err(PyValueError::new_err(format!(
+                "{} send times, {} bodies and {} output lengths: one of each per request",
+                times.len(),
+                bodies.len(),
+                output_lens.len()
+            )));
+        }
+        if let Some(i) = times.iter().position(|t| !(t.is_finite() && *t >= 0.0)) {
+            return Err(PyValueError::new_err(format!(
+                "send time {} of request {i} is not a finite time ≥ 0",
+                times[i]
+            )));
+        }
+        if let Some(i) = times.windows(2).position(|w| w[1] < w[0]) {
+            return Err(PyValueError::new_err(format!(
+                "send times must not decrease (request {} at {} after {})",
+                i + 1,
+                times[i + 1],
+                times[i]
+            )));
+        }
+        if !(duration.is_finite() && duration > 0.0) {
+            return Err(PyValueError::new_err(format!("duration {duration} must be > 0")));
+        }
+        let timeout = match request_timeout {
+            Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
+            Some(t) => return Err(PyValueError::new_err(format!("request_timeout {t} must be > 0"))),
+            None => None,
+        };
+        if workers == 0 {
+            return Err(PyValueError::new_err("workers must be ≥ 1"));
+        }
+        // Requests the run cannot send before it ends are not part of it.
+        let n = times.partition_point(|t| *t < duration);
+        let bodies = bodies[..n].iter().map(|b| Bytes::copy_from_slice(b.as_bytes())).collect();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("kvbench-driver")
+            .enable_all()
+            .build()
+            .map_err(|err| PyRuntimeError::new_err(format!("cannot start the driver's runtime: {err}")))?;
+        Ok(HttpDriver {
+            uri,
+            duration,
+            timeout,
+            output_lens,
+            plan: Some(Plan { times: times[..n].to_vec(), bodies }),
+            runtime: Some(runtime),
+            shared: None,
+            scheduler: None,
+        })
+    }
+
+    /// Starts sending; `elapsed` is how many seconds have passed since the run's t0 on the
+    /// monotonic clock (`time.monotonic() - t0`, negative when t0 is still ahead).
+    fn start(&mut self, elapsed: f64) -> PyResult<()> {
+        let plan = self
+            .plan
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("the driver was already started"))?;
+        if !elapsed.is_finite() {
+            return Err(PyValueError::new_err("elapsed must be finite"));
+        }
+        let now = Instant::now();
+        let offset = Duration::from_secs_f64(elapsed.abs());
+        let t0 = if elapsed >= 0.0 { now - offset } else { now + offset };
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true); // small request bodies and chunks must not wait for Nagle
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(usize::MAX)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let shared = Arc::new(Shared {
+            t0,
+            end: (t0 + Duration::from_secs_f64(self.duration)).into(),
+            uri: self.uri.clone(),
+            client,
+            timeout: self.timeout,
+            output_lens: std::mem::take(&mut self.output_lens),
+            state: watch::channel(RunState::Sending).0,
+            in_flight: AtomicUsize::new(0),
+            sent: AtomicUsize::new(0),
+            sending_done: AtomicBool::new(false),
+            engine_down_at: Mutex::new(None),
+            records: Mutex::new(Vec::new()),
+        });
+        let handle = self.runtime.as_ref().expect("the runtime lives until drop").handle().clone();
+        let thread_shared = shared.clone();
+        let scheduler = std::thread::Builder::new()
+            .name("kvbench-schedule".into())
+            .spawn(move || schedule(thread_shared, handle, plan.times, plan.bodies))
+            .map_err(|err| PyRuntimeError::new_err(format!("cannot start the scheduler thread: {err}")))?;
+        self.shared = Some(shared);
+        self.scheduler = Some(scheduler);
+        Ok(())
+    }
+
+    /// The records of requests that ended since the last call.
+    fn poll(&self) -> Vec<DriverRecord> {
+        match &self.shared {
+            Some(shared) => {
+                let done = std::mem::take(&mut *shared.records.lock().unwrap());
+                done.into_iter().map(DriverRecord::from).collect()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Ends the run now: nothing more is sent and requests in flight are reported unfinished.
+    /// Returns once every record is ready to poll (or after `wait` seconds).
+    #[pyo3(signature = (wait=5.0))]
+    fn stop(&self, py: Python<'_>, wait: f64) {
+        let Some(shared) = &self.shared else { return };
+        shared.end_sending(RunState::Stopped);
+        let deadline = Instant::now() + Duration::from_secs_f64(wait.max(0.0));
+        py.allow_threads(|| {
+            while !shared.finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+    }
+
+    /// Requests sent and not yet reported.
+    #[getter]
+    fn in_flight(&self) -> usize {
+        self.shared.as_ref().map_or(0, |s| s.in_flight.load(Ordering::SeqCst))
+    }
+
+    /// Requests sent so far.
+    #[getter]
+    fn sent(&self) -> usize {
+        self.shared.as_ref().map_or(0, |s| s.sent.load(Ordering::SeqCst))
+    }
+
+    /// Seconds since t0 at which the engine first refused a connection; None while it answers.
+    #[getter]
+    fn engine_down_at(&self) -> Option<f64> {
+        self.shared.as_ref().and_then(|s| *s.engine_down_at.lock().unwrap())
+    }
+
+    /// True once sending is over and every sent request has its record (poll once more).
+    #[getter]
+    fn finished(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.finished())
+    }
+}
+
+impl Drop for HttpDriver {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.end_sending(RunState::Stopped);
+        }
+        if let Some(scheduler) = self.scheduler.take() {
+            let _ = scheduler.join(); // sees the stop within one nap
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<HttpDriver>()?;
+    m.add_class::<DriverRecord>()?;
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! One request on the tokio runtime: POST the body, read the event stream, time every chunk that
+//! carries output, and end with exactly one record — finished, failed with a kind, or
+//! unfinished (the run ended first).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::Request;
+use tokio::time::sleep_until;
+
+use super::stream::{excerpt, Line, LineBuffer, StreamResult};
+use super::{Outcome, RunState, Shared};
+
+/// How a request ended, besides what is already written on its record.
+enum Ending {
+    /// The stream was read to `[DONE]`; the record has its finish (and maybe short/long output).
+    Complete,
+    Failed(String, String),
+    /// The run ended (duration reached, or stopped) while the request was in flight.
+    Unfinished,
+}
+
+fn failed(kind: impl Into<String>, message: impl Into<String>) -> Ending {
+    Ending::Failed(kind.into(), message.into())
+}
+
+/// Sends request `index` at `at` (spinning until then: the worker is awake and the send is
+/// on time) and reports its record to `shared`.
+pub(super) async fn run(shared: Arc<Shared>, index: usize, at: Instant, body: Bytes) {
+    while Instant::now() < at {
+        std::hint::spin_loop();
+    }
+    let sent_at = Instant::now();
+    let mut record = Outcome::new(index, shared.secs(sent_at));
+    let mut leftover: Option<Incoming> = None;
+    let mut state = shared.state.subscribe();
+    let timeout = shared.timeout;
+    let ending = tokio::select! {
+        biased;
+        ending = exchange(&shared, body, &mut record, &mut leftover) => ending,
+        run = async { state.wait_for(|s| *s != RunState::Sending).await.map(|s| *s) } => {
+            match run {
+                Ok(RunState::EngineDown) => {
+                    failed("engine_down", "run stopped: the engine refused connections")
+                }
+                _ => Ending::Unfinished,
+            }
+        }
+        _ = sleep_until(shared.end) => Ending::Unfinished,
+        _ = async {
+            match timeout {
+                Some(t) => sleep_until((sent_at + t).into()).await,
+                None => std::future::pending().await,
+            }
+        } => failed("timeout", format!("no answer within {} s", timeout.unwrap_or_default().as_secs_f64())),
+    };
+    match ending {
+        Ending::Complete | Ending::Unfinished => {}
+        Ending::Failed(kind, message) => {
+            record.error = Some(kind);
+            record.message = Some(message);
+        }
+    }
+    shared.report(record);
+    // Read what follows `[DONE]` (the chunked-encoding terminator) so the connection goes back
+    // to the pool; a server that keeps the stream open after it loses the connection instead.
+    if let Some(mut body) = leftover {
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    }
+}
+
+/// The request itself: everything it learns goes on `record`; the body is left in `leftover`
+/// when the stream ended at `[DONE]` before the response did.
+async fn exchange(
+    shared: &Shared,
+    body: Bytes,
+    record: &mut Outcome,
+    leftover: &mut Option<Incoming>,
+) -> Ending {
+    let request = Request::post(shared.uri.clone())
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .expect("a POST with a valid URI and a static header is a valid request");
+    let response = match shared.client.request(request).await {
+        Ok(response) => response,
+        Err(err) => {
+            let message = chain(&err);
+            if err.is_connect() {
+                // Nothing listens any more: the engine is gone. Stop sending; requests in
+                // flight end as engine_down.
+                shared.engine_down(Instant::now());
+                return failed("connection_refused", message);
+            }
+            return failed("connection_reset", message);
+        }
+    };
+    let status = response.status();
+    let mut body = response.into_body();
+    if status != hyper::StatusCode::OK {
+        let text = match Limited::new(body, 64 * 1024).collect().await {
+            Ok(collected) => excerpt(&collected.to_bytes(), 200),
+            Err(_) => String::new(),
+        };
+        return failed(format!("http_{}", status.as_u16()), text);
+    }
+    let mut result = StreamResult::default();
+    let mut lines = LineBuffer::default();
+    while !result.done {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(err) => return failed("connection_reset", chain(&err)),
+        };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        let now = shared.secs(Instant::now());
+        let fed: Result<(), String> = lines.push(data, |line| {
+            if result.done {
+                return Ok(()); // after [DONE]: nothing more belongs to the request
+            }
+            if result.feed_line(line)? == Line::Chunk(true) {
+                record.first_token.get_or_insert(now);
+                record.token_times.push(now);
+            }
+            Ok(())
+        });
+        if let Err(message) = fed {
+            return failed("bad_stream", message);
+        }
+    }
+    if result.done {
+        *leftover = Some(body);
+    } else if let Some(line) = lines.finish() {
+        if let Err(message) = result.feed_line(&line) {
+            return failed("bad_stream", message);
+        }
+    }
+    finish(shared, record, &result)
+}
+
+/// Counts from the server's final usage chunk, checked against the requested output length.
+fn finish(shared: &Shared, record: &mut Outcome, result: &StreamResult) -> Ending {
+    if !result.done {
+        return failed("truncated_stream", "stream ended without data: [DONE]");
+    }
+    let (true, Some(tokens)) = (result.final_usage, result.completion_tokens) else {
+        return failed("missing_usage", "no final usage chunk (choices: [] with usage)");
+    };
+    record.finished = Some(shared.secs(Instant::now()));
+    record.output_tokens = Some(tokens);
+    record.prompt_tokens = result.prompt_tokens;
+    let wanted = shared.output_lens[record.index];
+    if tokens < wanted {
+        let reason = result.finish_reason.as_deref().unwrap_or("None");
+        record.error = Some("short_output".into());
+        record.message = Some(format!("{tokens} of {wanted} tokens (finish_reason {reason})"));
+    } else if tokens > wanted {
+        record.error = Some("long_output".into());
+        record.message = Some(format!("{tokens} of {wanted} tokens"));
+    }
+    Ending::Complete
+}
+
+/// An error and its causes on one line (hyper's own message alone says only "client error").
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+impl Shared {
+    pub(super) fn engine_down(&self, at: Instant) {
+        let mut down = self.engine_down_at.lock().unwrap();
+        if down.is_none() {
+            *down = Some(self.secs(at));
+        }
+        drop(down);
+        self.end_sending(RunState::EngineDown);
+    }
+
+    fn report(&self, record: Outcome) {
+        self.records.lock().unwrap().push(record);
+        // After the push: `finished` (nothing in flight, sending over) implies every record is
+        // ready to poll.
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
