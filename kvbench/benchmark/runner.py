@@ -225,7 +225,8 @@ def run_header(backend: Backend, spec: RunSpec, requests: list[RequestSpec], win
     return {
         "kind": backend.kind,
         "backend": backend.name,
-        "time_scale": backend.time_scale,  # engine seconds per real second; times are engine's
+        # engine seconds per real second (times are the engine's); a wrapper may not say
+        "time_scale": getattr(backend, "time_scale", 1.0),
         "config": dataclasses.asdict(spec),
         "seed": spec.seed,
         "window_end": window_end,
