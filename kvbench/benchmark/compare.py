@@ -197,7 +197,7 @@ def _theory(workload: Workload, profile: EngineProfile, batch_time: float, repli
     constant otherwise. The measured b̄ is the client's time per output token, which for an
     engine that runs prefill and decode as separate batches (SGLang) already includes the
     interleaved prefill iterations that the engine-aware model counts itself, so using it where
-    the model is known would count them twice (−14% on the embedded default)."""
+    the model is known would count them twice (−14% on pd-1:1 at the paper's scale)."""
     paper = theory.evaluate(
         workload, kv_tokens=profile.kv_tokens, chunk_size=profile.chunk_size, batch_time=batch_time
     )
