@@ -183,6 +183,10 @@ class EngineSim:
         tokens_so_far): "admitted" (at an iteration's start; again after a preemption),
         "first_token", "token" (one per output token, the first included), "preempted", "finished"
         (tokens_so_far = output_len)."""
+    def abort(self, request_id: int) -> None:
+        """Drops a request whose client went away, as engines abort on disconnect: a waiting one
+        leaves the queue at once, a running one when the iteration in flight ends (freeing its
+        KV before the next batch). No further event is reported for it; unknown ids are ignored."""
     def next_event_time(self) -> float | None:
         """End of the iteration in flight; when idle, when the next iteration would start (the
         first waiting request's arrival); None when there is nothing to do."""

@@ -27,7 +27,7 @@ class ListSink:
 def serving(app: web.Application):
     port = free_port()
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
     ready = threading.Event()
 
     def run():

@@ -1,15 +1,18 @@
-"""kvbench compare end to end on the embedded engines: orchestration, the report rebuilt from
-the raw files, a failed engine, Ctrl-C, replicas."""
+"""kvbench compare end to end: on the simulated engines (orchestration, the report rebuilt from
+the raw files, a failed engine, Ctrl-C) and on the default, emulated engines (started as child
+processes, measured over HTTP, stopped afterwards, and agreeing with the simulator)."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from kvbench.benchmark.compare import CompareConfig, run_compare
+from kvbench.backends import engines, launch
+from kvbench.benchmark.compare import EMBEDDED, CompareConfig, run_compare
 from kvbench.cli import cli
 from kvbench.report import write_report
 from kvbench.report.schema import load_results
@@ -29,8 +32,9 @@ def _compare(tmp_path: Path, *args: str) -> tuple[int, str, Path | None]:
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    # vllm points at a closed port: it must fail alone, with its row marked
-    code, output, directory = _compare(out, "--backends", "trtllm,sglang,vllm", "--url",
+    # the simulated engines, at the paper's scale (a --url makes pd-1:1 and M = 131,000 the
+    # defaults); vllm points at a closed port: it must fail alone, with its row marked
+    code, output, directory = _compare(out, "--backends", "sim:trtllm,sim:sglang,vllm", "--url",
                                        "vllm=http://127.0.0.1:9", "--target-rate", "40", "--json")
     assert code == 0, output
     return json.loads(output), directory
@@ -38,11 +42,12 @@ def embedded(tmp_path_factory):
 
 def test_embedded_compare_measures_both_engines_beside_theory(embedded):
     results, directory = embedded
-    assert [e["label"] for e in results["engines"]] == ["trtllm", "sglang", "vllm"]
+    assert [e["label"] for e in results["engines"]] == ["sim:trtllm", "sim:sglang", "vllm"]
+    assert results["config"]["workload"] == "pd-1:1"
     assert results["banner"] and "not from GPU measurements" in results["banner"]
     for e in results["engines"][:2]:
         assert e["status"] == "ok", e["error"]
-        assert e["kind"] in ("simulated", "emulated")
+        assert e["kind"] == "simulated" and e["profile"]["kv_tokens"] == 131_000
         lower, upper = e["boundary"]["lower"], e["boundary"]["upper"]
         assert lower is not None and upper is not None and lower < upper
         verdicts = {p["rate"]: p["verdict"] for p in e["probes"]}
@@ -101,7 +106,7 @@ class _StopAfter:
 
 
 def test_ctrl_c_keeps_finished_probes_and_still_reports(tmp_path):
-    config = CompareConfig(backends=["trtllm", "sglang"], precision=0.2,
+    config = CompareConfig(backends=["sim:trtllm", "sim:sglang"], precision=0.2,
                            max_engine_seconds=3000, seed=3, output_root=tmp_path)
     directory = run_compare(config, _StopAfter(2))
     report, _ = write_report(directory)
@@ -115,8 +120,8 @@ def test_ctrl_c_keeps_finished_probes_and_still_reports(tmp_path):
 
 def test_results_numbers_equal_the_raw_run_files(embedded):
     results, directory = embedded
-    for e in results["engines"][:2]:
-        raw = json.loads(next(directory.glob(f"engines/*-{e['label']}/engine.json")).read_text())
+    for i, e in enumerate(results["engines"][:2]):
+        raw = json.loads(next(directory.glob(f"engines/{i}-*/engine.json")).read_text())
         assert e["engine_seconds"] == pytest.approx(
             raw["calibration"]["engine_seconds"]
             + sum(p["engine_seconds"] for p in raw["search"]["probes"])
@@ -130,3 +135,78 @@ def test_results_numbers_equal_the_raw_run_files(embedded):
             assert probe["requests_finished"] == sum(
                 r["finished"] is not None and r["error"] is None for r in records
             )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a child that exited but was not reaped yet is gone for every purpose here
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ")[-1][0] != "Z"
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    """The default path: no --url, no --model, no --workload (the embedded default), with the
+    TensorRT-LLM rule both emulated and simulated, and an SGLang emulator that cannot start.
+    Coarse, so fast: a 40% bracket."""
+    out = tmp_path_factory.mktemp("emulated")
+    real_recipe = engines.emulator_recipe
+
+    def recipe(engine):
+        if engine != "sglang":
+            return real_recipe(engine)
+        broken = real_recipe(engine)
+        return launch.Recipe(**{**broken.__dict__, "command": [
+            "{python}", "-c", "import sys; print('no GPU here either'); sys.exit(3)"]})
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(engines, "emulator_recipe", recipe)
+    try:
+        result = CliRunner().invoke(cli, [
+            "compare", "--output-dir", str(out), "--no-progress", "--json", "--backends",
+            "trtllm,sim:trtllm,sglang", "--precision", "0.4", "--seed", "1"])
+    finally:
+        mp.undo()
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output), next(out.iterdir())
+
+
+def test_default_compare_measures_emulated_engines_over_http(emulated):
+    results, directory = emulated
+    config = results["config"]
+    assert (config["workload"], config["kv_tokens"]) == (EMBEDDED.workload, EMBEDDED.kv_tokens)
+    trt, sim, sglang = results["engines"]
+    assert (trt["backend"], trt["kind"], trt["status"]) == ("emulate:trtllm", "emulated", "ok")
+    assert trt["profile"]["kv_tokens"] == EMBEDDED.kv_tokens  # discovered from /metrics
+    assert "EMULATED" in results["banner"]
+    assert f"{EMBEDDED.time_scale:g} engine seconds per real second" in results["banner"]
+    assert "emulated" in (directory / "summary.md").read_text()
+    # every probe ran against the emulator, in the engine's seconds
+    raw = json.loads((directory / "engines/0-trtllm/engine.json").read_text())
+    assert raw["time_scale"] == EMBEDDED.time_scale
+    for probe in raw["search"]["probes"]:
+        header = json.loads((directory / probe["run_dir"] / "header.json").read_text())
+        assert header["kind"] == "emulated" and header["time_scale"] == EMBEDDED.time_scale
+    # the emulator processes kvbench started are gone
+    servers = raw["servers"]
+    assert len(servers) == 1 and (directory / servers[0]["log"]).is_file()
+    assert not _alive(servers[0]["pid"])
+    # an engine whose emulator does not start: a failed row naming its exit and log
+    assert sglang["status"] == "failed" and "exited with code 3" in sglang["error"]
+    assert sglang["probes"] == []
+
+
+def test_emulated_boundary_agrees_with_the_same_configuration_simulated(emulated):
+    results, _ = emulated
+    trt, sim, _ = results["engines"]
+    assert sim["kind"] == "simulated" and sim["profile"]["kv_tokens"] == EMBEDDED.kv_tokens
+    (elo, ehi), (slo, shi) = [(e["boundary"]["lower"], e["boundary"]["upper"]) for e in (trt, sim)]
+    assert None not in (elo, ehi, slo, shi)
+    # the brackets overlap, and their midpoints agree within a few percent
+    assert elo < shi and slo < ehi
+    assert (elo + ehi) / 2 == pytest.approx((slo + shi) / 2, rel=0.06)
+    # b̄ from the emulated engine's streamed tokens, converted to its seconds, is the simulator's
+    assert trt["batch_time"]["value"] == pytest.approx(sim["batch_time"]["value"], rel=0.05)

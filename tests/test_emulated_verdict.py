@@ -41,19 +41,23 @@ def simulated(rate: float):
 
 
 def emulated(rate: float):
-    arrivals = schedule(rate) / SCALE
-    requests = [RequestSpec(i, float(t), PROMPT, OUTPUT) for i, t in enumerate(arrivals)]
+    # The schedule and every time the backend reports are in the engine's seconds: it reads the
+    # emulator's time scale and sends 4× faster.
+    requests = [RequestSpec(i, float(t), PROMPT, OUTPUT) for i, t in enumerate(schedule(rate))]
     fmt = make_format("vllm", PROFILE)
     with serving(build_app(fmt, time_scale=SCALE)) as url:
         backend = ENGINES["vllm"](url, scrape_period=0.1)
         sink = ListSink()
-        backend.execute(requests, sink, duration=VIRTUAL_SECONDS / SCALE)
-    assert backend.kind == "emulated" and not backend.failures
+        backend.execute(requests, sink, duration=VIRTUAL_SECONDS)
+    assert backend.kind == "emulated" and backend.time_scale == SCALE and not backend.failures
     done = [r for r in sink.records if r.finished is not None]
     assert {r.output_tokens for r in done} == {OUTPUT}
+    by_id = {r.request_id: r for r in sink.records}
+    assert all(by_id[q.request_id].intended_send == q.intended_send for q in requests)
+    assert all(r.sent <= r.first_token <= r.finished <= VIRTUAL_SECONDS + 1 for r in done)
     enter = np.array([r.sent for r in sink.records])
     leave = np.array([np.nan if r.finished is None else r.finished for r in sink.records])
-    return stability_verdict(enter, leave, rate=rate * SCALE, end=VIRTUAL_SECONDS / SCALE), sink
+    return stability_verdict(enter, leave, rate=rate, end=VIRTUAL_SECONDS), sink
 
 
 @pytest.mark.parametrize("rate, expected", [(3.0, Verdict.STABLE), (12.0, Verdict.UNSTABLE)])
@@ -63,7 +67,7 @@ def test_emulated_verdict_matches_simulated(rate, expected):
     assert virtual.verdict == expected
     assert real.verdict == virtual.verdict, real.reason
     if expected is Verdict.UNSTABLE:
-        # Both estimate the same capacity (real-time departures scaled back to virtual time).
-        assert real.departure_rate / SCALE == pytest.approx(virtual.departure_rate, rel=0.1)
+        # Both estimate the same capacity, in the engine's seconds.
+        assert real.departure_rate == pytest.approx(virtual.departure_rate, rel=0.1)
         waiting = [s.waiting for s in sink.samples]
         assert waiting[-1] > 50  # the emulated server's own queue shows the overload

@@ -1,5 +1,7 @@
 """The SGLang and TensorRT-LLM adapters against their emulators with the simulated engine
-behind them (real time, 4× speed): profile discovery, per-iteration records, sticky gauges."""
+behind them (real time, 4× speed): profile discovery, per-iteration records, sticky gauges.
+Schedules and durations are in the emulated engine's seconds: the backend reads the emulator's
+time scale and runs them 4× faster."""
 
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ def test_trtllm_iteration_records_cover_every_iteration():
         backend = ENGINES["trtllm"](url, scrape_period=0.1)
         found = backend.discover_profile()  # an idle engine: discovery sends one warm-up request
         sink = ListSink()
-        backend.execute([RequestSpec(i, i * 0.005, 100, 20) for i in range(40)], sink, duration=3.0)
+        backend.execute([RequestSpec(i, i * 0.02, 100, 20) for i in range(40)], sink, duration=12.0)
+    assert backend.time_scale == 4.0
     assert found.profile.kv_tokens == 4000 and found.profile.max_running == 8
     assert found.sources["kv_tokens"] == "/metrics kvCacheStats maxNumBlocks × tokensPerBlock"
     assert not backend.failures and backend.scrape_log.missing_iterations == 0
     assert all(r.output_tokens == 20 for r in sink.records)
-    # One sample per engine iteration (20 ms virtual = 5 ms real), far denser than the scrapes.
+    # One sample per engine iteration (20 ms engine time = 5 ms real), far denser than the scrapes.
     assert len(sink.samples) > 5 * backend.scrape_log.scrapes
     assert max(s.running for s in sink.samples) == 8  # the running cap binds
 
@@ -59,7 +62,7 @@ def test_sglang_gauges_stick_between_refreshes_while_loads_are_live():
         backend = ENGINES["sglang"](url, scrape_period=0.05)
         found = backend.discover_profile()
         sink = ListSink()
-        backend.execute([RequestSpec(i, i * 0.02, 50, 30) for i in range(50)], sink, duration=2.5)
+        backend.execute([RequestSpec(i, i * 0.08, 50, 30) for i in range(50)], sink, duration=10.0)
         gauges = Metrics.parse(urllib.request.urlopen(url + "/metrics").read().decode(), "m")
     assert found.profile.kv_tokens == 20000
     assert found.sources["max_running"] == "/v1/loads max_running_requests (effective)"

@@ -81,6 +81,9 @@ class Backend(ABC):
     #: True when executing a longer schedule with the same seed repeats a shorter one exactly
     #: (the simulator), so the search can extend a run and pay only for the added seconds.
     replays_prefix: bool = False
+    #: Engine seconds per real second. An emulator may run its engine faster than real time;
+    #: the backend still reports every time in the engine's seconds (the simulator's are virtual).
+    time_scale: float = 1.0
 
     @abstractmethod
     def discover_profile(self) -> DiscoveredProfile:

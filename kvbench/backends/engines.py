@@ -1,12 +1,13 @@
-"""The real-engine backends by name: attach to a running server (`url`) or launch one from its
-recipe (`model`). The backend registry resolves `vllm`, `sglang` and `trtllm` through here."""
+"""The HTTP engine backends by name: attach to a running server (`url`), launch one from its
+recipe (`model`), or launch kvbench's emulator of the engine (`open_emulator`). The backend
+registry resolves `vllm`, `sglang`, `trtllm` and `emulate:ENGINE` through here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from kvbench.backends.http import HttpBackend
-from kvbench.backends.launch import launch
+from kvbench.backends.launch import emulator_recipe, launch
 from kvbench.backends.sglang import SglangBackend
 from kvbench.backends.trtllm import TrtllmBackend
 from kvbench.backends.vllm import VllmBackend
@@ -50,3 +51,27 @@ def open_engine(
                     log_dir=log_dir, nice=engine_nice)
     return cls(server.url, settings=server.settings, settings_source="launch command",
                server=server, **options)
+
+
+def open_emulator(
+    engine: str,
+    *,
+    kv_tokens: int | None = None,
+    batch_time: float | None = None,
+    time_scale: float = 1.0,
+    log_dir: Path | None = None,
+    seed: int = 0,
+) -> HttpBackend:
+    """A backend for kvbench's emulator of `engine`, started on a free 127.0.0.1 port as a child
+    process and reached over HTTP exactly as a real engine is (the backend stops it on close()).
+    It answers with the emulated markers, so the backend labels itself emulated and reports
+    times in the emulated engine's seconds."""
+    if engine not in ENGINES:
+        raise KvbenchError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    extra = ["--time-scale", repr(float(time_scale)), "--seed", str(seed)]
+    if kv_tokens is not None:
+        extra += ["--kv-tokens", str(kv_tokens)]
+    if batch_time is not None:
+        extra += ["--batch-time", repr(float(batch_time))]
+    server = launch(engine, "", recipe=emulator_recipe(engine), extra_args=extra, log_dir=log_dir)
+    return ENGINES[engine](server.url, settings_source="none", server=server, seed=seed)

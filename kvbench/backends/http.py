@@ -7,7 +7,10 @@ server state and the profile it can read from the server; the completion request
 (`completion_body`: only fields TensorRT-LLM's strict schema declares) unless an adapter
 overrides it. Emulators mark every
 response with the `X-Kvbench-Emulated` header, so a backend attached to one labels itself
-emulated and its results are never shown as an engine's.
+emulated and its results are never shown as an engine's. An emulator that runs its engine
+faster than real time says by how much in `X-Kvbench-Time-Scale` (engine seconds per real
+second); the backend then sends the schedule that much faster and reports every time in the
+engine's own seconds, so rates, b̄ and run lengths mean the same as on the engine emulated.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import json
 import time
 from abc import abstractmethod
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,6 +45,7 @@ from kvbench.profile import EngineProfile, IterationTimeModel
 # of ≥ 32k ids and clear of special ids, so prefix caching never shares work (engines.md §4 #1).
 TOKEN_ID_RANGE = (1000, 30000)
 EMULATED_HEADER = "X-Kvbench-Emulated"
+TIME_SCALE_HEADER = "X-Kvbench-Time-Scale"
 # How often finished records move from the Rust driver to the sink: results stay incremental,
 # and the driver's own threads never wait for Python.
 _POLL_PERIOD = 0.015
@@ -145,6 +149,7 @@ class HttpBackend(Backend):
         self.failure_examples: dict[str, str] = {}
         self.scrape_log = ScrapeLog()
         self.schedule_lag: np.ndarray | None = None
+        self._time_scale: float | None = None  # read from the server's first answer
 
     # ---- engine hooks ---------------------------------------------------------------------
 
@@ -183,6 +188,7 @@ class HttpBackend(Backend):
             async with client.session.get(url, timeout=client.timeout) as resp:
                 if resp.headers.get(EMULATED_HEADER):
                     self.kind = "emulated"
+                self._time_scale = _time_scale(resp.headers.get(TIME_SCALE_HEADER), url)
                 body = await resp.text()
                 if resp.status != 200:
                     raise KvbenchError(f"{url}: HTTP {resp.status}: {body[:200].strip()}")
@@ -203,7 +209,23 @@ class HttpBackend(Backend):
 
         return self._run(go())
 
+    @property
+    def time_scale(self) -> float:
+        """Engine seconds per real second: 1 for an engine, the emulator's own scale otherwise."""
+        if self._time_scale is None:
+            async def identify():
+                async with self._session() as session:
+                    await self._prepare(ServerClient(session, self.url))
+
+            self._run(identify())
+        return self._time_scale
+
     def execute(self, requests: list[RequestSpec], sink: EventSink, *, duration: float) -> None:
+        scale = self.time_scale
+        if scale != 1.0:
+            sink = EngineClock(sink, scale, requests)
+            requests = [replace(r, intended_send=r.intended_send / scale) for r in requests]
+            duration /= scale
         self._run(self._execute(requests, sink, duration))
 
     def _bodies(self, specs: list[RequestSpec]) -> list[bytes]:
@@ -308,14 +330,17 @@ class HttpBackend(Backend):
                 log.error(str(err))
                 states = []
             received = time.time()
+            # A server clock that disagrees with ours by seconds (another time zone, a remote
+            # host) cannot place its records: shift them so the newest lands on the arrival
+            # time. Judged on the newest record only: older ones in a drained history may be
+            # seconds old when a scrape was late, and are placed right.
+            shift = 0.0
+            if states and abs(states[-1].time - received) > 5.0 + self.scrape_period:
+                log.error(f"{client.url('')}: server timestamps off by "
+                          f"{states[-1].time - received:+.1f} s", "clock_skew")
+                shift = received - states[-1].time
             for st in states:
-                t = st.time - wall0
-                # A server clock that disagrees with ours by seconds (another time zone, a
-                # remote host) cannot place its records; use the arrival time instead.
-                if abs(st.time - received) > 5.0 + self.scrape_period:
-                    log.error(f"{client.url('')}: server timestamps off by "
-                              f"{st.time - received:+.1f} s", "clock_skew")
-                    t = received - wall0
+                t = st.time + shift - wall0
                 sink.sample(
                     QueueSample(
                         time=t,
@@ -345,6 +370,44 @@ class HttpBackend(Backend):
         if self.server is not None:
             self.server.stop()
             self.server = None
+
+
+def _time_scale(value: str | None, url: str) -> float:
+    if value is None:
+        return 1.0
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = float("nan")
+    if not (scale > 0 and np.isfinite(scale)):
+        raise KvbenchError(f"{url}: {TIME_SCALE_HEADER} {value!r} is not a positive number")
+    return scale
+
+
+class EngineClock:
+    """Passes a run's events on with real seconds turned into the engine's own (× scale), and
+    each request's intended send time as the schedule gave it."""
+
+    def __init__(self, sink: EventSink, scale: float, requests: list[RequestSpec]):
+        self.sink, self.scale = sink, scale
+        self.intended = {r.request_id: r.intended_send for r in requests}
+
+    def _engine(self, t: float | None) -> float | None:
+        return None if t is None else t * self.scale
+
+    def request(self, record: RequestRecord) -> None:
+        k = self.scale
+        self.sink.request(replace(
+            record,
+            intended_send=self.intended[record.request_id],
+            sent=self._engine(record.sent),
+            first_token=self._engine(record.first_token),
+            finished=self._engine(record.finished),
+            token_times=[t * k for t in record.token_times],
+        ))
+
+    def sample(self, sample: QueueSample) -> None:
+        self.sink.sample(replace(sample, time=sample.time * self.scale))
 
 
 def setting(settings: dict[str, Any], sources: dict[str, str], field_name: str,

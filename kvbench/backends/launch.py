@@ -3,7 +3,11 @@ path, wait for health with a timeout, keep its log, and stop it by its own proce
 
 A recipe is data: the command template, the modelling defaults kvbench adds unless the user's
 extra arguments set the same flag, the launch flags that are profile settings, and where M is
-read. Servers bind to 127.0.0.1 unless told otherwise.
+read. Servers bind to 127.0.0.1 unless told otherwise. kvbench's own emulator is launched the
+same way, from a recipe built in code (`emulator_recipe`): it ships inside the package.
+
+A server runs in its own session, so a Ctrl-C at the terminal reaches kvbench alone: kvbench
+saves what it measured and then stops the server itself, by its pid.
 """
 
 from __future__ import annotations
@@ -95,6 +99,25 @@ class Recipe:
                     value = argv[i + 1]
                 found[self.settings[flag]] = int(value) if value.lstrip("-").isdigit() else value
         return found
+
+
+# `kvbench emulate` imports aiohttp and the Rust core and binds: seconds, even on a busy machine.
+EMULATOR_STARTUP_TIMEOUT = 60.0
+
+
+def emulator_recipe(engine: str) -> Recipe:
+    """`kvbench emulate --engine ENGINE`, with the interpreter running kvbench."""
+    return Recipe(
+        engine=engine,
+        command=["{python}", "-m", "kvbench", "emulate", "--engine", engine,
+                 "--host", "{host}", "--port", "{port}"],
+        health="/health",
+        startup_timeout_s=EMULATOR_STARTUP_TIMEOUT,
+        defaults=[],
+        env={},
+        settings={},
+        capacity_sources=["the emulator's own endpoints"],
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -199,7 +222,7 @@ def launch(
         log.flush()
         try:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env,
-                                       stdin=subprocess.DEVNULL,
+                                       stdin=subprocess.DEVNULL, start_new_session=True,
                                        preexec_fn=(lambda: os.nice(nice)) if nice else None)
         except OSError as err:
             raise KvbenchError(f"cannot start {engine}: {argv[0]}: {err}") from None

@@ -1,21 +1,26 @@
-"""Backends by name: `sim:ENGINE` (the simulator, in-process) and the HTTP engines `vllm`,
-`sglang`, `trtllm` (attached with --url, or launched from backends/<engine>/recipe.toml with
---model). One place maps a name and its options to a `Backend`,
+"""Backends by name: `sim:ENGINE` (the simulator, in-process), `emulate:ENGINE` (kvbench's HTTP
+emulator of the engine, started as a child process and driven over HTTP) and the HTTP engines
+`vllm`, `sglang`, `trtllm` (attached with --url, or launched from backends/<engine>/recipe.toml
+with --model). One place maps a name and its options to a `Backend`,
 so the CLI commands and the search share it and new kinds plug in here."""
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 from kvbench.backends.base import Backend
 from kvbench.errors import KvbenchError
 from kvbench.profile import PAPER_A100, POLICIES, IterationTimeModel, build_profile
 
 SIM_PREFIX = "sim:"
+EMULATE_PREFIX = "emulate:"
 
 
 def backend_names() -> list[str]:
     from kvbench.backends.engines import ENGINES
 
-    return [SIM_PREFIX + p for p in POLICIES] + list(ENGINES)
+    return [SIM_PREFIX + p for p in POLICIES] + [EMULATE_PREFIX + e for e in ENGINES] + list(ENGINES)
 
 
 def resolve_backend(
@@ -28,10 +33,19 @@ def resolve_backend(
     chunk_size: int | None = None,
     batch_time: float | None = None,
     replicas: int = 1,
+    time_scale: float | None = None,
+    log_dir: Path | None = None,
     seed: int = 0,
 ) -> Backend:
     """The backend called `name`. Profile flags (profile, kv_tokens, chunk_size, batch_time)
-    shape a simulated engine; a real engine reports its own profile, so they are refused there."""
+    shape a simulated engine (kv_tokens and batch_time an emulated one too, with time_scale); a
+    real engine reports its own profile, so they are refused there. An emulated engine with
+    replicas > 1 is that many emulator processes behind round-robin dispatch; `log_dir` keeps
+    their logs."""
+    if time_scale is not None and not (time_scale > 0 and math.isfinite(time_scale)):
+        raise KvbenchError(f"--time-scale must be a positive number, got {time_scale}")
+    if time_scale is not None and not name.startswith(EMULATE_PREFIX):
+        raise KvbenchError(f"{name}: --time-scale applies to emulate:* backends only")
     if name.startswith(SIM_PREFIX):
         from kvbench.backends.sim import SimBackend
 
@@ -56,8 +70,39 @@ def resolve_backend(
         sources = {field: "flag" if value is not None else "preset" for field, value in overrides.items()}
         sources.update(policy="backend name", block_size="preset", token_budget="preset", max_running="preset")
         return SimBackend(built, name=name, replicas=replicas, seed=seed, sources=sources)
-    from kvbench.backends.engines import ENGINES, open_engine
+    from kvbench.backends.engines import ENGINES, open_emulator, open_engine
 
+    if name.startswith(EMULATE_PREFIX):
+        engine = name[len(EMULATE_PREFIX):]
+        if engine not in ENGINES:
+            raise KvbenchError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}")
+        if url is not None or model is not None:
+            raise KvbenchError(f"{name} starts its own emulator and takes no --url or --model")
+        given = [f for f, v in (("--profile", profile), ("--chunk-size", chunk_size)) if v is not None]
+        if given:
+            raise KvbenchError(f"{name}: {', '.join(given)} apply to sim:* backends")
+        if kv_tokens is not None and kv_tokens < 1:
+            raise KvbenchError(f"--kv-tokens must be a positive number of tokens, got {kv_tokens}")
+        if batch_time is not None and not batch_time > 0:
+            raise KvbenchError(f"--batch-time must be a positive number of seconds, got {batch_time}")
+        if replicas < 1:
+            raise KvbenchError(f"--replicas must be at least 1, got {replicas}")
+        started: list[Backend] = []
+        try:
+            for i in range(replicas):
+                started.append(open_emulator(
+                    engine, kv_tokens=kv_tokens, batch_time=batch_time,
+                    time_scale=1.0 if time_scale is None else time_scale,
+                    log_dir=None if log_dir is None else log_dir / f"replica-{i}", seed=seed + i))
+        except BaseException:
+            for b in started:
+                b.close()
+            raise
+        if replicas == 1:
+            return started[0]
+        from kvbench.backends.replicas import RoundRobinBackend
+
+        return RoundRobinBackend(started)
     if name not in ENGINES:
         raise KvbenchError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}")
     given = [f for f, v in (("--profile", profile), ("--kv-tokens", kv_tokens), ("--chunk-size", chunk_size),

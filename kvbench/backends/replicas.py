@@ -78,6 +78,10 @@ class RoundRobinBackend(Backend):
         sources["replicas"] = f"{len(self.replicas)} endpoints, round-robin"
         return DiscoveredProfile(found[0].profile, sources)
 
+    @property
+    def time_scale(self) -> float:
+        return self.replicas[0].time_scale
+
     def execute(self, requests: list[RequestSpec], sink: EventSink, *, duration: float) -> None:
         g = len(self.replicas)
         self._latest = [None] * g

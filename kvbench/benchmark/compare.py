@@ -1,7 +1,7 @@
 """Measure several engines' stability boundaries on one workload, side by side with theory.
 
-For each engine, in turn: resolve its backend (launch from a recipe, attach by URL, or the
-emulated/simulated engine), discover its profile, estimate b̄ from its own iteration timings
+For each engine, in turn: resolve its backend (launch from a recipe, attach by URL, start
+kvbench's emulator of it, or the simulated engine), discover its profile, estimate b̄ from its own iteration timings
 in a short saturating calibration run, evaluate the theory at that b̄, search the boundary
 starting from the theory's μ, and close the backend. Everything is written to the compare
 directory as it happens (kvbench/report/raw.py describes the files), so one engine failing, or a
@@ -40,6 +40,7 @@ from kvbench.benchmark.batch_time import (
     estimate_batch_time,
     saturated_decode_times,
 )
+from kvbench.benchmark.search import DEFAULT_PRECISION
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel
@@ -49,21 +50,55 @@ from kvbench.workload import Workload, load_workload
 # A calibration burst holds this many KV caches' worth of requests, so that the engine runs full
 # batches while about half of them wait.
 CALIBRATION_FILL = 2.0
-# What an engine name means with no --url and no --model: its simulated form, run in virtual time.
-EMBEDDED_KIND = "sim"
+# What an engine name means with no --url and no --model: kvbench's emulator of the engine,
+# started as a child process and measured over HTTP like a real engine.
+EMBEDDED_KIND = "emulate"
 # Long enough for one 16-token prompt and 2 output tokens on any engine that is up at all.
 WARMUP_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class EmbeddedDefault:
+    """What `kvbench compare --backends trtllm,sglang` measures with no --url, no --model and no
+    --workload: each engine's emulator (its scheduler in kvbench's simulator, behind the engine's
+    own HTTP API) on a scaled-down version of the paper's 1:1 setting, so that the whole
+    comparison takes about a minute of a laptop's CPU while every figure is still measured
+    through the real path (HTTP, streaming, scraped engine state, statistical verdicts).
+
+    Why these levers, and not others: the emulator streams one chunk per output token in Python,
+    and each request costs ~1 ms of CPU in the emulator and again in the client, so the work a
+    comparison can afford is counted in requests and tokens, not engine-seconds. Short requests
+    (s, o ~ U{1..32}) and a KV cache of 2,048 tokens keep ~40–80 requests in each engine (δ =
+    max(s+o)/M = 3%, the paper's order of magnitude) and a request's life to ~17 iterations, so
+    a probe of 20 lives is ~1,000 requests. The A100 iteration-time model is kept, so every
+    figure stays in that engine's seconds; `time_scale` runs the emulated engine at that many
+    engine seconds per real second, chosen to keep the emulator and client well under a core
+    (queueing in the emulator's own process would look like engine queueing). The client
+    converts its clock to the engine's, so rates, b̄ and lengths are the emulated engine's and
+    can be set beside the theory and `sim:` (the same configuration simulated) unchanged."""
+
+    workload: str = "uniform:1-32,1-32"
+    kv_tokens: int = 2048
+    time_scale: float = 1.5
+    # a bracket 10% wide: each halving of the width costs about as much as the search so far
+    precision: float = 0.10
+
+
+EMBEDDED = EmbeddedDefault()
+REAL_ENGINE_WORKLOAD = "pd-1:1"
 
 
 @dataclass
 class CompareConfig:
     backends: list[str]  # labels, e.g. ["trtllm", "sglang"], or explicit specs "sim:trtllm"
-    workload: str = "pd-1:1"
+    workload: str | None = None  # None: see with_defaults
+    kv_tokens: int | None = None  # emulated and simulated engines' M (None: see with_defaults)
+    time_scale: float | None = None  # emulated engines' engine seconds per real second
     name: str | None = None
     urls: dict[str, list[str]] = field(default_factory=dict)
     model: str | None = None
     replicas: int = 1
-    precision: float = 0.05
+    precision: float | None = None  # None: EMBEDDED.precision in the embedded default, else 0.05
     confidence: float = 0.95
     max_engine_seconds: float | None = None
     seed: int = 0
@@ -77,6 +112,24 @@ class CompareConfig:
         out = asdict(self)
         out["output_root"] = str(self.output_root)
         return out
+
+    @property
+    def measures_real_engines(self) -> bool:
+        return bool(self.urls) or self.model is not None
+
+    def with_defaults(self) -> CompareConfig:
+        """The configuration with its defaults filled in. With no real engine and no --workload,
+        the embedded default (EMBEDDED: its workload, M and time scale) applies as a whole;
+        otherwise the workload is the paper's pd-1:1, emulated and simulated engines take their
+        preset's M, and emulators run in real time, unless given."""
+        embedded = self.workload is None and not self.measures_real_engines
+        return replace(
+            self,
+            workload=self.workload or (EMBEDDED.workload if embedded else REAL_ENGINE_WORKLOAD),
+            kv_tokens=self.kv_tokens or (EMBEDDED.kv_tokens if embedded else None),
+            time_scale=self.time_scale or (EMBEDDED.time_scale if embedded else None),
+            precision=self.precision or (EMBEDDED.precision if embedded else DEFAULT_PRECISION),
+        )
 
 
 class CompareObserver(Protocol):
@@ -144,7 +197,7 @@ def _theory(workload: Workload, profile: EngineProfile, batch_time: float, repli
     constant otherwise. The measured b̄ is the client's time per output token, which for an
     engine that runs prefill and decode as separate batches (SGLang) already includes the
     interleaved prefill iterations that the engine-aware model counts itself, so using it where
-    the model is known would count them twice (−14% on the embedded default)."""
+    the model is known would count them twice (−14% on pd-1:1 at the paper's scale)."""
     paper = theory.evaluate(
         workload, kv_tokens=profile.kv_tokens, chunk_size=profile.chunk_size, batch_time=batch_time
     )
@@ -225,6 +278,7 @@ def _calibrate(
         "run_dir": engine.relative(run_dir, root),
         "engine_seconds": elapsed,
         "requests": len(requests),
+        "throughput": burst_throughput(recorder.records),
     }
     estimate = estimate_batch_time(
         saturated_decode_times(recorder.records), source=CLIENT_SOURCE, trim=config.trim
@@ -234,12 +288,39 @@ def _calibrate(
     return estimate
 
 
+def burst_throughput(records: list[RequestRecord]) -> float | None:
+    """Completions per second in a burst while some request was still waiting for its first
+    token (the engine saturated): a direct, rough measure of the engine's capacity. None with
+    fewer than MIN_TIMINGS such completions."""
+    firsts = [r.first_token for r in records if r.first_token is not None]
+    if not firsts:
+        return None
+    last_admission = max(firsts)
+    done = sorted(r.finished for r in records
+                  if r.error is None and r.finished is not None and r.finished <= last_admission)
+    if len(done) < MIN_TIMINGS or done[-1] <= done[0]:
+        return None
+    return (len(done) - 1) / (done[-1] - done[0])
+
+
+def _start_rate(data: dict[str, Any]) -> float:
+    """Where the search starts (it overloads this first): the engine-aware μ, or the capacity
+    the calibration burst showed when that is higher. An overloaded probe measures the capacity
+    whatever the overload, while every probe that comes back STABLE below the boundary costs a
+    whole probe; and with a measured constant b̄ the engine-aware μ undershoots an engine that
+    runs prefill and decode as separate batches (SGLang: b̄ already holds the prefill batches
+    the model counts again)."""
+    theory_mu = data["theory"]["mu_engine_aware"] or data["theory"]["mu"]
+    return max(theory_mu, data["calibration"].get("throughput") or 0.0)
+
+
 def _engine_seconds(backend: Backend, records: list[RequestRecord], wall: float) -> float:
-    """Engine time a run took: virtual for a simulator (its last event), wall time otherwise."""
+    """Engine time a run took: virtual for a simulator (its last event), wall time otherwise,
+    in the engine's seconds (an emulator may run faster or slower than real time)."""
     if backend.kind == "simulated":
         times = [r.finished or r.first_token or r.sent or 0.0 for r in records]
         return float(max(times, default=0.0))
-    return wall
+    return wall * backend.time_scale
 
 
 def _versions() -> dict[str, str]:
@@ -269,9 +350,10 @@ def replica_count(label: str, config: CompareConfig) -> int:
     return len(urls) if len(urls) > 1 else config.replicas
 
 
-def open_backend(label: str, spec: str, config: CompareConfig) -> Backend:
-    """Resolve the backend; several URLs become replicas behind a round-robin dispatcher."""
-    from kvbench.backends.registry import resolve_backend
+def open_backend(label: str, spec: str, config: CompareConfig, log_dir: Path | None = None) -> Backend:
+    """Resolve the backend; several URLs become replicas behind a round-robin dispatcher.
+    Emulators compare starts keep their logs in `log_dir`."""
+    from kvbench.backends.registry import EMULATE_PREFIX, SIM_PREFIX, resolve_backend
 
     urls = config.urls.get(label, [])
     if len(urls) > 1:
@@ -291,19 +373,36 @@ def open_backend(label: str, spec: str, config: CompareConfig) -> Backend:
         from kvbench.backends.engines import open_engine
 
         return open_engine(spec, model=config.model, seed=config.seed)
+    if spec.startswith(EMULATE_PREFIX):
+        return resolve_backend(spec, replicas=config.replicas, seed=config.seed,
+                               kv_tokens=config.kv_tokens, time_scale=config.time_scale,
+                               log_dir=log_dir)
+    if spec.startswith(SIM_PREFIX):
+        return resolve_backend(spec, replicas=config.replicas, seed=config.seed,
+                               kv_tokens=config.kv_tokens)
     return resolve_backend(spec, replicas=config.replicas, seed=config.seed)
 
 
-def banner_for(kinds: set[str]) -> str | None:
+def banner_for(kinds: set[str], time_scales: set[float] = frozenset()) -> str | None:
+    """The line over every summary when any engine is not real. `time_scales`: the emulated
+    engines' engine seconds per real second."""
     marked = sorted(k for k in kinds if k != "real")
     if not marked:
         return None
     what = " and ".join(k.upper() for k in marked)
+    source = {
+        ("simulated",): "kvbench's engine simulator",
+        ("emulated",): "kvbench's HTTP emulators of the engines (its engine simulator behind "
+                       "each engine's own API, measured over HTTP)",
+    }.get(tuple(marked), "kvbench's HTTP emulators and engine simulator")
+    clock = ""
+    scaled = sorted(t for t in time_scales if t != 1.0)
+    if scaled:
+        clock = (f", run at {' and '.join(f'{t:g}' for t in scaled)} engine seconds per real "
+                 "second (every figure is in the emulated engine's own seconds)")
     return (
-        f"{what} engines: these figures come from kvbench's engine "
-        f"{'simulator' if marked == ['simulated'] else 'emulators and simulator'} on this "
-        "machine's CPU, not from GPU measurements. Give --url engine=URL or --model to measure "
-        "real engines."
+        f"{what} engines: these figures come from {source}{clock} on this machine's CPU, not from "
+        "GPU measurements. Give --url engine=URL or --model to measure real engines."
     )
 
 
@@ -313,6 +412,7 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
     and the directory says so."""
     if not config.backends:
         raise KvbenchError("--backends needs at least one engine, e.g. --backends trtllm,sglang")
+    config = config.with_defaults()
     workload = load_workload(config.workload)
     now = datetime.now(timezone.utc)
     directory = report_directory(config, now)
@@ -334,7 +434,8 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         "kvbench_version": __version__,
         "versions": _versions(),
         "config": config.to_json(),
-        "banner": banner_for({a["kind"] for a in asked}),
+        "banner": banner_for({a["kind"] for a in asked},
+                             {config.time_scale} if config.time_scale else set()),
         "interrupted": False,
         "engines": asked,
     }
@@ -345,7 +446,10 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         observer.engine_started(a["label"], a["kind"], index, len(asked))
         backend = None
         try:
-            backend = open_backend(a["label"], a["backend"], config)
+            backend = open_backend(a["label"], a["backend"], config, engine.directory / "server")
+            engine.data["time_scale"] = backend.time_scale
+            engine.data["servers"] = _servers(backend, directory)
+            engine.save()
             _measure(backend, engine, directory, workload, config, observer, a["label"])
             engine.data["status"] = "ok"
         except KeyboardInterrupt:
@@ -363,13 +467,30 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         if header["interrupted"]:
             break
     # the banner states what actually ran (an attached server may turn out to be an emulator)
-    kinds = set()
+    kinds, scales = set(), set()
     for a in asked:
         path = directory / raw.ENGINES_DIR / a["slug"] / raw.ENGINE_FILE
-        kinds.add(raw.read_json(path)["kind"] if path.is_file() else a["kind"])
-    header["banner"] = banner_for(kinds)
+        data = raw.read_json(path) if path.is_file() else a
+        kinds.add(data["kind"])
+        if data["kind"] == "emulated" and data.get("time_scale") is not None:
+            scales.add(data["time_scale"])
+    header["banner"] = banner_for(kinds, scales)
     raw.write_json_atomic(directory / raw.COMPARE_FILE, header)
     return directory
+
+
+def _servers(backend: Backend, root: Path) -> list[dict[str, Any]]:
+    """The server processes kvbench started for this backend (one per replica): pid, URL, and
+    log (relative to the compare directory when it is inside it)."""
+    found = []
+    for b in backend.replicas if isinstance(backend, RoundRobinBackend) else [backend]:
+        server = getattr(b, "server", None)
+        if server is not None:
+            log = server.log_path
+            if log.is_relative_to(root):
+                log = log.relative_to(root)
+            found.append({"pid": server.pid, "url": server.url, "log": log.as_posix()})
+    return found
 
 
 def _expected_kind(spec: str) -> str:
@@ -439,7 +560,7 @@ class _MeasuredIterationTime(Backend):
 
     def __init__(self, backend: Backend, batch_time: float):
         self.backend, self.batch_time = backend, batch_time
-        self.name, self.kind = backend.name, backend.kind
+        self.name, self.kind, self.time_scale = backend.name, backend.kind, backend.time_scale
         self.replays_prefix = getattr(backend, "replays_prefix", False)
 
     def discover_profile(self) -> DiscoveredProfile:
@@ -514,8 +635,7 @@ def _search(
         confidence=config.confidence,
         max_engine_seconds=config.max_engine_seconds or DEFAULT_MAX_ENGINE_SECONDS,
         seed=config.seed,
-        # the engine-aware μ is the closer guess when there is one; the search overloads it first
-        start_rate=engine.data["theory"]["mu_engine_aware"] or engine.data["theory"]["mu"],
+        start_rate=_start_rate(engine.data),
         on_probe=on_probe,
         on_probe_start=on_probe_start,
         output=engine.directory,

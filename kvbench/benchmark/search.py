@@ -3,7 +3,8 @@ UNSTABLE, to a relative width `precision`.
 
 How it spends little engine time, and why each step is sound:
 1. Saturate. It starts from the theory's rate (the engine-aware μ of the backend's profile) times
-   FIRST_OVERLOAD, raising the rate ×1.5 while runs come back STABLE. An overloaded run is the
+   FIRST_OVERLOAD, raising the rate ×1.5 while runs come back STABLE (×1.25 when INCONCLUSIVE:
+   such a run is near the boundary, and a higher rate settles faster than extending it). An overloaded run is the
    cheapest to judge, and its departure rate is the engine's capacity: with a backlog that never
    empties the engine serves at its saturated rate c whatever λ is. The run is extended until the
    capacity interval [c_lo, c_hi] is narrower than CAPACITY_WIDTH·precision (or the budget says stop).
@@ -200,7 +201,9 @@ def find_boundary(
                 until_capacity_width is not None and verdict == "UNSTABLE"
                 and ev.get("departure_lo") and ev["departure_hi"] / ev["departure_lo"] - 1 > until_capacity_width
             )
-            more = verdict == "INCONCLUSIVE" or wide
+            # a saturation probe is not extended while INCONCLUSIVE: it is near the boundary, and
+            # stepping the rate up (below) gets an overloaded run for less than doubling it would
+            more = (verdict == "INCONCLUSIVE" and until_capacity_width is None) or wide
             next_cost = 2 * duration - duration if backend.replays_prefix else 2 * duration
             if not more or duration >= max_duration or spent + next_cost > max_engine_seconds:
                 break

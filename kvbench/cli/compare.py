@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from kvbench.benchmark.compare import CompareConfig, run_compare
+from kvbench.benchmark.compare import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig, run_compare
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.compare_progress import CompareProgress
@@ -86,16 +86,26 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 @click.command()
 @click.option("--backends", default="trtllm,sglang", show_default=True,
               help="Comma-separated engines: trtllm, sglang, vllm, or an explicit backend such as "
-              "sim:trtllm or emulate:sglang.")
-@click.option("--workload", default="pd-1:1", show_default=True,
-              help="Workload spec (pd-1:1, uniform:S-S,O-O, fixed:S,O) or trace file.")
+              "sim:trtllm (simulated, virtual time) or emulate:sglang.")
+@click.option("--workload",
+              help=f"Workload spec (pd-1:1, uniform:S-S,O-O, fixed:S,O) or trace file [default: "
+              f"{EMBEDDED.workload} with no --url/--model (the embedded default), else "
+              f"{REAL_ENGINE_WORKLOAD}].")
+@click.option("--kv-tokens", type=click.IntRange(min=1), metavar="M",
+              help=f"KV capacity of the emulated and simulated engines [default: {EMBEDDED.kv_tokens} "
+              "in the embedded default, else the engine preset's 131,000].")
+@click.option("--time-scale", type=click.FloatRange(min=0, min_open=True),
+              help=f"Engine seconds per real second of the emulated engines [default: "
+              f"{EMBEDDED.time_scale:g} in the embedded default, else 1]. Figures stay in engine "
+              "seconds; the scale only sets how fast the emulator must stream.")
 @click.option("--url", "urls", multiple=True, metavar="ENGINE=URL",
               help="Attach to a running server; repeat for data-parallel replicas.")
 @click.option("--model", help="Launch each engine from its recipe with this model.")
 @click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel replicas per engine, dispatched round-robin.")
-@click.option("--precision", type=float, default=0.05, show_default=True,
-              help="Relative width of the boundary bracket to reach.")
+@click.option("--precision", type=float,
+              help=f"Relative width of the boundary bracket to reach [default: "
+              f"{EMBEDDED.precision:g} in the embedded default, else 0.05].")
 @click.option("--confidence", type=float, default=0.95, show_default=True)
 @click.option("--max-engine-seconds", type=float, help="Search budget per engine.")
 @click.option("--target-rate", type=float,
@@ -111,23 +121,33 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 @click.option("--progress/--no-progress", default=None,
               help="Live progress view (default: on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
-def compare(backends, workload, urls, model, replicas, precision, confidence, max_engine_seconds,
+def compare(backends, workload, kv_tokens, time_scale, urls, model, replicas, precision, confidence, max_engine_seconds,
             target_rate, target_utilization, trim, seed, name, output_dir, progress,
             as_json) -> None:
     """Measure each engine's stability boundary on the same workload, set it beside the theory,
     and write a report (report.html, summary.md, results.json, CSVs).
 
-    With no --url and no --model the engines are kvbench's own simulated forms, and the report
-    says so on every row and plot.
+    With no --url and no --model each engine is kvbench's emulator of it (its scheduler in
+    kvbench's simulator, behind the engine's own HTTP API), started on a free local port, driven
+    over HTTP exactly as a real engine is, and stopped at the end; the report says EMULATED on
+    every row and plot. With no --workload either, the embedded default applies: s, o ~
+    U{1..32}, M = 2,048 tokens, the emulated engines run at 1.5 engine seconds per real second,
+    and the bracket is 10% wide (short requests and a small cache keep the comparison to about
+    a minute of CPU; every figure is in the emulated engine's own seconds). sim:ENGINE runs the
+    same configuration in the simulator, in virtual time.
 
     \b
     Examples:
       kvbench compare --backends trtllm,sglang
+      kvbench compare --backends sim:trtllm,sim:sglang         # the same, simulated
+      kvbench compare --backends trtllm --workload pd-1:1      # paper scale, emulated (slow)
       kvbench compare --backends vllm --url vllm=http://127.0.0.1:8000 --target-rate 50
     """
     config = CompareConfig(
         backends=[b.strip() for b in backends.split(",") if b.strip()],
         workload=workload,
+        kv_tokens=kv_tokens,
+        time_scale=time_scale,
         name=name,
         urls=_parse_urls(urls),
         model=model,
@@ -146,8 +166,14 @@ def compare(backends, workload, urls, model, replicas, precision, confidence, ma
     if unknown:
         raise KvbenchError(f"--url names {', '.join(sorted(unknown))}, not in --backends")
     show = sys.stderr.isatty() if progress is None else progress
-    with CompareProgress(enabled=show) as view:
-        directory = run_compare(config, view)
+    # a SIGTERM (a job runner's timeout) stops like Ctrl-C: the engines kvbench started are
+    # stopped and what was measured is reported
+    previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with CompareProgress(enabled=show) as view:
+            directory = run_compare(config, view)
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
     # measuring is over: a Ctrl-C now would only lose the report, so let it finish
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

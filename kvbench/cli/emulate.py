@@ -51,6 +51,8 @@ def emulate(engine, host, port, time_scale, latency, kv_tokens, max_running, bat
     click.echo(f"emulating {engine} ({mode}; M = {profile.kv_tokens:,} tokens) "
                f"on http://{host}:{port}  [emulated, not a real engine]", err=True)
     try:
-        web.run_app(app, host=host, port=port, print=None, access_log=None)
+        # a client that disconnects cancels its handler, which aborts its request in the engine
+        web.run_app(app, host=host, port=port, print=None, access_log=None,
+                    handler_cancellation=True)
     except OSError as err:
         raise KvbenchError(f"cannot bind {host}:{port}: {err.strerror or err}") from None

@@ -57,9 +57,13 @@ class RealTimeEngine:
         return rid, queue
 
     def abandon(self, rid: int) -> None:
-        """The client went away; its remaining events are dropped (the engine still runs it, as
-        engines finish aborted requests' current iteration at least)."""
-        self.streams.pop(rid, None)
+        """The client went away: the engine aborts the request, as vLLM, SGLang and
+        TensorRT-LLM do on a disconnect (a running one finishes its current iteration first).
+        Without that, the backlog an overloaded run leaves would still be served during the
+        next run against the same server."""
+        if self.streams.pop(rid, None) is not None:
+            self.sim.abort(rid)
+            self._wake.set()
 
     def state(self) -> dict[str, Any]:
         return self.sim.state()

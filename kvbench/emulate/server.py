@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kvbench.backends.http import EMULATED_HEADER
+from kvbench.backends.http import EMULATED_HEADER, TIME_SCALE_HEADER
 from kvbench.emulate.engine import RealTimeEngine
 from kvbench.profile import EngineProfile
 
@@ -92,6 +92,9 @@ def build_app(fmt: EngineFormat, *, time_scale: float = 1.0, zero_latency: bool 
     async def mark(request, handler):
         resp = await handler(request)
         resp.headers[EMULATED_HEADER] = fmt.name
+        if not zero_latency:
+            # clients convert their clocks to the engine's with it (kvbench.backends.http)
+            resp.headers[TIME_SCALE_HEADER] = repr(float(time_scale))
         return resp
 
     app = web.Application(middlewares=[mark])
@@ -177,7 +180,7 @@ def build_app(fmt: EngineFormat, *, time_scale: float = 1.0, zero_latency: bool 
                 await resp.write(_sse(fmt.final_chunk(rid, created, _usage(p, output))))
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
-        except ConnectionError:  # the client left (a run ending); the engine keeps the request
+        except ConnectionError:  # the client left (a run ending); the engine aborts it
             pass
         finally:
             fmt.engine.abandon(sim_id)

@@ -50,6 +50,8 @@ pub struct Engine {
     clock: f64,
     in_flight: Option<IterationRecord>,
     retracted_in_flight: bool,
+    /// Running requests the client abandoned during the iteration in flight (see `abort`).
+    aborted: Vec<u32>,
     pub iterations: u64,
     pub preemptions: u64,
     pub completed: u64,
@@ -88,6 +90,7 @@ impl Engine {
             clock: 0.0,
             in_flight: None,
             retracted_in_flight: false,
+            aborted: Vec::new(),
             iterations: 0,
             preemptions: 0,
             completed: 0,
@@ -226,9 +229,56 @@ impl Engine {
         &self.last
     }
 
+    /// Drops request `id` as an engine aborts a request whose client disconnected: a waiting
+    /// request leaves the queue at once; a running one is in the batch in flight, so it leaves
+    /// when that iteration ends, freeing its KV (and TensorRT-LLM's reservation) before the next
+    /// batch is planned. It reports no further event. Unknown or finished ids are ignored.
+    pub fn abort(&mut self, id: u64) {
+        let Some(s) = (0..self.slab.len() as u32)
+            .find(|&s| self.slab[s as usize].phase != Phase::Done && self.slab[s as usize].id == id)
+        else {
+            return;
+        };
+        if self.in_flight.is_some() && self.slab[s as usize].phase != Phase::Waiting {
+            self.aborted.push(s);
+        } else {
+            self.release(s);
+        }
+    }
+
+    /// Frees a request the client abandoned (not in the batch in flight) and its slot.
+    fn release(&mut self, s: u32) {
+        match self.slab[s as usize].phase {
+            Phase::Waiting => self.waiting.retain(|&w| w != s),
+            Phase::Prefill | Phase::Decode => {
+                if self.slab[s as usize].phase == Phase::Decode {
+                    self.decode.leave(s, &mut self.slab);
+                } else {
+                    self.prefilling.retain(|&p| p != s);
+                }
+                let computed = self.slab[s as usize].computed;
+                self.used_pages -= self.pages(computed);
+                self.reserved_pages -= self.slab[s as usize].reserved;
+                self.running -= 1;
+                self.long_outputs_running -= self.is_long(s);
+            }
+            // finished in the iteration it was aborted in: nothing left to free
+            Phase::Done => return,
+        }
+        let r = &mut self.slab[s as usize];
+        r.reserved = 0;
+        r.chunk = 0;
+        r.phase = Phase::Done;
+        r.seq = NOT_RUNNING;
+        self.free_slots.push(s);
+    }
+
     /// Schedules an iteration starting at `now`; false when there is nothing to run.
     fn start<O: Observer>(&mut self, now: f64, obs: &mut O) -> bool {
         debug_assert!(self.in_flight.is_none());
+        for s in std::mem::take(&mut self.aborted) {
+            self.release(s);
+        }
         self.clock = now;
         if self.running == 0 && self.waiting.is_empty() {
             // SGLang resets its ratio when the server goes idle.

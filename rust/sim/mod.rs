@@ -118,6 +118,10 @@ impl EngineSim {
             .collect()
     }
 
+    fn abort(&mut self, request_id: u64) {
+        self.inner.abort(request_id);
+    }
+
     fn next_event_time(&self) -> Option<f64> {
         self.inner.next_event_time()
     }

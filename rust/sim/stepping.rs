@@ -86,6 +86,11 @@ impl Stepper {
         std::mem::take(&mut self.log.events)
     }
 
+    /// The client abandoned request `id` (see `Engine::abort`).
+    pub fn abort(&mut self, id: u64) {
+        self.engine.abort(id);
+    }
+
     pub fn next_event_time(&self) -> Option<f64> {
         self.engine.next_event_time()
     }

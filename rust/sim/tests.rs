@@ -343,3 +343,60 @@ fn budget_below_the_running_cap_limits_prefill_only() {
     assert!(log.iterations.iter().all(|i| i.batch_tokens <= 8 || i.batch_tokens == i.running));
     assert!(log.iterations.iter().map(|i| i.running).max().unwrap() <= 9);
 }
+
+#[test]
+fn aborted_requests_leave_and_free_their_memory() {
+    // TensorRT-LLM, M = 64 in pages of 32: request 0 reserves all of it (b = 0.1 s). Aborted
+    // during its second iteration, it leaves when that iteration ends (t = 0.2) and request 1,
+    // which waited for its reservation, is admitted then instead of after 0's 41 iterations.
+    let mut e = Engine::new(profile(Rule::Trtllm, 64, 32, 8192, 8192, 2048), 0);
+    let mut log = Log::default();
+    e.add_request(0, 10, 40, 0.0).unwrap();
+    e.add_request(1, 10, 40, 0.0).unwrap();
+    e.add_request(2, 10, 5, 0.0).unwrap();
+    e.advance(0.15, &mut log);
+    e.abort(0);
+    e.abort(2); // waiting: gone at once
+    assert_eq!(e.waiting(), 1);
+    assert_eq!(e.running(), 1, "the running request stays until its iteration ends");
+    e.advance(f64::INFINITY, &mut log);
+    assert!(!log.finished.contains_key(&0) && !log.admitted.contains_key(&2));
+    assert_eq!(log.tokens[&0], vec![1, 2], "no token after the iteration it was aborted in");
+    assert!((log.admitted[&1][0] - 0.2).abs() < 1e-12);
+    assert_eq!(log.finished[&1].1, 40);
+    assert_eq!((e.kv_used_tokens(), e.running(), e.waiting()), (0, 0, 0));
+    e.abort(1); // finished: ignored
+    e.abort(99); // unknown: ignored
+    assert_eq!(e.next_event_time(), None);
+}
+
+#[test]
+fn aborts_under_pressure_keep_the_books() {
+    // Every rule, with preemptions and retractions: a third of the requests are abandoned at
+    // random moments; the rest finish whole, and memory, reservations and counts return to 0.
+    for (k, rule) in [Rule::Ideal, Rule::Vllm, Rule::Sglang, Rule::Trtllm].into_iter().enumerate() {
+        let mut e = Engine::new(profile(rule, 2048, 16, 64, 256, 32), 0);
+        let mut rng = Pcg64Mcg::seed_from_u64(k as u64);
+        let mut log = Log::default();
+        let (mut t, n) = (0.0, 300u64);
+        let mut abandoned = Vec::new();
+        for id in 0..n {
+            t += rng.random::<f64>() * 0.2;
+            e.advance(t, &mut log);
+            e.add_request(id, rng.random_range(1..300), rng.random_range(1..300), t).unwrap();
+            if rng.random::<f64>() < 0.33 {
+                let victim = rng.random_range(0..=id);
+                e.abort(victim);
+                abandoned.push(victim);
+            }
+            assert!(e.kv_used_tokens() <= 2048);
+        }
+        e.advance(f64::INFINITY, &mut log);
+        for id in 0..n {
+            if !abandoned.contains(&id) {
+                assert!(log.finished.contains_key(&id), "{rule:?} request {id}");
+            }
+        }
+        assert_eq!((e.kv_used_tokens(), e.running(), e.waiting()), (0, 0, 0), "{rule:?}");
+    }
+}
