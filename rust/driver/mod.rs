@@ -56,35 +56,6 @@ enum RunState {
     Stopped,
 }
 
-/// One request's record while it is in Rust.
-struct Outcome {
-    index: usize,
-    sent: f64,
-    first_token: Option<f64>,
-    finished: Option<f64>,
-    output_tokens: Option<i64>,
-    prompt_tokens: Option<i64>,
-    token_times: Vec<f64>,
-    error: Option<String>,
-    message: Option<String>,
-}
-
-impl Outcome {
-    fn new(index: usize, sent: f64) -> Self {
-        Outcome {
-            index,
-            sent,
-            first_token: None,
-            finished: None,
-            output_tokens: None,
-            prompt_tokens: None,
-            token_times: Vec::new(),
-            error: None,
-            message: None,
-        }
-    }
-}
-
 /// What the scheduler thread, the request tasks and the Python-facing object share.
 struct Shared {
     t0: Instant,
@@ -98,7 +69,7 @@ struct Shared {
     sent: AtomicUsize,
     sending_done: AtomicBool,
     engine_down_at: Mutex<Option<f64>>,
-    records: Mutex<Vec<Outcome>>,
+    records: Mutex<Vec<DriverRecord>>,
 }
 
 impl Shared {
@@ -174,18 +145,19 @@ pub struct DriverRecord {
     message: Option<String>,
 }
 
-impl From<Outcome> for DriverRecord {
-    fn from(o: Outcome) -> Self {
+impl DriverRecord {
+    /// A request sent at `sent`, with nothing else known yet; the request task fills it in.
+    fn new(index: usize, sent: f64) -> Self {
         DriverRecord {
-            index: o.index,
-            sent: o.sent,
-            first_token: o.first_token,
-            finished: o.finished,
-            output_tokens: o.output_tokens,
-            prompt_tokens: o.prompt_tokens,
-            token_times: o.token_times,
-            error: o.error,
-            message: o.message,
+            index,
+            sent,
+            first_token: None,
+            finished: None,
+            output_tokens: None,
+            prompt_tokens: None,
+            token_times: Vec::new(),
+            error: None,
+            message: None,
         }
     }
 }
@@ -331,10 +303,7 @@ impl HttpDriver {
     /// The records of requests that ended since the last call.
     fn poll(&self) -> Vec<DriverRecord> {
         match &self.shared {
-            Some(shared) => {
-                let done = std::mem::take(&mut *shared.records.lock().unwrap());
-                done.into_iter().map(DriverRecord::from).collect()
-            }
+            Some(shared) => std::mem::take(&mut *shared.records.lock().unwrap()),
             None => Vec::new(),
         }
     }

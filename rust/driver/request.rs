@@ -14,7 +14,7 @@ use hyper::Request;
 use tokio::time::sleep_until;
 
 use super::stream::{excerpt, Line, LineBuffer, StreamResult};
-use super::{Outcome, RunState, Shared};
+use super::{DriverRecord, RunState, Shared};
 
 /// How a request ended, besides what is already written on its record.
 enum Ending {
@@ -36,7 +36,7 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, at: Instant, body: By
         std::hint::spin_loop();
     }
     let sent_at = Instant::now();
-    let mut record = Outcome::new(index, shared.secs(sent_at));
+    let mut record = DriverRecord::new(index, shared.secs(sent_at));
     let mut leftover: Option<Incoming> = None;
     let mut state = shared.state.subscribe();
     let timeout = shared.timeout;
@@ -80,7 +80,7 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, at: Instant, body: By
 async fn exchange(
     shared: &Shared,
     body: Bytes,
-    record: &mut Outcome,
+    record: &mut DriverRecord,
     leftover: &mut Option<Incoming>,
 ) -> Ending {
     let request = Request::post(shared.uri.clone())
@@ -148,7 +148,7 @@ async fn exchange(
 }
 
 /// Counts from the server's final usage chunk, checked against the requested output length.
-fn finish(shared: &Shared, record: &mut Outcome, result: &StreamResult) -> Ending {
+fn finish(shared: &Shared, record: &mut DriverRecord, result: &StreamResult) -> Ending {
     if !result.done {
         return failed("truncated_stream", "stream ended without data: [DONE]");
     }
@@ -192,7 +192,7 @@ impl Shared {
         self.end_sending(RunState::EngineDown);
     }
 
-    fn report(&self, record: Outcome) {
+    fn report(&self, record: DriverRecord) {
         self.records.lock().unwrap().push(record);
         // After the push: `finished` (nothing in flight, sending over) implies every record is
         // ready to poll.
