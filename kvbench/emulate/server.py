@@ -21,6 +21,15 @@ class BadRequest(Exception):
     """A request the emulated engine would reject with HTTP 400."""
 
 
+def prometheus_text(labels: str, series: list[tuple[str, str, float]]) -> str:
+    """Prometheus text of one sample per (name, kind, value), each with `labels`, as an engine's
+    metrics endpoint serves them."""
+    lines = []
+    for name, kind, value in series:
+        lines += [f"# HELP {name} {name}", f"# TYPE {name} {kind}", f"{name}{{{labels}}} {float(value)}"]
+    return "\n".join(lines) + "\n"
+
+
 class EngineFormat(ABC):
     """One engine's API, in its own formats. `engine` is None in zero-latency mode."""
 

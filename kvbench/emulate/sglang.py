@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from kvbench.emulate.server import EngineFormat
+from kvbench.emulate.server import EngineFormat, prometheus_text
 from kvbench.profile import EngineProfile
 
 
@@ -60,18 +60,14 @@ class SglangFormat(EngineFormat):
         g, p = self.gauges, self.profile
         labels = (f'engine_type="unified",model_name="{self.model_id}",moe_ep_rank="0",'
                   'pp_rank="0",tp_rank="0"')
-        lines = []
-        for name, kind, value in [
-            ("num_running_reqs", "gauge", g["running"]),
-            ("num_queue_reqs", "gauge", g["waiting"]),
-            ("num_used_tokens", "gauge", g["kv_used_tokens"]),
-            ("token_usage", "gauge", g["kv_used_tokens"] / p.kv_tokens),
-            ("max_total_num_tokens", "gauge", p.kv_tokens),
-            ("num_retracted_requests_total", "counter", g["preemptions_total"]),
-        ]:
-            lines += [f"# HELP sglang:{name} {name}", f"# TYPE sglang:{name} {kind}",
-                      f"sglang:{name}{{{labels}}} {float(value)}"]
-        return "\n".join(lines) + "\n"
+        return prometheus_text(labels, [
+            ("sglang:num_running_reqs", "gauge", g["running"]),
+            ("sglang:num_queue_reqs", "gauge", g["waiting"]),
+            ("sglang:num_used_tokens", "gauge", g["kv_used_tokens"]),
+            ("sglang:token_usage", "gauge", g["kv_used_tokens"] / p.kv_tokens),
+            ("sglang:max_total_num_tokens", "gauge", p.kv_tokens),
+            ("sglang:num_retracted_requests_total", "counter", g["preemptions_total"]),
+        ])
 
     def routes(self) -> list[web.RouteDef]:
         async def info(request):

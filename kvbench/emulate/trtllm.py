@@ -15,7 +15,7 @@ from datetime import datetime
 from aiohttp import web
 
 from kvbench.backends.trtllm import TIMESTAMP_FORMAT
-from kvbench.emulate.server import BadRequest, EngineFormat
+from kvbench.emulate.server import BadRequest, EngineFormat, prometheus_text
 from kvbench.profile import EngineProfile
 
 # tensorrt_llm/serve/openai_protocol.py CompletionRequest (extra="forbid").
@@ -89,7 +89,7 @@ class TrtllmFormat(EngineFormat):
         if self.iter_stats:
             self.records.append(self.latest)
 
-    def prometheus_text(self) -> str:
+    def gauges_text(self) -> str:
         labels = f'engine_type="trtllm",model_name="{self.model_id}"'
         p = self.profile
         r = self.latest or {"numActiveRequests": 0, "numQueuedRequests": 0, "iterLatencyMS": 0.0,
@@ -97,22 +97,20 @@ class TrtllmFormat(EngineFormat):
                             "kvCacheStats": {"usedNumBlocks": 0}}
         total = p.kv_tokens // p.block_size
         used = r["kvCacheStats"]["usedNumBlocks"]
-        lines = []
-        for name, value in [
-            ("num_requests_running", r["numActiveRequests"]),
-            ("num_requests_waiting", r["numQueuedRequests"]),
-            ("num_scheduled_requests", r["inflightBatchingStats"]["numScheduledRequests"]),
-            ("kv_cache_max_blocks", total),
-            ("kv_cache_used_blocks", used),
-            ("kv_cache_free_blocks", total - used),
-            ("kv_cache_tokens_per_block", p.block_size),
-            ("kv_cache_utilization", used / total),
-            ("max_num_active_requests", p.max_running),
-            ("iteration_latency_seconds", r["iterLatencyMS"] / 1000.0),
-        ]:
-            lines += [f"# HELP trtllm_{name} {name}", f"# TYPE trtllm_{name} gauge",
-                      f"trtllm_{name}{{{labels}}} {float(value)}"]
-        return "\n".join(lines) + "\n"
+        return prometheus_text(labels, [
+            (f"trtllm_{name}", "gauge", value) for name, value in [
+                ("num_requests_running", r["numActiveRequests"]),
+                ("num_requests_waiting", r["numQueuedRequests"]),
+                ("num_scheduled_requests", r["inflightBatchingStats"]["numScheduledRequests"]),
+                ("kv_cache_max_blocks", total),
+                ("kv_cache_used_blocks", used),
+                ("kv_cache_free_blocks", total - used),
+                ("kv_cache_tokens_per_block", p.block_size),
+                ("kv_cache_utilization", used / total),
+                ("max_num_active_requests", p.max_running),
+                ("iteration_latency_seconds", r["iterLatencyMS"] / 1000.0),
+            ]
+        ])
 
     def routes(self) -> list[web.RouteDef]:
         async def metrics(request):
@@ -121,6 +119,6 @@ class TrtllmFormat(EngineFormat):
             return web.json_response(drained)
 
         async def prometheus(request):
-            return web.Response(text=self.prometheus_text(), content_type="text/plain")
+            return web.Response(text=self.gauges_text(), content_type="text/plain")
 
         return [web.get("/metrics", metrics), web.get("/prometheus/metrics", prometheus)]
