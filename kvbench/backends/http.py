@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from abc import abstractmethod
 from collections import Counter
@@ -408,6 +409,17 @@ class EngineClock:
 
     def sample(self, sample: QueueSample) -> None:
         self.sink.sample(replace(sample, time=sample.time * self.scale))
+
+
+def log_settings(pattern: re.Pattern[str], text: str) -> dict[str, int]:
+    """The integer values of the last line of a startup log that `pattern` matches, a run of
+    "key=value, key=value, …" (engines print such a line again when they resize their pools, so
+    the last one holds); values that are not integers ("12.3 GB") are left out."""
+    found: dict[str, int] = {}
+    for m in pattern.finditer(text):
+        pairs = (pair.partition("=") for pair in m.group(0).split(", "))
+        found = {key: int(value) for key, _, value in pairs if value.isdigit()}
+    return found
 
 
 def setting(settings: dict[str, Any], sources: dict[str, str], field_name: str,

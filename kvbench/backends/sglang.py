@@ -19,7 +19,7 @@ import time
 
 from kvbench.backends.base import DiscoveredProfile
 from kvbench.backends.client import ServerClient
-from kvbench.backends.http import HttpBackend, discovered_profile, ServerState
+from kvbench.backends.http import HttpBackend, discovered_profile, log_settings, ServerState
 from kvbench.backends.prometheus import Metrics
 from kvbench.errors import KvbenchError
 
@@ -83,14 +83,7 @@ def read_state(loads: list[dict] | None, metrics: Metrics | None, at: float) -> 
 def read_log(text: str) -> dict[str, int]:
     """The scheduler's limits from the last "max_total_num_tokens=…, …" startup line (it is
     printed again when the memory pool is resized), numeric values only."""
-    found: dict[str, int] = {}
-    for m in _LOG_LIMITS.finditer(text):
-        found = {}
-        for pair in m.group(0).split(", "):
-            key, _, value = pair.partition("=")
-            if value.isdigit():
-                found[key] = int(value)
-    return found
+    return log_settings(_LOG_LIMITS, text)
 
 
 def build_profile(info: dict, info_path: str, loads: list[dict],

@@ -24,7 +24,8 @@ from datetime import datetime
 
 from kvbench.backends.base import DiscoveredProfile
 from kvbench.backends.client import ServerClient
-from kvbench.backends.http import HttpBackend, discovered_profile, ScrapeLog, ServerState, setting
+from kvbench.backends.http import (HttpBackend, discovered_profile, log_settings, ScrapeLog,
+                                   ServerState, setting)
 from kvbench.backends.prometheus import Metrics
 from kvbench.errors import KvbenchError
 
@@ -130,10 +131,7 @@ def read_log(text: str) -> dict[str, int]:
         found["kv_tokens"] = int(m.group(1))
     for m in _LOG_BLOCK.finditer(text):
         found["block_size"] = int(m.group(1))
-    for m in _LOG_LIMITS.finditer(text):
-        for pair in m.group(0).split(", "):
-            key, _, value = pair.partition("=")
-            found[key] = int(value)
+    found.update(log_settings(_LOG_LIMITS, text))
     return found
 
 
