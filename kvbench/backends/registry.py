@@ -23,6 +23,18 @@ def backend_names() -> list[str]:
     return [SIM_PREFIX + p for p in POLICIES] + [EMULATE_PREFIX + e for e in ENGINES] + list(ENGINES)
 
 
+def _check_shape(kv_tokens: int | None, chunk_size: int | None, batch_time: float | None,
+                 replicas: int) -> None:
+    """The flags that shape a simulated or emulated engine, each checked once for both."""
+    if replicas < 1:
+        raise KvbenchError(f"--replicas must be at least 1, got {replicas}")
+    for flag, value in (("--kv-tokens", kv_tokens), ("--chunk-size", chunk_size)):
+        if value is not None and value < 1:
+            raise KvbenchError(f"{flag} must be a positive number of tokens, got {value}")
+    if batch_time is not None and not batch_time > 0:
+        raise KvbenchError(f"--batch-time must be a positive number of seconds, got {batch_time}")
+
+
 def resolve_backend(
     name: str,
     *,
@@ -54,13 +66,7 @@ def resolve_backend(
             raise KvbenchError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}")
         if url is not None or model is not None:
             raise KvbenchError(f"{name} is simulated in-process and takes no --url or --model")
-        if replicas < 1:
-            raise KvbenchError(f"--replicas must be at least 1, got {replicas}")
-        for flag, value in (("--kv-tokens", kv_tokens), ("--chunk-size", chunk_size)):
-            if value is not None and value < 1:
-                raise KvbenchError(f"{flag} must be a positive number of tokens, got {value}")
-        if batch_time is not None and not batch_time > 0:
-            raise KvbenchError(f"--batch-time must be a positive number of seconds, got {batch_time}")
+        _check_shape(kv_tokens, chunk_size, batch_time, replicas)
         overrides = dict(
             kv_tokens=kv_tokens,
             chunk_size=chunk_size,
@@ -81,12 +87,7 @@ def resolve_backend(
         given = [f for f, v in (("--profile", profile), ("--chunk-size", chunk_size)) if v is not None]
         if given:
             raise KvbenchError(f"{name}: {', '.join(given)} apply to sim:* backends")
-        if kv_tokens is not None and kv_tokens < 1:
-            raise KvbenchError(f"--kv-tokens must be a positive number of tokens, got {kv_tokens}")
-        if batch_time is not None and not batch_time > 0:
-            raise KvbenchError(f"--batch-time must be a positive number of seconds, got {batch_time}")
-        if replicas < 1:
-            raise KvbenchError(f"--replicas must be at least 1, got {replicas}")
+        _check_shape(kv_tokens, None, batch_time, replicas)
         started: list[Backend] = []
         try:
             for i in range(replicas):
