@@ -95,9 +95,13 @@ def render(cases: list[AccuracyCase], seconds: float, num_prompts: int, real: li
         "",
     ]
     if not misses:
-        lines.append("No simulated case misses the 5% target (the real CPU engine does; see its section).")
+        lines.append(
+            "No simulated case misses the 5% target (the real CPU engine does; see its section)."
+        )
     for c in misses:
-        lines.append(f"- **{c.engine}, {c.workload}, M = {c.kv_tokens:,}** ({_pct(c.gap_engine_aware)}): {_why(c)}")
+        lines.append(
+            f"- **{c.engine}, {c.workload}, M = {c.kv_tokens:,}** ({_pct(c.gap_engine_aware)}): {_why(c)}"
+        )
     lines += [
         "",
         "Why the paper's μ is off by so much here, and what the engine-aware model adds:",
@@ -227,7 +231,9 @@ def _why(c: AccuracyCase) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", default="docs/accuracy.md")
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--num-prompts", type=int, default=20_000)
@@ -242,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
                 cases.append(case)
                 print(_row(case), file=sys.stderr, flush=True)
     real_path = Path(REAL_RESULTS)
-    real = [json.loads(line) for line in real_path.read_text().splitlines() if line.strip()] if real_path.exists() else []
+    real = (
+        [json.loads(line) for line in real_path.read_text().splitlines() if line.strip()]
+        if real_path.exists()
+        else []
+    )
     text = render(cases, time.time() - started, args.num_prompts, real)
     Path(args.output).write_text(text)
     if args.json_path:

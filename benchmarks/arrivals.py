@@ -52,7 +52,9 @@ def main() -> None:
         ),
         f"gamma (burstiness {burstiness})": (
             lambda: _core.gamma_arrivals(rate, burstiness, n, seed),
-            lambda: np.cumsum(np.random.default_rng(seed).gamma(burstiness, 1 / (rate * burstiness), n)),
+            lambda: np.cumsum(
+                np.random.default_rng(seed).gamma(burstiness, 1 / (rate * burstiness), n)
+            ),
         ),
     }
     print(f"{n:,} arrivals, median of {args.repeats} runs")

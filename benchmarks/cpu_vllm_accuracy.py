@@ -88,7 +88,9 @@ class Scraper(threading.Thread):
             self.stop.wait(0.5)
 
 
-def windows(samples: list[dict], kv_tokens: int, span: float = 2.0) -> list[tuple[float, float, float, float]]:
+def windows(
+    samples: list[dict], kv_tokens: int, span: float = 2.0
+) -> list[tuple[float, float, float, float]]:
     """Windows of at least `span` seconds over which the engine was busy at every scrape
     (shorter ones are dominated by scrape jitter on a shared CPU)."""
     rows = []
@@ -103,7 +105,14 @@ def windows(samples: list[dict], kv_tokens: int, span: float = 2.0) -> list[tupl
         n = b.get("iters", 0) - a.get("iters", 0)
         if busy and b.get("running", 0) > 0 and n > 0:
             kvs = [s.get("kv", 0) for s in samples[i : j + 1]]
-            rows.append((n, b["tokens"] - a["tokens"], n * float(np.mean(kvs)) * kv_tokens, b["time"] - a["time"]))
+            rows.append(
+                (
+                    n,
+                    b["tokens"] - a["tokens"],
+                    n * float(np.mean(kvs)) * kv_tokens,
+                    b["time"] - a["time"],
+                )
+            )
         i = j
     return rows
 
@@ -118,12 +127,32 @@ def run(backend, url, specs, duration):
 
 
 def case(python: str, model: Path, kv_tokens: int, raw_dir: Path | None = None) -> dict:
-    args = ["--served-model-name", "tiny", "--dtype", "float32", "--max-model-len", "512",
-            "--max-num-seqs", "16", "--max-num-batched-tokens", "2048", "--block-size", "32",
-            "--num-gpu-blocks-override", str(kv_tokens // 32), "--enforce-eager"]
-    backend = open_engine("vllm", model=str(model), engine_python=python, engine_args=args,
-                          engine_env={"VLLM_CPU_KVCACHE_SPACE": "1"},
-                          log_dir=Path(tempfile.mkdtemp()), seed=1)
+    args = [
+        "--served-model-name",
+        "tiny",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "512",
+        "--max-num-seqs",
+        "16",
+        "--max-num-batched-tokens",
+        "2048",
+        "--block-size",
+        "32",
+        "--num-gpu-blocks-override",
+        str(kv_tokens // 32),
+        "--enforce-eager",
+    ]
+    backend = open_engine(
+        "vllm",
+        model=str(model),
+        engine_python=python,
+        engine_args=args,
+        engine_env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+        log_dir=Path(tempfile.mkdtemp()),
+        seed=1,
+    )
     raw: dict = {}
     try:
         url = backend.server.url
@@ -140,10 +169,16 @@ def case(python: str, model: Path, kv_tokens: int, raw_dir: Path | None = None) 
         raw["calibration"] = samples
         # KV held moves with the batch in these windows and the tiny model's attention is cheap:
         # fit c0 + c1·tokens only (c2 = 0).
-        fit = fit_iteration_time(IterationWindows(
-            iterations=np.array([r[0] for r in rows]), batch_tokens=np.array([r[1] for r in rows]),
-            kv_tokens=np.array([r[2] for r in rows]), elapsed=np.array([r[3] for r in rows]),
-            source=f"vLLM CPU /metrics windows, M = {kv_tokens}"), terms=("c0", "c1"))
+        fit = fit_iteration_time(
+            IterationWindows(
+                iterations=np.array([r[0] for r in rows]),
+                batch_tokens=np.array([r[1] for r in rows]),
+                kv_tokens=np.array([r[2] for r in rows]),
+                elapsed=np.array([r[3] for r in rows]),
+                source=f"vLLM CPU /metrics windows, M = {kv_tokens}",
+            ),
+            terms=("c0", "c1"),
+        )
         done = [r for r in records if r.finished is not None]
         total_tokens = samples[-1]["tokens"] - samples[0]["tokens"]
         waste = max(0.0, total_tokens / max(len(done), 1) - (PROMPT + OUTPUT - 1))
@@ -166,32 +201,57 @@ def case(python: str, model: Path, kv_tokens: int, raw_dir: Path | None = None) 
     prof = profile.replace(iteration_time=fit.model())
     pred = engine_aware_mu(prof, law, iteration_fit=fit, preemption_waste=waste)
     apriori = engine_aware_mu(prof, law, iteration_fit=fit)
-    paper = theory.evaluate(load_workload(WORKLOAD), kv_tokens=kv_tokens, chunk_size=profile.chunk_size,
-                            batch_time=b_median)
+    paper = theory.evaluate(
+        load_workload(WORKLOAD),
+        kv_tokens=kv_tokens,
+        chunk_size=profile.chunk_size,
+        batch_time=b_median,
+    )
     return {
-        "kv_tokens": kv_tokens, "workload": WORKLOAD, "measured": measured,
-        "fit": {"c0": fit.c0, "c1": fit.c1, "c2": fit.c2, "stderr": list(fit.stderr),
-                "r_squared": fit.r_squared, "windows": fit.n_windows},
-        "preemption_waste": waste, "b_median": b_median,
-        "mu_paper": paper.mu, "gap_paper": paper.mu / measured - 1,
-        "mu_engine_aware": pred.mu, "mu_engine_aware_stderr": pred.mu_stderr,
-        "gap_engine_aware": pred.mu / measured - 1, "binding": pred.binding,
-        "mu_engine_aware_apriori": apriori.mu, "gap_apriori": apriori.mu / measured - 1,
-        "real": True, "engine": "vllm-cpu 0.32.0, tiny random Llama",
+        "kv_tokens": kv_tokens,
+        "workload": WORKLOAD,
+        "measured": measured,
+        "fit": {
+            "c0": fit.c0,
+            "c1": fit.c1,
+            "c2": fit.c2,
+            "stderr": list(fit.stderr),
+            "r_squared": fit.r_squared,
+            "windows": fit.n_windows,
+        },
+        "preemption_waste": waste,
+        "b_median": b_median,
+        "mu_paper": paper.mu,
+        "gap_paper": paper.mu / measured - 1,
+        "mu_engine_aware": pred.mu,
+        "mu_engine_aware_stderr": pred.mu_stderr,
+        "gap_engine_aware": pred.mu / measured - 1,
+        "binding": pred.binding,
+        "mu_engine_aware_apriori": apriori.mu,
+        "gap_apriori": apriori.mu / measured - 1,
+        "real": True,
+        "engine": "vllm-cpu 0.32.0, tiny random Llama",
     }
 
 
 def main() -> int:
     python = os.environ.get("KVBENCH_VLLM_PYTHON")
     if not python:
-        print("set KVBENCH_VLLM_PYTHON to the vLLM CPU environment's python "
-              "(scripts/vllm-cpu-env.sh prints it)", file=sys.stderr)
+        print(
+            "set KVBENCH_VLLM_PYTHON to the vLLM CPU environment's python "
+            "(scripts/vllm-cpu-env.sh prints it)",
+            file=sys.stderr,
+        )
         return 2
     # Optional: a directory for the raw /metrics scrapes of each run (to refit offline).
     raw_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else None
     model = Path(tempfile.mkdtemp()) / "tiny-llama"
-    subprocess.run([python, str(ROOT / "scripts" / "build_tiny_llama.py"), str(model)], check=True,
-                   capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run(
+        [python, str(ROOT / "scripts" / "build_tiny_llama.py"), str(model)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     for kv in KV_SIZES:
         print(json.dumps(case(python, model, kv, raw_dir)), flush=True)
     return 0

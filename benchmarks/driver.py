@@ -94,8 +94,21 @@ class WireStamps:
         self.out = tempfile.TemporaryFile("w+")
         self.err = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(
-            ["tcpdump", "-i", "lo", "-n", "-tt", "-l", "--immediate-mode", "-B", "65536",
-             self.FILTER.format(port=self.port)], stdout=self.out, stderr=self.err)
+            [
+                "tcpdump",
+                "-i",
+                "lo",
+                "-n",
+                "-tt",
+                "-l",
+                "--immediate-mode",
+                "-B",
+                "65536",
+                self.FILTER.format(port=self.port),
+            ],
+            stdout=self.out,
+            stderr=self.err,
+        )
         for _ in range(100):  # tcpdump says so on stderr once the capture is open
             self.err.seek(0)
             if "listening on" in self.err.read():
@@ -151,10 +164,15 @@ def settle(url: str) -> None:
 
 def lag_figures(wire: WireStamps, url: str, rate: float, n: int) -> dict:
     server = slot_lag(fetch_arrivals(url), rate, n)
-    out = dict(p99=float(np.percentile(slot_lag(wire.times, rate, n), 99)),
-               server_p99=float(np.percentile(server, 99)), load=os.getloadavg()[0])
+    out = dict(
+        p99=float(np.percentile(slot_lag(wire.times, rate, n), 99)),
+        server_p99=float(np.percentile(server, 99)),
+        load=os.getloadavg()[0],
+    )
     if len(wire.times) < n or wire.dropped:
-        out["capture"] = f"{len(wire.times)} POSTs captured for {n} requests, {wire.dropped} dropped"
+        out["capture"] = (
+            f"{len(wire.times)} POSTs captured for {n} requests, {wire.dropped} dropped"
+        )
     return out
 
 
@@ -178,15 +196,33 @@ def client(url: str, rate: float, n: int, prompt: int, output: int) -> None:
     sink = Count()
     backend.execute(specs, sink, duration=n / rate + 5.0)
     lag = backend.schedule_lag
-    print(json.dumps(dict(completed=sink.ok, client_p50=float(np.median(lag)),
-                          client_p99=float(np.percentile(lag, 99)), client_max=float(np.max(lag)))))
+    print(
+        json.dumps(
+            dict(
+                completed=sink.ok,
+                client_p50=float(np.median(lag)),
+                client_p99=float(np.percentile(lag, 99)),
+                client_max=float(np.max(lag)),
+            )
+        )
+    )
 
 
-def run_kvbench(url: str, port: int, rate: float, n: int, prompt: int, output: int,
-                pin: list[str]) -> dict:
+def run_kvbench(
+    url: str, port: int, rate: float, n: int, prompt: int, output: int, pin: list[str]
+) -> dict:
     settle(url)
-    cmd = [*pin, sys.executable, __file__, "client", url, str(rate), str(n), str(prompt),
-           str(output)]
+    cmd = [
+        *pin,
+        sys.executable,
+        __file__,
+        "client",
+        url,
+        str(rate),
+        str(n),
+        str(prompt),
+        str(output),
+    ]
     with WireStamps(port) as wire:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=n / rate * 10 + 300)
     if proc.returncode != 0:
@@ -194,27 +230,77 @@ def run_kvbench(url: str, port: int, rate: float, n: int, prompt: int, output: i
     return dict(n=n, **json.loads(proc.stdout), **lag_figures(wire, url, rate, n))
 
 
-def run_vllm(url: str, port: int, rate: float, n: int, prompt: int, output: int,
-             pin: list[str], python: str, tokenizer: str) -> dict:
+def run_vllm(
+    url: str,
+    port: int,
+    rate: float,
+    n: int,
+    prompt: int,
+    output: int,
+    pin: list[str],
+    python: str,
+    tokenizer: str,
+) -> dict:
     settle(url)
     with tempfile.TemporaryDirectory() as out:
-        code = ("import sys, argparse\nfrom vllm.benchmarks.serve import add_cli_args, main\n"
-                "p = argparse.ArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
-        cmd = [*pin, python, "-c", code, "--backend", "vllm", "--base-url", url,
-               "--endpoint", "/v1/completions", "--model", "kvbench-emulated",
-               "--tokenizer", tokenizer, "--dataset-name", "random",
-               "--random-input-len", str(prompt), "--random-output-len", str(output),
-               "--num-prompts", str(n), "--request-rate", str(rate), "--burstiness", "inf",
-               "--ignore-eos", "--disable-tqdm", "--save-result", "--result-dir", out,
-               "--result-filename", "r.json", "--seed", "0"]
+        code = (
+            "import sys, argparse\nfrom vllm.benchmarks.serve import add_cli_args, main\n"
+            "p = argparse.ArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))"
+        )
+        cmd = [
+            *pin,
+            python,
+            "-c",
+            code,
+            "--backend",
+            "vllm",
+            "--base-url",
+            url,
+            "--endpoint",
+            "/v1/completions",
+            "--model",
+            "kvbench-emulated",
+            "--tokenizer",
+            tokenizer,
+            "--dataset-name",
+            "random",
+            "--random-input-len",
+            str(prompt),
+            "--random-output-len",
+            str(output),
+            "--num-prompts",
+            str(n),
+            "--request-rate",
+            str(rate),
+            "--burstiness",
+            "inf",
+            "--ignore-eos",
+            "--disable-tqdm",
+            "--save-result",
+            "--result-dir",
+            out,
+            "--result-filename",
+            "r.json",
+            "--seed",
+            "0",
+        ]
         with WireStamps(port) as wire:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=n / rate * 10 + 300,
-                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            proc = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=n / rate * 10 + 300,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
         if proc.returncode != 0:
             raise RuntimeError(f"vllm bench serve failed: {proc.stderr[-2000:]}")
         result = json.loads((Path(out) / "r.json").read_text())
-    return dict(completed=int(result["completed"]), n=n, **lag_figures(wire, url, rate, n),
-                throughput=float(result["request_throughput"]))
+    return dict(
+        completed=int(result["completed"]),
+        n=n,
+        **lag_figures(wire, url, rate, n),
+        throughput=float(result["request_throughput"]),
+    )
 
 
 def passed(r: dict) -> bool:
@@ -223,10 +309,13 @@ def passed(r: dict) -> bool:
 
 def show(rate: float, r: dict) -> None:
     extra = f"  client p99 {r['client_p99'] * 1e3:6.3f} ms" if "client_p99" in r else ""
-    print(f"  {rate:8.2f} req/s  p99 lag {r['p99'] * 1e3:7.3f} ms on the wire, "
-          f"{r['server_p99'] * 1e3:7.3f} ms in the emulator{extra}  "
-          f"completed {r['completed']}/{r['n']}  load {r['load']:.1f}  "
-          f"{'ok' if passed(r) else 'FAIL'} {r.get('capture', '')}", flush=True)
+    print(
+        f"  {rate:8.2f} req/s  p99 lag {r['p99'] * 1e3:7.3f} ms on the wire, "
+        f"{r['server_p99'] * 1e3:7.3f} ms in the emulator{extra}  "
+        f"completed {r['completed']}/{r['n']}  load {r['load']:.1f}  "
+        f"{'ok' if passed(r) else 'FAIL'} {r.get('capture', '')}",
+        flush=True,
+    )
 
 
 def highest_rate(trial, start: float, limit: float, floor: float) -> tuple[float, list[dict]]:
@@ -275,21 +364,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vllm-python", required=True, help="python of the CPU vLLM environment")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each trial")
-    ap.add_argument("--min-requests", type=int, default=40,
-                    help="trials at low rates run longer, so a p99 rests on this many requests")
+    ap.add_argument(
+        "--min-requests",
+        type=int,
+        default=40,
+        help="trials at low rates run longer, so a p99 rests on this many requests",
+    )
     ap.add_argument("--start", type=float, default=1.0)
     ap.add_argument("--floor", type=float, default=0.25, help="lowest rate the ladder tries")
     ap.add_argument("--limit", type=float, default=8192.0)
     ap.add_argument("--workloads", default="128,32;1024,256")
     ap.add_argument("--tools", default="kvbench,vllm")
-    ap.add_argument("--rates", default=None,
-                    help="comma-separated rates: measure each tool at each rate instead of "
-                    "searching for the highest sustained one")
+    ap.add_argument(
+        "--rates",
+        default=None,
+        help="comma-separated rates: measure each tool at each rate instead of "
+        "searching for the highest sustained one",
+    )
     ap.add_argument("--server-cpu", default=None, help="taskset CPU list for the emulator")
     ap.add_argument("--client-cpu", default=None, help="taskset CPU list for the load generators")
-    ap.add_argument("--rt", action="store_true",
-                    help="run both load generators under `chrt -f 1` (SCHED_FIFO): the lag "
-                    "without other processes' time slices (needs root or CAP_SYS_NICE)")
+    ap.add_argument(
+        "--rt",
+        action="store_true",
+        help="run both load generators under `chrt -f 1` (SCHED_FIFO): the lag "
+        "without other processes' time slices (needs root or CAP_SYS_NICE)",
+    )
     args = ap.parse_args()
 
     from kvbench.backends.launch import free_port
@@ -298,13 +397,17 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     server_pin = ["taskset", "-c", args.server_cpu] if args.server_cpu else []
     client_pin = (["taskset", "-c", args.client_cpu] if args.client_cpu else []) + (
-        ["chrt", "-f", "1"] if args.rt else [])
+        ["chrt", "-f", "1"] if args.rt else []
+    )
     server = subprocess.Popen([*server_pin, sys.executable, __file__, "serve", str(port)])
     tok = tempfile.mkdtemp(prefix="kvbench-tok-")
     tools = args.tools.split(",")
     if "vllm" in tools:
-        subprocess.run([args.vllm_python, str(ROOT / "scripts" / "build_tiny_llama.py"), tok],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [args.vllm_python, str(ROOT / "scripts" / "build_tiny_llama.py"), tok],
+            check=True,
+            capture_output=True,
+        )
     try:
         for _ in range(100):
             try:
@@ -314,8 +417,9 @@ def main() -> None:
                 time.sleep(0.1)
         trials = {
             "kvbench": lambda rate, n, p, o: run_kvbench(url, port, rate, n, p, o, client_pin),
-            "vllm": lambda rate, n, p, o: run_vllm(url, port, rate, n, p, o, client_pin,
-                                                   args.vllm_python, tok),
+            "vllm": lambda rate, n, p, o: run_vllm(
+                url, port, rate, n, p, o, client_pin, args.vllm_python, tok
+            ),
         }
         results = {}
         for spec in args.workloads.split(";"):
@@ -339,12 +443,19 @@ def main() -> None:
                 print(f"{name}: {tool}", flush=True)
                 found[tool], found[f"{tool}_trials"] = highest_rate(
                     lambda r, t=tool: trials[t](r, count(r), prompt, output),
-                    args.start, args.limit, args.floor)
+                    args.start,
+                    args.limit,
+                    args.floor,
+                )
             if "kvbench" in found and found.get("vllm"):
                 found["ratio"] = found["kvbench"] / found["vllm"]
             results[name] = found
-            print(f"{name}: " + ", ".join(f"{t} {found[t]:g} req/s" for t in tools)
-                  + (f" (ratio {found['ratio']:.1f}x)" if "ratio" in found else ""), flush=True)
+            print(
+                f"{name}: "
+                + ", ".join(f"{t} {found[t]:g} req/s" for t in tools)
+                + (f" (ratio {found['ratio']:.1f}x)" if "ratio" in found else ""),
+                flush=True,
+            )
         print(json.dumps(results))
     finally:
         server.terminate()

@@ -31,9 +31,15 @@ import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 LLAMA3_8B = dict(
-    vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=16384,
-    rope_theta=500000.0, torch_dtype="bfloat16",
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=16384,
+    rope_theta=500000.0,
+    torch_dtype="bfloat16",
 )
 
 
@@ -97,7 +103,7 @@ def filled_cache(model, batch: int, length: int) -> DynamicCache:
     parts = []
     for i in range(0, batch, step):
         c = DynamicCache()
-        model(input_ids=ids[i:i + step], past_key_values=c, use_cache=True, logits_to_keep=1)
+        model(input_ids=ids[i : i + step], past_key_values=c, use_cache=True, logits_to_keep=1)
         parts.append(c)
     for layer in range(len(parts[0].layers)):
         keys = torch.cat([p.layers[layer].keys for p in parts], dim=0)
@@ -113,8 +119,13 @@ def decode_time(model, batch: int, length: int) -> tuple[float, float | None]:
     position = torch.full((batch, 1), length, device=DEVICE)
 
     def step():
-        model(input_ids=ids, past_key_values=cache, position_ids=position, use_cache=True,
-              logits_to_keep=1)
+        model(
+            input_ids=ids,
+            past_key_values=cache,
+            position_ids=position,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         for layer in cache.layers:  # drop the token just appended so every repeat is alike
             layer.keys = layer.keys[:, :, :length]
             layer.values = layer.values[:, :, :length]
@@ -129,8 +140,13 @@ def prefill_time(model, chunk: int, cached: int) -> tuple[float, float | None]:
     position = torch.arange(cached, cached + chunk, device=DEVICE)[None]
 
     def step():
-        model(input_ids=ids, past_key_values=cache if cache is not None else DynamicCache(),
-              position_ids=position, use_cache=True, logits_to_keep=1)
+        model(
+            input_ids=ids,
+            past_key_values=cache if cache is not None else DynamicCache(),
+            position_ids=position,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         if cache is not None:
             for layer in cache.layers:
                 layer.keys = layer.keys[:, :, :cached]
@@ -146,14 +162,27 @@ def main() -> None:
     global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="directory for the CSVs and meta.json")
-    parser.add_argument("--smoke", action="store_true",
-                        help="a 2-layer toy model on the CPU, to check the script without a GPU")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a 2-layer toy model on the CPU, to check the script without a GPU",
+    )
     args = parser.parse_args()
     DEVICE = "cpu" if args.smoke else "cuda"
     started = time.time()
     torch.manual_seed(0)
-    shape = dict(LLAMA3_8B, num_hidden_layers=2, hidden_size=256, intermediate_size=512,
-                 num_attention_heads=4, num_key_value_heads=2) if args.smoke else LLAMA3_8B
+    shape = (
+        dict(
+            LLAMA3_8B,
+            num_hidden_layers=2,
+            hidden_size=256,
+            intermediate_size=512,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+        if args.smoke
+        else LLAMA3_8B
+    )
     config = LlamaConfig(**shape)
     with torch.device(DEVICE):
         model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
@@ -165,23 +194,42 @@ def main() -> None:
             if batch * length > 262144:
                 continue
             eager, graph = decode_time(model, batch, length)
-            rows.append(dict(kind="decode", batch_tokens=batch, kv_tokens=batch * (length + 1),
-                             seconds=eager, graph_seconds=graph))
+            rows.append(
+                dict(
+                    kind="decode",
+                    batch_tokens=batch,
+                    kv_tokens=batch * (length + 1),
+                    seconds=eager,
+                    graph_seconds=graph,
+                )
+            )
             print(rows[-1], flush=True)
     for chunk in (128, 512, 1024, 2048, 4096, 8192):
         for cached in (0, 4096):
             eager, graph = prefill_time(model, chunk, cached)
-            rows.append(dict(kind="prefill", batch_tokens=chunk, kv_tokens=cached + chunk,
-                             seconds=eager, graph_seconds=graph))
+            rows.append(
+                dict(
+                    kind="prefill",
+                    batch_tokens=chunk,
+                    kv_tokens=cached + chunk,
+                    seconds=eager,
+                    graph_seconds=graph,
+                )
+            )
             print(rows[-1], flush=True)
 
-    write_results(Path(args.out), rows, dict(
-        gpu=torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke)",
-        torch=torch.__version__, transformers=__import__("transformers").__version__,
-        model="Llama-3-8B shape, random bf16",
-        peak_gpu_bytes=torch.cuda.max_memory_allocated() if DEVICE == "cuda" else None,
-        wall_seconds=time.time() - started,
-    ))
+    write_results(
+        Path(args.out),
+        rows,
+        dict(
+            gpu=torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke)",
+            torch=torch.__version__,
+            transformers=__import__("transformers").__version__,
+            model="Llama-3-8B shape, random bf16",
+            peak_gpu_bytes=torch.cuda.max_memory_allocated() if DEVICE == "cuda" else None,
+            wall_seconds=time.time() - started,
+        ),
+    )
 
 
 def write_results(out: Path, rows: list[dict], meta: dict) -> None:
@@ -193,7 +241,9 @@ def write_results(out: Path, rows: list[dict], meta: dict) -> None:
         if not timed_rows:
             continue
         lines = ["kind,batch_tokens,kv_tokens,elapsed"]
-        lines += [f"{r['kind']},{r['batch_tokens']},{r['kv_tokens']},{r[key]:.9f}" for r in timed_rows]
+        lines += [
+            f"{r['kind']},{r['batch_tokens']},{r['kv_tokens']},{r[key]:.9f}" for r in timed_rows
+        ]
         (out / f"iterations-{mode}.csv").write_text("\n".join(lines) + "\n")
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 

@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 
-
 from kvbench.arrivals import arrival_times
 from kvbench.benchmark.search import theory_rate
 from kvbench.benchmark.stability import stability_verdict
@@ -35,9 +34,17 @@ def saturated_capacity(policy: str, workload: str, duration: float, seed: int = 
     s, o = w.draw(t.size, seed)
     r = simulate(profile, s, o, t, seed=seed, until=duration)
     v = stability_verdict(t, r.records["finished"].to_numpy(), rate=rate, end=duration)
-    return {"policy": policy, "workload": workload, "offered": rate, "duration": duration,
-            "verdict": v.verdict.value, "capacity": v.departure_rate,
-            "capacity_lo": v.departure_lo, "capacity_hi": v.departure_hi, "seed": seed}
+    return {
+        "policy": policy,
+        "workload": workload,
+        "offered": rate,
+        "duration": duration,
+        "verdict": v.verdict.value,
+        "capacity": v.departure_rate,
+        "capacity_lo": v.departure_lo,
+        "capacity_hi": v.departure_hi,
+        "seed": seed,
+    }
 
 
 def main() -> None:

@@ -35,21 +35,36 @@ def main() -> None:
     for ref in refs:
         runs = []
         for seed in range(args.seeds):
-            r = find_boundary(lambda s: resolve_backend(f"sim:{ref['policy']}", seed=s), load_workload(ref["workload"]),
-                              ref["workload"], precision=args.precision, seed=seed)
+            r = find_boundary(
+                lambda s: resolve_backend(f"sim:{ref['policy']}", seed=s),
+                load_workload(ref["workload"]),
+                ref["workload"],
+                precision=args.precision,
+                seed=seed,
+            )
             ok = r.reached and r.lower <= ref["capacity_hi"] and r.upper >= ref["capacity_lo"]
             misses += not ok
-            runs.append((r.engine_seconds, len(r.probes), f"[{r.lower:.3f}, {r.upper:.3f}]{'' if ok else ' MISS'}"))
+            runs.append(
+                (
+                    r.engine_seconds,
+                    len(r.probes),
+                    f"[{r.lower:.3f}, {r.upper:.3f}]{'' if ok else ' MISS'}",
+                )
+            )
         costs.setdefault(ref["workload"], []).extend(c for c, _, _ in runs)
-        print(f"{ref['policy']:<8} {ref['workload']:<11} {ref['capacity']:>7.3f} {statistics.median(c for c, _, _ in runs):>12,.0f}"
-              f" {statistics.median(n for _, n, _ in runs):>7.0f}  {' '.join(b for _, _, b in runs)}")
+        print(
+            f"{ref['policy']:<8} {ref['workload']:<11} {ref['capacity']:>7.3f} {statistics.median(c for c, _, _ in runs):>12,.0f}"
+            f" {statistics.median(n for _, n, _ in runs):>7.0f}  {' '.join(b for _, _, b in runs)}"
+        )
     every = [c for v in costs.values() for c in v]
     median = statistics.median(every)
     print()
     for w, v in costs.items():
         print(f"median over rules and seeds, {w:<11} {statistics.median(v):>8,.0f} engine-s")
-    print(f"median over all presets            {median:>8,.0f} engine-s  "
-          f"({median / GRID_ENGINE_SECONDS:.2f}× the 1,200 engine-s grid; target ≤ 240)")
+    print(
+        f"median over all presets            {median:>8,.0f} engine-s  "
+        f"({median / GRID_ENGINE_SECONDS:.2f}× the 1,200 engine-s grid; target ≤ 240)"
+    )
     print(f"brackets missing the reference: {misses} of {len(every)}")
 
 

@@ -49,8 +49,10 @@ def main() -> None:
     prompt, output = workload.draw(args.n, seed=1)
     arrivals = arrival_times(rate, args.n, seed=1)
     constant = IterationTimeModel.constant(PAPER_BATCH_TIME)
-    print(f"{args.n:,} requests, pd-1:1 at {args.load:g}·μ = {rate:.3f} req/s, b̄ = {PAPER_BATCH_TIME} s, "
-          f"median of {args.repeats} runs")
+    print(
+        f"{args.n:,} requests, pd-1:1 at {args.load:g}·μ = {rate:.3f} req/s, b̄ = {PAPER_BATCH_TIME} s, "
+        f"median of {args.repeats} runs"
+    )
     print(f"  {'rule':<8} {'core, CPU':>14} {'core, wall':>14} {'front, CPU':>14}   × real time")
     for policy in POLICIES:
         profile = build_profile(policy, iteration_time=constant)
@@ -79,8 +81,10 @@ def main() -> None:
     result = simulate(vllm, s, o, np.zeros(n_sat), until=3000.0)
     ts = result.timeseries
     median = float(ts.loc[ts["time"] > 500.0, "iteration_time"].median())
-    print(f"calibration: saturated pd-1:1, vllm rule, {vllm.name}: median iteration {median:.4f} s "
-          f"(target {PAPER_BATCH_TIME} s)")
+    print(
+        f"calibration: saturated pd-1:1, vllm rule, {vllm.name}: median iteration {median:.4f} s "
+        f"(target {PAPER_BATCH_TIME} s)"
+    )
 
 
 if __name__ == "__main__":

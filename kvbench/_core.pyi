@@ -24,7 +24,9 @@ def gamma_arrivals(rate: float, burstiness: float, n: int, seed: int) -> npt.NDA
 def constant_arrivals(rate: float, n: int) -> npt.NDArray[np.float64]:
     """n evenly spaced arrival times k/rate, k = 1..n."""
 
-def replay_arrivals(timestamps: npt.NDArray[np.float64], time_scale: float) -> npt.NDArray[np.float64]:
+def replay_arrivals(
+    timestamps: npt.NDArray[np.float64], time_scale: float
+) -> npt.NDArray[np.float64]:
     """A recorded schedule (non-decreasing seconds) shifted so the first arrival is at 0, then
     divided by `time_scale`: 2.0 replays twice as fast (double the rate), 0.5 at half speed."""
 

@@ -84,9 +84,7 @@ class IterationTimeFit:
         return tuple(math.sqrt(max(self.covariance[i][i], 0.0)) for i in range(3))
 
     def model(self) -> IterationTimeModel:
-        return IterationTimeModel(
-            c0=self.c0, c1=self.c1, c2=self.c2, noise_sigma=self.noise_sigma
-        )
+        return IterationTimeModel(c0=self.c0, c1=self.c1, c2=self.c2, noise_sigma=self.noise_sigma)
 
     def mean_time_stderr(self, batch_tokens: float, kv_tokens: float) -> float:
         """Standard error of the predicted mean iteration time at one operating point."""
@@ -122,7 +120,9 @@ class IterationTimeFit:
             raise KvbenchError(f"{where}: not an iteration-time model ({err})") from None
 
 
-def fit_iteration_time(windows: IterationWindows, terms: tuple[str, ...] = TERMS) -> IterationTimeFit:
+def fit_iteration_time(
+    windows: IterationWindows, terms: tuple[str, ...] = TERMS
+) -> IterationTimeFit:
     """Least-squares fit of the iteration-time model to `windows`.
 
     `terms` chooses which coefficients to fit (c0 always). A term whose column carries no
@@ -139,7 +139,9 @@ def fit_iteration_time(windows: IterationWindows, terms: tuple[str, ...] = TERMS
     if not all(np.all(np.isfinite(a)) for a in arrays):
         raise KvbenchError("iteration windows: non-finite values")
     if np.any(iters <= 0) or np.any(windows.elapsed <= 0):
-        raise KvbenchError("iteration windows: every window needs ≥ 1 iteration and a positive time")
+        raise KvbenchError(
+            "iteration windows: every window needs ≥ 1 iteration and a positive time"
+        )
 
     # Keep a term only if its per-iteration value varies: otherwise it is collinear with c0.
     fitted: list[str] = ["c0"]
@@ -226,7 +228,9 @@ def windows_from_trtllm_stats(records: list[dict], where: str) -> IterationWindo
             kvs = rec.get("kvCacheStats") or {}
             held = float(kvs.get("usedNumBlocks", 0)) * float(kvs.get("tokensPerBlock", 0))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise KvbenchError(f"{where}: record {i + 1}: not a TensorRT-LLM iteration record ({err})") from None
+            raise KvbenchError(
+                f"{where}: record {i + 1}: not a TensorRT-LLM iteration record ({err})"
+            ) from None
         if latency_ms <= 0 or tokens <= 0:
             continue  # idle iterations carry no information about batch cost
         batch.append(tokens)
@@ -234,7 +238,9 @@ def windows_from_trtllm_stats(records: list[dict], where: str) -> IterationWindo
         t.append(latency_ms / 1000.0)
     if not t:
         raise KvbenchError(f"{where}: no non-idle iteration records")
-    return IterationWindows.per_iteration(batch, kv, t, source=f"TensorRT-LLM iteration stats ({where})")
+    return IterationWindows.per_iteration(
+        batch, kv, t, source=f"TensorRT-LLM iteration stats ({where})"
+    )
 
 
 def load_windows(path: str | Path) -> IterationWindows:

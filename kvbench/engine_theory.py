@@ -62,7 +62,9 @@ class LengthLaw:
         s = np.asarray(prompt, dtype=np.int64)
         o = np.asarray(output, dtype=np.int64)
         if s.shape != o.shape or s.ndim != 1 or s.size == 0:
-            raise KvbenchError(f"{name or 'workload'}: needs equally long, non-empty length columns")
+            raise KvbenchError(
+                f"{name or 'workload'}: needs equally long, non-empty length columns"
+            )
         return cls(s, o, np.full(s.size, 1.0 / s.size), exact=False, name=name)
 
     @classmethod
@@ -85,7 +87,9 @@ class LengthLaw:
         """A synthetic workload's whole support, or a trace's rows."""
         if isinstance(workload, SyntheticWorkload):
             u = workload.law
-            return cls.uniform(u.prompt_min, u.prompt_max, u.output_min, u.output_max, workload.name)
+            return cls.uniform(
+                u.prompt_min, u.prompt_max, u.output_min, u.output_max, workload.name
+            )
         s, o = workload.rows()
         return cls.sample(s, o, name=workload.name)
 
@@ -275,8 +279,10 @@ def _mixed_bounds(
     e_attended = law.mean(lives.attended)
     bounds: list[Bound] = []
     if profile.policy == "trtllm":
-        max_tokens = law.output if profile.max_tokens_cap is None else np.maximum(
-            law.output, profile.max_tokens_cap
+        max_tokens = (
+            law.output
+            if profile.max_tokens_cap is None
+            else np.maximum(law.output, profile.max_tokens_cap)
         )
         reserve = paged(law.prompt + max_tokens, profile.block_size)
         reserved_area = law.mean(reserve.astype(np.float64) * lives.iterations)
@@ -284,7 +290,11 @@ def _mixed_bounds(
         per_it = (M - gap) / reserved_area
         bounds.append(
             _mixed_point(
-                "reservation", per_it, per_it * e_tokens, per_it * e_attended, model,
+                "reservation",
+                per_it,
+                per_it * e_tokens,
+                per_it * e_attended,
+                model,
                 f"E[page(s+max_tokens)·life] = {reserved_area:,.0f} token·iterations, "
                 f"head-of-line gap {gap:,.0f} tokens",
             )
@@ -310,7 +320,11 @@ def _mixed_bounds(
         page_note = f", pages of {profile.block_size}" if profile.block_size > 1 else ""
         bounds.append(
             _mixed_point(
-                "memory", per_it, per_it * e_tokens + churn, per_it * e_attended + churn, model,
+                "memory",
+                per_it,
+                per_it * e_tokens + churn,
+                per_it * e_attended + churn,
+                model,
                 f"E[g] = {e_area:,.0f} token·iterations{page_note}, head-of-line gap "
                 f"{gap:,.0f} tokens{waste_note}",
             )
@@ -319,7 +333,11 @@ def _mixed_bounds(
         per_it = profile.token_budget / e_tokens
         bounds.append(
             _mixed_point(
-                "token budget", per_it, float(profile.token_budget), per_it * e_attended, model,
+                "token budget",
+                per_it,
+                float(profile.token_budget),
+                per_it * e_attended,
+                model,
                 f"{profile.token_budget} tokens per iteration / E[s+o−1] = {e_tokens:,.1f}",
             )
         )
@@ -328,7 +346,11 @@ def _mixed_bounds(
         per_it = profile.max_running / e_iters
         bounds.append(
             _mixed_point(
-                "running cap", per_it, per_it * e_tokens, per_it * e_attended, model,
+                "running cap",
+                per_it,
+                per_it * e_tokens,
+                per_it * e_attended,
+                model,
                 f"{profile.max_running} running / E[life] = {e_iters:,.1f} iterations",
             )
         )
@@ -395,17 +417,35 @@ def _separate_bounds(
         return Bound(name, per_it, batch, kv, time * per_it, 1.0 / time, detail)
 
     d, p = max(d_mem, d_cap), max(p_groups, p_budget)
-    split = f"{d_mem:.2f} decode + {p:.2f} prefill batches per request (admitted {group:.1f} at a time)"
+    split = (
+        f"{d_mem:.2f} decode + {p:.2f} prefill batches per request (admitted {group:.1f} at a time)"
+    )
     bounds = [
         point(
-            "memory", d_mem, p,
+            "memory",
+            d_mem,
+            p,
             f"{split}; reserve ratio {r:g}, head-of-line gap {gap:,.0f} tokens",
         )
     ]
     if d_cap > 0:
-        bounds.append(point("running cap", d_cap, p, f"{profile.max_running} running: ≥ {d_cap:.2f} decode batches per request"))
+        bounds.append(
+            point(
+                "running cap",
+                d_cap,
+                p,
+                f"{profile.max_running} running: ≥ {d_cap:.2f} decode batches per request",
+            )
+        )
     if p_budget > 0:
-        bounds.append(point("token budget", d, p_budget, f"{profile.token_budget} prefill tokens per batch: ≥ {p_budget:.2f} prefill batches per request"))
+        bounds.append(
+            point(
+                "token budget",
+                d,
+                p_budget,
+                f"{profile.token_budget} prefill tokens per batch: ≥ {p_budget:.2f} prefill batches per request",
+            )
+        )
     return bounds
 
 

@@ -119,8 +119,12 @@ class SyntheticWorkload(Workload):
         n = validate.non_negative_int(n, "number of requests")
         rng = np.random.default_rng(validate.seed(seed))
         law = self.law
-        prompts = rng.integers(law.prompt_min, law.prompt_max, size=n, endpoint=True, dtype=np.int64)
-        outputs = rng.integers(law.output_min, law.output_max, size=n, endpoint=True, dtype=np.int64)
+        prompts = rng.integers(
+            law.prompt_min, law.prompt_max, size=n, endpoint=True, dtype=np.int64
+        )
+        outputs = rng.integers(
+            law.output_min, law.output_max, size=n, endpoint=True, dtype=np.int64
+        )
         return prompts, outputs
 
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +177,7 @@ def load_workload(spec_or_path: str) -> Workload:
     return _parse_trace(content, label=str(path), name=path.stem, suffix=path.suffix.lower())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _packaged_trace(name: str) -> TraceWorkload:
     """A trace shipped in kvbench/data, parsed once per process (its arrays are read-only)."""
     data = resources.files("kvbench").joinpath("data", _PACKAGED_TRACES[name])
@@ -223,7 +227,7 @@ _DATETIME = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
     r"(Z|[+-]\d{2}:?\d{2})?$"
 )
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # Numeric timestamps beyond this many seconds (about 30,000 years) are not times.
 _MAX_SECONDS = Decimal(10**12)
 
@@ -255,7 +259,11 @@ def _parse_trace(content: bytes, *, label: str, name: str, suffix: str = "") -> 
         if array is not None:
             array.flags.writeable = False
     return TraceWorkload(
-        name=name, prompt_lens=prompt_lens, output_lens=output_lens, timestamps=timestamps, source=label
+        name=name,
+        prompt_lens=prompt_lens,
+        output_lens=output_lens,
+        timestamps=timestamps,
+        source=label,
     )
 
 
@@ -283,7 +291,7 @@ def _length(value: object, where: str, what: str) -> int:
 def _midnight_seconds(year: str, month: str, day: str, zone: str | None) -> int:
     """Seconds from the Unix epoch to the start of a day in a zone; cached because a trace's
     rows share a few days. ValueError for an impossible date or offset."""
-    tz = dt.timezone.utc
+    tz = dt.UTC
     if zone and zone != "Z":
         sign = -1 if zone[0] == "-" else 1
         tz = dt.timezone(sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[-2:])))
@@ -306,9 +314,13 @@ def _timestamp_ns(value: object, where: str) -> int:
         try:
             if hour > 23 or minute > 59 or second > 59:
                 raise ValueError("time of day out of range")
-            midnight = _midnight_seconds(match.group(1), match.group(2), match.group(3), match.group(8))
+            midnight = _midnight_seconds(
+                match.group(1), match.group(2), match.group(3), match.group(8)
+            )
         except ValueError as err:
-            raise KvbenchError(f"{where}: timestamp {cell!r} is not a valid date-time: {err}") from None
+            raise KvbenchError(
+                f"{where}: timestamp {cell!r} is not a valid date-time: {err}"
+            ) from None
         whole_seconds = midnight + 3600 * hour + 60 * minute + second
         return whole_seconds * 10**9 + int((match.group(7) or "")[:9].ljust(9, "0"))
     try:
@@ -358,7 +370,9 @@ def _read_csv(text: str, label: str) -> tuple[list[int], list[int], list[int] | 
                 if output_col is None:
                     missing.append("the output length (GeneratedTokens or output_len)")
                 if missing:
-                    raise KvbenchError(f"{where}: header lacks a column for {' and '.join(missing)}")
+                    raise KvbenchError(
+                        f"{where}: header lacks a column for {' and '.join(missing)}"
+                    )
                 continue
             if len(row) != len(header):
                 raise KvbenchError(f"{where}: expected {len(header)} fields, found {len(row)}")

@@ -46,7 +46,9 @@ pub fn poisson(rate: f64, n: usize, seed: u64) -> Result<Vec<f64>, String> {
 pub fn gamma(rate: f64, burstiness: f64, n: usize, seed: u64) -> Result<Vec<f64>, String> {
     check_rate(rate)?;
     if !(burstiness.is_finite() && burstiness > 0.0) {
-        return Err(format!("burstiness must be a positive finite number, got {burstiness}"));
+        return Err(format!(
+            "burstiness must be a positive finite number, got {burstiness}"
+        ));
     }
     let gaps = Gamma::new(burstiness, 1.0 / (rate * burstiness)).map_err(|e| e.to_string())?;
     Ok(cumulative(gaps, n, seed))
@@ -63,7 +65,9 @@ pub fn constant(rate: f64, n: usize) -> Result<Vec<f64>, String> {
 /// time_scale = 2 replays the trace twice as fast (double the rate), 0.5 at half speed.
 pub fn replay(timestamps: &[f64], time_scale: f64) -> Result<Vec<f64>, String> {
     if !(time_scale.is_finite() && time_scale > 0.0) {
-        return Err(format!("time_scale must be a positive finite number, got {time_scale}"));
+        return Err(format!(
+            "time_scale must be a positive finite number, got {time_scale}"
+        ));
     }
     let Some(&first) = timestamps.first() else {
         return Ok(Vec::new());
@@ -74,21 +78,36 @@ pub fn replay(timestamps: &[f64], time_scale: f64) -> Result<Vec<f64>, String> {
             return Err(format!("timestamp {i} is not finite ({t})"));
         }
         if t < previous {
-            return Err(format!("timestamp {i} ({t}) is earlier than the one before it ({previous})"));
+            return Err(format!(
+                "timestamp {i} ({t}) is earlier than the one before it ({previous})"
+            ));
         }
         previous = t;
     }
-    Ok(timestamps.iter().map(|&t| (t - first) / time_scale).collect())
+    Ok(timestamps
+        .iter()
+        .map(|&t| (t - first) / time_scale)
+        .collect())
 }
 
-fn to_numpy<'py>(py: Python<'py>, result: Result<Vec<f64>, String>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+fn to_numpy<'py>(
+    py: Python<'py>,
+    result: Result<Vec<f64>, String>,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
     // into_pyarray hands the Vec's buffer to numpy: no copy.
-    result.map(|v| v.into_pyarray(py)).map_err(PyValueError::new_err)
+    result
+        .map(|v| v.into_pyarray(py))
+        .map_err(PyValueError::new_err)
 }
 
 #[pyfunction]
 #[pyo3(name = "poisson_arrivals")]
-fn py_poisson<'py>(py: Python<'py>, rate: f64, n: usize, seed: u64) -> PyResult<Bound<'py, PyArray1<f64>>> {
+fn py_poisson<'py>(
+    py: Python<'py>,
+    rate: f64,
+    n: usize,
+    seed: u64,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let result = py.allow_threads(|| poisson(rate, n, seed));
     to_numpy(py, result)
 }
@@ -171,9 +190,18 @@ mod tests {
 
     #[test]
     fn same_seed_same_schedule_other_seed_other_schedule() {
-        assert_eq!(poisson(2.0, 1000, 42).unwrap(), poisson(2.0, 1000, 42).unwrap());
-        assert_ne!(poisson(2.0, 1000, 42).unwrap(), poisson(2.0, 1000, 43).unwrap());
-        assert_eq!(gamma(2.0, 0.5, 1000, 42).unwrap(), gamma(2.0, 0.5, 1000, 42).unwrap());
+        assert_eq!(
+            poisson(2.0, 1000, 42).unwrap(),
+            poisson(2.0, 1000, 42).unwrap()
+        );
+        assert_ne!(
+            poisson(2.0, 1000, 42).unwrap(),
+            poisson(2.0, 1000, 43).unwrap()
+        );
+        assert_eq!(
+            gamma(2.0, 0.5, 1000, 42).unwrap(),
+            gamma(2.0, 0.5, 1000, 42).unwrap()
+        );
     }
 
     #[test]
@@ -181,9 +209,15 @@ mod tests {
         for &k in &[0.25, 1.0, 4.0] {
             let t = gamma(10.0, k, 200_000, 1).unwrap();
             let (mean, cv) = mean_and_cv(&gaps(&t));
-            assert!((mean * 10.0 - 1.0).abs() < 0.01, "burstiness {k}: mean gap {mean}");
+            assert!(
+                (mean * 10.0 - 1.0).abs() < 0.01,
+                "burstiness {k}: mean gap {mean}"
+            );
             let expected_cv = 1.0 / f64::sqrt(k);
-            assert!((cv / expected_cv - 1.0).abs() < 0.02, "burstiness {k}: cv {cv}");
+            assert!(
+                (cv / expected_cv - 1.0).abs() < 0.02,
+                "burstiness {k}: cv {cv}"
+            );
         }
     }
 
@@ -195,7 +229,10 @@ mod tests {
 
     #[test]
     fn replay_shifts_to_zero_and_scales_time() {
-        assert_eq!(replay(&[10.0, 11.0, 13.0], 2.0).unwrap(), vec![0.0, 0.5, 1.5]);
+        assert_eq!(
+            replay(&[10.0, 11.0, 13.0], 2.0).unwrap(),
+            vec![0.0, 0.5, 1.5]
+        );
         assert_eq!(replay(&[], 1.0).unwrap(), Vec::<f64>::new());
         assert!(replay(&[1.0, 0.5], 1.0).is_err());
         assert!(replay(&[1.0, f64::NAN], 1.0).is_err());

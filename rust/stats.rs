@@ -34,7 +34,14 @@ pub struct StepIntegrator {
 
 impl StepIntegrator {
     pub fn new(start: f64, end: f64, initial: f64) -> Self {
-        StepIntegrator { start, end, t: f64::NEG_INFINITY, v: initial, area: 0.0, max: f64::NEG_INFINITY }
+        StepIntegrator {
+            start,
+            end,
+            t: f64::NEG_INFINITY,
+            v: initial,
+            area: 0.0,
+            max: f64::NEG_INFINITY,
+        }
     }
 
     fn close_segment(&mut self, until: f64) {
@@ -122,7 +129,9 @@ pub fn mser5(obs: &[f64]) -> usize {
     if m < 2 {
         return 0;
     }
-    let z: Vec<f64> = (0..m).map(|i| obs[5 * i..5 * i + 5].iter().sum::<f64>() / 5.0).collect();
+    let z: Vec<f64> = (0..m)
+        .map(|i| obs[5 * i..5 * i + 5].iter().sum::<f64>() / 5.0)
+        .collect();
     // suffix sums of z and z² give each candidate's statistic in O(1)
     let mut s1 = vec![0.0; m + 1];
     let mut s2 = vec![0.0; m + 1];
@@ -283,7 +292,16 @@ pub struct Interval {
 
 impl Interval {
     fn nan() -> Self {
-        Interval { estimate: f64::NAN, lo: f64::NAN, hi: f64::NAN, std_error: f64::NAN, dof: 0.0, batches: 0, lag1: f64::NAN, method: "" }
+        Interval {
+            estimate: f64::NAN,
+            lo: f64::NAN,
+            hi: f64::NAN,
+            std_error: f64::NAN,
+            dof: 0.0,
+            batches: 0,
+            lag1: f64::NAN,
+            method: "",
+        }
     }
 }
 
@@ -307,7 +325,11 @@ fn ols_slope(x: &[f64], y: &[f64]) -> (f64, f64, Vec<f64>) {
     let sxx: f64 = x.iter().map(|v| (v - mx) * (v - mx)).sum();
     let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
     let slope = sxy / sxx;
-    let resid: Vec<f64> = x.iter().zip(y).map(|(a, b)| b - my - slope * (a - mx)).collect();
+    let resid: Vec<f64> = x
+        .iter()
+        .zip(y)
+        .map(|(a, b)| b - my - slope * (a - mx))
+        .collect();
     (slope, sxx, resid)
 }
 
@@ -335,7 +357,11 @@ pub fn interval_slopes(times: &[f64], values: &[f64], edges: &[f64], initial: f6
             j += 1;
         }
         acc += moment(t, b, v);
-        out[i] = if b > a { acc / ((b - a).powi(3) / 12.0) } else { f64::NAN };
+        out[i] = if b > a {
+            acc / ((b - a).powi(3) / 12.0)
+        } else {
+            f64::NAN
+        };
     }
     out
 }
@@ -344,7 +370,9 @@ pub fn interval_slopes(times: &[f64], values: &[f64], edges: &[f64], initial: f6
 const RANDOM_WALK_BATCHES: usize = 10;
 
 fn equal_edges(start: f64, end: f64, k: usize) -> Vec<f64> {
-    (0..=k).map(|i| start + (end - start) * i as f64 / k as f64).collect()
+    (0..=k)
+        .map(|i| start + (end - start) * i as f64 / k as f64)
+        .collect()
 }
 
 /// Residual variance of the detrended means of k equal batches.
@@ -377,7 +405,13 @@ fn random_walk_like(times: &[f64], values: &[f64], start: f64, end: f64) -> bool
 /// then the slope is the mean of 10 non-overlapping within-batch OLS slopes — independent for a
 /// random walk, since they rest on disjoint increments — with a t-interval on 9 degrees of
 /// freedom.
-pub fn batch_means_slope(times: &[f64], values: &[f64], start: f64, end: f64, confidence: f64) -> Interval {
+pub fn batch_means_slope(
+    times: &[f64],
+    values: &[f64],
+    start: f64,
+    end: f64,
+    confidence: f64,
+) -> Interval {
     if !(end > start) {
         return Interval::nan();
     }
@@ -415,7 +449,16 @@ pub fn batch_means_slope(times: &[f64], values: &[f64], start: f64, end: f64, co
     let r1 = lag1_autocorrelation(&slopes);
     let se = (var / k as f64).sqrt() * ar1_inflation(r1);
     let t = student_t_quantile(0.5 + confidence / 2.0, dof);
-    Interval { estimate: mean, lo: mean - t * se, hi: mean + t * se, std_error: se, dof, batches: k, lag1: r1, method: "batch slopes" }
+    Interval {
+        estimate: mean,
+        lo: mean - t * se,
+        hi: mean + t * se,
+        std_error: se,
+        dof,
+        batches: k,
+        lag1: r1,
+        method: "batch slopes",
+    }
 }
 
 /// Rate of events (e.g. departures) in [start, end): count / length, with a Student-t interval
@@ -424,7 +467,11 @@ pub fn event_rate(event_times: &[f64], start: f64, end: f64, confidence: f64) ->
     if !(end > start) {
         return Interval::nan();
     }
-    let mut sorted: Vec<f64> = event_times.iter().copied().filter(|t| t.is_finite() && *t >= start && *t < end).collect();
+    let mut sorted: Vec<f64> = event_times
+        .iter()
+        .copied()
+        .filter(|t| t.is_finite() && *t >= start && *t < end)
+        .collect();
     sorted.sort_by(|a, b| a.total_cmp(b));
     let total = sorted.len() as f64 / (end - start);
     let mut result = Interval::nan();
@@ -519,7 +566,10 @@ pub fn analyze_queue(enter: &[f64], leave: &[f64], end: f64, confidence: f64) ->
     let (mean, max) = acc.finish();
     let slope = batch_means_slope(&times, &counts, warmup_end, end, confidence);
     let mut dep_counts = vec![0.0; n];
-    for t in leave.iter().filter(|t| t.is_finite() && **t >= 0.0 && **t < end) {
+    for t in leave
+        .iter()
+        .filter(|t| t.is_finite() && **t >= 0.0 && **t < end)
+    {
         dep_counts[((t / end * n as f64) as usize).min(n - 1)] += 1.0;
     }
     let rate_start = edges[mser5(&dep_counts)];
@@ -552,7 +602,9 @@ fn check_confidence(confidence: f64) -> PyResult<()> {
     if confidence > 0.0 && confidence < 1.0 {
         Ok(())
     } else {
-        Err(PyValueError::new_err(format!("confidence must be in (0, 1), got {confidence}")))
+        Err(PyValueError::new_err(format!(
+            "confidence must be in (0, 1), got {confidence}"
+        )))
     }
 }
 
@@ -560,7 +612,9 @@ fn check_sorted(name: &str, t: &[f64]) -> PyResult<()> {
     if t.windows(2).all(|w| w[0] <= w[1]) {
         Ok(())
     } else {
-        Err(PyValueError::new_err(format!("{name} must be sorted in time")))
+        Err(PyValueError::new_err(format!(
+            "{name} must be sorted in time"
+        )))
     }
 }
 
@@ -645,14 +699,26 @@ fn py_batch_means_slope(
         return Err(PyValueError::new_err("times and values differ in length"));
     }
     check_sorted("times", t)?;
-    Ok(interval_tuple(batch_means_slope(t, v, start, end, confidence)))
+    Ok(interval_tuple(batch_means_slope(
+        t, v, start, end, confidence,
+    )))
 }
 
 #[pyfunction(name = "event_rate")]
 #[pyo3(signature = (event_times, start, end, confidence = 0.95))]
-fn py_event_rate(event_times: PyReadonlyArray1<'_, f64>, start: f64, end: f64, confidence: f64) -> PyResult<(f64, f64, f64, usize)> {
+fn py_event_rate(
+    event_times: PyReadonlyArray1<'_, f64>,
+    start: f64,
+    end: f64,
+    confidence: f64,
+) -> PyResult<(f64, f64, f64, usize)> {
     check_confidence(confidence)?;
-    Ok(interval_tuple(event_rate(event_times.as_slice()?, start, end, confidence)))
+    Ok(interval_tuple(event_rate(
+        event_times.as_slice()?,
+        start,
+        end,
+        confidence,
+    )))
 }
 
 #[pyfunction(name = "analyze_queue")]
@@ -666,7 +732,9 @@ fn py_analyze_queue(
 ) -> PyResult<QueueAnalysis> {
     check_confidence(confidence)?;
     if !(end > 0.0) {
-        return Err(PyValueError::new_err(format!("end must be positive, got {end}")));
+        return Err(PyValueError::new_err(format!(
+            "end must be positive, got {end}"
+        )));
     }
     let (e, l) = (enter.as_slice()?.to_vec(), leave.as_slice()?.to_vec());
     if e.len() != l.len() {
@@ -748,7 +816,9 @@ mod tests {
         obs.extend(vec![0.0; 150]);
         assert_eq!(mser5(&obs), 50);
         // stationary data: nothing to cut
-        let flat: Vec<f64> = (0..100).map(|i| if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let flat: Vec<f64> = (0..100)
+            .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
         assert_eq!(mser5(&flat), 0);
         // hand-computed: batches z = [4, 0, 1, 0, 1, 0]; d=0: mean 1, ss = 9+1+0+1+0+1 = 12,
         // 12/36 = 0.333; d=1: mean 0.4, ss = 5·0.24 = 1.2, 1.2/25 = 0.048; d=2: mean 0.5,
@@ -811,11 +881,18 @@ mod tests {
 
     /// A small deterministic generator so the statistical tests need no extra crate.
     fn lcg(state: &mut u64) -> f64 {
-        *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*state >> 11) as f64) / ((1u64 << 53) as f64)
     }
 
-    fn mm_infinity(lambda: f64, mean_service: f64, horizon: f64, seed: u64) -> (Vec<f64>, Vec<f64>) {
+    fn mm_infinity(
+        lambda: f64,
+        mean_service: f64,
+        horizon: f64,
+        seed: u64,
+    ) -> (Vec<f64>, Vec<f64>) {
         let mut s = seed;
         let (mut enter, mut leave) = (Vec::new(), Vec::new());
         let mut t = 0.0;
@@ -860,7 +937,10 @@ mod tests {
             leave.push(if free_at < 400.0 { free_at } else { f64::NAN });
         }
         let a = analyze_queue(&enter, &leave, 400.0, 0.95);
-        assert!(a.slope_lo > 0.0 && a.slope_lo < 0.5 && a.slope_hi > 0.5, "{a:?}");
+        assert!(
+            a.slope_lo > 0.0 && a.slope_lo < 0.5 && a.slope_hi > 0.5,
+            "{a:?}"
+        );
         assert_eq!(a.slope_method, "batch slopes");
         assert!(close(a.departure_rate, 2.5, 0.01), "{a:?}");
         assert!(a.departure_hi < 2.6);

@@ -18,7 +18,10 @@ def test_saturated_run_by_hand():
     # M = 2,010 runs exactly 10 requests; each lives 1 prefill + 100 decode iterations of 10 ms,
     # and batches of 10 start and finish together: λ* = 10 / (101 · 0.01 s).
     prof = build_profile(
-        "trtllm", kv_tokens=2_010, block_size=1, chunk_size=512,
+        "trtllm",
+        kv_tokens=2_010,
+        block_size=1,
+        chunk_size=512,
         iteration_time=IterationTimeModel.constant(0.01),
     )
     run = saturated_run(prof, load_workload("fixed:100,101"), num_prompts=1_000)
@@ -67,7 +70,17 @@ def test_engine_aware_gap_stays_under_five_percent(engine, workload, kv):
 def test_calibrate_recovers_the_simulators_model(tmp_path):
     out = tmp_path / "fit.json"
     res = CliRunner().invoke(
-        cli, ["calibrate", "--backend", "sim:trtllm", "--num-prompts", "600", "--output", str(out), "--json"]
+        cli,
+        [
+            "calibrate",
+            "--backend",
+            "sim:trtllm",
+            "--num-prompts",
+            "600",
+            "--output",
+            str(out),
+            "--json",
+        ],
     )
     assert res.exit_code == 0, res.output
     saved = json.loads(out.read_text())
@@ -79,7 +92,9 @@ def test_calibrate_recovers_the_simulators_model(tmp_path):
     # The simulator reports KV allocated in pages of 32, not the KV attended: a small bias.
     assert fit["c2"] == pytest.approx(true.c2, rel=0.05)
     assert saved["simulated"] and saved["preemption_waste"] == 0.0
-    theory = CliRunner().invoke(cli, ["theory", "--engine", "trtllm", "--iteration-model", str(out), "--json"])
+    theory = CliRunner().invoke(
+        cli, ["theory", "--engine", "trtllm", "--iteration-model", str(out), "--json"]
+    )
     assert json.loads(theory.output)["iteration_time_source"].startswith("fitted model")
 
 

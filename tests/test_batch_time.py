@@ -16,8 +16,17 @@ from kvbench.errors import KvbenchError
 
 
 def _rec(i, first, finished, out, error=None):
-    return RequestRecord(i, 0.0, 100, out, sent=0.0, first_token=first, finished=finished,
-                         output_tokens=out, error=error)
+    return RequestRecord(
+        i,
+        0.0,
+        100,
+        out,
+        sent=0.0,
+        first_token=first,
+        finished=finished,
+        output_tokens=out,
+        error=error,
+    )
 
 
 def test_only_requests_decoding_while_others_waited_count():

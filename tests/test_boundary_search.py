@@ -12,12 +12,19 @@ from kvbench.benchmark.search import find_boundary
 from kvbench.errors import KvbenchError
 from kvbench.workload import load_workload
 
-REFS = json.loads((Path(__file__).parent / "data" / "saturated_capacity.json").read_text())["references"]
+REFS = json.loads((Path(__file__).parent / "data" / "saturated_capacity.json").read_text())[
+    "references"
+]
 
 
 def _search(policy, workload, seed=0, **kw):
-    return find_boundary(lambda s: resolve_backend(f"sim:{policy}", seed=s), load_workload(workload), workload,
-                         seed=seed, **kw)
+    return find_boundary(
+        lambda s: resolve_backend(f"sim:{policy}", seed=s),
+        load_workload(workload),
+        workload,
+        seed=seed,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("ref", REFS, ids=lambda r: f"{r['policy']}-{r['workload']}")
@@ -26,7 +33,11 @@ def test_search_brackets_the_saturated_rate(ref):
     assert result.reached, result.stop_reason
     assert result.upper / result.lower - 1 <= 0.05 + 1e-9
     # the bracket meets the reference's interval (λ* is known only to it)
-    assert result.lower <= ref["capacity_hi"] and result.upper >= ref["capacity_lo"], (result.lower, result.upper, ref)
+    assert result.lower <= ref["capacity_hi"] and result.upper >= ref["capacity_lo"], (
+        result.lower,
+        result.upper,
+        ref,
+    )
     assert result.engine_seconds == pytest.approx(sum(p.engine_seconds for p in result.probes))
     verdicts = {p.rate: p.verdict for p in result.probes}
     assert verdicts[result.lower] == "STABLE"
@@ -36,7 +47,10 @@ def test_search_is_reproducible_and_records_every_probe():
     a = _search("sglang", "pd-2:1", seed=5).to_dict()
     b = _search("sglang", "pd-2:1", seed=5).to_dict()
     assert a == b
-    assert all({"rate", "duration", "verdict", "evidence", "engine_seconds"} <= p.keys() for p in a["probes"])
+    assert all(
+        {"rate", "duration", "verdict", "evidence", "engine_seconds"} <= p.keys()
+        for p in a["probes"]
+    )
 
 
 def test_budget_stops_the_search_honestly():

@@ -23,7 +23,7 @@ def _synthetic(n: int, seed: int, sigma: float = 0.05) -> IterationWindows:
     tokens = rng.integers(1, 2048, n).astype(float)
     kv = rng.integers(0, 131_000, n).astype(float)
     mean = TRUE[0] + TRUE[1] * tokens + TRUE[2] * kv
-    t = mean * np.exp(rng.normal(-sigma**2 / 2, sigma, n))
+    t = mean * np.exp(rng.normal(-(sigma**2) / 2, sigma, n))
     return IterationWindows.per_iteration(tokens, kv, t)
 
 
@@ -89,18 +89,28 @@ def test_trtllm_iteration_records(tmp_path):
     rng = np.random.default_rng(11)
     records = []
     for i in range(400):
-        ctx, gen, used = int(rng.integers(0, 2048)), int(rng.integers(1, 64)), int(rng.integers(0, 4000))
+        ctx, gen, used = (
+            int(rng.integers(0, 2048)),
+            int(rng.integers(1, 64)),
+            int(rng.integers(0, 4000)),
+        )
         ms = 1000 * (TRUE[0] + TRUE[1] * (ctx + gen) + TRUE[2] * used * 32)
         records.append(
             {
                 "iter": i,
                 "iterLatencyMS": ms,
                 "timestamp": "11-28-2026 14:00:00.000000",
-                "inflightBatchingStats": {"numCtxTokens": ctx, "numGenRequests": gen, "numScheduledRequests": gen + 1},
+                "inflightBatchingStats": {
+                    "numCtxTokens": ctx,
+                    "numGenRequests": gen,
+                    "numScheduledRequests": gen + 1,
+                },
                 "kvCacheStats": {"usedNumBlocks": used, "tokensPerBlock": 32, "maxNumBlocks": 8219},
             }
         )
-    records.append({"iter": 400, "iterLatencyMS": 0.0, "inflightBatchingStats": {}, "kvCacheStats": {}})
+    records.append(
+        {"iter": 400, "iterLatencyMS": 0.0, "inflightBatchingStats": {}, "kvCacheStats": {}}
+    )
     path = tmp_path / "iters.json"
     path.write_text(json.dumps(records))
     fit = fit_iteration_time(load_windows(path))
@@ -169,8 +179,9 @@ def test_committed_h200_fits_follow_from_their_windows():
         refit = fit_iteration_time(load_windows(results / f"iterations-{mode}.csv"))
         saved = load_fit(results / f"fit-{mode}.json")
         assert refit.n_windows == 26
-        np.testing.assert_allclose([refit.c0, refit.c1, refit.c2], [saved.c0, saved.c1, saved.c2],
-                                   rtol=1e-9)
+        np.testing.assert_allclose(
+            [refit.c0, refit.c1, refit.c2], [saved.c0, saved.c1, saved.c2], rtol=1e-9
+        )
     eager = load_fit(results / "fit-eager.json")
     assert eager.c0 == pytest.approx(10.16e-3, rel=1e-3)
     assert eager.c2 == pytest.approx(403.8e-9, rel=1e-3)

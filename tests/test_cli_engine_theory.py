@@ -33,11 +33,24 @@ def test_json_has_both_predictions_and_the_binding_constraint():
         batch_time=pred.iteration_time,
     )
     assert out["mu_paper"] == pytest.approx(ref.mu, rel=1e-12)
-    assert {b["name"] for b in out["engine_aware"]["bounds"]} == {"reservation", "token budget", "running cap"}
+    assert {b["name"] for b in out["engine_aware"]["bounds"]} == {
+        "reservation",
+        "token budget",
+        "running cap",
+    }
 
 
 def test_batch_time_makes_both_models_use_one_constant_b():
-    res = _run("--engine", "ideal", "--workload", "fixed:512,101", "--batch-time", "0.05", "--exact", "--json")
+    res = _run(
+        "--engine",
+        "ideal",
+        "--workload",
+        "fixed:512,101",
+        "--batch-time",
+        "0.05",
+        "--exact",
+        "--json",
+    )
     out = json.loads(res.output)
     # ideal: one 512-token chunk, then 100 decode steps: g = 512 + Σ_{j=1..100}(512+j) = 56,762;
     # the head needs 512 tokens, gap 256. The paper counts 101 decode steps: g = 57,375.
@@ -56,9 +69,19 @@ def test_fitted_iteration_model_is_used_with_its_uncertainty(tmp_path):
     fit = fit_iteration_time(IterationWindows.per_iteration(tokens, kv, t))
     path = tmp_path / "fit.json"
     path.write_text(json.dumps({"fit": fit.to_json()}))
-    res = _run("--engine", "vllm", "--workload", "uniform:10-800,10-800", "--iteration-model", str(path), "--json")
+    res = _run(
+        "--engine",
+        "vllm",
+        "--workload",
+        "uniform:10-800,10-800",
+        "--iteration-model",
+        str(path),
+        "--json",
+    )
     out = json.loads(res.output)
-    pred = engine_aware_mu(build_profile("vllm"), LengthLaw.uniform(10, 800, 10, 800), iteration_fit=fit)
+    pred = engine_aware_mu(
+        build_profile("vllm"), LengthLaw.uniform(10, 800, 10, 800), iteration_fit=fit
+    )
     assert out["mu_engine_aware"] == pytest.approx(pred.mu, rel=1e-12)
     assert out["mu_engine_aware_stderr"] > 0
     assert out["engine_aware"]["iteration_model"]["c1"] == pytest.approx(fit.c1)

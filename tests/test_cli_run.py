@@ -24,8 +24,18 @@ def _invoke(*args):
 
 def test_run_json_has_a_verdict_and_writes_a_rebuildable_directory(tmp_path):
     out = tmp_path / "run"
-    r = _invoke("run", "--backend", "sim:sglang", "--request-rate", "1.5", "--duration", "900",
-                "--output", str(out), "--json")
+    r = _invoke(
+        "run",
+        "--backend",
+        "sim:sglang",
+        "--request-rate",
+        "1.5",
+        "--duration",
+        "900",
+        "--output",
+        str(out),
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output)
     assert summary["verdict"] == "STABLE" and summary["simulated"] is True
@@ -46,34 +56,144 @@ def test_run_text_labels_simulated_results():
 
 
 def test_boundary_json_keys():
-    r = _invoke("boundary", "--backend", "sim:ideal", "--workload", "pd-2:1", "--precision", "0.1", "--json")
+    r = _invoke(
+        "boundary", "--backend", "sim:ideal", "--workload", "pd-2:1", "--precision", "0.1", "--json"
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert {"lower", "upper", "engine_seconds", "probes"} <= d.keys()
     assert d["lower"] < d["upper"] <= d["lower"] * 1.1 + 1e-9
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "--backend", "sim:nope", "--request-rate", "1", "--duration", "10"], "unknown backend"),
-    (["run", "--backend", "sim:vllm", "--request-rate", "1"], "exactly one of --duration and --num-prompts"),
-    (["run", "--backend", "sim:vllm", "--request-rate", "-2", "--duration", "10"], "--request-rate"),
-    (["run", "--backend", "sim:vllm", "--request-rate", "1", "--duration", "10", "--kv-tokens", "0"], "--kv-tokens"),
-    (["run", "--backend", "sim:vllm", "--request-rate", "1", "--duration", "10", "--workload", "uniform:5"], "uniform"),
-    (["run", "--backend", "vllm", "--request-rate", "1", "--duration", "10"], "--url"),
-    (["run", "--backend", "vllm", "--url", "http://x", "--kv-tokens", "5", "--request-rate", "1", "--duration", "1"], "sim:*"),
-    (["run", "--backend", "vllm", "--request-rate", "1", "--duration", "10"], "--model PATH"),
-    (["run", "--backend", "vllm", "--url", "http://x", "--model", "/m", "--request-rate", "1", "--duration", "1"],
-     "exactly one of --url (attach) or --model (launch)"),
-    (["run", "--backend", "sim:vllm", "--model", "/m", "--request-rate", "1", "--duration", "1"], "no --url or --model"),
-    # --model launches from backends/vllm/recipe.toml; an engine that dies at start is one line
-    (["run", "--backend", "vllm", "--model", "/nonexistent-model", "--request-rate", "1", "--duration", "1"],
-     "vllm exited with code"),
-    (["boundary", "--backend", "sim:vllm", "--precision", "0"], "--precision"),
-    (["boundary", "--backend", "sim:vllm", "--confidence", "1.5"], "--confidence"),
-    (["run", "--backend", "sim:vllm", "--request-rate", "1", "--duration", "10", "--confidence", "0"], "--confidence"),
-    (["boundary", "--backend", "sim:vllm", "--max-engine-seconds", "-1"], "--max-engine-seconds"),
-    (["report", "/nonexistent/run"], "missing"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["run", "--backend", "sim:nope", "--request-rate", "1", "--duration", "10"],
+            "unknown backend",
+        ),
+        (
+            ["run", "--backend", "sim:vllm", "--request-rate", "1"],
+            "exactly one of --duration and --num-prompts",
+        ),
+        (
+            ["run", "--backend", "sim:vllm", "--request-rate", "-2", "--duration", "10"],
+            "--request-rate",
+        ),
+        (
+            [
+                "run",
+                "--backend",
+                "sim:vllm",
+                "--request-rate",
+                "1",
+                "--duration",
+                "10",
+                "--kv-tokens",
+                "0",
+            ],
+            "--kv-tokens",
+        ),
+        (
+            [
+                "run",
+                "--backend",
+                "sim:vllm",
+                "--request-rate",
+                "1",
+                "--duration",
+                "10",
+                "--workload",
+                "uniform:5",
+            ],
+            "uniform",
+        ),
+        (["run", "--backend", "vllm", "--request-rate", "1", "--duration", "10"], "--url"),
+        (
+            [
+                "run",
+                "--backend",
+                "vllm",
+                "--url",
+                "http://x",
+                "--kv-tokens",
+                "5",
+                "--request-rate",
+                "1",
+                "--duration",
+                "1",
+            ],
+            "sim:*",
+        ),
+        (["run", "--backend", "vllm", "--request-rate", "1", "--duration", "10"], "--model PATH"),
+        (
+            [
+                "run",
+                "--backend",
+                "vllm",
+                "--url",
+                "http://x",
+                "--model",
+                "/m",
+                "--request-rate",
+                "1",
+                "--duration",
+                "1",
+            ],
+            "exactly one of --url (attach) or --model (launch)",
+        ),
+        (
+            [
+                "run",
+                "--backend",
+                "sim:vllm",
+                "--model",
+                "/m",
+                "--request-rate",
+                "1",
+                "--duration",
+                "1",
+            ],
+            "no --url or --model",
+        ),
+        # --model launches from backends/vllm/recipe.toml; an engine that dies at start is one line
+        (
+            [
+                "run",
+                "--backend",
+                "vllm",
+                "--model",
+                "/nonexistent-model",
+                "--request-rate",
+                "1",
+                "--duration",
+                "1",
+            ],
+            "vllm exited with code",
+        ),
+        (["boundary", "--backend", "sim:vllm", "--precision", "0"], "--precision"),
+        (["boundary", "--backend", "sim:vllm", "--confidence", "1.5"], "--confidence"),
+        (
+            [
+                "run",
+                "--backend",
+                "sim:vllm",
+                "--request-rate",
+                "1",
+                "--duration",
+                "10",
+                "--confidence",
+                "0",
+            ],
+            "--confidence",
+        ),
+        (
+            ["boundary", "--backend", "sim:vllm", "--max-engine-seconds", "-1"],
+            "--max-engine-seconds",
+        ),
+        (["report", "/nonexistent/run"], "missing"),
+    ],
+)
 def test_malformed_options_get_one_line_errors(args, message):
     r = _invoke(*args)
     assert r.exit_code == 2
@@ -109,12 +229,16 @@ class _FailAfter:
         self.inner.execute(requests, Sink(), duration=duration)
 
 
-@pytest.mark.parametrize("error, status", [(RuntimeError("engine crashed"), "failed"),
-                                           (KeyboardInterrupt(), "interrupted")])
+@pytest.mark.parametrize(
+    "error, status",
+    [(RuntimeError("engine crashed"), "failed"), (KeyboardInterrupt(), "interrupted")],
+)
 def test_a_crash_after_n_records_leaves_a_readable_partial_run(tmp_path, error, status):
     backend = _FailAfter(resolve_backend("sim:vllm"), 200, error)
     with pytest.raises(type(error)):
-        execute_run(backend, load_workload("pd-1:1"), RunSpec("pd-1:1", 2.0, duration=600), output=tmp_path)
+        execute_run(
+            backend, load_workload("pd-1:1"), RunSpec("pd-1:1", 2.0, duration=600), output=tmp_path
+        )
     data = read_run(tmp_path)
     assert data.status == status and data.end["error"]
     assert len(data.records) == 200
@@ -127,8 +251,24 @@ def test_a_crash_after_n_records_leaves_a_readable_partial_run(tmp_path, error, 
 def test_a_killed_run_process_leaves_a_readable_partial_run(tmp_path):
     # A run long enough to be killed mid-way: the recorder flushes each line as it goes.
     out = tmp_path / "run"
-    p = subprocess.Popen([sys.executable, "-m", "kvbench", "run", "--backend", "sim:ideal", "--request-rate", "20",
-                          "--duration", "20000", "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kvbench",
+            "run",
+            "--backend",
+            "sim:ideal",
+            "--request-rate",
+            "20",
+            "--duration",
+            "20000",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         f = out / "requests.jsonl"
@@ -149,10 +289,26 @@ def _steady_run(rate: float, lag: float):
     from kvbench.backends.base import RequestRecord
 
     n = int(600 * rate)
-    header = {"kind": "real", "backend": "vllm", "window_end": 600.0, "scheduled_in_window": n,
-              "config": {"request_rate": rate, "confidence": 0.95, "tolerance": 0.05}}
-    records = [RequestRecord(i, i / rate, 100, 10, sent=i / rate + lag, first_token=i / rate + lag + 0.1,
-                             finished=i / rate + lag + 1.0, output_tokens=10) for i in range(n)]
+    header = {
+        "kind": "real",
+        "backend": "vllm",
+        "window_end": 600.0,
+        "scheduled_in_window": n,
+        "config": {"request_rate": rate, "confidence": 0.95, "tolerance": 0.05},
+    }
+    records = [
+        RequestRecord(
+            i,
+            i / rate,
+            100,
+            10,
+            sent=i / rate + lag,
+            first_token=i / rate + lag + 0.1,
+            finished=i / rate + lag + 1.0,
+            output_tokens=10,
+        )
+        for i in range(n)
+    ]
     return header, records
 
 
@@ -172,7 +328,11 @@ def test_a_client_that_fell_behind_claims_no_verdict():
 def test_lag_shorter_than_a_mean_gap_keeps_the_verdict():
     from kvbench.benchmark.runner import lag_budget, summarize
 
-    assert lag_budget(1.0) == 1.0 and lag_budget(12.0) == pytest.approx(1 / 12) and lag_budget(1000.0) == 0.05
+    assert (
+        lag_budget(1.0) == 1.0
+        and lag_budget(12.0) == pytest.approx(1 / 12)
+        and lag_budget(1000.0) == 0.05
+    )
     # the same 200 ms lag at 1 req/s shifts each send by a fifth of a gap: the offered process is intact
     s = summarize(*_steady_run(1.0, 0.2), [], status="completed")
     assert s["client_kept_schedule"] is True and s["verdict"] == "STABLE"

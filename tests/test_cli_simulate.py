@@ -14,7 +14,17 @@ def _run(*args: str):
 
 
 def test_json_reports_a_stable_run_with_throughput_at_the_offered_rate():
-    res = _run("--engine", "ideal", "--request-rate", "2", "--duration", "4000", "--batch-time", "0.0372", "--json")
+    res = _run(
+        "--engine",
+        "ideal",
+        "--request-rate",
+        "2",
+        "--duration",
+        "4000",
+        "--batch-time",
+        "0.0372",
+        "--json",
+    )
     assert res.exit_code == 0
     out = json.loads(res.output)
     assert out["simulated"] is True and out["engine"] == "ideal"
@@ -35,7 +45,17 @@ def test_overload_is_unstable_and_throughput_estimates_capacity():
 
 
 def test_a_large_max_tokens_cap_costs_trtllm_capacity():
-    args = ["--engine", "trtllm", "--request-rate", "4", "--duration", "4000", "--batch-time", "0.0372", "--json"]
+    args = [
+        "--engine",
+        "trtllm",
+        "--request-rate",
+        "4",
+        "--duration",
+        "4000",
+        "--batch-time",
+        "0.0372",
+        "--json",
+    ]
     own = json.loads(_run(*args).output)
     capped = json.loads(_run(*args, "--max-tokens", "4096").output)
     assert capped["config"]["max_tokens_cap"] == 4096
@@ -44,8 +64,18 @@ def test_a_large_max_tokens_cap_costs_trtllm_capacity():
 
 def test_text_output_is_labelled_simulated_and_files_are_written(tmp_path):
     res = _run(
-        "--engine", "vllm", "--request-rate", "6", "--num-prompts", "3000", "--replicas", "3",
-        "--dispatch", "jsq", "--output", str(tmp_path),
+        "--engine",
+        "vllm",
+        "--request-rate",
+        "6",
+        "--num-prompts",
+        "3000",
+        "--replicas",
+        "3",
+        "--dispatch",
+        "jsq",
+        "--output",
+        str(tmp_path),
     )
     assert res.exit_code == 0
     assert res.output.startswith("SIMULATED vllm")
@@ -59,8 +89,20 @@ def test_text_output_is_labelled_simulated_and_files_are_written(tmp_path):
 
 
 def test_bad_input_gets_one_line_and_exit_2():
-    res = CliRunner().invoke(cli, ["simulate", "--engine", "vllm", "--request-rate", "1", "--num-prompts", "10",
-                                   "--workload", "fixed:200000,10"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "simulate",
+            "--engine",
+            "vllm",
+            "--request-rate",
+            "1",
+            "--num-prompts",
+            "10",
+            "--workload",
+            "fixed:200000,10",
+        ],
+    )
     assert res.exit_code == 2
     assert res.output.startswith("error: simulator: request 0: needs 200010 KV tokens")
     assert len(res.output.strip().splitlines()) == 1

@@ -37,7 +37,9 @@ def test_theory_json_has_the_documented_keys():
 
 def test_theory_flags_change_the_model():
     base = json.loads(run("theory", "--json").output)
-    doubled = json.loads(run("theory", "--kv-tokens", "262000", "--batch-time", "0.0744", "--json").output)
+    doubled = json.loads(
+        run("theory", "--kv-tokens", "262000", "--batch-time", "0.0744", "--json").output
+    )
     assert doubled["mu"] == pytest.approx(base["mu"])
     exact = json.loads(run("theory", "--exact", "--json").output)
     assert exact["g"] == "exact" and exact["mu"] == pytest.approx(base["mu_exact"])

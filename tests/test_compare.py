@@ -34,8 +34,16 @@ def embedded(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     # the simulated engines, at the paper's scale (a --url makes pd-1:1 and M = 131,000 the
     # defaults); vllm points at a closed port: it must fail alone, with its row marked
-    code, output, directory = _compare(out, "--backends", "sim:trtllm,sim:sglang,vllm", "--url",
-                                       "vllm=http://127.0.0.1:9", "--target-rate", "40", "--json")
+    code, output, directory = _compare(
+        out,
+        "--backends",
+        "sim:trtllm,sim:sglang,vllm",
+        "--url",
+        "vllm=http://127.0.0.1:9",
+        "--target-rate",
+        "40",
+        "--json",
+    )
     assert code == 0, output
     return json.loads(output), directory
 
@@ -56,8 +64,9 @@ def test_embedded_compare_measures_both_engines_beside_theory(embedded):
         assert all(v != "STABLE" for r, v in verdicts.items() if r >= upper)
         assert all(v != "UNSTABLE" for r, v in verdicts.items() if r <= lower)
         t = e["theory"]
-        assert t["mu"] == pytest.approx(e["profile"]["kv_tokens"] / (
-            e["batch_time"]["value"] * t["mean_g"]))
+        assert t["mu"] == pytest.approx(
+            e["profile"]["kv_tokens"] / (e["batch_time"]["value"] * t["mean_g"])
+        )
         # the simulated engines' iteration-time model is known, so the engine-aware μ uses it
         # (not the client's b̄) and lands on the measured bracket
         assert t["iteration_model"] == "engine profile"
@@ -106,8 +115,13 @@ class _StopAfter:
 
 
 def test_ctrl_c_keeps_finished_probes_and_still_reports(tmp_path):
-    config = CompareConfig(backends=["sim:trtllm", "sim:sglang"], precision=0.2,
-                           max_engine_seconds=3000, seed=3, output_root=tmp_path)
+    config = CompareConfig(
+        backends=["sim:trtllm", "sim:sglang"],
+        precision=0.2,
+        max_engine_seconds=3000,
+        seed=3,
+        output_root=tmp_path,
+    )
     directory = run_compare(config, _StopAfter(2))
     report, _ = write_report(directory)
     r = report.results
@@ -159,15 +173,36 @@ def emulated(tmp_path_factory):
         if engine != "sglang":
             return real_recipe(engine)
         broken = real_recipe(engine)
-        return launch.Recipe(**{**broken.__dict__, "command": [
-            "{python}", "-c", "import sys; print('no GPU here either'); sys.exit(3)"]})
+        return launch.Recipe(
+            **{
+                **broken.__dict__,
+                "command": [
+                    "{python}",
+                    "-c",
+                    "import sys; print('no GPU here either'); sys.exit(3)",
+                ],
+            }
+        )
 
     mp = pytest.MonkeyPatch()
     mp.setattr(engines, "emulator_recipe", recipe)
     try:
-        result = CliRunner().invoke(cli, [
-            "compare", "--output-dir", str(out), "--no-progress", "--json", "--backends",
-            "trtllm,sim:trtllm,sglang", "--precision", "0.4", "--seed", "1"])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "compare",
+                "--output-dir",
+                str(out),
+                "--no-progress",
+                "--json",
+                "--backends",
+                "trtllm,sim:trtllm,sglang",
+                "--precision",
+                "0.4",
+                "--seed",
+                "1",
+            ],
+        )
     finally:
         mp.undo()
     assert result.exit_code == 0, result.output

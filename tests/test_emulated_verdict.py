@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from emulator_helpers import ListSink, serving
+
 from kvbench import _core
 from kvbench.backends.base import RequestSpec
 from kvbench.backends.engines import ENGINES
@@ -34,8 +34,14 @@ def schedule(rate: float) -> np.ndarray:
 def simulated(rate: float):
     arrivals = schedule(rate)
     n = len(arrivals)
-    out = _core.simulate(PROFILE, np.full(n, PROMPT, np.int64), np.full(n, OUTPUT, np.int64),
-                         arrivals, until=VIRTUAL_SECONDS, seed=0)
+    out = _core.simulate(
+        PROFILE,
+        np.full(n, PROMPT, np.int64),
+        np.full(n, OUTPUT, np.int64),
+        arrivals,
+        until=VIRTUAL_SECONDS,
+        seed=0,
+    )
     r = out["records"]
     return stability_verdict(r["arrival"], r["finished"], rate=rate, end=VIRTUAL_SECONDS)
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from pathlib import Path
 import sys
 import time
 import urllib.request
-
-import pytest
-from aiohttp import web
+from pathlib import Path
 
 import numpy as np
+import pytest
+from aiohttp import web
 from emulator_helpers import ListSink, serving
+
 from kvbench._core import HttpDriver
 from kvbench.backends.base import RequestSpec
 from kvbench.backends.engines import ENGINES
@@ -49,9 +49,13 @@ def test_adapter_against_zero_latency_emulator(engine):
 def test_trtllm_emulator_rejects_unknown_fields_like_the_engine():
     fmt = make_format("trtllm", build_profile("trtllm"))
     with serving(build_app(fmt, zero_latency=True)) as url:
+
         def post(body):
-            req = urllib.request.Request(url + "/v1/completions", json.dumps(body).encode(),
-                                         {"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                url + "/v1/completions",
+                json.dumps(body).encode(),
+                {"Content-Type": "application/json"},
+            )
             try:
                 with urllib.request.urlopen(req) as resp:
                     return resp.status, resp.read()
@@ -68,10 +72,17 @@ def test_trtllm_emulator_rejects_unknown_fields_like_the_engine():
 def test_sglang_usage_is_off_unless_asked():
     fmt = make_format("sglang", build_profile("sglang"))
     with serving(build_app(fmt, zero_latency=True)) as url:
-        body = {"model": "default", "prompt": [1000, 1001], "max_tokens": 2, "min_tokens": 2,
-                "ignore_eos": True, "stream": True}
-        req = urllib.request.Request(url + "/v1/completions", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
+        body = {
+            "model": "default",
+            "prompt": [1000, 1001],
+            "max_tokens": 2,
+            "min_tokens": 2,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        req = urllib.request.Request(
+            url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
         text = urllib.request.urlopen(req).read().decode()
     assert '"usage"' not in text and text.endswith("data: [DONE]\n\n")
 
@@ -92,8 +103,14 @@ def _stand_in(handler) -> web.Application:
     """A vLLM-like server whose completions endpoint is `handler`."""
     app = web.Application()
     fmt = make_format("vllm", build_profile("vllm"))
-    app.add_routes([web.post("/v1/completions", handler), web.get("/v1/models", _models),
-                    web.get("/metrics", _metrics(fmt)), web.get("/health", _health)])
+    app.add_routes(
+        [
+            web.post("/v1/completions", handler),
+            web.get("/v1/models", _models),
+            web.get("/metrics", _metrics(fmt)),
+            web.get("/health", _health),
+        ]
+    )
     return app
 
 
@@ -108,6 +125,7 @@ async def _models(request):
 def _metrics(fmt):
     async def handler(request):
         return web.Response(text=fmt.metrics_text(), content_type="text/plain")
+
     return handler
 
 
@@ -123,7 +141,9 @@ def test_5xx_and_short_outputs_are_counted_never_dropped():
         await resp.prepare(request)
         n = body["max_tokens"] - (1 if calls["n"] % 3 == 1 else 0)  # every third one short
         chunk = {"choices": [{"index": 0, "text": "x", "finish_reason": None}]}
-        await resp.write(b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for _ in range(n)))
+        await resp.write(
+            b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for _ in range(n))
+        )
         final = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": n}}
         await resp.write(b"data: " + json.dumps(final).encode() + b"\n\ndata: [DONE]\n\n")
         return resp
@@ -152,9 +172,21 @@ def test_timeouts_are_counted():
 def test_engine_killed_mid_run_keeps_partial_results_and_reports(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kvbench", "emulate", "--engine", "vllm", "--port", str(port),
-         "--latency", "zero"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "kvbench",
+            "emulate",
+            "--engine",
+            "vllm",
+            "--port",
+            str(port),
+            "--latency",
+            "zero",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(100):
@@ -165,8 +197,13 @@ def test_engine_killed_mid_run_keeps_partial_results_and_reports(tmp_path):
                 time.sleep(0.1)
         backend = ENGINES["vllm"](url, scrape_period=0.1)
         sink = ListSink()
-        killer = subprocess.Popen([sys.executable, "-c",
-                                   f"import os,time,signal; time.sleep(1.5); os.kill({proc.pid}, signal.SIGKILL)"])
+        killer = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"import os,time,signal; time.sleep(1.5); os.kill({proc.pid}, signal.SIGKILL)",
+            ]
+        )
         with pytest.raises(KvbenchError, match=rf"{url}: engine stopped answering at t="):
             backend.execute(specs(200, 40.0, output=20), sink, duration=5.0)
         killer.wait()
@@ -183,7 +220,9 @@ def test_engine_killed_mid_run_keeps_partial_results_and_reports(tmp_path):
 FIX = Path(__file__).parent / "fixtures"
 
 
-@pytest.mark.parametrize("engine, tokens, chunks", [("vllm", 5, 5), ("sglang", 3, 3), ("trtllm", 3, 2)])
+@pytest.mark.parametrize(
+    "engine, tokens, chunks", [("vllm", 5, 5), ("sglang", 3, 3), ("trtllm", 3, 2)]
+)
 def test_real_shaped_streams_through_the_driver(engine, tokens, chunks):
     """Each engine's captured or source-derived stream, served in small pieces so lines span
     reads: counts come from the final usage chunk (TensorRT-LLM's is a chat object, and one of
@@ -195,7 +234,7 @@ def test_real_shaped_streams_through_the_driver(engine, tokens, chunks):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for k in range(0, len(stream), 97):
-            await resp.write(stream[k:k + 97])
+            await resp.write(stream[k : k + 97])
             await asyncio.sleep(0.001)
         return resp
 
@@ -235,8 +274,12 @@ def test_broken_streams_are_failures_by_kind():
 
     backend, sink, error = _driven(_stand_in(handler), specs(25, 50.0, output=2))
     assert error is None
-    assert backend.failures == {"truncated_stream": 5, "missing_usage": 5, "bad_stream": 5,
-                                "long_output": 5}
+    assert backend.failures == {
+        "truncated_stream": 5,
+        "missing_usage": 5,
+        "bad_stream": 5,
+        "long_output": 5,
+    }
     assert "not json" in backend.failure_examples["bad_stream"]
     long = [r for r in sink.records if r.error == "long_output"]
     assert all(r.output_tokens == 3 and r.finished is not None for r in long)
@@ -256,7 +299,9 @@ def test_connection_dropped_mid_stream_is_a_reset():
         if calls["n"] % 2:
             request.transport.close()  # mid-stream: the chunked body never ends
             return resp
-        await resp.write(_sse({"choices": [], "usage": {"completion_tokens": 1}}) + b"data: [DONE]\n\n")
+        await resp.write(
+            _sse({"choices": [], "usage": {"completion_tokens": 1}}) + b"data: [DONE]\n\n"
+        )
         return resp
 
     backend, sink, error = _driven(_stand_in(handler), specs(10, 50.0, output=1))
@@ -279,8 +324,10 @@ def test_requests_in_flight_at_the_end_are_unfinished_not_failed():
     assert time.monotonic() - started < 15  # ends at the run's duration, not the server's 30 s
     assert error is None and not backend.failures
     assert len(sink.records) == 5
-    assert all(r.sent is not None and r.first_token is not None and r.finished is None
-               and r.error is None for r in sink.records)
+    assert all(
+        r.sent is not None and r.first_token is not None and r.finished is None and r.error is None
+        for r in sink.records
+    )
 
 
 def test_stop_ends_the_run_and_keeps_every_record():
@@ -291,8 +338,13 @@ def test_stop_ends_the_run_and_keeps_every_record():
 
     with serving(_stand_in(stalls)) as url:
         n = 20
-        driver = HttpDriver(url + "/v1/completions", np.arange(n) * 0.02, [b"{}"] * n,
-                            np.full(n, 4, dtype=np.int64), 60.0)
+        driver = HttpDriver(
+            url + "/v1/completions",
+            np.arange(n) * 0.02,
+            [b"{}"] * n,
+            np.full(n, 4, dtype=np.int64),
+            60.0,
+        )
         driver.start(0.0)
         time.sleep(0.2)
         driver.stop()
@@ -305,17 +357,35 @@ def test_stop_ends_the_run_and_keeps_every_record():
 def test_driver_refuses_a_bad_schedule():
     one = [b"{}"]
     with pytest.raises(ValueError, match="must not decrease"):
-        HttpDriver("http://127.0.0.1:1/v1/completions", np.array([0.2, 0.1]), one * 2,
-                   np.ones(2, dtype=np.int64), 1.0)
+        HttpDriver(
+            "http://127.0.0.1:1/v1/completions",
+            np.array([0.2, 0.1]),
+            one * 2,
+            np.ones(2, dtype=np.int64),
+            1.0,
+        )
     with pytest.raises(ValueError, match="one of each per request"):
-        HttpDriver("http://127.0.0.1:1/v1/completions", np.array([0.1]), one * 2,
-                   np.ones(1, dtype=np.int64), 1.0)
+        HttpDriver(
+            "http://127.0.0.1:1/v1/completions",
+            np.array([0.1]),
+            one * 2,
+            np.ones(1, dtype=np.int64),
+            1.0,
+        )
     with pytest.raises(ValueError, match="only http://"):
-        HttpDriver("https://127.0.0.1:1/v1/completions", np.array([0.1]), one,
-                   np.ones(1, dtype=np.int64), 1.0)
+        HttpDriver(
+            "https://127.0.0.1:1/v1/completions",
+            np.array([0.1]),
+            one,
+            np.ones(1, dtype=np.int64),
+            1.0,
+        )
 
 
 def test_https_is_refused_with_the_reason():
-    with pytest.raises(KvbenchError, match=r"https://engine:8000: kvbench drives engines over "
-                                           r"plain http:// only"):
+    with pytest.raises(
+        KvbenchError,
+        match=r"https://engine:8000: kvbench drives engines over "
+        r"plain http:// only",
+    ):
         ENGINES["vllm"]("https://engine:8000")

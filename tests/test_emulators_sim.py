@@ -8,6 +8,7 @@ from __future__ import annotations
 import urllib.request
 
 from emulator_helpers import ListSink, serving
+
 from kvbench.backends.base import RequestSpec
 from kvbench.backends.engines import ENGINES
 from kvbench.backends.prometheus import Metrics

@@ -55,7 +55,9 @@ def test_vllm_state_from_real_metrics_under_load():
 
 
 def test_vllm_old_kv_usage_name_is_a_fallback():
-    text = read("vllm", "metrics_loaded.prom").replace("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+    text = read("vllm", "metrics_loaded.prom").replace(
+        "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"
+    )
     st = vllm.read_state(Metrics.parse(text, "f"), 0.0)
     assert st.kv_usage == pytest.approx(16 / 31)
 
@@ -215,8 +217,9 @@ def test_trtllm_log_takes_the_final_kv_pool():
     assert found.sources["kv_tokens"].startswith("startup log")
     assert found.sources["max_running"] == "startup log (max_batch_size)"
     # the launch command's own settings win over what the log repeats
-    found = trtllm.build_profile({}, {"max_batch_size": 8}, "launch command", None,
-                                 read("trtllm", "startup.log"))
+    found = trtllm.build_profile(
+        {}, {"max_batch_size": 8}, "launch command", None, read("trtllm", "startup.log")
+    )
     assert found.profile.max_running == 8
     with pytest.raises(KvbenchError, match="no startup log"):
         trtllm.build_profile({}, {}, "none")

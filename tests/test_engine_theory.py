@@ -48,7 +48,9 @@ def test_paged_lifetime_memory_by_hand():
     page=st.sampled_from([1, 16, 32]),
 )
 def test_paged_lifetime_memory_matches_brute_force(s, o, chunk, page):
-    assert paged_lifetime_memory(np.array([s]), np.array([o]), chunk, page)[0] == _brute_g(s, o, chunk, page)
+    assert paged_lifetime_memory(np.array([s]), np.array([o]), chunk, page)[0] == _brute_g(
+        s, o, chunk, page
+    )
 
 
 def test_paged_rounds_up_to_pages():
@@ -86,8 +88,13 @@ def test_vllm_memory_bound_with_pages_by_hand():
     # s=5, o=3, ŝ=4, pages of 4: prefill holds 4 → 4 then 5 → 8, and the last chunk samples the
     # first token; 2 decode steps hold 6 and 7 → 8 each: g = 28. First need page(4) = 4, gap 2.
     prof = build_profile(
-        "vllm", kv_tokens=1_000, chunk_size=4, block_size=4, iteration_time=_const(0.01),
-        token_budget=UNLIMITED, max_running=UNLIMITED,
+        "vllm",
+        kv_tokens=1_000,
+        chunk_size=4,
+        block_size=4,
+        iteration_time=_const(0.01),
+        token_budget=UNLIMITED,
+        max_running=UNLIMITED,
     )
     law = LengthLaw.fixed(5, 3)
     pred = engine_aware_mu(prof, law, preemption_waste=0.0)
@@ -99,7 +106,9 @@ def test_vllm_memory_bound_with_pages_by_hand():
     # A priori, half a first chunk (4/2 = 2 tokens) churns through memory every iteration.
     churn = engine_aware_mu(prof, law)
     assert churn.mu == pytest.approx((1_000 - 2 - 2) / 28 / 0.01, rel=1e-12)
-    assert churn.binding_bound.batch_tokens == pytest.approx(churn.binding_bound.per_iteration * 7 + 2)
+    assert churn.binding_bound.batch_tokens == pytest.approx(
+        churn.binding_bound.per_iteration * 7 + 2
+    )
 
 
 def test_token_budget_bound_and_its_fixed_point():
@@ -154,7 +163,9 @@ def test_trace_law_carries_a_standard_error():
     pred = engine_aware_mu(build_profile("vllm"), law)
     g = paged_lifetime_memory(law.prompt, law.output - 1, 512, 16).astype(float)
     assert pred.binding == "memory"
-    assert pred.mu_stderr / pred.mu == pytest.approx(np.std(g, ddof=1) / np.sqrt(500) / g.mean(), rel=1e-9)
+    assert pred.mu_stderr / pred.mu == pytest.approx(
+        np.std(g, ddof=1) / np.sqrt(500) / g.mean(), rel=1e-9
+    )
 
 
 def test_a_request_larger_than_memory_is_an_error():
@@ -170,7 +181,11 @@ def test_sglang_separate_batches_by_hand():
     # are admitted together and prefill side by side (2,048/64 = 32 chunks fit a batch), which
     # takes the 2 batches of one request: p = 2 / k.
     prof = build_profile(
-        "sglang", kv_tokens=10_000, chunk_size=64, max_running=UNLIMITED, iteration_time=_const(0.01)
+        "sglang",
+        kv_tokens=10_000,
+        chunk_size=64,
+        max_running=UNLIMITED,
+        iteration_time=_const(0.01),
     )
     pred = engine_aware_mu(prof, LengthLaw.fixed(100, 11))
     d = (1_055 + 0.1 * 55) / (10_000 - 55.5)

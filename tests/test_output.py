@@ -15,13 +15,19 @@ from kvbench.theory import Stability
 
 def test_values_and_notes_start_in_one_column_despite_styles_and_combining_marks():
     lines = aligned_lines(
-        [("b̄", "0.0372 s", "note"), ("μ (stable rate)", click.style("3.263", bold=True), "n2"), ("x", "1")]
+        [
+            ("b̄", "0.0372 s", "note"),
+            ("μ (stable rate)", click.style("3.263", bold=True), "n2"),
+            ("x", "1"),
+        ]
     )
     plain = [click.unstyle(line) for line in lines]
     assert plain[0] == "  b̄:                0.0372 s  note"
     assert plain[1] == "  μ (stable rate):  3.263     n2"
     assert plain[2] == "  x:                1"
-    assert display_width(plain[0][: plain[0].index("note")]) == display_width(plain[1][: plain[1].index("n2")])
+    assert display_width(plain[0][: plain[0].index("note")]) == display_width(
+        plain[1][: plain[1].index("n2")]
+    )
 
 
 def test_estimate_shows_uncertainty_only_when_there_is_one():
@@ -41,7 +47,13 @@ class _Record:
 
 def test_json_handles_numpy_dataclasses_enums_and_nan():
     record = _Record(np.float64(1.5), np.int64(3), np.array([1, 2]), Stability.STABLE, math.nan)
-    assert to_jsonable(record) == {"rate": 1.5, "count": 3, "arr": [1, 2], "verdict": "STABLE", "missing": None}
+    assert to_jsonable(record) == {
+        "rate": 1.5,
+        "count": 3,
+        "arr": [1, 2],
+        "verdict": "STABLE",
+        "missing": None,
+    }
     out = io.StringIO()
     write_json({"a": record}, stream=out)
     assert json.loads(out.getvalue())["a"]["count"] == 3

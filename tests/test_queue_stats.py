@@ -22,7 +22,9 @@ def test_in_system_steps_counts_enters_and_leaves():
 
 
 def test_interval_means_hand_computed():
-    m = _core.interval_means(np.array([1.0, 3.0, 4.0]), np.array([2.0, 5.0, 1.0]), np.array([0.0, 2.0, 4.0, 6.0]))
+    m = _core.interval_means(
+        np.array([1.0, 3.0, 4.0]), np.array([2.0, 5.0, 1.0]), np.array([0.0, 2.0, 4.0, 6.0])
+    )
     assert m.tolist() == [1.0, 3.5, 1.0]
 
 

@@ -15,15 +15,26 @@ from kvbench.errors import KvbenchError
 
 
 def _record(i):
-    return RequestRecord(i, i * 0.5, 100 + i, 20, sent=i * 0.5, first_token=i * 0.5 + 0.1,
-                         finished=i * 0.5 + 1.0, output_tokens=20, token_times=[0.1, 0.2])
+    return RequestRecord(
+        i,
+        i * 0.5,
+        100 + i,
+        20,
+        sent=i * 0.5,
+        first_token=i * 0.5 + 0.1,
+        finished=i * 0.5 + 1.0,
+        output_tokens=20,
+        token_times=[0.1, 0.2],
+    )
 
 
 def test_round_trip(tmp_path):
     rec = RunRecorder(tmp_path / "r", {"seed": 7, "kind": "simulated"})
     for i in range(3):
         rec.request(_record(i))
-    rec.sample(QueueSample(time=1.0, in_flight=2, waiting=0, running=2, kv_used_tokens=float("nan")))
+    rec.sample(
+        QueueSample(time=1.0, in_flight=2, waiting=0, running=2, kv_used_tokens=float("nan"))
+    )
     rec.close()
     data = read_run(tmp_path / "r")
     assert data.header["seed"] == 7 and data.header["format"] == "kvbench-run/1"
@@ -58,7 +69,9 @@ def test_refuses_to_overwrite_a_run(tmp_path):
 
 def test_garbage_is_a_one_line_error_naming_the_line(tmp_path):
     (tmp_path / "header.json").write_text('{"format": "kvbench-run/1"}')
-    (tmp_path / REQUESTS_FILE).write_text('{"request_id": 0, "intended_send": 0, "prompt_len": 1, "output_len": 1}\nnot json\n')
+    (tmp_path / REQUESTS_FILE).write_text(
+        '{"request_id": 0, "intended_send": 0, "prompt_len": 1, "output_len": 1}\nnot json\n'
+    )
     with pytest.raises(KvbenchError, match=r"requests.jsonl:2:"):
         read_run(tmp_path)
     with pytest.raises(KvbenchError, match="missing"):

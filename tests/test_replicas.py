@@ -26,15 +26,28 @@ class _Replica(Backend):
         self.got: list[int] = []
 
     def discover_profile(self) -> DiscoveredProfile:
-        return DiscoveredProfile(build_profile("vllm", kv_tokens=self.kv_tokens), {"kv_tokens": "test"})
+        return DiscoveredProfile(
+            build_profile("vllm", kv_tokens=self.kv_tokens), {"kv_tokens": "test"}
+        )
 
     def execute(self, requests, sink, *, duration):
         for r in requests:
             self.got.append(r.request_id)
-            sink.request(RequestRecord(r.request_id, r.intended_send, r.prompt_len, r.output_len,
-                                       sent=r.intended_send, finished=r.intended_send + 1))
-        sink.sample(QueueSample(time=1.0, in_flight=len(requests), waiting=1, kv_usage=0.5,
-                                kv_used_tokens=100.0))
+            sink.request(
+                RequestRecord(
+                    r.request_id,
+                    r.intended_send,
+                    r.prompt_len,
+                    r.output_len,
+                    sent=r.intended_send,
+                    finished=r.intended_send + 1,
+                )
+            )
+        sink.sample(
+            QueueSample(
+                time=1.0, in_flight=len(requests), waiting=1, kv_usage=0.5, kv_used_tokens=100.0
+            )
+        )
         if self.fail:
             raise KvbenchError(f"{self.name}: connection reset")
 

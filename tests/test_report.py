@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from compare_fixture import make_compare_dir
+
 from kvbench.errors import KvbenchError
 from kvbench.report import write_report
 from kvbench.report.schema import SCHEMA_VERSION, load_results
@@ -19,8 +19,9 @@ EVIL = '<script>console.log("injected")</script>'
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory) -> Path:
-    d = make_compare_dir(tmp_path_factory.mktemp("cmp") / "r", labels=("trtllm", EVIL),
-                         failed="vllm")
+    d = make_compare_dir(
+        tmp_path_factory.mktemp("cmp") / "r", labels=("trtllm", EVIL), failed="vllm"
+    )
     write_report(d)
     return d
 
@@ -89,9 +90,10 @@ def test_failed_engine_has_its_row_marked_failed(report_dir):
     results = load_results(report_dir / "results.json")
     failed = results.engines[2]
     assert failed.status == "failed" and failed.boundary is None
-    assert "FAILED: http://127.0.0.1:9/health: connection refused" in (
-        report_dir / "summary.md"
-    ).read_text()
+    assert (
+        "FAILED: http://127.0.0.1:9/health: connection refused"
+        in (report_dir / "summary.md").read_text()
+    )
     html = (report_dir / "report.html").read_text()
     assert '<tr class="failed"\n data-engine="vllm">' in html
 
@@ -101,10 +103,13 @@ def test_user_labels_are_escaped_everywhere(report_dir):
     summary = (report_dir / "summary.md").read_text()
     assert EVIL not in html
     # Markdown shows the command in a code span, where tags are literal text
-    assert all(f"`kvbench compare --backends trtllm,{EVIL},vllm`" in line
-               for line in summary.splitlines() if EVIL in line)
+    assert all(
+        f"`kvbench compare --backends trtllm,{EVIL},vllm`" in line
+        for line in summary.splitlines()
+        if EVIL in line
+    )
     assert "&lt;script&gt;console.log(&#34;injected&#34;)&lt;/script&gt; (emulated)" in html
-    assert "&lt;script&gt;console.log(\"injected\")&lt;/script&gt; (emulated)" in summary
+    assert '&lt;script&gt;console.log("injected")&lt;/script&gt; (emulated)' in summary
 
 
 def test_emulated_engines_are_marked_on_rows_and_plots(report_dir):
@@ -115,7 +120,9 @@ def test_emulated_engines_are_marked_on_rows_and_plots(report_dir):
 
 
 def test_rebuilding_gives_identical_files(report_dir):
-    before = {p: (report_dir / p).read_bytes() for p in ("results.json", "summary.md", "report.html")}
+    before = {
+        p: (report_dir / p).read_bytes() for p in ("results.json", "summary.md", "report.html")
+    }
     write_report(report_dir)
     assert before == {p: (report_dir / p).read_bytes() for p in before}
 

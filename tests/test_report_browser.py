@@ -7,6 +7,7 @@ import re
 
 from browser import load
 from compare_fixture import make_compare_dir
+
 from kvbench.report import write_report
 
 EVIL = '<script>console.log("injected")</script><b>bold</b>'
@@ -27,10 +28,12 @@ def test_report_renders_offline_without_console_errors(tmp_path):
     for plot in ("plot-boundary", "plot-queue", "plot-kv", "plot-latency"):
         start = page.dom.index(f'id="{plot}"')
         end = page.dom.find('id="plot-', start + 1)
-        drawn = page.dom[start:end if end > 0 else None]
+        drawn = page.dom[start : end if end > 0 else None]
         assert 'class="main-svg"' in drawn, plot
         assert re.search(r'class="(scatterlayer|trace)', drawn), plot
-    legend = [html.unescape(t) for t in re.findall(r'class="legendtext"[^>]*>(.*?)</text>', page.dom)]
+    legend = [
+        html.unescape(t) for t in re.findall(r'class="legendtext"[^>]*>(.*?)</text>', page.dom)
+    ]
     # shown as the literal text, tags and all, not parsed as markup
     assert any(EVIL in re.sub(r"<[^>]*tspan[^>]*>", "", t) for t in legend), legend
     cell = re.search(r'data-engine="[^"]*">\s*<td>(.*?)<span', page.dom, re.S)

@@ -19,7 +19,9 @@ def _run(policy: str, n: int = 20_000, seed: int = 1, **kw):
     s, o = load_workload("pd-1:1").draw(n, seed=seed)
     t = arrival_times(COMFORTABLE[policy], n, seed=seed)
     noisy = build_profile(policy).iteration_time
-    profile = build_profile(policy, iteration_time=IterationTimeModel(noisy.c0, noisy.c1, noisy.c2, 0.2))
+    profile = build_profile(
+        policy, iteration_time=IterationTimeModel(noisy.c0, noisy.c1, noisy.c2, 0.2)
+    )
     return simulate(profile, s, o, t, seed=seed, **kw)
 
 
@@ -87,7 +89,10 @@ def test_stepping_api_emits_exactly_o_tokens(policy):
         assert tokens[i] == list(range(1, o + 1))
     state = sim.state()
     assert state["running"] == state["waiting"] == state["kv_used_tokens"] == 0
-    assert state["completed_total"] == len(lengths) and state["kv_total"] == 6_000 // profile.block_size * profile.block_size
+    assert (
+        state["completed_total"] == len(lengths)
+        and state["kv_total"] == 6_000 // profile.block_size * profile.block_size
+    )
     if policy in ("vllm", "ideal"):
         assert state["preemptions_total"] > 0  # 6,000 tokens is tight for these lengths
     if policy == "trtllm":

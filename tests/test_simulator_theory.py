@@ -100,6 +100,8 @@ def test_sglang_reserves_and_retracts():
     profile = build_profile("sglang", iteration_time=CONSTANT)
     rate, res = _saturated_rate(profile, workload="pd-1:2")
     assert res.summary["preemptions"] > 0
-    vllm_rate, _ = _saturated_rate(build_profile("vllm", iteration_time=CONSTANT), workload="pd-1:2")
+    vllm_rate, _ = _saturated_rate(
+        build_profile("vllm", iteration_time=CONSTANT), workload="pd-1:2"
+    )
     # Separate prefill batches stall decoding, so SGLang's rule sustains less here.
     assert rate < vllm_rate

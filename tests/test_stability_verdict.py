@@ -31,7 +31,10 @@ def _single_server(rate, service, horizon, seed):
 
 
 def test_stable_queue_is_judged_stable_in_nearly_every_seed():
-    verdicts = [stability_verdict(*_mm_inf(3.0, 10.0, 600.0, s), rate=3.0, end=600.0).verdict for s in range(100)]
+    verdicts = [
+        stability_verdict(*_mm_inf(3.0, 10.0, 600.0, s), rate=3.0, end=600.0).verdict
+        for s in range(100)
+    ]
     assert verdicts.count(Verdict.UNSTABLE) <= 2
     assert verdicts.count(Verdict.STABLE) >= 90
 

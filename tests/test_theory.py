@@ -50,7 +50,9 @@ def test_closed_form_is_exact_when_the_chunk_divides_the_prompt_and_below_otherw
     assert closed[:3].tolist() == exact[:3].tolist()
     # s = q·ŝ + r: the exact sum is larger by q(ŝ − r) + r(ŝ − r)/(2ŝ)
     q, r = np.divmod(s[3:], 512)
-    assert (exact[3:] - closed[3:]).tolist() == pytest.approx((q * (512 - r) + r * (512 - r) / 1024).tolist())
+    assert (exact[3:] - closed[3:]).tolist() == pytest.approx(
+        (q * (512 - r) + r * (512 - r) / 1024).tolist()
+    )
 
 
 @pytest.mark.parametrize("closed_form", [True, False])
@@ -65,10 +67,16 @@ def test_expected_g_over_a_law_is_the_mean_over_its_whole_support(closed_form):
 
 @pytest.mark.parametrize(
     "workload, batch_time, published, exact",
-    [("pd-1:1", 0.0372, "3.263", "3.262"), ("pd-2:1", 0.0430, "3.956", "3.954"), ("pd-1:2", 0.0337, "2.902", "2.901")],
+    [
+        ("pd-1:1", 0.0372, "3.263", "3.262"),
+        ("pd-2:1", 0.0430, "3.956", "3.954"),
+        ("pd-1:2", 0.0337, "2.902", "2.901"),
+    ],
 )
 def test_paper_theory_column_to_the_printed_digits(workload, batch_time, published, exact):
-    result = evaluate(load_workload(workload), kv_tokens=131_000, chunk_size=512, batch_time=batch_time)
+    result = evaluate(
+        load_workload(workload), kv_tokens=131_000, chunk_size=512, batch_time=batch_time
+    )
     assert f"{result.mu:.3f}" == published
     assert f"{result.mu_other_form:.3f}" == exact
     assert result.mu_stderr == 0
@@ -93,7 +101,9 @@ def test_trace_mu_has_a_standard_error_from_the_sample():
     g = lifetime_memory_closed_form(s, o, 512)
     assert result.expected_g.mean == pytest.approx(g.mean())
     assert result.expected_g.stderr == pytest.approx(g.std(ddof=1) / math.sqrt(len(g)))
-    assert result.mu_stderr == pytest.approx(result.mu * result.expected_g.stderr / result.expected_g.mean)
+    assert result.mu_stderr == pytest.approx(
+        result.mu * result.expected_g.stderr / result.expected_g.mean
+    )
     assert 0 < result.mu_stderr < 0.05 * result.mu
 
 

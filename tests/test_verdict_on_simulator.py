@@ -20,8 +20,12 @@ from kvbench.profile import build_profile
 from kvbench.simulator import simulate
 from kvbench.workload import load_workload
 
-REFS = {(r["policy"], r["workload"]): r for r in json.loads(
-    (Path(__file__).parent / "data" / "saturated_capacity.json").read_text())["references"]}
+REFS = {
+    (r["policy"], r["workload"]): r
+    for r in json.loads((Path(__file__).parent / "data" / "saturated_capacity.json").read_text())[
+        "references"
+    ]
+}
 
 
 def _verdict(profile, workload, rate, duration, seed):
@@ -39,7 +43,11 @@ def test_fast_path_matches_the_runner():
     w = load_workload("pd-1:1")
     rate, duration, seed = 2.5, 900.0, 3
     direct = _verdict(build_profile("vllm"), w, rate, duration, seed)
-    run = execute_run(resolve_backend("sim:vllm", seed=seed), w, RunSpec("pd-1:1", rate, duration=duration, seed=seed))
+    run = execute_run(
+        resolve_backend("sim:vllm", seed=seed),
+        w,
+        RunSpec("pd-1:1", rate, duration=duration, seed=seed),
+    )
     assert run.summary["evidence"]["slope"] == pytest.approx(direct.slope)
     assert run.summary["evidence"]["departure_hi"] == pytest.approx(direct.departure_hi)
     assert run.verdict == direct.verdict.value
@@ -55,7 +63,9 @@ def test_verdicts_right_in_95_of_100_seeds(policy, factor, expected):
     ref = REFS[(policy, "pd-1:1")]["capacity"]
     w = load_workload("pd-1:1")
     profile = build_profile(policy)
-    verdicts = Counter(_verdict(profile, w, factor * ref, DURATION[policy], seed).verdict for seed in range(100))
+    verdicts = Counter(
+        _verdict(profile, w, factor * ref, DURATION[policy], seed).verdict for seed in range(100)
+    )
     assert verdicts[expected] >= 95, verdicts
     wrong = Verdict.UNSTABLE if expected is Verdict.STABLE else Verdict.STABLE
     assert verdicts[wrong] <= 1, verdicts

@@ -112,19 +112,49 @@ def test_csv_in_the_jsonl_column_names_without_timestamps(tmp_path):
         ("e.csv", "", "e.csv", "empty"),
         ("h.csv", AZURE_HEADER, "h.csv", "no requests"),
         ("m.csv", "TIMESTAMP,ContextTokens\n2023-11-16 18:15:46.1,3\n", "m.csv:1", "output length"),
-        ("n.csv", AZURE_HEADER + "2023-11-16 18:15:46.1,3,4\n2023-11-16 18:15:47,x,4\n", "n.csv:3", "not a non-negative integer"),
-        ("g.csv", AZURE_HEADER + "2023-11-16 18:15:46.1,-3,4\n", "g.csv:2", "not a non-negative integer"),
+        (
+            "n.csv",
+            AZURE_HEADER + "2023-11-16 18:15:46.1,3,4\n2023-11-16 18:15:47,x,4\n",
+            "n.csv:3",
+            "not a non-negative integer",
+        ),
+        (
+            "g.csv",
+            AZURE_HEADER + "2023-11-16 18:15:46.1,-3,4\n",
+            "g.csv:2",
+            "not a non-negative integer",
+        ),
         ("z.csv", AZURE_HEADER + "2023-11-16 18:15:46.1,0,4\n", "z.csv:2", "at least 1"),
         ("f.csv", AZURE_HEADER + "2023-11-16 18:15:46.1,3\n", "f.csv:2", "expected 3 fields"),
         ("t.csv", AZURE_HEADER + "yesterday,3,4\n", "t.csv:2", "timestamp"),
         ("d.csv", AZURE_HEADER + "2023-02-30 10:00:00,3,4\n", "d.csv:2", "not a valid date"),
-        ("o.csv", AZURE_HEADER + "2023-11-16 10:00:01,3,4\n2023-11-16 10:00:00,3,4\n", "o.csv:3", "earlier"),
+        (
+            "o.csv",
+            AZURE_HEADER + "2023-11-16 10:00:01,3,4\n2023-11-16 10:00:00,3,4\n",
+            "o.csv:3",
+            "earlier",
+        ),
         ("j.jsonl", '{"prompt_len": 1, "output_len": 2}\n[1]\n', "j.jsonl:2", "JSON object"),
         ("k.jsonl", '{"prompt_len": 1}\n', "k.jsonl:1", "output_len"),
         ("b.jsonl", '{"prompt_len": true, "output_len": 2}\n', "b.jsonl:1", "not an integer"),
-        ("x.jsonl", '{"prompt_len": 1, "output_len": 2, "timestamp": 1}\n{"prompt_len": 1, "output_len": 2}\n', "x.jsonl:2", "every line"),
-        ("y.jsonl", '{"prompt_len": 1, "output_len": 2, "timestamp": "soon"}\n', "y.jsonl:1", "timestamp"),
-        ("w.jsonl", '{"prompt_len": 1, "output_len": 2}\n{oops\n', "w.jsonl:2", "not a JSON object"),
+        (
+            "x.jsonl",
+            '{"prompt_len": 1, "output_len": 2, "timestamp": 1}\n{"prompt_len": 1, "output_len": 2}\n',
+            "x.jsonl:2",
+            "every line",
+        ),
+        (
+            "y.jsonl",
+            '{"prompt_len": 1, "output_len": 2, "timestamp": "soon"}\n',
+            "y.jsonl:1",
+            "timestamp",
+        ),
+        (
+            "w.jsonl",
+            '{"prompt_len": 1, "output_len": 2}\n{oops\n',
+            "w.jsonl:2",
+            "not a JSON object",
+        ),
     ],
 )
 def test_malformed_traces_fail_with_file_and_line(tmp_path, name, text, where, reason):
@@ -187,7 +217,9 @@ def test_arbitrary_csv_lines_never_raise_anything_but_kvbench_error(tmp_path, ro
 
 _json_value = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 

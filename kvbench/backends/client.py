@@ -7,7 +7,6 @@ newer than /get_server_info).
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import aiohttp
@@ -35,7 +34,7 @@ class ServerClient:
                 if resp.status != 200:
                     raise KvbenchError(f"{url}: HTTP {resp.status}: {body[:200].strip()}")
                 return body
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
             raise KvbenchError(f"{url}: {type(err).__name__}: {err}".rstrip(": ")) from None
 
     async def get_json(self, path: str, *, missing_ok: bool = False):
@@ -55,7 +54,7 @@ class ServerClient:
                 if resp.status != 200:
                     raise KvbenchError(f"{url}: HTTP {resp.status}: {text[:200].strip()}")
                 return json.loads(text)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as err:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as err:
             raise KvbenchError(f"{url}: {type(err).__name__}: {err}".rstrip(": ")) from None
 
     async def first_json(self, *paths: str):

@@ -40,17 +40,32 @@ def open_engine(
     try:
         cls = ENGINES[engine]
     except KeyError:
-        raise KvbenchError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}") from None
+        raise KvbenchError(
+            f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}"
+        ) from None
     if (url is None) == (model is None):
         raise KvbenchError(f"{engine}: give exactly one of --url (attach) or --model (launch)")
-    options = dict(model=served_model, scrape_period=scrape_period,
-                   request_timeout=request_timeout, seed=seed)
+    options = dict(
+        model=served_model, scrape_period=scrape_period, request_timeout=request_timeout, seed=seed
+    )
     if url is not None:
         return cls(url, settings_source="none", **options)
-    server = launch(engine, model, python=engine_python, extra_args=engine_args, env=engine_env,
-                    log_dir=log_dir, nice=engine_nice)
-    return cls(server.url, settings=server.settings, settings_source="launch command",
-               server=server, **options)
+    server = launch(
+        engine,
+        model,
+        python=engine_python,
+        extra_args=engine_args,
+        env=engine_env,
+        log_dir=log_dir,
+        nice=engine_nice,
+    )
+    return cls(
+        server.url,
+        settings=server.settings,
+        settings_source="launch command",
+        server=server,
+        **options,
+    )
 
 
 def open_emulator(

@@ -193,8 +193,10 @@ class HttpBackend(Backend):
                 body = await resp.text()
                 if resp.status != 200:
                     raise KvbenchError(f"{url}: HTTP {resp.status}: {body[:200].strip()}")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
-            raise KvbenchError(f"{url}: cannot reach the engine ({type(err).__name__}: {err})") from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            raise KvbenchError(
+                f"{url}: cannot reach the engine ({type(err).__name__}: {err})"
+            ) from None
         if self.model is None:
             try:
                 self.model = json.loads(body)["data"][0]["id"]
@@ -214,6 +216,7 @@ class HttpBackend(Backend):
     def time_scale(self) -> float:
         """Engine seconds per real second: 1 for an engine, the emulator's own scale otherwise."""
         if self._time_scale is None:
+
             async def identify():
                 async with self._session() as session:
                     await self._prepare(ServerClient(session, self.url))
@@ -318,7 +321,12 @@ class HttpBackend(Backend):
             return False
 
     async def _scrape_loop(
-        self, client: ServerClient, driver: HttpDriver, sink: EventSink, wall0: float, duration: float
+        self,
+        client: ServerClient,
+        driver: HttpDriver,
+        sink: EventSink,
+        wall0: float,
+        duration: float,
     ) -> None:
         loop = asyncio.get_running_loop()
         log = self.scrape_log
@@ -337,8 +345,11 @@ class HttpBackend(Backend):
             # seconds old when a scrape was late, and are placed right.
             shift = 0.0
             if states and abs(states[-1].time - received) > 5.0 + self.scrape_period:
-                log.error(f"{client.url('')}: server timestamps off by "
-                          f"{states[-1].time - received:+.1f} s", "clock_skew")
+                log.error(
+                    f"{client.url('')}: server timestamps off by "
+                    f"{states[-1].time - received:+.1f} s",
+                    "clock_skew",
+                )
                 shift = received - states[-1].time
             for st in states:
                 t = st.time + shift - wall0
@@ -398,14 +409,16 @@ class EngineClock:
 
     def request(self, record: RequestRecord) -> None:
         k = self.scale
-        self.sink.request(replace(
-            record,
-            intended_send=self.intended[record.request_id],
-            sent=self._engine(record.sent),
-            first_token=self._engine(record.first_token),
-            finished=self._engine(record.finished),
-            token_times=[t * k for t in record.token_times],
-        ))
+        self.sink.request(
+            replace(
+                record,
+                intended_send=self.intended[record.request_id],
+                sent=self._engine(record.sent),
+                first_token=self._engine(record.first_token),
+                finished=self._engine(record.finished),
+                token_times=[t * k for t in record.token_times],
+            )
+        )
 
     def sample(self, sample: QueueSample) -> None:
         self.sink.sample(replace(sample, time=sample.time * self.scale))
@@ -422,8 +435,15 @@ def log_settings(pattern: re.Pattern[str], text: str) -> dict[str, int]:
     return found
 
 
-def setting(settings: dict[str, Any], sources: dict[str, str], field_name: str,
-            keys: tuple[str, ...], source: str, default: int, default_source: str) -> int:
+def setting(
+    settings: dict[str, Any],
+    sources: dict[str, str],
+    field_name: str,
+    keys: tuple[str, ...],
+    source: str,
+    default: int,
+    default_source: str,
+) -> int:
     """The first of `keys` present in `settings` (recording `source`), else `default`."""
     for key in keys:
         if settings.get(key) is not None:

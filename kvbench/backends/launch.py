@@ -68,8 +68,9 @@ class Recipe:
         except KeyError as err:
             raise KvbenchError(f"{path}: missing key {err.args[0]!r}") from None
 
-    def argv(self, *, python: str, model: str, host: str, port: int, config: str | None,
-             extra: list[str]) -> list[str]:
+    def argv(
+        self, *, python: str, model: str, host: str, port: int, config: str | None, extra: list[str]
+    ) -> list[str]:
         """The full command: template, then each default whose flag `extra` does not set, then
         `extra`."""
         values = dict(python=python, model=model, host=host, port=str(port), config=config or "")
@@ -109,8 +110,18 @@ def emulator_recipe(engine: str) -> Recipe:
     """`kvbench emulate --engine ENGINE`, with the interpreter running kvbench."""
     return Recipe(
         engine=engine,
-        command=["{python}", "-m", "kvbench", "emulate", "--engine", engine,
-                 "--host", "{host}", "--port", "{port}"],
+        command=[
+            "{python}",
+            "-m",
+            "kvbench",
+            "emulate",
+            "--engine",
+            engine,
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+        ],
         health="/health",
         startup_timeout_s=EMULATOR_STARTUP_TIMEOUT,
         defaults=[],
@@ -221,9 +232,15 @@ def launch(
         log.write(("$ " + " ".join(argv) + "\n").encode())
         log.flush()
         try:
-            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env,
-                                       stdin=subprocess.DEVNULL, start_new_session=True,
-                                       preexec_fn=(lambda: os.nice(nice)) if nice else None)
+            process = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=(lambda: os.nice(nice)) if nice else None,
+            )
         except OSError as err:
             raise KvbenchError(f"cannot start {engine}: {argv[0]}: {err}") from None
     server = LaunchedServer(

@@ -35,9 +35,10 @@ class Metrics:
         costs well under one."""
         if keep is not None:
             text = "\n".join(
-                line for line in text.splitlines()
-                if line.startswith(keep) or (line.startswith(("# TYPE ", "# HELP "))
-                                             and line[7:].startswith(keep))
+                line
+                for line in text.splitlines()
+                if line.startswith(keep)
+                or (line.startswith(("# TYPE ", "# HELP ")) and line[7:].startswith(keep))
             )
         samples: dict[str, list[Sample]] = {}
         try:

@@ -20,11 +20,14 @@ EMULATE_PREFIX = "emulate:"
 def backend_names() -> list[str]:
     from kvbench.backends.engines import ENGINES
 
-    return [SIM_PREFIX + p for p in POLICIES] + [EMULATE_PREFIX + e for e in ENGINES] + list(ENGINES)
+    return (
+        [SIM_PREFIX + p for p in POLICIES] + [EMULATE_PREFIX + e for e in ENGINES] + list(ENGINES)
+    )
 
 
-def _check_shape(kv_tokens: int | None, chunk_size: int | None, batch_time: float | None,
-                 replicas: int) -> None:
+def _check_shape(
+    kv_tokens: int | None, chunk_size: int | None, batch_time: float | None, replicas: int
+) -> None:
     """The flags that shape a simulated or emulated engine, each checked once for both."""
     if replicas < 1:
         raise KvbenchError(f"--replicas must be at least 1, got {replicas}")
@@ -61,9 +64,11 @@ def resolve_backend(
     if name.startswith(SIM_PREFIX):
         from kvbench.backends.sim import SimBackend
 
-        policy = name[len(SIM_PREFIX):]
+        policy = name[len(SIM_PREFIX) :]
         if policy not in POLICIES:
-            raise KvbenchError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}")
+            raise KvbenchError(
+                f"unknown backend {name!r}; choose one of {', '.join(backend_names())}"
+            )
         if url is not None or model is not None:
             raise KvbenchError(f"{name} is simulated in-process and takes no --url or --model")
         _check_shape(kv_tokens, chunk_size, batch_time, replicas)
@@ -73,28 +78,42 @@ def resolve_backend(
             iteration_time=None if batch_time is None else IterationTimeModel.constant(batch_time),
         )
         built = build_profile(policy, profile or PAPER_A100.name, **overrides)
-        sources = {field: "flag" if value is not None else "preset" for field, value in overrides.items()}
-        sources.update(policy="backend name", block_size="preset", token_budget="preset", max_running="preset")
+        sources = {
+            field: "flag" if value is not None else "preset" for field, value in overrides.items()
+        }
+        sources.update(
+            policy="backend name", block_size="preset", token_budget="preset", max_running="preset"
+        )
         return SimBackend(built, name=name, replicas=replicas, seed=seed, sources=sources)
     from kvbench.backends.engines import ENGINES, open_emulator, open_engine
 
     if name.startswith(EMULATE_PREFIX):
-        engine = name[len(EMULATE_PREFIX):]
+        engine = name[len(EMULATE_PREFIX) :]
         if engine not in ENGINES:
-            raise KvbenchError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}")
+            raise KvbenchError(
+                f"unknown backend {name!r}; choose one of {', '.join(backend_names())}"
+            )
         if url is not None or model is not None:
             raise KvbenchError(f"{name} starts its own emulator and takes no --url or --model")
-        given = [f for f, v in (("--profile", profile), ("--chunk-size", chunk_size)) if v is not None]
+        given = [
+            f for f, v in (("--profile", profile), ("--chunk-size", chunk_size)) if v is not None
+        ]
         if given:
             raise KvbenchError(f"{name}: {', '.join(given)} apply to sim:* backends")
         _check_shape(kv_tokens, None, batch_time, replicas)
         started: list[Backend] = []
         try:
             for i in range(replicas):
-                started.append(open_emulator(
-                    engine, kv_tokens=kv_tokens, batch_time=batch_time,
-                    time_scale=1.0 if time_scale is None else time_scale,
-                    log_dir=None if log_dir is None else log_dir / f"replica-{i}", seed=seed + i))
+                started.append(
+                    open_emulator(
+                        engine,
+                        kv_tokens=kv_tokens,
+                        batch_time=batch_time,
+                        time_scale=1.0 if time_scale is None else time_scale,
+                        log_dir=None if log_dir is None else log_dir / f"replica-{i}",
+                        seed=seed + i,
+                    )
+                )
         except BaseException:
             for b in started:
                 b.close()
@@ -106,10 +125,20 @@ def resolve_backend(
         return RoundRobinBackend(started)
     if name not in ENGINES:
         raise KvbenchError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}")
-    given = [f for f, v in (("--profile", profile), ("--kv-tokens", kv_tokens), ("--chunk-size", chunk_size),
-                            ("--batch-time", batch_time)) if v is not None]
+    given = [
+        f
+        for f, v in (
+            ("--profile", profile),
+            ("--kv-tokens", kv_tokens),
+            ("--chunk-size", chunk_size),
+            ("--batch-time", batch_time),
+        )
+        if v is not None
+    ]
     if given:
-        raise KvbenchError(f"{name}: {', '.join(given)} apply to sim:* backends; a real engine reports its own profile")
+        raise KvbenchError(
+            f"{name}: {', '.join(given)} apply to sim:* backends; a real engine reports its own profile"
+        )
     if url is None and model is None:
         raise KvbenchError(f"{name}: give --url of a running server, or --model PATH to launch one")
     return open_engine(name, url=url, model=model, seed=seed)

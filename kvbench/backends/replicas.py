@@ -67,7 +67,9 @@ class RoundRobinBackend(Backend):
         """The first replica's profile; every replica must have the same KV capacity, or the
         theory's G·μ would not describe them."""
         found = [r.discover_profile() for r in self.replicas]
-        self.kind = "real" if all(r.kind == "real" for r in self.replicas) else self.replicas[0].kind
+        self.kind = (
+            "real" if all(r.kind == "real" for r in self.replicas) else self.replicas[0].kind
+        )
         sizes = {f.profile.kv_tokens for f in found}
         if len(sizes) > 1:
             raise KvbenchError(
@@ -89,8 +91,9 @@ class RoundRobinBackend(Backend):
 
         def run(i: int) -> None:
             try:
-                self.replicas[i].execute(requests[i::g], _ReplicaSink(self, i, sink),
-                                         duration=duration)
+                self.replicas[i].execute(
+                    requests[i::g], _ReplicaSink(self, i, sink), duration=duration
+                )
             except BaseException as err:  # re-raised on the caller's thread below
                 errors.append(err)
 
@@ -105,4 +108,3 @@ class RoundRobinBackend(Backend):
     def close(self) -> None:
         for r in self.replicas:
             r.close()
-

@@ -19,7 +19,7 @@ import time
 
 from kvbench.backends.base import DiscoveredProfile
 from kvbench.backends.client import ServerClient
-from kvbench.backends.http import HttpBackend, discovered_profile, log_settings, ServerState
+from kvbench.backends.http import HttpBackend, ServerState, discovered_profile, log_settings
 from kvbench.backends.prometheus import Metrics
 from kvbench.errors import KvbenchError
 
@@ -29,7 +29,6 @@ _LOG_LIMITS = re.compile(r"max_total_num_tokens=\d+(?:, \w+=[^,\s]+)*")
 
 def _names(metric: str) -> tuple[str, str]:
     return f"sglang:{metric}", f"sglang_{metric}"
-
 
 
 def _rank0(metrics: Metrics, metric: str) -> float | None:
@@ -86,8 +85,9 @@ def read_log(text: str) -> dict[str, int]:
     return log_settings(_LOG_LIMITS, text)
 
 
-def build_profile(info: dict, info_path: str, loads: list[dict],
-                  log_text: str | None = None) -> DiscoveredProfile:
+def build_profile(
+    info: dict, info_path: str, loads: list[dict], log_text: str | None = None
+) -> DiscoveredProfile:
     sources: dict[str, str] = {}
     args = info.get("server_args", info)  # older builds nest server_args; newer flatten them
     log = read_log(log_text) if log_text else {}
@@ -112,11 +112,19 @@ def build_profile(info: dict, info_path: str, loads: list[dict],
         running = sum(r["max_running_requests"] for r in loads)
         sources["max_running"] = "/v1/loads max_running_requests (effective)"
     if running is None:
-        running = pick("max_running_requests", log, "startup log max_running_requests "
-                       "(effective)", "max_running")
+        running = pick(
+            "max_running_requests",
+            log,
+            "startup log max_running_requests (effective)",
+            "max_running",
+        )
     if running is None:
-        running = pick("max_running_requests", args, f"{info_path} server_args (user value, "
-                       "may be capped by the engine)", "max_running")
+        running = pick(
+            "max_running_requests",
+            args,
+            f"{info_path} server_args (user value, may be capped by the engine)",
+            "max_running",
+        )
     if running is None:
         running = min(4096, int(kv) // 2)
         sources["max_running"] = "SGLang derived default, ≤ M/2 (not exposed)"
@@ -124,8 +132,15 @@ def build_profile(info: dict, info_path: str, loads: list[dict],
     if chunk is None:
         chunk = pick("chunked_prefill_size", log, "startup log chunked_prefill_size", "chunk_size")
     if chunk is None or int(chunk) <= 0:
-        chunk = pick("max_prefill_tokens", args, f"{info_path} max_prefill_tokens "
-                     "(chunking off)", "chunk_size") or 16384
+        chunk = (
+            pick(
+                "max_prefill_tokens",
+                args,
+                f"{info_path} max_prefill_tokens (chunking off)",
+                "chunk_size",
+            )
+            or 16384
+        )
         sources.setdefault("chunk_size", "SGLang default max_prefill_tokens (16384)")
     page = pick("page_size", args, f"{info_path} page_size", "block_size") or 1
     sources.setdefault("block_size", "SGLang default page size (1)")
@@ -138,8 +153,13 @@ def build_profile(info: dict, info_path: str, loads: list[dict],
     sources["iteration_time"] = "not discoverable; measure it from a run"
     conservativeness = float(args.get("schedule_conservativeness") or 1.0)
     return discovered_profile(
-        "sglang", sources, kv_tokens=int(kv), block_size=int(page), chunk_size=int(chunk),
-        token_budget=int(chunk), max_running=int(running),
+        "sglang",
+        sources,
+        kv_tokens=int(kv),
+        block_size=int(page),
+        chunk_size=int(chunk),
+        token_budget=int(chunk),
+        max_running=int(running),
         separate_prefill_decode=not bool(args.get("enable_mixed_chunk")),
         sglang_init_ratio=0.7 * conservativeness,
     )
@@ -181,7 +201,9 @@ class SglangBackend(HttpBackend):
     async def read_profile(self, client: ServerClient) -> DiscoveredProfile:
         path, info = await client.first_json(*INFO_PATHS)
         if info is None:
-            raise KvbenchError(f"{client.url('')}: SGLang answers neither {' nor '.join(INFO_PATHS)}")
+            raise KvbenchError(
+                f"{client.url('')}: SGLang answers neither {' nor '.join(INFO_PATHS)}"
+            )
         loads = await self._read_loads(client) or []
         log_text = self.server.log_text() if self.server is not None else None
         return build_profile(info, path, loads, log_text)

@@ -18,7 +18,14 @@ from dataclasses import fields
 import numpy as np
 
 from kvbench import _core
-from kvbench.backends.base import Backend, DiscoveredProfile, EventSink, QueueSample, RequestRecord, RequestSpec
+from kvbench.backends.base import (
+    Backend,
+    DiscoveredProfile,
+    EventSink,
+    QueueSample,
+    RequestRecord,
+    RequestSpec,
+)
 from kvbench.profile import EngineProfile
 from kvbench.simulator import simulate
 
@@ -64,7 +71,13 @@ class SimBackend(Backend):
             keep = t < until
             s, o, t, requests = s[keep], o[keep], t[keep], [r for r, k in zip(requests, keep) if k]
         result = simulate(
-            self.profile, s, o, t, replicas=self.replicas, seed=self.seed, until=until,
+            self.profile,
+            s,
+            o,
+            t,
+            replicas=self.replicas,
+            seed=self.seed,
+            until=until,
             sample_interval=self.sample_period,
         )
         rec = result.records
@@ -74,7 +87,9 @@ class SimBackend(Backend):
         # A live run reports a request when it finishes and a still-running one at the end.
         report_at = np.where(np.isnan(fin), np.inf, fin)
         order = np.argsort(report_at, kind="stable")
-        columns = [_optional(rec[c].to_numpy()[order]) for c in ("first_token", "finished", "admitted")]
+        columns = [
+            _optional(rec[c].to_numpy()[order]) for c in ("first_token", "finished", "admitted")
+        ]
         preemptions = rec["preemptions"].to_numpy()[order].tolist()
         sample_times = [x.time for x in samples]
         si = 0
@@ -116,6 +131,15 @@ class SimBackend(Backend):
         running = by_time["running"].to_numpy()[keep]
         kv = by_time["kv_used"].to_numpy(dtype=np.float64)[keep]
         return [
-            QueueSample(time=a, in_flight=int(b), waiting=int(c), running=int(d), kv_used_tokens=e, kv_usage=e / kv_total)
-            for a, b, c, d, e in zip(times.tolist(), in_flight.tolist(), waiting.tolist(), running.tolist(), kv.tolist())
+            QueueSample(
+                time=a,
+                in_flight=int(b),
+                waiting=int(c),
+                running=int(d),
+                kv_used_tokens=e,
+                kv_usage=e / kv_total,
+            )
+            for a, b, c, d, e in zip(
+                times.tolist(), in_flight.tolist(), waiting.tolist(), running.tolist(), kv.tolist()
+            )
         ]

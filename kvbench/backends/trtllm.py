@@ -24,8 +24,14 @@ from datetime import datetime
 
 from kvbench.backends.base import DiscoveredProfile
 from kvbench.backends.client import ServerClient
-from kvbench.backends.http import (HttpBackend, discovered_profile, log_settings, ScrapeLog,
-                                   ServerState, setting)
+from kvbench.backends.http import (
+    HttpBackend,
+    ScrapeLog,
+    ServerState,
+    discovered_profile,
+    log_settings,
+    setting,
+)
 from kvbench.backends.prometheus import Metrics
 from kvbench.errors import KvbenchError
 
@@ -62,7 +68,11 @@ def record_state(record: dict, at: float) -> ServerState:
         waiting = int(queued)
         if active is not None and scheduled is not None:
             waiting += max(0, int(active) - int(scheduled))
-    used, total, per_block = kv.get("usedNumBlocks"), kv.get("maxNumBlocks"), kv.get("tokensPerBlock")
+    used, total, per_block = (
+        kv.get("usedNumBlocks"),
+        kv.get("maxNumBlocks"),
+        kv.get("tokensPerBlock"),
+    )
     return ServerState(
         time=at,
         waiting=waiting,
@@ -82,7 +92,9 @@ class IterationDrain:
 
     def take(self, records: list, received: float) -> list[ServerState]:
         states = []
-        for record in sorted((r for r in records if isinstance(r, dict)), key=lambda r: r.get("iter", 0)):
+        for record in sorted(
+            (r for r in records if isinstance(r, dict)), key=lambda r: r.get("iter", 0)
+        ):
             it = record.get("iter")
             if isinstance(it, int):
                 if self.last_iter is not None and it > self.last_iter + 1:
@@ -135,8 +147,13 @@ def read_log(text: str) -> dict[str, int]:
     return found
 
 
-def build_profile(record: dict, settings: dict, settings_source: str,
-                  prometheus: Metrics | None = None, log_text: str | None = None) -> DiscoveredProfile:
+def build_profile(
+    record: dict,
+    settings: dict,
+    settings_source: str,
+    prometheus: Metrics | None = None,
+    log_text: str | None = None,
+) -> DiscoveredProfile:
     sources: dict[str, str] = {}
     log = read_log(log_text) if log_text else {}
     kv = record.get("kvCacheStats") or {}
@@ -153,8 +170,15 @@ def build_profile(record: dict, settings: dict, settings_source: str,
     elif "kv_tokens" in log:
         kv_tokens = log["kv_tokens"]
         sources["kv_tokens"] = "startup log 'Allocated … for max tokens in paged KV cache (N)'"
-        block = setting(log, sources, "block_size", ("block_size",), "startup log", 32,
-                        "TensorRT-LLM default tokens_per_block (32)")
+        block = setting(
+            log,
+            sources,
+            "block_size",
+            ("block_size",),
+            "startup log",
+            32,
+            "TensorRT-LLM default tokens_per_block (32)",
+        )
     else:
         raise KvbenchError(
             "TensorRT-LLM /metrics has no kvCacheStats (enable_iter_perf_stats off, or no "
@@ -167,29 +191,49 @@ def build_profile(record: dict, settings: dict, settings_source: str,
         running = int(record["maxBatchSizeStatic"])
         sources["max_running"] = "/metrics maxBatchSizeStatic"
     else:
-        running = setting(launch, sources, "max_running", ("max_batch_size",), launch_source,
-                          2048, "TensorRT-LLM default max_batch_size (2048)")
+        running = setting(
+            launch,
+            sources,
+            "max_running",
+            ("max_batch_size",),
+            launch_source,
+            2048,
+            "TensorRT-LLM default max_batch_size (2048)",
+        )
     if record.get("maxNumTokensStatic"):
         budget = int(record["maxNumTokensStatic"])
         sources["token_budget"] = "/metrics maxNumTokensStatic"
     else:
-        budget = setting(launch, sources, "token_budget", ("max_num_tokens",), launch_source,
-                         8192, "TensorRT-LLM default max_num_tokens (8192)")
+        budget = setting(
+            launch,
+            sources,
+            "token_budget",
+            ("max_num_tokens",),
+            launch_source,
+            8192,
+            "TensorRT-LLM default max_num_tokens (8192)",
+        )
     chunked = settings.get("enable_chunked_prefill")
     sources["chunk_size"] = sources["token_budget"] + (
-        "; chunked prefill on" if chunked else "; chunked prefill off by default: a prompt "
-        "must fit the budget whole"
+        "; chunked prefill on"
+        if chunked
+        else "; chunked prefill off by default: a prompt must fit the budget whole"
     )
     policy = settings.get("capacity_scheduler_policy", "GUARANTEED_NO_EVICT")
-    sources["policy"] = (
-        f"TensorRT-LLM {policy}: reserve prompt + max_tokens at admission"
-        + (" (from the launch config)" if "capacity_scheduler_policy" in settings else
-           " (default; not exposed by the server)")
+    sources["policy"] = f"TensorRT-LLM {policy}: reserve prompt + max_tokens at admission" + (
+        " (from the launch config)"
+        if "capacity_scheduler_policy" in settings
+        else " (default; not exposed by the server)"
     )
     sources["iteration_time"] = "iterLatencyMS per record; not a profile constant"
     return discovered_profile(
-        "trtllm", sources, kv_tokens=kv_tokens, block_size=block, chunk_size=budget,
-        token_budget=budget, max_running=running,
+        "trtllm",
+        sources,
+        kv_tokens=kv_tokens,
+        block_size=block,
+        chunk_size=budget,
+        token_budget=budget,
+        max_running=running,
     )
 
 
@@ -205,14 +249,17 @@ class TrtllmBackend(HttpBackend):
     async def scrape(self, client: ServerClient) -> list[ServerState]:
         if self.state_from_gauges:
             text = await client.get_text(PROMETHEUS_PATH)
-            state = prometheus_state(Metrics.parse(text, client.url(PROMETHEUS_PATH),
-                                                   keep=("trtllm_",)), time.time())
+            state = prometheus_state(
+                Metrics.parse(text, client.url(PROMETHEUS_PATH), keep=("trtllm_",)), time.time()
+            )
             if state is None:
                 raise KvbenchError(f"{client.url(PROMETHEUS_PATH)}: no trtllm_num_requests_waiting")
             return [state]
         records = await client.get_json("/metrics")
         if not isinstance(records, list):
-            raise KvbenchError(f"{client.url('/metrics')}: expected a JSON list of iteration records")
+            raise KvbenchError(
+                f"{client.url('/metrics')}: expected a JSON list of iteration records"
+            )
         if records:
             self.last_record = records[-1]
         return self.drain.take(records, time.time())
@@ -241,11 +288,17 @@ class TrtllmBackend(HttpBackend):
         text = await client.get_text(PROMETHEUS_PATH, missing_ok=True)
         prometheus = Metrics.parse(text, client.url(PROMETHEUS_PATH)) if text else None
         log_text = self.server.log_text() if self.server is not None else None
-        found = build_profile(self.last_record or {}, self.settings, self.settings_source,
-                              prometheus, log_text)
-        self.state_from_gauges = (self.last_record is None and prometheus is not None
-                                  and prometheus_state(prometheus, 0.0) is not None)
+        found = build_profile(
+            self.last_record or {}, self.settings, self.settings_source, prometheus, log_text
+        )
+        self.state_from_gauges = (
+            self.last_record is None
+            and prometheus is not None
+            and prometheus_state(prometheus, 0.0) is not None
+        )
         found.sources["queue_state"] = (
             f"{PROMETHEUS_PATH} trtllm_ gauges, one state per scrape (no iteration records)"
-            if self.state_from_gauges else "/metrics iteration records, one state per iteration")
+            if self.state_from_gauges
+            else "/metrics iteration records, one state per iteration"
+        )
         return found

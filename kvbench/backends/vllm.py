@@ -15,17 +15,21 @@ import time
 
 from kvbench.backends.base import DiscoveredProfile
 from kvbench.backends.client import ServerClient
-from kvbench.backends.http import HttpBackend, discovered_profile, ServerState, setting
+from kvbench.backends.http import HttpBackend, ServerState, discovered_profile, setting
 from kvbench.backends.prometheus import Metrics
 from kvbench.errors import KvbenchError
 
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # new name, then the old
 PREEMPTIONS = ("vllm:num_preemptions_total", "vllm:num_preemptions")
-SCRAPED = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:cache_config_info",
-           *KV_USAGE, "vllm:num_preemptions")
+SCRAPED = (
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:cache_config_info",
+    *KV_USAGE,
+    "vllm:num_preemptions",
+)
 _LOG_KV = re.compile(r"(?:GPU|CPU|XPU|TPU)? ?KV cache size: ([\d,]+) tokens")
 _LOG_ARGS = re.compile(r"non-default args: (\{.*\})")
-
 
 
 def kv_capacity(metrics: Metrics) -> tuple[int, str] | None:
@@ -118,21 +122,46 @@ def build_profile(
         block = int(info["block_size"])
         sources["block_size"] = "vllm:cache_config_info block_size"
     else:
-        block = setting(settings, sources, "block_size", ("block_size",), settings_source, 16,
-                        "vLLM default on CUDA (16)")
-    running = setting(settings, sources, "max_running", ("max_num_seqs",), settings_source, 256,
-                      "vLLM default --max-num-seqs on GPUs < 70 GiB (not exposed by the server)")
-    budget = setting(settings, sources, "token_budget", ("max_num_batched_tokens",),
-                     settings_source, 2048,
-                     "vLLM default --max-num-batched-tokens on GPUs < 70 GiB (not exposed)")
+        block = setting(
+            settings,
+            sources,
+            "block_size",
+            ("block_size",),
+            settings_source,
+            16,
+            "vLLM default on CUDA (16)",
+        )
+    running = setting(
+        settings,
+        sources,
+        "max_running",
+        ("max_num_seqs",),
+        settings_source,
+        256,
+        "vLLM default --max-num-seqs on GPUs < 70 GiB (not exposed by the server)",
+    )
+    budget = setting(
+        settings,
+        sources,
+        "token_budget",
+        ("max_num_batched_tokens",),
+        settings_source,
+        2048,
+        "vLLM default --max-num-batched-tokens on GPUs < 70 GiB (not exposed)",
+    )
     sources["chunk_size"] = sources["token_budget"] + "; V1 chunks prefill to the token budget"
     sources["policy"] = "vLLM V1 rule: admit FCFS by current need, preempt newest, recompute"
     sources["iteration_time"] = "not discoverable; measure it from a run"
     if info.get("enable_prefix_caching") == "True":
         sources["prefix_caching"] = "on (kvbench sends fresh random token ids per request)"
     return discovered_profile(
-        "vllm", sources, kv_tokens=kv_tokens, block_size=block, chunk_size=budget,
-        token_budget=budget, max_running=running,
+        "vllm",
+        sources,
+        kv_tokens=kv_tokens,
+        block_size=block,
+        chunk_size=budget,
+        token_budget=budget,
+        max_running=running,
     )
 
 

@@ -60,7 +60,9 @@ class AccuracyCase:
             "mu_engine_aware_apriori": self.apriori.mu,
             "mu_engine_aware": self.calibrated.mu,
             "binding": self.calibrated.binding,
-            "preemption_waste": None if self.calibration is None else self.calibration.preemption_waste,
+            "preemption_waste": None
+            if self.calibration is None
+            else self.calibration.preemption_waste,
             "gap_paper": self.gap_paper,
             "gap_engine_aware_apriori": self.gap_apriori,
             "gap_engine_aware": self.gap_engine_aware,
@@ -91,7 +93,9 @@ def evaluate_case(
     calibration = None
     calibrated = apriori
     if engine in RECOMPUTING_RULES:
-        calibration = saturated_run(profile, workload, num_prompts=calibration_prompts, seed=seed + 1)
+        calibration = saturated_run(
+            profile, workload, num_prompts=calibration_prompts, seed=seed + 1
+        )
         calibrated = engine_aware_mu(profile, law, preemption_waste=calibration.preemption_waste)
     return AccuracyCase(
         engine=engine,

@@ -17,7 +17,7 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -246,7 +246,13 @@ class _Relay:
 
 
 def _calibrate(
-    backend: Backend, engine: _Engine, root: Path, workload: Workload, profile, config, observer,
+    backend: Backend,
+    engine: _Engine,
+    root: Path,
+    workload: Workload,
+    profile,
+    config,
+    observer,
     label: str,
 ) -> BatchTimeEstimate:
     from kvbench.benchmark.recorder import RunRecorder, versions
@@ -258,9 +264,15 @@ def _calibrate(
     run_dir = engine.directory / "calibration"
     recorder = RunRecorder(
         run_dir,
-        {"purpose": "calibration", "backend": backend.name, "kind": backend.kind,
-         "workload": config.workload, "requests": len(requests), "burst": True,
-         "versions": versions()},
+        {
+            "purpose": "calibration",
+            "backend": backend.name,
+            "kind": backend.kind,
+            "workload": config.workload,
+            "requests": len(requests),
+            "burst": True,
+            "versions": versions(),
+        },
     )
     observer.phase(label, "calibrating b̄ (saturating burst)", None, duration)
     started = time.monotonic()
@@ -298,8 +310,11 @@ def burst_throughput(records: list[RequestRecord]) -> float | None:
     if not firsts:
         return None
     last_admission = max(firsts)
-    done = sorted(r.finished for r in records
-                  if r.error is None and r.finished is not None and r.finished <= last_admission)
+    done = sorted(
+        r.finished
+        for r in records
+        if r.error is None and r.finished is not None and r.finished <= last_admission
+    )
     if len(done) < MIN_TIMINGS or done[-1] <= done[0]:
         return None
     return (len(done) - 1) / (done[-1] - done[0])
@@ -352,7 +367,9 @@ def replica_count(label: str, config: CompareConfig) -> int:
     return len(urls) if len(urls) > 1 else config.replicas
 
 
-def open_backend(label: str, spec: str, config: CompareConfig, log_dir: Path | None = None) -> Backend:
+def open_backend(
+    label: str, spec: str, config: CompareConfig, log_dir: Path | None = None
+) -> Backend:
     """Resolve the backend; several URLs become replicas behind a round-robin dispatcher.
     Emulators compare starts keep their logs in `log_dir`."""
     from kvbench.backends.registry import EMULATE_PREFIX, SIM_PREFIX, resolve_backend
@@ -376,12 +393,18 @@ def open_backend(label: str, spec: str, config: CompareConfig, log_dir: Path | N
 
         return open_engine(spec, model=config.model, seed=config.seed)
     if spec.startswith(EMULATE_PREFIX):
-        return resolve_backend(spec, replicas=config.replicas, seed=config.seed,
-                               kv_tokens=config.kv_tokens, time_scale=config.time_scale,
-                               log_dir=log_dir)
+        return resolve_backend(
+            spec,
+            replicas=config.replicas,
+            seed=config.seed,
+            kv_tokens=config.kv_tokens,
+            time_scale=config.time_scale,
+            log_dir=log_dir,
+        )
     if spec.startswith(SIM_PREFIX):
-        return resolve_backend(spec, replicas=config.replicas, seed=config.seed,
-                               kv_tokens=config.kv_tokens)
+        return resolve_backend(
+            spec, replicas=config.replicas, seed=config.seed, kv_tokens=config.kv_tokens
+        )
     return resolve_backend(spec, replicas=config.replicas, seed=config.seed)
 
 
@@ -395,13 +418,15 @@ def banner_for(kinds: set[str], time_scales: set[float] = frozenset()) -> str | 
     source = {
         ("simulated",): "kvbench's engine simulator",
         ("emulated",): "kvbench's HTTP emulators of the engines (its engine simulator behind "
-                       "each engine's own API, measured over HTTP)",
+        "each engine's own API, measured over HTTP)",
     }.get(tuple(marked), "kvbench's HTTP emulators and engine simulator")
     clock = ""
     scaled = sorted(t for t in time_scales if t != 1.0)
     if scaled:
-        clock = (f", run at {' and '.join(f'{t:g}' for t in scaled)} engine seconds per real "
-                 "second (every figure is in the emulated engine's own seconds)")
+        clock = (
+            f", run at {' and '.join(f'{t:g}' for t in scaled)} engine seconds per real "
+            "second (every figure is in the emulated engine's own seconds)"
+        )
     return (
         f"{what} engines: these figures come from {source}{clock} on this machine's CPU, not from "
         "GPU measurements. Give --url engine=URL or --model to measure real engines."
@@ -416,16 +441,21 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         raise KvbenchError("--backends needs at least one engine, e.g. --backends trtllm,sglang")
     config = config.with_defaults()
     workload = load_workload(config.workload)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     directory = report_directory(config, now)
     directory.mkdir(parents=True)
     asked = []
     for i, label in enumerate(config.backends):
         spec = backend_spec(label, config)
         asked.append(
-            {"label": label, "backend": spec, "kind": _expected_kind(spec),
-             "replicas": replica_count(label, config), "urls": config.urls.get(label, []),
-             "slug": f"{i}-{slug(label)}"}
+            {
+                "label": label,
+                "backend": spec,
+                "kind": _expected_kind(spec),
+                "replicas": replica_count(label, config),
+                "urls": config.urls.get(label, []),
+                "slug": f"{i}-{slug(label)}",
+            }
         )
     header = {
         "kind": raw.RAW_KIND,
@@ -436,8 +466,9 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         "kvbench_version": __version__,
         "versions": _versions(),
         "config": config.to_json(),
-        "banner": banner_for({a["kind"] for a in asked},
-                             {config.time_scale} if config.time_scale else set()),
+        "banner": banner_for(
+            {a["kind"] for a in asked}, {config.time_scale} if config.time_scale else set()
+        ),
         "interrupted": False,
         "engines": asked,
     }
@@ -570,9 +601,7 @@ class _MeasuredIterationTime(Backend):
         if math.isfinite(found.profile.iteration_time.mean_time(0.0, 0.0)):
             return found
         sources = dict(found.sources, iteration_time="b̄ measured by kvbench compare")
-        profile = found.profile.replace(
-            iteration_time=IterationTimeModel.constant(self.batch_time)
-        )
+        profile = found.profile.replace(iteration_time=IterationTimeModel.constant(self.batch_time))
         return DiscoveredProfile(profile, sources)
 
     def execute(self, requests: list[RequestSpec], sink, *, duration: float) -> None:
@@ -593,8 +622,12 @@ def _search(
     from kvbench.benchmark.search import DEFAULT_MAX_ENGINE_SECONDS, find_boundary
 
     search: dict[str, Any] = {
-        "lower": None, "upper": None, "precision": config.precision, "converged": False,
-        "engine_seconds": 0.0, "probes": [],
+        "lower": None,
+        "upper": None,
+        "precision": config.precision,
+        "converged": False,
+        "engine_seconds": 0.0,
+        "probes": [],
     }
     engine.data["search"] = search
 
@@ -644,6 +677,11 @@ def _search(
         progress=_Relay(None, observer, label),
         replicas=engine.data["replicas"],
     )
-    search.update(lower=result.lower, upper=result.upper, converged=result.reached,
-                  engine_seconds=result.engine_seconds, stop_reason=result.stop_reason)
+    search.update(
+        lower=result.lower,
+        upper=result.upper,
+        converged=result.reached,
+        engine_seconds=result.engine_seconds,
+        stop_reason=result.stop_reason,
+    )
     engine.save()

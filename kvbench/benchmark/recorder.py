@@ -74,12 +74,16 @@ class RunRecorder:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             if (self.directory / HEADER_FILE).exists():
-                raise KvbenchError(f"{self.directory}: already holds a run; choose a new --output directory")
+                raise KvbenchError(
+                    f"{self.directory}: already holds a run; choose a new --output directory"
+                )
             _write_json_atomic(self.directory / HEADER_FILE, {"format": RUN_FORMAT, **header})
             self._requests = open(self.directory / REQUESTS_FILE, "w", encoding="utf-8")
             self._samples = open(self.directory / SAMPLES_FILE, "w", encoding="utf-8")
         except OSError as err:
-            raise KvbenchError(f"{self.directory}: cannot write run: {err.strerror or err}") from None
+            raise KvbenchError(
+                f"{self.directory}: cannot write run: {err.strerror or err}"
+            ) from None
 
     @staticmethod
     def _append(file: IO[str] | None, obj: dict[str, Any]) -> None:
@@ -182,4 +186,6 @@ def read_run(directory: Path | str) -> RunData:
     end = None
     if (directory / END_FILE).exists():
         end = json.loads(_read_text(directory / END_FILE))
-    return RunData(header=header, records=records, samples=samples, end=end, torn_lines=torn_r + torn_s)
+    return RunData(
+        header=header, records=records, samples=samples, end=end, torn_lines=torn_r + torn_s
+    )

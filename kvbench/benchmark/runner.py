@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,12 @@ from kvbench import _core
 from kvbench.arrivals import arrival_times
 from kvbench.backends.base import Backend, EventSink, QueueSample, RequestRecord, RequestSpec
 from kvbench.benchmark.recorder import RunRecorder, versions
-from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, check_settings, stability_verdict
+from kvbench.benchmark.stability import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_TOLERANCE,
+    check_settings,
+    stability_verdict,
+)
 from kvbench.errors import KvbenchError
 from kvbench.workload import Workload
 
@@ -37,6 +42,8 @@ LAG_FLOOR = 0.05
 def lag_budget(rate: float) -> float:
     """The p99 schedule lag a run at `rate` requests/s may have and still claim a verdict."""
     return max(LAG_FLOOR, 1.0 / rate)
+
+
 PERCENTILES = (50, 90, 99)
 
 
@@ -59,7 +66,9 @@ class RunSpec:
         if not (self.request_rate > 0 and math.isfinite(self.request_rate)):
             raise KvbenchError(f"--request-rate must be a positive number, got {self.request_rate}")
         if self.duration is not None and not (self.duration > 0 and math.isfinite(self.duration)):
-            raise KvbenchError(f"--duration must be a positive number of seconds, got {self.duration}")
+            raise KvbenchError(
+                f"--duration must be a positive number of seconds, got {self.duration}"
+            )
         if self.num_prompts is not None and self.num_prompts < 1:
             raise KvbenchError(f"--num-prompts must be at least 1, got {self.num_prompts}")
         if not self.burstiness > 0:
@@ -105,7 +114,11 @@ def _percentiles(values: np.ndarray) -> dict[str, float | int | None]:
     if values.size == 0:
         return {"n": 0, "mean": None, **{f"p{p}": None for p in PERCENTILES}}
     q = np.percentile(values, PERCENTILES)
-    return {"n": int(values.size), "mean": float(values.mean()), **{f"p{p}": float(v) for p, v in zip(PERCENTILES, q)}}
+    return {
+        "n": int(values.size),
+        "mean": float(values.mean()),
+        **{f"p{p}": float(v) for p, v in zip(PERCENTILES, q)},
+    }
 
 
 def _col(records: list[RequestRecord], name: str) -> np.ndarray:
@@ -113,7 +126,9 @@ def _col(records: list[RequestRecord], name: str) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def _step_stats(samples: list[QueueSample], name: str, start: float, end: float) -> dict[str, float | None]:
+def _step_stats(
+    samples: list[QueueSample], name: str, start: float, end: float
+) -> dict[str, float | None]:
     pts = [(s.time, getattr(s, name)) for s in samples if getattr(s, name) is not None]
     if not pts or not end > start:
         return {"mean": None, "max": None}
@@ -123,7 +138,9 @@ def _step_stats(samples: list[QueueSample], name: str, start: float, end: float)
     return {"mean": None if math.isnan(mean) else mean, "max": None if math.isnan(mx) else mx}
 
 
-def summarize(header: dict[str, Any], records: list[RequestRecord], samples: list[QueueSample], *, status: str) -> dict[str, Any]:
+def summarize(
+    header: dict[str, Any], records: list[RequestRecord], samples: list[QueueSample], *, status: str
+) -> dict[str, Any]:
     """The run's summary from its header, records and samples alone (what `kvbench report DIR`
     rebuilds). For a run cut short, the verdict window ends at the last event observed."""
     config = header["config"]
@@ -138,7 +155,11 @@ def summarize(header: dict[str, Any], records: list[RequestRecord], samples: lis
     failed = np.array([r.error is not None for r in records], dtype=bool)
     end = planned_end
     if status != "completed":
-        observed = [x for x in (np.nanmax(sent, initial=0.0), np.nanmax(fin, initial=0.0)) if math.isfinite(x)]
+        observed = [
+            x
+            for x in (np.nanmax(sent, initial=0.0), np.nanmax(fin, initial=0.0))
+            if math.isfinite(x)
+        ]
         observed += [s.time for s in samples[-1:]]
         end = min(planned_end, max(observed, default=0.0))
     scheduled_in_window = int(header.get("scheduled_in_window", len(records)))
@@ -146,14 +167,21 @@ def summarize(header: dict[str, Any], records: list[RequestRecord], samples: lis
     # little late still counts: lateness is the lag's business)
     n_sent = int(np.count_nonzero(np.isfinite(sent) & (intended < end)))
     lag = (sent - intended)[np.isfinite(sent)]
-    lag_p50, lag_p99 = (np.percentile(lag, [50, 99]).tolist() if lag.size else (None, None))
-    expected_sent = scheduled_in_window if status == "completed" else int(np.count_nonzero(intended < end))
+    lag_p50, lag_p99 = np.percentile(lag, [50, 99]).tolist() if lag.size else (None, None)
+    expected_sent = (
+        scheduled_in_window if status == "completed" else int(np.count_nonzero(intended < end))
+    )
     budget = lag_budget(rate)
     kept = lag_p99 is not None and lag_p99 <= budget and n_sent >= expected_sent
-    n_out = np.array([r.output_tokens if r.output_tokens is not None else r.output_len for r in records], dtype=np.float64)
+    n_out = np.array(
+        [r.output_tokens if r.output_tokens is not None else r.output_len for r in records],
+        dtype=np.float64,
+    )
     decode = n_out - 1
     decode[decode <= 0] = np.nan
-    itl = np.concatenate([np.diff(r.token_times) for r in records if len(r.token_times) > 1] or [np.empty(0)])
+    itl = np.concatenate(
+        [np.diff(r.token_times) for r in records if len(r.token_times) > 1] or [np.empty(0)]
+    )
     # A failed request leaves the system when its failure is known: the last time seen for it.
     leave = fin.copy()
     leave[failed] = np.fmax(np.fmax(fin, first), sent)[failed]
@@ -192,7 +220,10 @@ def summarize(header: dict[str, Any], records: list[RequestRecord], samples: lis
     enter = np.where(sent < end, sent, np.nan)
     if end > 0 and n_sent > 0:
         result = stability_verdict(
-            enter[np.isfinite(enter)], leave[np.isfinite(enter)], rate=rate, end=end,
+            enter[np.isfinite(enter)],
+            leave[np.isfinite(enter)],
+            rate=rate,
+            end=end,
             confidence=float(config.get("confidence", DEFAULT_CONFIDENCE)),
             tolerance=float(config.get("tolerance", DEFAULT_TOLERANCE)),
         )
@@ -219,7 +250,13 @@ class RunResult:
         return self.summary["verdict"]
 
 
-def run_header(backend: Backend, spec: RunSpec, requests: list[RequestSpec], window_end: float, extra: dict[str, Any] | None) -> dict[str, Any]:
+def run_header(
+    backend: Backend,
+    spec: RunSpec,
+    requests: list[RequestSpec],
+    window_end: float,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
     discovered = backend.discover_profile()
     profile = dataclasses.asdict(discovered.profile)
     return {
@@ -234,7 +271,7 @@ def run_header(backend: Backend, spec: RunSpec, requests: list[RequestSpec], win
         "profile": profile,
         "profile_sources": discovered.sources,
         "versions": versions(),
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **(extra or {}),
     }
 
@@ -265,8 +302,12 @@ def execute_run(
     error the run directory is closed with that status and a summary of what was measured, then
     the exception propagates."""
     requests = build_schedule(
-        workload, spec.request_rate, burstiness=spec.burstiness, seed=spec.seed,
-        duration=spec.duration, num_prompts=spec.num_prompts,
+        workload,
+        spec.request_rate,
+        burstiness=spec.burstiness,
+        seed=spec.seed,
+        duration=spec.duration,
+        num_prompts=spec.num_prompts,
     )
     window_end = spec.duration if spec.duration is not None else requests[-1].intended_send
     header = run_header(backend, spec, requests, window_end, header_extra)
@@ -274,7 +315,9 @@ def execute_run(
     sink: EventSink = recorder if progress is None else _Tee(recorder, progress)
     status, error = "completed", None
     try:
-        backend.execute(requests, sink, duration=spec.duration if spec.duration is not None else math.inf)
+        backend.execute(
+            requests, sink, duration=spec.duration if spec.duration is not None else math.inf
+        )
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user"
         raise

@@ -47,7 +47,9 @@ def saturated_run(
 ) -> SaturatedRun:
     """Simulates `num_prompts` requests drawn from `workload`, all queued at t = 0."""
     if num_prompts < 10 * _BATCHES:
-        raise KvbenchError(f"a saturated run needs at least {10 * _BATCHES} requests, got {num_prompts}")
+        raise KvbenchError(
+            f"a saturated run needs at least {10 * _BATCHES} requests, got {num_prompts}"
+        )
     prompt, output = workload.draw(num_prompts, seed)
     result = simulate(profile, prompt, output, np.zeros(num_prompts), seed=seed)
     finished = result.records["finished"].to_numpy()

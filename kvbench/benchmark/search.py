@@ -184,8 +184,15 @@ def find_boundary(
         extensions = 0
         while True:
             duration = min(duration, max_duration)
-            spec = RunSpec(workload_spec, rate, burstiness, duration=duration, seed=seed + k,
-                           confidence=confidence, tolerance=tolerance)
+            spec = RunSpec(
+                workload_spec,
+                rate,
+                burstiness,
+                duration=duration,
+                seed=seed + k,
+                confidence=confidence,
+                tolerance=tolerance,
+            )
             run_dir = None
             if output is not None:
                 run_dir = output / (f"probe-{k:02d}" + (f"-x{extensions}" if extensions else ""))
@@ -198,8 +205,10 @@ def find_boundary(
             verdict = result.summary["verdict"] or "INCONCLUSIVE"
             ev = result.summary["evidence"] or {}
             wide = (
-                until_capacity_width is not None and verdict == "UNSTABLE"
-                and ev.get("departure_lo") and ev["departure_hi"] / ev["departure_lo"] - 1 > until_capacity_width
+                until_capacity_width is not None
+                and verdict == "UNSTABLE"
+                and ev.get("departure_lo")
+                and ev["departure_hi"] / ev["departure_lo"] - 1 > until_capacity_width
             )
             # a saturation probe is not extended while INCONCLUSIVE: it is near the boundary, and
             # stepping the rate up (below) gets an overloaded run for less than doubling it would
@@ -210,8 +219,16 @@ def find_boundary(
             previous = duration
             duration *= 2.0
             extensions += 1
-        p = Probe(rate, duration, cost, verdict, extensions, ev, result.summary["client_kept_schedule"],
-                  None if run_dir is None else str(run_dir))
+        p = Probe(
+            rate,
+            duration,
+            cost,
+            verdict,
+            extensions,
+            ev,
+            result.summary["client_kept_schedule"],
+            None if run_dir is None else str(run_dir),
+        )
         probes.append(p)
         if on_probe is not None:
             on_probe(p)
@@ -265,11 +282,18 @@ def find_boundary(
         stop = "engine-second budget spent" if not budget_left() else "could not close the bracket"
 
     return BoundaryResult(
-        lower=lo, upper=hi, precision=precision, reached=reached,
-        engine_seconds=spent, probes=probes, theory_mu=mu,
+        lower=lo,
+        upper=hi,
+        precision=precision,
+        reached=reached,
+        engine_seconds=spent,
+        probes=probes,
+        theory_mu=mu,
         capacity_estimate=None if capacity is None else capacity[0],
         capacity_interval=None if capacity is None else (capacity[1], capacity[2]),
-        confidence=confidence, stop_reason=stop, kind=first.kind, backend=first.name,
+        confidence=confidence,
+        stop_reason=stop,
+        kind=first.kind,
+        backend=first.name,
         extras={"request_life": life},
     )
-

@@ -7,7 +7,12 @@ import sys
 import click
 
 from kvbench.backends.registry import resolve_backend
-from kvbench.benchmark.search import DEFAULT_MAX_ENGINE_SECONDS, DEFAULT_PRECISION, Probe, find_boundary
+from kvbench.benchmark.search import (
+    DEFAULT_MAX_ENGINE_SECONDS,
+    DEFAULT_PRECISION,
+    Probe,
+    find_boundary,
+)
 from kvbench.cli import options
 from kvbench.cli.backend_options import backend_options
 from kvbench.export.json import write_json
@@ -26,15 +31,45 @@ Examples:
 )
 @backend_options
 @options.workload()
-@click.option("--precision", type=float, default=DEFAULT_PRECISION, show_default=True,
-              help="Relative width of the bracket to reach (upper/lower − 1).")
-@click.option("--max-engine-seconds", type=float, default=DEFAULT_MAX_ENGINE_SECONDS, show_default=True,
-              metavar="S", help="Stop once the probes have used this much engine time.")
-@click.option("--burstiness", type=float, default=1.0, show_default=True, help="Gamma shape of inter-arrival gaps (1 = Poisson).")
+@click.option(
+    "--precision",
+    type=float,
+    default=DEFAULT_PRECISION,
+    show_default=True,
+    help="Relative width of the bracket to reach (upper/lower − 1).",
+)
+@click.option(
+    "--max-engine-seconds",
+    type=float,
+    default=DEFAULT_MAX_ENGINE_SECONDS,
+    show_default=True,
+    metavar="S",
+    help="Stop once the probes have used this much engine time.",
+)
+@click.option(
+    "--burstiness",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Gamma shape of inter-arrival gaps (1 = Poisson).",
+)
 @options.json_output()
-def boundary(backend: str, url: str | None, model: str | None, profile_name: str | None, kv_tokens: int | None, chunk_size: int | None,
-             batch_time: float | None, seed: int, confidence: float, workload_spec: str, precision: float,
-             max_engine_seconds: float, burstiness: float, as_json: bool) -> None:
+def boundary(
+    backend: str,
+    url: str | None,
+    model: str | None,
+    profile_name: str | None,
+    kv_tokens: int | None,
+    chunk_size: int | None,
+    batch_time: float | None,
+    seed: int,
+    confidence: float,
+    workload_spec: str,
+    precision: float,
+    max_engine_seconds: float,
+    burstiness: float,
+    as_json: bool,
+) -> None:
     """Bracket the rate λ* at which the engine's queue stops being stable, between the largest
     rate judged STABLE and the smallest judged UNSTABLE, reporting every probe and its cost."""
     workload = load_workload(workload_spec)
@@ -45,8 +80,16 @@ def boundary(backend: str, url: str | None, model: str | None, profile_name: str
         # same server for every probe (launching one per probe would hold several at once).
         if opened and opened[0].kind != "simulated":
             return opened[0]
-        b = resolve_backend(backend, url=url, model=model, profile=profile_name, kv_tokens=kv_tokens,
-                            chunk_size=chunk_size, batch_time=batch_time, seed=s)
+        b = resolve_backend(
+            backend,
+            url=url,
+            model=model,
+            profile=profile_name,
+            kv_tokens=kv_tokens,
+            chunk_size=chunk_size,
+            batch_time=batch_time,
+            seed=s,
+        )
         opened.append(b)
         return b
 
@@ -54,12 +97,23 @@ def boundary(backend: str, url: str | None, model: str | None, profile_name: str
 
     def on_probe(p: Probe) -> None:
         spent[0] += p.engine_seconds
-        echo_progress(probe_line(p.rate, p.duration, p.verdict, spent[0]), quiet=as_json or not sys.stderr.isatty())
+        echo_progress(
+            probe_line(p.rate, p.duration, p.verdict, spent[0]),
+            quiet=as_json or not sys.stderr.isatty(),
+        )
 
     try:
-        result = find_boundary(backend_for_seed, workload, workload_spec, precision=precision, confidence=confidence,
-                               max_engine_seconds=max_engine_seconds, seed=seed, burstiness=burstiness,
-                               on_probe=on_probe)
+        result = find_boundary(
+            backend_for_seed,
+            workload,
+            workload_spec,
+            precision=precision,
+            confidence=confidence,
+            max_engine_seconds=max_engine_seconds,
+            seed=seed,
+            burstiness=burstiness,
+            on_probe=on_probe,
+        )
     except KeyboardInterrupt:
         echo_progress("interrupted")
         sys.exit(130)

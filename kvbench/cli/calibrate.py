@@ -42,10 +42,19 @@ Examples:
 @options.profile_preset()
 @options.kv_tokens("default: the profile's")
 @options.chunk_size("default: the profile's")
-@click.option("--num-prompts", type=int, default=3_000, show_default=True, help="Requests over all calibration runs.")
+@click.option(
+    "--num-prompts",
+    type=int,
+    default=3_000,
+    show_default=True,
+    help="Requests over all calibration runs.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
-    "--output", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
     help="Save the model (for `kvbench theory --iteration-model FILE`).",
 )
 @options.json_output()
@@ -67,7 +76,9 @@ def calibrate(
     if (backend is None) == (windows_path is None):
         raise click.UsageError("give exactly one of --backend sim:ENGINE or --windows FILE")
     if windows_path is not None:
-        calibration = Calibration(fit=fit_iteration_time(load_windows(windows_path)), backend=windows_path)
+        calibration = Calibration(
+            fit=fit_iteration_time(load_windows(windows_path)), backend=windows_path
+        )
     else:
         from kvbench.benchmark.calibrate import calibrate_simulated
         from kvbench.workload import load_workload
@@ -81,7 +92,9 @@ def calibrate(
         profile = build_profile(
             engine, profile_name or PAPER_A100.name, kv_tokens=kv_tokens, chunk_size=chunk_size
         )
-        calibration = calibrate_simulated(profile, load_workload(workload_spec), num_prompts=num_prompts, seed=seed)
+        calibration = calibrate_simulated(
+            profile, load_workload(workload_spec), num_prompts=num_prompts, seed=seed
+        )
     record = calibration.to_json()
     if output is not None:
         try:
@@ -96,13 +109,31 @@ def calibrate(
     label = " (SIMULATED)" if calibration.simulated else ""
     rows = [
         ("c0", highlight(estimate(fit.c0 * 1e3, se[0] * 1e3, "ms")), "per iteration"),
-        ("c1", estimate(fit.c1 * 1e6, se[1] * 1e6, "µs/token", 3), "per token in the batch" + _fixed("c1", fit)),
-        ("c2", estimate(fit.c2 * 1e9, se[2] * 1e9, "ns/token", 3), "per KV token held" + _fixed("c2", fit)),
+        (
+            "c1",
+            estimate(fit.c1 * 1e6, se[1] * 1e6, "µs/token", 3),
+            "per token in the batch" + _fixed("c1", fit),
+        ),
+        (
+            "c2",
+            estimate(fit.c2 * 1e9, se[2] * 1e9, "ns/token", 3),
+            "per KV token held" + _fixed("c2", fit),
+        ),
         ("noise σ", number(fit.noise_sigma, 3), "log(observed / model)"),
-        ("R²", number(fit.r_squared, 4), f"{fit.n_iterations:,} iterations in {fit.n_windows:,} windows"),
+        (
+            "R²",
+            number(fit.r_squared, 4),
+            f"{fit.n_iterations:,} iterations in {fit.n_windows:,} windows",
+        ),
     ]
     if calibration.preemption_waste is not None:
-        rows.append(("preemption waste", f"{calibration.preemption_waste:,.0f} tokens/request", "recomputed, overloaded run"))
+        rows.append(
+            (
+                "preemption waste",
+                f"{calibration.preemption_waste:,.0f} tokens/request",
+                "recomputed, overloaded run",
+            )
+        )
     if output is not None:
         rows.append(("saved", output))
     click.echo(block(f"Iteration-time model{label}: {fit.source or calibration.backend}", rows))

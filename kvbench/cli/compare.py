@@ -35,8 +35,10 @@ def _command_line(ctx: click.Context) -> str:
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         shown_always = param.name == "backends"
-        if (value == param.default and not shown_always) or value in (None, ()) or (
-            param.name == "progress"
+        if (
+            (value == param.default and not shown_always)
+            or value in (None, ())
+            or (param.name == "progress")
         ):
             continue
         flag = param.opts[0]
@@ -53,22 +55,44 @@ def _engine_lines(e: EngineResult) -> list[tuple[str, str] | tuple[str, str, str
         return [("status", highlight(f"{e.status.upper()}: {e.error}", "red"))]
     rows: list = []
     if e.boundary:
-        rows.append(("λ* measured", highlight(f"{fmt_bracket(e)} req/s"),
-                     f"{len(e.probes)} probes, {e.engine_seconds:.0f} engine-s"))
+        rows.append(
+            (
+                "λ* measured",
+                highlight(f"{fmt_bracket(e)} req/s"),
+                f"{len(e.probes)} probes, {e.engine_seconds:.0f} engine-s",
+            )
+        )
     if e.theory:
-        rows.append(("μ theory", f"{fmt_rate(e.theory.mu)} req/s",
-                     f"gap {fmt_gap(e.gap_percent)}, b̄ = {e.batch_time.value:.4f} s"
-                     if e.batch_time else ""))
+        rows.append(
+            (
+                "μ theory",
+                f"{fmt_rate(e.theory.mu)} req/s",
+                f"gap {fmt_gap(e.gap_percent)}, b̄ = {e.batch_time.value:.4f} s"
+                if e.batch_time
+                else "",
+            )
+        )
         if e.theory.mu_engine_aware is not None:
-            rows.append(("μ engine-aware", f"{fmt_rate(e.theory.mu_engine_aware)} req/s",
-                         f"gap {fmt_gap(e.gap_engine_aware_percent)}, {e.theory.binding} binds"))
+            rows.append(
+                (
+                    "μ engine-aware",
+                    f"{fmt_rate(e.theory.mu_engine_aware)} req/s",
+                    f"gap {fmt_gap(e.gap_engine_aware_percent)}, {e.theory.binding} binds",
+                )
+            )
     if e.provisioning:
         p = e.provisioning
-        aware = "" if p.replicas_engine_aware is None else f", {p.replicas_engine_aware} engine-aware"
-        rows.append(("replicas needed",
-                     f"{p.replicas_measured if p.replicas_measured else '—'} measured, "
-                     f"{p.replicas_theory} paper{aware}",
-                     f"for {p.target_rate:g} req/s at ρ = {p.utilization:g}"))
+        aware = (
+            "" if p.replicas_engine_aware is None else f", {p.replicas_engine_aware} engine-aware"
+        )
+        rows.append(
+            (
+                "replicas needed",
+                f"{p.replicas_measured if p.replicas_measured else '—'} measured, "
+                f"{p.replicas_theory} paper{aware}",
+                f"for {p.target_rate:g} req/s at ρ = {p.utilization:g}",
+            )
+        )
     if e.status != "ok":
         rows.append(("status", highlight(f"{e.status.upper()}: {e.error}", "red")))
     return rows
@@ -78,52 +102,107 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     if results.banner:
         click.echo(click.style(results.banner, fg="yellow", bold=True))
     for e in results.engines:
-        click.echo(block(f"{engine_name(e)} — {results.config.get('workload', '')}",
-                         _engine_lines(e)))
+        click.echo(
+            block(f"{engine_name(e)} — {results.config.get('workload', '')}", _engine_lines(e))
+        )
     click.echo(f"Report: {directory / 'report.html'}")
 
 
 @click.command()
-@click.option("--backends", default="trtllm,sglang", show_default=True,
-              help="Comma-separated engines: trtllm, sglang, vllm, or an explicit backend such as "
-              "sim:trtllm (simulated, virtual time) or emulate:sglang.")
-@click.option("--workload",
-              help=f"Workload spec (pd-1:1, uniform:S-S,O-O, fixed:S,O) or trace file [default: "
-              f"{EMBEDDED.workload} with no --url/--model (the embedded default), else "
-              f"{REAL_ENGINE_WORKLOAD}].")
-@click.option("--kv-tokens", type=click.IntRange(min=1), metavar="M",
-              help=f"KV capacity of the emulated and simulated engines [default: {EMBEDDED.kv_tokens} "
-              "in the embedded default, else the engine preset's 131,000].")
-@click.option("--time-scale", type=click.FloatRange(min=0, min_open=True),
-              help=f"Engine seconds per real second of the emulated engines [default: "
-              f"{EMBEDDED.time_scale:g} in the embedded default, else 1]. Figures stay in engine "
-              "seconds; the scale only sets how fast the emulator must stream.")
-@click.option("--url", "urls", multiple=True, metavar="ENGINE=URL",
-              help="Attach to a running server; repeat for data-parallel replicas.")
+@click.option(
+    "--backends",
+    default="trtllm,sglang",
+    show_default=True,
+    help="Comma-separated engines: trtllm, sglang, vllm, or an explicit backend such as "
+    "sim:trtllm (simulated, virtual time) or emulate:sglang.",
+)
+@click.option(
+    "--workload",
+    help=f"Workload spec (pd-1:1, uniform:S-S,O-O, fixed:S,O) or trace file [default: "
+    f"{EMBEDDED.workload} with no --url/--model (the embedded default), else "
+    f"{REAL_ENGINE_WORKLOAD}].",
+)
+@click.option(
+    "--kv-tokens",
+    type=click.IntRange(min=1),
+    metavar="M",
+    help=f"KV capacity of the emulated and simulated engines [default: {EMBEDDED.kv_tokens} "
+    "in the embedded default, else the engine preset's 131,000].",
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    help=f"Engine seconds per real second of the emulated engines [default: "
+    f"{EMBEDDED.time_scale:g} in the embedded default, else 1]. Figures stay in engine "
+    "seconds; the scale only sets how fast the emulator must stream.",
+)
+@click.option(
+    "--url",
+    "urls",
+    multiple=True,
+    metavar="ENGINE=URL",
+    help="Attach to a running server; repeat for data-parallel replicas.",
+)
 @click.option("--model", help="Launch each engine from its recipe with this model.")
-@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Data-parallel replicas per engine, dispatched round-robin.")
-@click.option("--precision", type=float,
-              help=f"Relative width of the boundary bracket to reach [default: "
-              f"{EMBEDDED.precision:g} in the embedded default, else 0.05].")
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Data-parallel replicas per engine, dispatched round-robin.",
+)
+@click.option(
+    "--precision",
+    type=float,
+    help=f"Relative width of the boundary bracket to reach [default: "
+    f"{EMBEDDED.precision:g} in the embedded default, else 0.05].",
+)
 @click.option("--confidence", type=float, default=0.95, show_default=True)
 @click.option("--max-engine-seconds", type=float, help="Search budget per engine.")
-@click.option("--target-rate", type=float,
-              help="Also answer: replicas needed for this rate (req/s).")
+@click.option(
+    "--target-rate", type=float, help="Also answer: replicas needed for this rate (req/s)."
+)
 @click.option("--target-utilization", type=float, default=0.9, show_default=True)
-@click.option("--trim", type=float, default=0.0, show_default=True,
-              help="b̄ as a trimmed mean cutting this fraction from each tail (0: the median).")
+@click.option(
+    "--trim",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="b̄ as a trimmed mean cutting this fraction from each tail (0: the median).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", help="Report name (default: the engines).")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("reports"), show_default=True,
-              help="The report goes to OUTPUT_DIR/<date>-<name>/.")
-@click.option("--progress/--no-progress", default=None,
-              help="Live progress view (default: on a terminal).")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+    help="The report goes to OUTPUT_DIR/<date>-<name>/.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Live progress view (default: on a terminal)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
-def compare(backends, workload, kv_tokens, time_scale, urls, model, replicas, precision, confidence, max_engine_seconds,
-            target_rate, target_utilization, trim, seed, name, output_dir, progress,
-            as_json) -> None:
+def compare(
+    backends,
+    workload,
+    kv_tokens,
+    time_scale,
+    urls,
+    model,
+    replicas,
+    precision,
+    confidence,
+    max_engine_seconds,
+    target_rate,
+    target_utilization,
+    trim,
+    seed,
+    name,
+    output_dir,
+    progress,
+    as_json,
+) -> None:
     """Measure each engine's stability boundary on the same workload, set it beside the theory,
     and write a report (report.html, summary.md, results.json, CSVs).
 

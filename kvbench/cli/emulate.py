@@ -17,26 +17,42 @@ ENGINES = ("vllm", "sglang", "trtllm")
 @click.option("--engine", type=click.Choice(ENGINES), required=True, help="Engine API to speak.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port to bind.")
-@click.option("--time-scale", type=float, default=1.0, show_default=True,
-              help="Simulated seconds per real second (2 runs the engine twice as fast).")
-@click.option("--latency", type=click.Choice(["sim", "zero"]), default="sim", show_default=True,
-              help="sim: the simulated engine's timing; zero: answer every request at once "
-              "(for load-generator benchmarks).")
+@click.option(
+    "--time-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Simulated seconds per real second (2 runs the engine twice as fast).",
+)
+@click.option(
+    "--latency",
+    type=click.Choice(["sim", "zero"]),
+    default="sim",
+    show_default=True,
+    help="sim: the simulated engine's timing; zero: answer every request at once "
+    "(for load-generator benchmarks).",
+)
 @options.kv_tokens("the engine preset's")
 @click.option("--max-running", type=int, default=None, help="Running-request cap (preset's).")
 @options.batch_time("the preset's")
-@click.option("--max-model-len", type=int, default=4096, show_default=True,
-              help="Longest prompt + output accepted (longer: HTTP 400).")
+@click.option(
+    "--max-model-len",
+    type=int,
+    default=4096,
+    show_default=True,
+    help="Longest prompt + output accepted (longer: HTTP 400).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-def emulate(engine, host, port, time_scale, latency, kv_tokens, max_running, batch_time,
-            max_model_len, seed) -> None:
+def emulate(
+    engine, host, port, time_scale, latency, kv_tokens, max_running, batch_time, max_model_len, seed
+) -> None:
     """Serve ENGINE's completions, health, model-list, metrics and info endpoints, in its own
     formats and quirks, backed by the Rust engine simulator in real time. Every response is
     marked X-Kvbench-Emulated, so kvbench labels results measured against it as emulated."""
     from aiohttp import web
 
-    from kvbench.emulate.server import build_app
     from kvbench.emulate.formats import make_format
+    from kvbench.emulate.server import build_app
     from kvbench.profile import IterationTimeModel, build_profile
 
     if time_scale <= 0:
@@ -48,11 +64,15 @@ def emulate(engine, host, port, time_scale, latency, kv_tokens, max_running, bat
     fmt = make_format(engine, profile, max_model_len=max_model_len)
     app = build_app(fmt, time_scale=time_scale, zero_latency=latency == "zero", seed=seed)
     mode = "zero latency" if latency == "zero" else f"simulated engine, time scale {time_scale:g}"
-    click.echo(f"emulating {engine} ({mode}; M = {profile.kv_tokens:,} tokens) "
-               f"on http://{host}:{port}  [emulated, not a real engine]", err=True)
+    click.echo(
+        f"emulating {engine} ({mode}; M = {profile.kv_tokens:,} tokens) "
+        f"on http://{host}:{port}  [emulated, not a real engine]",
+        err=True,
+    )
     try:
         # a client that disconnects cancels its handler, which aborts its request in the engine
-        web.run_app(app, host=host, port=port, print=None, access_log=None,
-                    handler_cancellation=True)
+        web.run_app(
+            app, host=host, port=port, print=None, access_log=None, handler_cancellation=True
+        )
     except OSError as err:
         raise KvbenchError(f"cannot bind {host}:{port}: {err.strerror or err}") from None

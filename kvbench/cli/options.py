@@ -25,13 +25,21 @@ def workload(default: str | None = "pd-1:1"):
 
 def kv_tokens(default_help: str):
     return click.option(
-        "--kv-tokens", type=int, default=None, metavar="M", help=f"KV-cache capacity in tokens ({default_help})."
+        "--kv-tokens",
+        type=int,
+        default=None,
+        metavar="M",
+        help=f"KV-cache capacity in tokens ({default_help}).",
     )
 
 
 def chunk_size(default_help: str):
     return click.option(
-        "--chunk-size", type=int, default=None, metavar="N", help=f"Prefill chunk size ŝ in tokens ({default_help})."
+        "--chunk-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"Prefill chunk size ŝ in tokens ({default_help}).",
     )
 
 
@@ -65,15 +73,15 @@ def exact_g():
 
 
 def json_output():
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON object instead of text."
+    )
 
 
 def engine(help_text: str):
     from kvbench.profile import POLICIES
 
-    return click.option(
-        "--engine", type=click.Choice(POLICIES), default=None, help=help_text
-    )
+    return click.option("--engine", type=click.Choice(POLICIES), default=None, help=help_text)
 
 
 def profile_preset():

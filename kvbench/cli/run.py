@@ -27,22 +27,71 @@ Examples:
 @backend_options
 @options.workload()
 @options.request_rate(required=True)
-@click.option("--burstiness", type=float, default=1.0, show_default=True, help="Gamma shape of inter-arrival gaps (1 = Poisson).")
-@click.option("--duration", type=float, default=None, metavar="SECONDS", help="Seconds of load (or --num-prompts).")
-@click.option("--num-prompts", type=int, default=None, metavar="N", help="Requests to send (or --duration).")
-@click.option("--output", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Write the run (header, every request and queue sample) here as it goes.")
+@click.option(
+    "--burstiness",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Gamma shape of inter-arrival gaps (1 = Poisson).",
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Seconds of load (or --num-prompts).",
+)
+@click.option(
+    "--num-prompts", type=int, default=None, metavar="N", help="Requests to send (or --duration)."
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="Write the run (header, every request and queue sample) here as it goes.",
+)
 @options.json_output()
-def run(backend: str, url: str | None, model: str | None, profile_name: str | None, kv_tokens: int | None, chunk_size: int | None,
-        batch_time: float | None, seed: int, confidence: float, workload_spec: str, request_rate: float,
-        burstiness: float, duration: float | None, num_prompts: int | None, output: str | None, as_json: bool) -> None:
+def run(
+    backend: str,
+    url: str | None,
+    model: str | None,
+    profile_name: str | None,
+    kv_tokens: int | None,
+    chunk_size: int | None,
+    batch_time: float | None,
+    seed: int,
+    confidence: float,
+    workload_spec: str,
+    request_rate: float,
+    burstiness: float,
+    duration: float | None,
+    num_prompts: int | None,
+    output: str | None,
+    as_json: bool,
+) -> None:
     """Send requests open-loop at a fixed rate, record every event, and judge whether the
     engine's queue stays bounded: STABLE, UNSTABLE or INCONCLUSIVE at the stated confidence."""
-    spec = RunSpec(workload_spec, request_rate, burstiness, duration=duration, num_prompts=num_prompts,
-                   seed=seed, confidence=confidence)
+    spec = RunSpec(
+        workload_spec,
+        request_rate,
+        burstiness,
+        duration=duration,
+        num_prompts=num_prompts,
+        seed=seed,
+        confidence=confidence,
+    )
     workload = load_workload(workload_spec)
-    engine = resolve_backend(backend, url=url, model=model, profile=profile_name, kv_tokens=kv_tokens, chunk_size=chunk_size,
-                             batch_time=batch_time, seed=seed)
+    engine = resolve_backend(
+        backend,
+        url=url,
+        model=model,
+        profile=profile_name,
+        kv_tokens=kv_tokens,
+        chunk_size=chunk_size,
+        batch_time=batch_time,
+        seed=seed,
+    )
     try:
         with RunProgress(f"{backend} λ={request_rate:g}", duration, quiet=as_json) as progress:
             result = execute_run(engine, workload, spec, output=output, progress=progress)

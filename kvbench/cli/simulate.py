@@ -17,7 +17,8 @@ from kvbench.export.json import write_json
 from kvbench.export.parquet import write_frames
 from kvbench.output.terminal import block, estimate, highlight, number
 from kvbench.profile import PAPER_A100, UNLIMITED, IterationTimeModel, build_profile
-from kvbench.simulator import DISPATCH, SimulationResult, simulate as run_simulation
+from kvbench.simulator import DISPATCH, SimulationResult
+from kvbench.simulator import simulate as run_simulation
 from kvbench.workload import load_workload
 
 LATENCIES = {
@@ -47,9 +48,15 @@ Examples:
 )
 @options.workload()
 @options.request_rate(required=True)
-@click.option("--num-prompts", type=int, default=None, metavar="N", help="Number of requests to send.")
 @click.option(
-    "--duration", type=float, default=None, metavar="S", help="Send for S simulated seconds and stop the clock there."
+    "--num-prompts", type=int, default=None, metavar="N", help="Number of requests to send."
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=None,
+    metavar="S",
+    help="Send for S simulated seconds and stop the clock there.",
 )
 @click.option(
     "--burstiness",
@@ -71,7 +78,9 @@ Examples:
     help="max_tokens each request declares, which trtllm reserves at admission "
     "(default: each request's own output length).",
 )
-@click.option("--replicas", type=int, default=1, show_default=True, metavar="G", help="Engine replicas.")
+@click.option(
+    "--replicas", type=int, default=1, show_default=True, metavar="G", help="Engine replicas."
+)
 @click.option(
     "--dispatch",
     type=click.Choice(DISPATCH),
@@ -86,7 +95,9 @@ Examples:
     metavar="SECONDS",
     help="Record the queue every Δt instead of every iteration (smaller output for long runs).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of lengths, arrivals and noise.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of lengths, arrivals and noise."
+)
 @options.json_output()
 @click.option(
     "--output",
@@ -131,7 +142,9 @@ def simulate(
         raise KvbenchError(f"--duration must be positive, got {duration}")
     if max_tokens_cap is not None and max_tokens_cap < 1:
         raise KvbenchError(f"--max-tokens must be at least 1, got {max_tokens_cap}")
-    overrides: dict = dict(kv_tokens=kv_tokens, chunk_size=chunk_size, max_tokens_cap=max_tokens_cap)
+    overrides: dict = dict(
+        kv_tokens=kv_tokens, chunk_size=chunk_size, max_tokens_cap=max_tokens_cap
+    )
     if batch_time is not None:
         overrides["iteration_time"] = IterationTimeModel.constant(batch_time)
     profile = build_profile(engine, profile_name or PAPER_A100.name, **overrides)
@@ -147,7 +160,9 @@ def simulate(
         arrivals = arrivals[arrivals <= duration]
         n = len(arrivals)
         if n == 0:
-            raise KvbenchError(f"no request arrives within --duration {duration:g} s at λ = {request_rate:g}")
+            raise KvbenchError(
+                f"no request arrives within --duration {duration:g} s at λ = {request_rate:g}"
+            )
     prompt, output = workload.draw(n, seed=seed)
     result = run_simulation(
         profile,
@@ -201,9 +216,7 @@ def _summarise(result: SimulationResult, rate: float, end: float) -> dict:
     done = rec[rec["finished"].notna()]
     kv_capacity = result.summary["kv_capacity"]
     kv_share = ts["kv_used"] / kv_capacity
-    latency = {
-        key: _distribution(done[key]) for key in LATENCIES
-    }
+    latency = {key: _distribution(done[key]) for key in LATENCIES}
     return {
         "simulated": True,
         "requests": int(len(rec)),
@@ -231,7 +244,9 @@ def _summarise(result: SimulationResult, rate: float, end: float) -> dict:
         "iterations": int(result.summary["iterations"]),
         "iteration_time": {
             "mean": result.summary["busy_time"] / max(1, result.summary["iterations"]),
-            "median": float(ts["iteration_time"][ts["iteration_time"] > 0].median()) if len(ts) else math.nan,
+            "median": float(ts["iteration_time"][ts["iteration_time"] > 0].median())
+            if len(ts)
+            else math.nan,
         },
         "latency": latency,
     }
@@ -245,7 +260,10 @@ def _distribution(values: pd.Series) -> dict:
 
 
 def _limits(profile) -> str:
-    parts = [f"M = {profile.kv_tokens:,} tokens in pages of {profile.block_size}", f"ŝ = {profile.chunk_size}"]
+    parts = [
+        f"M = {profile.kv_tokens:,} tokens in pages of {profile.block_size}",
+        f"ŝ = {profile.chunk_size}",
+    ]
     if profile.token_budget < UNLIMITED:
         parts.append(f"budget {profile.token_budget}")
     if profile.max_running < UNLIMITED:
@@ -288,7 +306,11 @@ def _render(s: dict, *, profile_limits: str) -> str:
             f"mean {s['kv']['mean_used_share']:.1%}, peak {s['kv']['peak_used_share']:.1%}",
             f"of {s['kv']['capacity_tokens']:,} tokens",
         ),
-        ("preemptions", f"{s['preemptions']:,}", f"{s['preemptions'] / max(1, s['requests']):.3f} per request"),
+        (
+            "preemptions",
+            f"{s['preemptions']:,}",
+            f"{s['preemptions'] / max(1, s['requests']):.3f} per request",
+        ),
         (
             "iteration",
             f"median {_seconds(s['iteration_time']['median'])}, mean {_seconds(s['iteration_time']['mean'])}",
@@ -298,7 +320,11 @@ def _render(s: dict, *, profile_limits: str) -> str:
     for key, label in LATENCIES.items():
         d = s["latency"][key]
         rows.append(
-            (label, " / ".join(_seconds(d[f"p{p}"]) for p in PERCENTILES), f"{pct}, mean {_seconds(d['mean'])}")
+            (
+                label,
+                " / ".join(_seconds(d[f"p{p}"]) for p in PERCENTILES),
+                f"{pct}, mean {_seconds(d['mean'])}",
+            )
         )
     title = (
         f"SIMULATED {s['engine']}: {s['workload']} at λ = {s['request_rate']:g} req/s, "

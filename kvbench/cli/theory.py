@@ -8,9 +8,9 @@ from kvbench import theory as model
 from kvbench.calibration import IterationTimeFit, load_calibration
 from kvbench.cli import options
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
-from kvbench.profile import PAPER_A100, UNLIMITED, EngineProfile, IterationTimeModel, build_profile
 from kvbench.export.json import write_json
 from kvbench.output.terminal import block, estimate, highlight, number
+from kvbench.profile import PAPER_A100, UNLIMITED, EngineProfile, IterationTimeModel, build_profile
 from kvbench.workload import TraceWorkload, Workload, load_workload
 
 _PAPER = f"default: {model.PAPER_KV_TOKENS}, the paper's"
@@ -137,13 +137,24 @@ def theory(
     so the two differ only by what the paper's model leaves out of the scheduler."""
     if engine is not None:
         _engine_theory(
-            workload_spec, kv_tokens, chunk_size, batch_time, request_rate, exact, engine,
-            profile_name, iteration_model_path, preemption_waste, as_json,
+            workload_spec,
+            kv_tokens,
+            chunk_size,
+            batch_time,
+            request_rate,
+            exact,
+            engine,
+            profile_name,
+            iteration_model_path,
+            preemption_waste,
+            as_json,
         )
         return
     if profile_name or iteration_model_path or preemption_waste is not None:
         raise click.UsageError("--profile, --iteration-model and --preemption-waste need --engine")
-    workload, result, b_source = _evaluate(workload_spec, kv_tokens, chunk_size, batch_time, request_rate, exact)
+    workload, result, b_source = _evaluate(
+        workload_spec, kv_tokens, chunk_size, batch_time, request_rate, exact
+    )
     if as_json:
         write_json(result.as_record())
         return
@@ -260,7 +271,9 @@ def _engine_theory(
                 _verdict_note(verdict) + " (engine-aware μ)",
             )
         )
-    click.echo(block(f"Stability (paper model vs engine-aware, {engine}): {_describe(workload)}", rows))
+    click.echo(
+        block(f"Stability (paper model vs engine-aware, {engine}): {_describe(workload)}", rows)
+    )
 
 
 def _limits(profile: EngineProfile) -> str:
@@ -318,10 +331,14 @@ def provision(
     """Replicas G = ⌈λ / (ρ·μ)⌉ needed to serve λ requests/s with each replica at utilisation
     ρ or below, μ from the paper's model (see `kvbench theory`). For a trace, a conservative
     count also uses μ at the lower end of its 95% interval."""
-    workload, result, b_source = _evaluate(workload_spec, kv_tokens, chunk_size, batch_time, None, exact)
+    workload, result, b_source = _evaluate(
+        workload_spec, kv_tokens, chunk_size, batch_time, None, exact
+    )
     replicas = model.replicas_needed(request_rate, result.mu, target_utilization)
     mu_low = result.mu - 1.96 * result.mu_stderr
-    conservative = model.replicas_needed(request_rate, mu_low, target_utilization) if mu_low > 0 else None
+    conservative = (
+        model.replicas_needed(request_rate, mu_low, target_utilization) if mu_low > 0 else None
+    )
     record = {
         "model": "paper",
         "workload": result.workload,
@@ -343,7 +360,11 @@ def provision(
         return
     rows = [
         ("replicas", highlight(str(replicas)), f"⌈λ / (ρ·μ)⌉ at ρ = {target_utilization:g}"),
-        ("μ per replica", _rate(result, result.mu), f"M = {result.kv_tokens}, ŝ = {result.chunk_size}, b̄ = {result.batch_time:g} s ({b_source})"),
+        (
+            "μ per replica",
+            _rate(result, result.mu),
+            f"M = {result.kv_tokens}, ŝ = {result.chunk_size}, b̄ = {result.batch_time:g} s ({b_source})",
+        ),
         ("utilisation", number(record["utilization"]), "λ / (G·μ)"),
         ("capacity", estimate(record["capacity"], replicas * result.mu_stderr, "req/s", 2), "G·μ"),
     ]
@@ -355,4 +376,8 @@ def provision(
                 "μ at the lower end of its 95% interval",
             )
         )
-    click.echo(block(f"Provisioning (paper model): {_describe(workload)} at λ = {request_rate:g} req/s", rows))
+    click.echo(
+        block(
+            f"Provisioning (paper model): {_describe(workload)} at λ = {request_rate:g} req/s", rows
+        )
+    )

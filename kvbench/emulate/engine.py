@@ -88,7 +88,7 @@ class RealTimeEngine:
             timeout = None if t is None else max(0.0, (t - self.now()) / self.time_scale)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def close(self) -> None:

@@ -9,14 +9,19 @@ from kvbench.emulate.vllm import VllmFormat
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile
 
-FORMATS: dict[str, type[EngineFormat]] = {"vllm": VllmFormat, "sglang": SglangFormat,
-                                          "trtllm": TrtllmFormat}
+FORMATS: dict[str, type[EngineFormat]] = {
+    "vllm": VllmFormat,
+    "sglang": SglangFormat,
+    "trtllm": TrtllmFormat,
+}
 
 
 def make_format(engine: str, profile: EngineProfile, *, max_model_len: int = 4096) -> EngineFormat:
     try:
         fmt = FORMATS[engine](profile)
     except KeyError:
-        raise KvbenchError(f"unknown engine {engine!r}; choose one of {', '.join(FORMATS)}") from None
+        raise KvbenchError(
+            f"unknown engine {engine!r}; choose one of {', '.join(FORMATS)}"
+        ) from None
     fmt.max_model_len = max_model_len
     return fmt

@@ -26,7 +26,11 @@ def prometheus_text(labels: str, series: list[tuple[str, str, float]]) -> str:
     metrics endpoint serves them."""
     lines = []
     for name, kind, value in series:
-        lines += [f"# HELP {name} {name}", f"# TYPE {name} {kind}", f"{name}{{{labels}}} {float(value)}"]
+        lines += [
+            f"# HELP {name} {name}",
+            f"# TYPE {name} {kind}",
+            f"{name}{{{labels}}} {float(value)}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -53,19 +57,35 @@ class EngineFormat(ABC):
         return bool(opts.get("include_usage")), bool(opts.get("continuous_usage_stats"))
 
     def error_body(self, message: str, status: int) -> dict:
-        return {"object": "error", "message": message, "type": "BadRequestError", "param": None,
-                "code": status}
+        return {
+            "object": "error",
+            "message": message,
+            "type": "BadRequestError",
+            "param": None,
+            "code": status,
+        }
 
     def chunk(self, rid: str, created: int, usage: dict | None, finish: str | None) -> dict:
-        c = {"id": rid, "object": "text_completion", "created": created, "model": self.model_id,
-             "choices": [{"index": 0, "text": " tok", "logprobs": None, "finish_reason": finish}]}
+        c = {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": self.model_id,
+            "choices": [{"index": 0, "text": " tok", "logprobs": None, "finish_reason": finish}],
+        }
         if usage is not None:
             c["usage"] = usage
         return c
 
     def final_chunk(self, rid: str, created: int, usage: dict) -> dict:
-        return {"id": rid, "object": "text_completion", "created": created, "model": self.model_id,
-                "choices": [], "usage": usage}
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": self.model_id,
+            "choices": [],
+            "usage": usage,
+        }
 
     # ---- state ----------------------------------------------------------------------------
 
@@ -95,8 +115,9 @@ def _sse(obj: dict) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-def build_app(fmt: EngineFormat, *, time_scale: float = 1.0, zero_latency: bool = False,
-              seed: int = 0) -> web.Application:
+def build_app(
+    fmt: EngineFormat, *, time_scale: float = 1.0, zero_latency: bool = False, seed: int = 0
+) -> web.Application:
     @web.middleware
     async def mark(request, handler):
         resp = await handler(request)
@@ -110,8 +131,9 @@ def build_app(fmt: EngineFormat, *, time_scale: float = 1.0, zero_latency: bool 
 
     async def start(app):
         if not zero_latency:
-            fmt.engine = RealTimeEngine(fmt.profile, time_scale=time_scale, seed=seed,
-                                        on_iteration=fmt.on_iteration)
+            fmt.engine = RealTimeEngine(
+                fmt.profile, time_scale=time_scale, seed=seed, on_iteration=fmt.on_iteration
+            )
 
     async def stop(app):
         if fmt.engine is not None:
@@ -137,8 +159,10 @@ def build_app(fmt: EngineFormat, *, time_scale: float = 1.0, zero_latency: bool 
             # max_tokens, as a real engine does with ignore_eos.
             output = int(body.get("max_tokens") or 16)
             if p + output > fmt.max_model_len:
-                raise BadRequest(f"prompt ({p}) + max_tokens ({output}) exceeds "
-                                 f"max_model_len={fmt.max_model_len}")
+                raise BadRequest(
+                    f"prompt ({p}) + max_tokens ({output}) exceeds "
+                    f"max_model_len={fmt.max_model_len}"
+                )
         except BadRequest as err:
             return error(str(err))
         include_usage, continuous = fmt.usage_flags(body)
@@ -151,17 +175,38 @@ def build_app(fmt: EngineFormat, *, time_scale: float = 1.0, zero_latency: bool 
                     return error(str(err))
                 while (await queue.get())[1] != "finished":
                     pass
-            return web.json_response({
-                "id": rid, "object": "text_completion", "created": created, "model": fmt.model_id,
-                "choices": [{"index": 0, "text": " tok" * output, "logprobs": None,
-                             "finish_reason": "length"}],
-                "usage": _usage(p, output)})
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+            return web.json_response(
+                {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": fmt.model_id,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "text": " tok" * output,
+                            "logprobs": None,
+                            "finish_reason": "length",
+                        }
+                    ],
+                    "usage": _usage(p, output),
+                }
+            )
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         if fmt.engine is None:  # zero latency: the whole stream at once
-            parts = [_sse(fmt.chunk(rid, created, _usage(p, k) if continuous else None,
-                                    "length" if k == output else None))
-                     for k in range(1, output + 1)]
+            parts = [
+                _sse(
+                    fmt.chunk(
+                        rid,
+                        created,
+                        _usage(p, k) if continuous else None,
+                        "length" if k == output else None,
+                    )
+                )
+                for k in range(1, output + 1)
+            ]
             if include_usage:
                 parts.append(_sse(fmt.final_chunk(rid, created, _usage(p, output))))
             parts.append(b"data: [DONE]\n\n")
@@ -181,8 +226,16 @@ def build_app(fmt: EngineFormat, *, time_scale: float = 1.0, zero_latency: bool 
             while True:
                 _, kind, _, tokens = await queue.get()
                 if kind == "token":
-                    await resp.write(_sse(fmt.chunk(rid, created, _usage(p, tokens) if continuous
-                                                    else None, "length" if tokens == output else None)))
+                    await resp.write(
+                        _sse(
+                            fmt.chunk(
+                                rid,
+                                created,
+                                _usage(p, tokens) if continuous else None,
+                                "length" if tokens == output else None,
+                            )
+                        )
+                    )
                 elif kind == "finished":
                     break
             if include_usage:
@@ -199,10 +252,28 @@ def build_app(fmt: EngineFormat, *, time_scale: float = 1.0, zero_latency: bool 
         return web.Response(text="")
 
     async def models(request):
-        return web.json_response({"object": "list", "data": [{
-            "id": fmt.model_id, "object": "model", "created": int(time.time()),
-            "owned_by": fmt.name, "root": fmt.model_id, "max_model_len": fmt.max_model_len}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": fmt.model_id,
+                        "object": "model",
+                        "created": int(time.time()),
+                        "owned_by": fmt.name,
+                        "root": fmt.model_id,
+                        "max_model_len": fmt.max_model_len,
+                    }
+                ],
+            }
+        )
 
-    app.add_routes([web.post("/v1/completions", completions), web.get("/health", health),
-                    web.get("/v1/models", models), *fmt.routes()])
+    app.add_routes(
+        [
+            web.post("/v1/completions", completions),
+            web.get("/health", health),
+            web.get("/v1/models", models),
+            *fmt.routes(),
+        ]
+    )
     return app

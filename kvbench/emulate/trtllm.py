@@ -19,20 +19,23 @@ from kvbench.emulate.server import BadRequest, EngineFormat, prometheus_text
 from kvbench.profile import EngineProfile
 
 # tensorrt_llm/serve/openai_protocol.py CompletionRequest (extra="forbid").
-FIELDS = frozenset("""model prompt best_of echo frequency_penalty logit_bias logprobs max_tokens n
+FIELDS = frozenset(
+    """model prompt best_of echo frequency_penalty logit_bias logprobs max_tokens n
 presence_penalty seed stop stream stream_options suffix temperature top_p user lora_request
 use_beam_search top_k top_p_min min_p repetition_penalty length_penalty early_stopping
 stop_token_ids include_stop_str_in_output ignore_eos min_tokens skip_special_tokens
 spaces_between_special_tokens truncate_prompt_tokens return_context_logits detokenize
-add_special_tokens response_format disaggregated_params""".split())
+add_special_tokens response_format disaggregated_params""".split()
+)
 STREAM_OPTION_FIELDS = frozenset({"include_usage", "continuous_usage_stats"})
 
 
 class TrtllmFormat(EngineFormat):
     name = "trtllm"
 
-    def __init__(self, profile: EngineProfile, iter_stats_max_iterations: int = 1000,
-                 iter_stats: bool = True):
+    def __init__(
+        self, profile: EngineProfile, iter_stats_max_iterations: int = 1000, iter_stats: bool = True
+    ):
         super().__init__(profile)
         self.records: deque[dict] = deque(maxlen=iter_stats_max_iterations)
         self.iter_stats = iter_stats
@@ -40,8 +43,10 @@ class TrtllmFormat(EngineFormat):
 
     def validate(self, body: dict) -> None:
         extra = sorted(set(body) - FIELDS)
-        extra += sorted(f"stream_options.{k}" for k in set(body.get("stream_options") or {})
-                        - STREAM_OPTION_FIELDS)
+        extra += sorted(
+            f"stream_options.{k}"
+            for k in set(body.get("stream_options") or {}) - STREAM_OPTION_FIELDS
+        )
         if extra:
             raise BadRequest(f"Extra inputs are not permitted: {', '.join(extra)}")
         if "model" not in body:
@@ -79,12 +84,22 @@ class TrtllmFormat(EngineFormat):
             "maxNumActiveRequests": p.max_running,
             "maxBatchSizeStatic": p.max_running,
             "maxNumTokensStatic": p.token_budget,
-            "gpuMemUsage": 0, "cpuMemUsage": 0, "pinnedMemUsage": 0,
-            "inflightBatchingStats": {"numScheduledRequests": state["running"],
-                                      "numContextRequests": 0, "numGenRequests": state["running"],
-                                      "numPausedRequests": 0, "numCtxTokens": 0},
-            "kvCacheStats": {"maxNumBlocks": total, "freeNumBlocks": total - used,
-                             "usedNumBlocks": used, "tokensPerBlock": per_block},
+            "gpuMemUsage": 0,
+            "cpuMemUsage": 0,
+            "pinnedMemUsage": 0,
+            "inflightBatchingStats": {
+                "numScheduledRequests": state["running"],
+                "numContextRequests": 0,
+                "numGenRequests": state["running"],
+                "numPausedRequests": 0,
+                "numCtxTokens": 0,
+            },
+            "kvCacheStats": {
+                "maxNumBlocks": total,
+                "freeNumBlocks": total - used,
+                "usedNumBlocks": used,
+                "tokensPerBlock": per_block,
+            },
         }
         if self.iter_stats:
             self.records.append(self.latest)
@@ -92,25 +107,33 @@ class TrtllmFormat(EngineFormat):
     def gauges_text(self) -> str:
         labels = f'engine_type="trtllm",model_name="{self.model_id}"'
         p = self.profile
-        r = self.latest or {"numActiveRequests": 0, "numQueuedRequests": 0, "iterLatencyMS": 0.0,
-                            "inflightBatchingStats": {"numScheduledRequests": 0},
-                            "kvCacheStats": {"usedNumBlocks": 0}}
+        r = self.latest or {
+            "numActiveRequests": 0,
+            "numQueuedRequests": 0,
+            "iterLatencyMS": 0.0,
+            "inflightBatchingStats": {"numScheduledRequests": 0},
+            "kvCacheStats": {"usedNumBlocks": 0},
+        }
         total = p.kv_tokens // p.block_size
         used = r["kvCacheStats"]["usedNumBlocks"]
-        return prometheus_text(labels, [
-            (f"trtllm_{name}", "gauge", value) for name, value in [
-                ("num_requests_running", r["numActiveRequests"]),
-                ("num_requests_waiting", r["numQueuedRequests"]),
-                ("num_scheduled_requests", r["inflightBatchingStats"]["numScheduledRequests"]),
-                ("kv_cache_max_blocks", total),
-                ("kv_cache_used_blocks", used),
-                ("kv_cache_free_blocks", total - used),
-                ("kv_cache_tokens_per_block", p.block_size),
-                ("kv_cache_utilization", used / total),
-                ("max_num_active_requests", p.max_running),
-                ("iteration_latency_seconds", r["iterLatencyMS"] / 1000.0),
-            ]
-        ])
+        return prometheus_text(
+            labels,
+            [
+                (f"trtllm_{name}", "gauge", value)
+                for name, value in [
+                    ("num_requests_running", r["numActiveRequests"]),
+                    ("num_requests_waiting", r["numQueuedRequests"]),
+                    ("num_scheduled_requests", r["inflightBatchingStats"]["numScheduledRequests"]),
+                    ("kv_cache_max_blocks", total),
+                    ("kv_cache_used_blocks", used),
+                    ("kv_cache_free_blocks", total - used),
+                    ("kv_cache_tokens_per_block", p.block_size),
+                    ("kv_cache_utilization", used / total),
+                    ("max_num_active_requests", p.max_running),
+                    ("iteration_latency_seconds", r["iterLatencyMS"] / 1000.0),
+                ]
+            ],
+        )
 
     def routes(self) -> list[web.RouteDef]:
         async def metrics(request):

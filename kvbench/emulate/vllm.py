@@ -17,8 +17,9 @@ class VllmFormat(EngineFormat):
             raise BadRequest("Stream options can only be defined when `stream=True`.")
 
     def error_body(self, message: str, status: int) -> dict:
-        return {"error": {"message": message, "type": "BadRequestError", "param": None,
-                          "code": status}}
+        return {
+            "error": {"message": message, "type": "BadRequestError", "param": None, "code": status}
+        }
 
     def metrics_text(self) -> str:
         p = self.profile
@@ -26,9 +27,11 @@ class VllmFormat(EngineFormat):
         blocks = p.kv_tokens // p.block_size
         usable = max(1, blocks - 1) * p.block_size
         labels = f'engine="0",model_name="{self.model_id}"'
-        info = (f'block_size="{p.block_size}",cache_dtype="auto",enable_prefix_caching="False",'
-                f'engine="0",gpu_memory_utilization="0.9",kv_cache_size_tokens="{p.kv_tokens}",'
-                f'num_gpu_blocks="{blocks}",num_gpu_blocks_override="None"')
+        info = (
+            f'block_size="{p.block_size}",cache_dtype="auto",enable_prefix_caching="False",'
+            f'engine="0",gpu_memory_utilization="0.9",kv_cache_size_tokens="{p.kv_tokens}",'
+            f'num_gpu_blocks="{blocks}",num_gpu_blocks_override="None"'
+        )
         return (
             "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
             "# TYPE vllm:num_requests_running gauge\n"
@@ -49,7 +52,8 @@ class VllmFormat(EngineFormat):
 
     def routes(self) -> list[web.RouteDef]:
         async def metrics(request):
-            return web.Response(text=self.metrics_text(),
-                                content_type="text/plain", charset="utf-8")
+            return web.Response(
+                text=self.metrics_text(), content_type="text/plain", charset="utf-8"
+            )
 
         return [web.get("/metrics", metrics)]

@@ -122,8 +122,10 @@ def _series_plot(report: Report, column: str, title: str, yaxis: str) -> go.Figu
         data = _thin(s.samples.dropna(subset=[column]))
         fig.add_trace(
             go.Scatter(
-                name=_label(f"{s.engine}{'' if s.kind == 'real' else f' ({s.kind})'}"
-                            f" λ={s.rate:.3f} {s.verdict}"),
+                name=_label(
+                    f"{s.engine}{'' if s.kind == 'real' else f' ({s.kind})'}"
+                    f" λ={s.rate:.3f} {s.verdict}"
+                ),
                 x=data["time"],
                 y=data[column],
                 mode="lines",
@@ -156,8 +158,7 @@ def _latency_plot(results: CompareResults) -> go.Figure:
                 )
             )
     fig.update_layout(
-        title="Latency against load (● stable, × unstable, ◇ inconclusive)"
-        + _marked_note(results),
+        title="Latency against load (● stable, × unstable, ◇ inconclusive)" + _marked_note(results),
         xaxis_title="arrival rate λ (req/s)",
         yaxis_title="seconds (from send)",
         yaxis_type="log",
@@ -294,15 +295,23 @@ def render(report: Report) -> str:
     if report.boundary_series:
         plots.append(
             _div(
-                _series_plot(report, "in_flight", "Requests in system at each bracket's ends "
-                             "(dotted: stable, solid: unstable)", "requests"),
+                _series_plot(
+                    report,
+                    "in_flight",
+                    "Requests in system at each bracket's ends (dotted: stable, solid: unstable)",
+                    "requests",
+                ),
                 "plot-queue",
             )
         )
         if report.samples["kv_usage"].notna().any():
             plots.append(
-                _div(_series_plot(report, "kv_usage", "KV-cache usage at each bracket's ends",
-                                  "fraction of M"), "plot-kv")
+                _div(
+                    _series_plot(
+                        report, "kv_usage", "KV-cache usage at each bracket's ends", "fraction of M"
+                    ),
+                    "plot-kv",
+                )
             )
     if any(e.probes for e in r.engines):
         plots.append(_div(_latency_plot(r), "plot-latency"))

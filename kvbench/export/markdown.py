@@ -37,10 +37,17 @@ def render(results: CompareResults) -> str:
     if provisioning:
         lines += ["", "Replicas needed:", ""]
         lines += _table(
-            ["engine", "target", "replicas (paper μ)", "replicas (engine-aware μ)",
-             "replicas (measured λ*)"],
-            [[r["engine"], r["target"], r["theory"], r["engine_aware"], r["measured"]]
-             for r in provisioning],
+            [
+                "engine",
+                "target",
+                "replicas (paper μ)",
+                "replicas (engine-aware μ)",
+                "replicas (measured λ*)",
+            ],
+            [
+                [r["engine"], r["target"], r["theory"], r["engine_aware"], r["measured"]]
+                for r in provisioning
+            ],
         )
     workload = results.config.get("workload", "")
     lines += [

@@ -1,6 +1,6 @@
 """The live view of `kvbench compare`: one line per engine, refreshed while it is measured.
 
-    ● trtllm (simulated)   2/2  probe λ=3.412  12.3 s / ~20 s  in system 87  waiting 12  S2 U1 I0
+● trtllm (simulated)   2/2  probe λ=3.412  12.3 s / ~20 s  in system 87  waiting 12  S2 U1 I0
 """
 
 from __future__ import annotations
@@ -42,10 +42,17 @@ class CompareProgress:
         self.console = console or Console(stderr=True)
         self.rows: dict[str, _Row] = {}
         self.started = time.monotonic()
-        self._live = Live(
-            self._render(), console=self.console, refresh_per_second=4, transient=False,
-            get_renderable=self._render,
-        ) if enabled else None
+        self._live = (
+            Live(
+                self._render(),
+                console=self.console,
+                refresh_per_second=4,
+                transient=False,
+                get_renderable=self._render,
+            )
+            if enabled
+            else None
+        )
 
     def __enter__(self) -> CompareProgress:
         if self._live is not None:
@@ -71,16 +78,31 @@ class CompareProgress:
                 state = f"[cyan]{escape(r.phase)}[/]"
             else:
                 timing = rate = queue = ""
-                state = "[green]done[/]" if r.status == "ok" else (
-                    f"[red]{r.status.upper()}[/]: {escape(r.error or '')}"
+                state = (
+                    "[green]done[/]"
+                    if r.status == "ok"
+                    else (f"[red]{r.status.upper()}[/]: {escape(r.error or '')}")
                 )
             v = r.verdicts
             table.add_row(
-                f"[bold]{name}[/]", f"{r.index + 1}/{r.total}", state, rate, timing, queue,
+                f"[bold]{name}[/]",
+                f"{r.index + 1}/{r.total}",
+                state,
+                rate,
+                timing,
+                queue,
                 f"S{v['STABLE']} U{v['UNSTABLE']} I{v['INCONCLUSIVE']}",
             )
-        table.add_row("", "", f"[dim]elapsed {now - self.started:.0f} s — Ctrl-C stops and "
-                      "writes the report for what was measured[/]", "", "", "", "")
+        table.add_row(
+            "",
+            "",
+            f"[dim]elapsed {now - self.started:.0f} s — Ctrl-C stops and "
+            "writes the report for what was measured[/]",
+            "",
+            "",
+            "",
+            "",
+        )
         return table
 
     def engine_started(self, label: str, kind: str, index: int, total: int) -> None:

@@ -29,8 +29,12 @@ class RunProgress:
         self._planned = planned_seconds
         if _enabled(quiet):
             self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
-                TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
             )
             self._task = self._progress.add_task(label, total=planned_seconds, detail="")
 
@@ -39,7 +43,12 @@ class RunProgress:
             self._progress.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._progress is not None:
             self._progress.stop()
 
@@ -47,7 +56,9 @@ class RunProgress:
         if self._progress is None or time is None:
             return
         done = time if self._planned is None else min(time, self._planned)
-        self._progress.update(self._task, completed=done, detail=f"{self._done:,} requests done · t = {time:,.0f} s")
+        self._progress.update(
+            self._task, completed=done, detail=f"{self._done:,} requests done · t = {time:,.0f} s"
+        )
 
     def request(self, record: RequestRecord) -> None:
         self._done += 1

@@ -32,64 +32,125 @@ def run_summary_text(summary: dict[str, Any], directory: str | None = None) -> s
     conf = ev.get("confidence")
     rows: list[tuple[str, ...]] = []
     if verdict is not None:
-        rows.append(("verdict", highlight(f"{verdict} ({conf:.0%})", _COLOR[verdict]), ev.get("reason", "")))
+        rows.append(
+            ("verdict", highlight(f"{verdict} ({conf:.0%})", _COLOR[verdict]), ev.get("reason", ""))
+        )
     else:
-        rows.append(("verdict", highlight("none", "yellow"), ev.get("reason", "no requests measured")))
+        rows.append(
+            ("verdict", highlight("none", "yellow"), ev.get("reason", "no requests measured"))
+        )
     if ev:
         rows += [
-            ("queue growth", _interval(ev.get("slope"), ev.get("slope_lo"), ev.get("slope_hi"), "req/s"),
-             f"tolerance {ev['tolerance']:.0%} of λ, after {number(ev['warmup_end'], 0)} s warm-up"),
-            ("departures", _interval(ev.get("departure_rate"), ev.get("departure_lo"), ev.get("departure_hi"), "req/s"),
-             f"vs λ = {number(summary['request_rate'])} req/s"),
-            ("in system", f"mean {number(ev['mean_in_system'] or float('nan'), 1)}  max {number(ev['max_in_system'] or float('nan'), 0)}",
-             f"{number(ev['final_in_system'] or 0, 0)} at the end"),
+            (
+                "queue growth",
+                _interval(ev.get("slope"), ev.get("slope_lo"), ev.get("slope_hi"), "req/s"),
+                f"tolerance {ev['tolerance']:.0%} of λ, after {number(ev['warmup_end'], 0)} s warm-up",
+            ),
+            (
+                "departures",
+                _interval(
+                    ev.get("departure_rate"),
+                    ev.get("departure_lo"),
+                    ev.get("departure_hi"),
+                    "req/s",
+                ),
+                f"vs λ = {number(summary['request_rate'])} req/s",
+            ),
+            (
+                "in system",
+                f"mean {number(ev['mean_in_system'] or float('nan'), 1)}  max {number(ev['max_in_system'] or float('nan'), 0)}",
+                f"{number(ev['final_in_system'] or 0, 0)} at the end",
+            ),
         ]
     lag = summary["schedule_lag"]
     req = summary["requests"]
     achieved = summary["achieved_rate"]
     rows += [
-        ("achieved rate", f"{number(achieved if achieved is not None else float('nan'))} req/s",
-         f"intended {number(summary['request_rate'])} req/s"),
-        ("schedule lag", f"p50 {_ms(lag['p50'])}  p99 {_ms(lag['p99'])} ms",
-         "client kept its schedule" if summary["client_kept_schedule"] else highlight("CLIENT FELL BEHIND", "red")),
-        ("requests", f"{req['sent']:,} sent  {req['completed']:,} done  {req['failed']:,} failed  {req['unfinished']:,} unfinished"),
+        (
+            "achieved rate",
+            f"{number(achieved if achieved is not None else float('nan'))} req/s",
+            f"intended {number(summary['request_rate'])} req/s",
+        ),
+        (
+            "schedule lag",
+            f"p50 {_ms(lag['p50'])}  p99 {_ms(lag['p99'])} ms",
+            "client kept its schedule"
+            if summary["client_kept_schedule"]
+            else highlight("CLIENT FELL BEHIND", "red"),
+        ),
+        (
+            "requests",
+            f"{req['sent']:,} sent  {req['completed']:,} done  {req['failed']:,} failed  {req['unfinished']:,} unfinished",
+        ),
     ]
-    unmeasured = {"itl": "no per-token times from the simulator" if summary["kind"] == "simulated" else "",
-                  "queueing_delay": "engines do not report admission times" if summary["kind"] != "simulated" else ""}
-    for key, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "E2E"), ("queueing_delay", "queueing delay")):
+    unmeasured = {
+        "itl": "no per-token times from the simulator" if summary["kind"] == "simulated" else "",
+        "queueing_delay": "engines do not report admission times"
+        if summary["kind"] != "simulated"
+        else "",
+    }
+    for key, label in (
+        ("ttft", "TTFT"),
+        ("tpot", "TPOT"),
+        ("itl", "ITL"),
+        ("e2e", "E2E"),
+        ("queueing_delay", "queueing delay"),
+    ):
         stats = summary["latency"][key]
         rows.append((label, _latency(stats), "" if stats["n"] else unmeasured.get(key, "")))
     if summary["status"] != "completed":
         rows.append(("status", highlight(summary["status"], "red"), summary.get("error") or ""))
     if directory:
         rows.append(("run directory", directory))
-    title = (f"Run{_LABEL.get(summary['kind'], '')}: {summary['backend']} · λ = {number(summary['request_rate'])} req/s"
-             f" · {number(summary['window'], 0)} s")
+    title = (
+        f"Run{_LABEL.get(summary['kind'], '')}: {summary['backend']} · λ = {number(summary['request_rate'])} req/s"
+        f" · {number(summary['window'], 0)} s"
+    )
     return block(title, rows)
 
 
 def boundary_text(result: dict[str, Any]) -> str:
     lo, hi = result["lower"], result["upper"]
     if lo is not None and hi is not None:
-        head = highlight(f"{number(lo)} – {number(hi)} req/s", "green" if result["reached"] else "yellow")
+        head = highlight(
+            f"{number(lo)} – {number(hi)} req/s", "green" if result["reached"] else "yellow"
+        )
         note = f"width {result['width']:.1%} (asked {result['precision']:.0%}), {result['confidence']:.0%} confidence"
     else:
         head = highlight("not bracketed", "red")
         note = result["stop_reason"]
     rows: list[tuple[str, ...]] = [
         ("λ* bracket", head, note),
-        ("engine time", f"{result['engine_seconds']:,.0f} engine-seconds", f"{len(result['probes'])} probes; {result['stop_reason']}"),
-        ("theory μ", f"{number(result['theory_mu'])} req/s", "engine-aware model, the search's start"),
+        (
+            "engine time",
+            f"{result['engine_seconds']:,.0f} engine-seconds",
+            f"{len(result['probes'])} probes; {result['stop_reason']}",
+        ),
+        (
+            "theory μ",
+            f"{number(result['theory_mu'])} req/s",
+            "engine-aware model, the search's start",
+        ),
     ]
     if result["capacity_estimate"] is not None:
         c_lo, c_hi = result["capacity_interval"]
-        rows.append(("saturated rate", f"{number(result['capacity_estimate'])} req/s  [{number(c_lo)}, {number(c_hi)}]",
-                     "departure rate of an overloaded run"))
+        rows.append(
+            (
+                "saturated rate",
+                f"{number(result['capacity_estimate'])} req/s  [{number(c_lo)}, {number(c_hi)}]",
+                "departure rate of an overloaded run",
+            )
+        )
     for i, p in enumerate(result["probes"], start=1):
         verdict = highlight(p["verdict"], _COLOR.get(p["verdict"]))
         ev = p["evidence"]
         dep = ev.get("departure_rate")
-        detail = f"{p['duration']:,.0f} s" + (f" (extended ×{2 ** p['extensions']})" if p["extensions"] else "")
+        detail = f"{p['duration']:,.0f} s" + (
+            f" (extended ×{2 ** p['extensions']})" if p["extensions"] else ""
+        )
         detail += f", growth {number(ev.get('slope') or float('nan'))}, departures {number(dep if dep is not None else float('nan'))} req/s"
         rows.append((f"probe {i}", f"λ = {number(p['rate'])} req/s  {verdict}", detail))
-    return block(f"Stability boundary{_LABEL.get(result['kind'], '')}: {result['backend']} · {result['workload']}", rows)
+    return block(
+        f"Stability boundary{_LABEL.get(result['kind'], '')}: {result['backend']} · {result['workload']}",
+        rows,
+    )

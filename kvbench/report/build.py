@@ -13,11 +13,10 @@ from typing import Any
 
 import pandas as pd
 
-from kvbench.errors import KvbenchError
-from kvbench.theory import replicas_needed
-from kvbench.report import raw
 from kvbench.benchmark.recorder import read_run
 from kvbench.benchmark.runner import summarize
+from kvbench.errors import KvbenchError
+from kvbench.report import raw
 from kvbench.report.schema import (
     VERDICTS,
     BatchTime,
@@ -29,6 +28,7 @@ from kvbench.report.schema import (
     Provisioning,
     Theory,
 )
+from kvbench.theory import replicas_needed
 
 SAMPLE_COLUMNS = ["time", "in_flight", "waiting", "running", "kv_used_tokens", "kv_usage"]
 
@@ -78,9 +78,7 @@ def _probe(directory: Path, raw_probe: dict[str, Any], kv_capacity: float | None
     summary = summarize(run.header, run.records, run.samples, status=run.status)
     evidence = summary["evidence"] or {}
     counts = summary["requests"]
-    samples = _with_kv_usage(
-        pd.DataFrame([asdict(s) for s in run.samples]), kv_capacity
-    )
+    samples = _with_kv_usage(pd.DataFrame([asdict(s) for s in run.samples]), kv_capacity)
     probe = Probe(
         index=int(raw_probe["index"]),
         rate=float(raw_probe["rate"]),
@@ -167,7 +165,8 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
             replicas_measured=replicas_needed(target, lower / replicas, rho) if lower else None,
             replicas_engine_aware=(
                 replicas_needed(target, result.theory.mu_engine_aware / replicas, rho)
-                if result.theory.mu_engine_aware else None
+                if result.theory.mu_engine_aware
+                else None
             ),
         )
 

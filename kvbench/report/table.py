@@ -86,7 +86,8 @@ def summary_columns(results: CompareResults) -> list[tuple[str, str]]:
     """The columns worth showing: engine-aware μ only when some engine has it."""
     has_aware = any(e.theory and e.theory.mu_engine_aware is not None for e in results.engines)
     return [
-        c for c in SUMMARY_COLUMNS
+        c
+        for c in SUMMARY_COLUMNS
         if c[0] not in ("mu_engine_aware", "gap_engine_aware") or has_aware
     ]
 
@@ -102,7 +103,9 @@ def provisioning_rows(results: CompareResults) -> list[dict[str, str]]:
                 "engine": engine_name(e),
                 "target": f"{p.target_rate:g} req/s at ρ = {p.utilization:g}",
                 "theory": str(p.replicas_theory),
-                "engine_aware": DASH if p.replicas_engine_aware is None else str(p.replicas_engine_aware),
+                "engine_aware": DASH
+                if p.replicas_engine_aware is None
+                else str(p.replicas_engine_aware),
                 "measured": DASH if p.replicas_measured is None else str(p.replicas_measured),
             }
         )

@@ -197,7 +197,9 @@ impl HttpDriver {
             .parse()
             .map_err(|err| PyValueError::new_err(format!("{url}: not a URL ({err})")))?;
         if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(PyValueError::new_err(format!("{url}: only http://HOST[:PORT]/PATH URLs")));
+            return Err(PyValueError::new_err(format!(
+                "{url}: only http://HOST[:PORT]/PATH URLs"
+            )));
         }
         let times = send_times.as_slice()?.to_vec();
         let output_lens = output_lens.as_slice()?.to_vec();
@@ -224,11 +226,17 @@ impl HttpDriver {
             )));
         }
         if !(duration.is_finite() && duration > 0.0) {
-            return Err(PyValueError::new_err(format!("duration {duration} must be > 0")));
+            return Err(PyValueError::new_err(format!(
+                "duration {duration} must be > 0"
+            )));
         }
         let timeout = match request_timeout {
             Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
-            Some(t) => return Err(PyValueError::new_err(format!("request_timeout {t} must be > 0"))),
+            Some(t) => {
+                return Err(PyValueError::new_err(format!(
+                    "request_timeout {t} must be > 0"
+                )))
+            }
             None => None,
         };
         if workers == 0 {
@@ -236,19 +244,27 @@ impl HttpDriver {
         }
         // Requests the run cannot send before it ends are not part of it.
         let n = times.partition_point(|t| *t < duration);
-        let bodies = bodies[..n].iter().map(|b| Bytes::copy_from_slice(b.as_bytes())).collect();
+        let bodies = bodies[..n]
+            .iter()
+            .map(|b| Bytes::copy_from_slice(b.as_bytes()))
+            .collect();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .thread_name("kvbench-driver")
             .enable_all()
             .build()
-            .map_err(|err| PyRuntimeError::new_err(format!("cannot start the driver's runtime: {err}")))?;
+            .map_err(|err| {
+                PyRuntimeError::new_err(format!("cannot start the driver's runtime: {err}"))
+            })?;
         Ok(HttpDriver {
             uri,
             duration,
             timeout,
             output_lens,
-            plan: Some(Plan { times: times[..n].to_vec(), bodies }),
+            plan: Some(Plan {
+                times: times[..n].to_vec(),
+                bodies,
+            }),
             runtime: Some(runtime),
             shared: None,
             scheduler: None,
@@ -267,7 +283,11 @@ impl HttpDriver {
         }
         let now = Instant::now();
         let offset = Duration::from_secs_f64(elapsed.abs());
-        let t0 = if elapsed >= 0.0 { now - offset } else { now + offset };
+        let t0 = if elapsed >= 0.0 {
+            now - offset
+        } else {
+            now + offset
+        };
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true); // small request bodies and chunks must not wait for Nagle
         let client = Client::builder(TokioExecutor::new())
@@ -289,12 +309,19 @@ impl HttpDriver {
             engine_down_at: Mutex::new(None),
             records: Mutex::new(Vec::new()),
         });
-        let handle = self.runtime.as_ref().expect("the runtime lives until drop").handle().clone();
+        let handle = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives until drop")
+            .handle()
+            .clone();
         let thread_shared = shared.clone();
         let scheduler = std::thread::Builder::new()
             .name("kvbench-schedule".into())
             .spawn(move || schedule(thread_shared, handle, plan.times, plan.bodies))
-            .map_err(|err| PyRuntimeError::new_err(format!("cannot start the scheduler thread: {err}")))?;
+            .map_err(|err| {
+                PyRuntimeError::new_err(format!("cannot start the scheduler thread: {err}"))
+            })?;
         self.shared = Some(shared);
         self.scheduler = Some(scheduler);
         Ok(())
@@ -325,19 +352,25 @@ impl HttpDriver {
     /// Requests sent and not yet reported.
     #[getter]
     fn in_flight(&self) -> usize {
-        self.shared.as_ref().map_or(0, |s| s.in_flight.load(Ordering::SeqCst))
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.in_flight.load(Ordering::SeqCst))
     }
 
     /// Requests sent so far.
     #[getter]
     fn sent(&self) -> usize {
-        self.shared.as_ref().map_or(0, |s| s.sent.load(Ordering::SeqCst))
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.sent.load(Ordering::SeqCst))
     }
 
     /// Seconds since t0 at which the engine first refused a connection; None while it answers.
     #[getter]
     fn engine_down_at(&self) -> Option<f64> {
-        self.shared.as_ref().and_then(|s| *s.engine_down_at.lock().unwrap())
+        self.shared
+            .as_ref()
+            .and_then(|s| *s.engine_down_at.lock().unwrap())
     }
 
     /// True once sending is over and every sent request has its record (poll once more).

@@ -153,7 +153,10 @@ fn finish(shared: &Shared, record: &mut DriverRecord, result: &StreamResult) -> 
         return failed("truncated_stream", "stream ended without data: [DONE]");
     }
     let (true, Some(tokens)) = (result.final_usage, result.completion_tokens) else {
-        return failed("missing_usage", "no final usage chunk (choices: [] with usage)");
+        return failed(
+            "missing_usage",
+            "no final usage chunk (choices: [] with usage)",
+        );
     };
     record.finished = Some(shared.secs(Instant::now()));
     record.output_tokens = Some(tokens);
@@ -162,7 +165,9 @@ fn finish(shared: &Shared, record: &mut DriverRecord, result: &StreamResult) -> 
     if tokens < wanted {
         let reason = result.finish_reason.as_deref().unwrap_or("None");
         record.error = Some("short_output".into());
-        record.message = Some(format!("{tokens} of {wanted} tokens (finish_reason {reason})"));
+        record.message = Some(format!(
+            "{tokens} of {wanted} tokens (finish_reason {reason})"
+        ));
     } else if tokens > wanted {
         record.error = Some("long_output".into());
         record.message = Some(format!("{tokens} of {wanted} tokens"));

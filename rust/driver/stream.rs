@@ -105,7 +105,12 @@ impl StreamResult {
 
 /// At most `max` characters of `bytes` as text, for error messages.
 pub fn excerpt(bytes: &[u8], max: usize) -> String {
-    String::from_utf8_lossy(bytes).chars().take(max).collect::<String>().trim().to_string()
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .take(max)
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 /// Splits a byte stream into lines across reads (SSE lines end in `\n`, `\r\n` is trimmed).
@@ -176,7 +181,9 @@ mod tests {
     fn final_usage_chunk_gives_the_count_for_every_engine() {
         // (stream, prompt, tokens, output chunks): TensorRT-LLM's second chunk carries two
         // tokens, so chunks are not tokens.
-        for (text, prompt, tokens, chunks) in [(VLLM, 8, 5, 5), (SGLANG, 8, 3, 3), (TRTLLM, 8, 3, 2)] {
+        for (text, prompt, tokens, chunks) in
+            [(VLLM, 8, 5, 5), (SGLANG, 8, 3, 3), (TRTLLM, 8, 3, 2)]
+        {
             for read in [1, 7, 64, 100_000] {
                 let (result, events) = replay(text, read);
                 assert!(result.done && result.final_usage);
@@ -190,7 +197,11 @@ mod tests {
 
     #[test]
     fn trtllm_final_chunk_is_a_chat_object_and_still_recognised() {
-        let last = TRTLLM.lines().filter(|l| l.contains("usage")).last().unwrap();
+        let last = TRTLLM
+            .lines()
+            .filter(|l| l.contains("usage"))
+            .last()
+            .unwrap();
         assert!(last.contains(r#""object":"chat.completion.chunk""#));
         let mut result = StreamResult::default();
         assert_eq!(result.feed_line(last.as_bytes()), Ok(Line::Chunk(false)));
@@ -258,9 +269,14 @@ mod tests {
         let mut buffer = LineBuffer::default();
         let mut lines: Vec<Vec<u8>> = Vec::new();
         for piece in [&b"da"[..], b"ta: 1\n\nda", b"ta: 2\r\n", b"tail"] {
-            buffer.push(piece, |l| Ok::<(), ()>(lines.push(l.to_vec()))).unwrap();
+            buffer
+                .push(piece, |l| Ok::<(), ()>(lines.push(l.to_vec())))
+                .unwrap();
         }
-        assert_eq!(lines, vec![b"data: 1".to_vec(), b"".to_vec(), b"data: 2\r".to_vec()]);
+        assert_eq!(
+            lines,
+            vec![b"data: 1".to_vec(), b"".to_vec(), b"data: 2\r".to_vec()]
+        );
         assert_eq!(buffer.finish(), Some(b"tail".to_vec()));
         assert_eq!(buffer.finish(), None);
     }

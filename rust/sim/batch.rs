@@ -19,7 +19,9 @@ impl Dispatch {
         match name {
             "round_robin" | "rr" => Ok(Dispatch::RoundRobin),
             "jsq" | "shortest_queue" => Ok(Dispatch::ShortestQueue),
-            other => Err(format!("unknown dispatch {other:?}; choose round_robin or jsq")),
+            other => Err(format!(
+                "unknown dispatch {other:?}; choose round_robin or jsq"
+            )),
         }
     }
 }
@@ -58,7 +60,15 @@ pub struct TimeSeries {
 }
 
 impl TimeSeries {
-    fn push(&mut self, time: f64, replica: usize, it: &IterationRecord, waiting: i64, running: i64, kv_used: i64) {
+    fn push(
+        &mut self,
+        time: f64,
+        replica: usize,
+        it: &IterationRecord,
+        waiting: i64,
+        running: i64,
+        kv_used: i64,
+    ) {
         self.time.push(time);
         self.waiting.push(waiting);
         self.running.push(running);
@@ -121,7 +131,14 @@ impl Observer for Recorder {
     #[inline]
     fn iteration(&mut self, it: &IterationRecord) {
         if self.per_iteration {
-            self.series.push(it.start, self.replica, it, it.waiting, it.running, it.kv_used);
+            self.series.push(
+                it.start,
+                self.replica,
+                it,
+                it.waiting,
+                it.running,
+                it.kv_used,
+            );
         }
     }
     fn records_iterations(&self) -> bool {
@@ -147,7 +164,10 @@ pub fn simulate(
     }
     // Negated so that NaN, which fails every comparison, is caught too.
     if let Some(i) = (1..n).find(|&i| !(arrivals[i] >= arrivals[i - 1])) {
-        return Err(format!("arrivals must be sorted and finite: arrivals[{i}] < arrivals[{}]", i - 1));
+        return Err(format!(
+            "arrivals must be sorted and finite: arrivals[{i}] < arrivals[{}]",
+            i - 1
+        ));
     }
     if n > 0 && !arrivals[0].is_finite() {
         return Err("arrivals must be finite".into());
@@ -195,7 +215,9 @@ pub fn simulate(
                     rec.replica = r;
                     e.advance(t, &mut rec);
                 }
-                (0..engines.len()).min_by_key(|&r| engines[r].in_system()).unwrap()
+                (0..engines.len())
+                    .min_by_key(|&r| engines[r].in_system())
+                    .unwrap()
             }
         };
         rec.replica = target;
@@ -215,7 +237,10 @@ pub fn simulate(
     let end_time = if horizon.is_finite() {
         horizon
     } else {
-        engines.iter().map(Engine::clock).fold(arrivals.last().copied().unwrap_or(0.0), f64::max)
+        engines
+            .iter()
+            .map(Engine::clock)
+            .fold(arrivals.last().copied().unwrap_or(0.0), f64::max)
     };
     let summary = Summary {
         requests: n as u64,
@@ -229,7 +254,11 @@ pub fn simulate(
         kv_capacity: engines[0].kv_total_tokens(),
         replicas: engines.len(),
     };
-    Ok(Outcome { records: rec.records, timeseries: rec.series, summary })
+    Ok(Outcome {
+        records: rec.records,
+        timeseries: rec.series,
+        summary,
+    })
 }
 
 /// Samples every replica at times 0, Δt, 2Δt, …
@@ -265,7 +294,8 @@ impl Sampler {
             rec.replica = r;
             e.advance(ts, rec);
             let it = e.in_flight().copied().unwrap_or_default();
-            rec.series.push(ts, r, &it, e.waiting(), e.running(), e.kv_used_tokens());
+            rec.series
+                .push(ts, r, &it, e.waiting(), e.running(), e.kv_used_tokens());
         }
         self.k += 1;
     }

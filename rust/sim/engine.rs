@@ -109,12 +109,20 @@ impl Engine {
     /// TensorRT-LLM's max_tokens for a request: the configured cap, or the request's own output
     /// length; never less than what the request will generate.
     fn max_tokens(&self, output: i64) -> i64 {
-        self.profile.max_tokens_cap.map_or(output, |cap| cap.max(output))
+        self.profile
+            .max_tokens_cap
+            .map_or(output, |cap| cap.max(output))
     }
 
     /// Queues a request that arrives at `arrival` (not before the previous one). It waits until
     /// an iteration starts at or after its arrival.
-    pub fn add_request(&mut self, id: u64, prompt: i64, output: i64, arrival: f64) -> Result<(), String> {
+    pub fn add_request(
+        &mut self,
+        id: u64,
+        prompt: i64,
+        output: i64,
+        arrival: f64,
+    ) -> Result<(), String> {
         if prompt < 1 || output < 1 {
             return Err(format!(
                 "request {id}: prompt and output lengths must be at least 1 (got {prompt}, {output})"
@@ -177,7 +185,9 @@ impl Engine {
                     self.start(now, obs);
                 }
                 None => {
-                    let Some(&front) = self.waiting.front() else { return };
+                    let Some(&front) = self.waiting.front() else {
+                        return;
+                    };
                     let t = self.slab[front as usize].arrival.max(self.clock);
                     if t > until || !self.start(t, obs) {
                         return;
@@ -234,9 +244,9 @@ impl Engine {
     /// when that iteration ends, freeing its KV (and TensorRT-LLM's reservation) before the next
     /// batch is planned. It reports no further event. Unknown or finished ids are ignored.
     pub fn abort(&mut self, id: u64) {
-        let Some(s) = (0..self.slab.len() as u32)
-            .find(|&s| self.slab[s as usize].phase != Phase::Done && self.slab[s as usize].id == id)
-        else {
+        let Some(s) = (0..self.slab.len() as u32).find(|&s| {
+            self.slab[s as usize].phase != Phase::Done && self.slab[s as usize].id == id
+        }) else {
             return;
         };
         if self.in_flight.is_some() && self.slab[s as usize].phase != Phase::Waiting {
@@ -288,7 +298,8 @@ impl Engine {
         self.retracted_in_flight = false;
         let planned = if self.profile.separate_prefill_decode {
             // SGLang runs a prefill batch whenever it can form one, else a decode batch.
-            self.plan(now, false, obs).or_else(|| self.plan(now, true, obs))
+            self.plan(now, false, obs)
+                .or_else(|| self.plan(now, true, obs))
         } else {
             self.plan(now, true, obs)
         };
@@ -320,10 +331,13 @@ impl Engine {
             for i in 0..self.prefilling.len() {
                 let s = self.prefilling[i] as usize;
                 let (known, computed) = (self.slab[s].known(), self.slab[s].computed);
-                let mut n = (known - computed).min(self.profile.chunk_size).min(budget.max(0));
+                let mut n = (known - computed)
+                    .min(self.profile.chunk_size)
+                    .min(budget.max(0));
                 if !decode {
                     // A prefill batch never retracts: the chunk shrinks to what memory holds.
-                    let free_pages = self.total_pages - self.used_pages - need + self.pages(computed);
+                    let free_pages =
+                        self.total_pages - self.used_pages - need + self.pages(computed);
                     n = n.min(free_pages * self.block - computed).max(0);
                 }
                 self.slab[s].chunk = n;
@@ -342,7 +356,10 @@ impl Engine {
             self.admit(now, budget, need, obs);
         }
         let decode_steps = decode && self.decode.len() > 0;
-        let prefills = self.prefilling.iter().any(|&s| self.slab[s as usize].chunk > 0);
+        let prefills = self
+            .prefilling
+            .iter()
+            .any(|&s| self.slab[s as usize].chunk > 0);
         (decode_steps || prefills).then_some(decode_steps)
     }
 
@@ -353,7 +370,9 @@ impl Engine {
         // SGLang: what running requests may still write, discounted by new_token_ratio, plus the
         // full remaining output of requests admitted in this batch.
         let mut sglang_reserve = match rule {
-            Rule::Sglang if !self.waiting.is_empty() => self.ratio * self.remaining_output_clipped(),
+            Rule::Sglang if !self.waiting.is_empty() => {
+                self.ratio * self.remaining_output_clipped()
+            }
             _ => 0.0,
         };
         while let Some(&s) = self.waiting.front() {
@@ -364,7 +383,9 @@ impl Engine {
             if r.arrival > now {
                 break;
             }
-            let n = (r.known() - r.computed).min(self.profile.chunk_size).min(budget);
+            let n = (r.known() - r.computed)
+                .min(self.profile.chunk_size)
+                .min(budget);
             // Swapped-out progress comes back with the request (ideal rule); others start at 0.
             let pages_now = self.pages(r.computed + n);
             if self.used_pages + need + pages_now > self.total_pages {
@@ -373,7 +394,8 @@ impl Engine {
             match rule {
                 Rule::Ideal | Rule::Vllm => {}
                 Rule::Sglang => {
-                    let free_tokens = (self.total_pages - self.used_pages - need - pages_now) * self.block;
+                    let free_tokens =
+                        (self.total_pages - self.used_pages - need - pages_now) * self.block;
                     let wanted = (r.known() - r.computed - n)
                         + (r.output - r.generated).min(SGLANG_CLIP_MAX_NEW_TOKENS);
                     if wanted as f64 > free_tokens as f64 - sglang_reserve {
@@ -435,7 +457,8 @@ impl Engine {
         self.admission_order.push((seq, s));
         if self.admission_order.len() as i64 > 2 * self.running + 64 {
             let slab = &self.slab;
-            self.admission_order.retain(|&(q, i)| slab[i as usize].seq == q);
+            self.admission_order
+                .retain(|&(q, i)| slab[i as usize].seq == q);
         }
         self.running += 1;
         self.long_outputs_running += self.is_long(s);
@@ -505,14 +528,22 @@ impl Engine {
             max_new += r.output;
         }
         let n = self.decode.len();
-        self.ratio = ((decoded + SGLANG_RETRACT_DECODE_STEPS * n) as f64 / (max_new + 1) as f64).min(1.0);
+        self.ratio =
+            ((decoded + SGLANG_RETRACT_DECODE_STEPS * n) as f64 / (max_new + 1) as f64).min(1.0);
         self.retracted_in_flight = true;
     }
 
     /// Takes a running request off the GPU. With `keep_kv` (ideal swap-out) its KV progress is
     /// kept for a free swap-in; otherwise it will recompute prompt + generated tokens.
     /// vLLM and the ideal rule put it at the front of the queue; SGLang appends it.
-    fn preempt<O: Observer>(&mut self, s: u32, now: f64, keep_kv: bool, to_front: bool, obs: &mut O) {
+    fn preempt<O: Observer>(
+        &mut self,
+        s: u32,
+        now: f64,
+        keep_kv: bool,
+        to_front: bool,
+        obs: &mut O,
+    ) {
         match self.slab[s as usize].phase {
             Phase::Decode => self.decode.leave(s, &mut self.slab),
             Phase::Prefill => {
@@ -608,7 +639,9 @@ impl Engine {
         while self.decode.step <= last_quiet {
             let growth = self.decode.growth_pages();
             let used = self.used_pages + growth;
-            if used > self.total_pages || blocked_pages.is_some_and(|p| used + p <= self.total_pages) {
+            if used > self.total_pages
+                || blocked_pages.is_some_and(|p| used + p <= self.total_pages)
+            {
                 break;
             }
             let duration = model.mean(n, self.decode.kv_tokens() + n);
@@ -640,11 +673,14 @@ impl Engine {
             return Blocked::Always;
         }
         if self.profile.rule == Rule::Trtllm
-            && self.reserved_pages + self.pages(r.prompt + self.max_tokens(r.output)) > self.total_pages
+            && self.reserved_pages + self.pages(r.prompt + self.max_tokens(r.output))
+                > self.total_pages
         {
             return Blocked::Always;
         }
-        let n = (r.known() - r.computed).min(self.profile.chunk_size).min(budget);
+        let n = (r.known() - r.computed)
+            .min(self.profile.chunk_size)
+            .min(budget);
         let pages_now = self.pages(r.computed + n);
         if self.used_pages + self.decode.growth_pages() + pages_now > self.total_pages {
             Blocked::ByMemory(pages_now)

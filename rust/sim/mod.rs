@@ -53,7 +53,11 @@ fn simulate<'py>(
     let outcome = py
         .allow_threads(|| batch::simulate(&profile, prompt, output, arrivals, &opts))
         .map_err(value_error)?;
-    let Outcome { records: r, timeseries: t, summary: s } = outcome;
+    let Outcome {
+        records: r,
+        timeseries: t,
+        summary: s,
+    } = outcome;
 
     let records = PyDict::new(py);
     records.set_item("arrival", r.arrival.into_pyarray(py))?;
@@ -103,11 +107,21 @@ impl EngineSim {
     #[new]
     #[pyo3(signature = (profile, seed = 0))]
     fn new(profile: Profile, seed: u64) -> PyResult<Self> {
-        Ok(EngineSim { inner: stepping::Stepper::new(profile, seed).map_err(value_error)? })
+        Ok(EngineSim {
+            inner: stepping::Stepper::new(profile, seed).map_err(value_error)?,
+        })
     }
 
-    fn add_request(&mut self, request_id: u64, prompt_len: i64, output_len: i64, now: f64) -> PyResult<()> {
-        self.inner.add_request(request_id, prompt_len, output_len, now).map_err(value_error)
+    fn add_request(
+        &mut self,
+        request_id: u64,
+        prompt_len: i64,
+        output_len: i64,
+        now: f64,
+    ) -> PyResult<()> {
+        self.inner
+            .add_request(request_id, prompt_len, output_len, now)
+            .map_err(value_error)
     }
 
     fn advance(&mut self, until: f64) -> Vec<(u64, &'static str, f64, i64)> {

@@ -12,7 +12,9 @@ pub struct PageSize {
 impl PageSize {
     pub fn new(size: i64) -> PageSize {
         debug_assert!(size >= 1);
-        let shift = (size as u64).is_power_of_two().then(|| size.trailing_zeros());
+        let shift = (size as u64)
+            .is_power_of_two()
+            .then(|| size.trailing_zeros());
         PageSize { size, shift }
     }
 

@@ -50,7 +50,12 @@ pub struct IterationTime {
 impl IterationTime {
     #[cfg(test)]
     pub fn constant(batch_time: f64) -> IterationTime {
-        IterationTime { c0: batch_time, c1: 0.0, c2: 0.0, noise_sigma: 0.0 }
+        IterationTime {
+            c0: batch_time,
+            c1: 0.0,
+            c2: 0.0,
+            noise_sigma: 0.0,
+        }
     }
 
     #[inline]
@@ -102,7 +107,10 @@ impl Profile {
         let checks: [(bool, &str); 9] = [
             (self.kv_tokens >= 1, "kv_tokens must be at least 1"),
             (self.block_size >= 1, "block_size must be at least 1"),
-            (self.kv_tokens >= self.block_size, "kv_tokens must hold at least one block"),
+            (
+                self.kv_tokens >= self.block_size,
+                "kv_tokens must hold at least one block",
+            ),
             (self.chunk_size >= 1, "chunk_size must be at least 1"),
             (self.token_budget >= 1, "token_budget must be at least 1"),
             (self.max_running >= 1, "max_running must be at least 1"),
@@ -110,7 +118,10 @@ impl Profile {
                 it.c0 > 0.0 && it.c1 >= 0.0 && it.c2 >= 0.0 && it.c0.is_finite(),
                 "iteration time needs c0 > 0 and c1, c2 >= 0",
             ),
-            (it.noise_sigma >= 0.0 && it.noise_sigma.is_finite(), "noise_sigma must be >= 0"),
+            (
+                it.noise_sigma >= 0.0 && it.noise_sigma.is_finite(),
+                "noise_sigma must be >= 0",
+            ),
             (
                 self.sglang_init_ratio >= self.sglang_min_ratio
                     && self.sglang_min_ratio >= 0.0
@@ -185,7 +196,9 @@ impl<'py> FromPyObject<'py> for Profile {
             sglang_min_ratio: p.sglang_min_ratio,
             sglang_decay_steps: p.sglang_decay_steps,
         };
-        profile.validate().map_err(pyo3::exceptions::PyValueError::new_err)?;
+        profile
+            .validate()
+            .map_err(pyo3::exceptions::PyValueError::new_err)?;
         Ok(profile)
     }
 }

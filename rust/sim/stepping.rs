@@ -50,7 +50,8 @@ impl Observer for EventLog {
         self.events.push((id, EventKind::Finished, time, generated));
     }
     fn preempted(&mut self, id: u64, time: f64, generated: i64) {
-        self.events.push((id, EventKind::Preempted, time, generated));
+        self.events
+            .push((id, EventKind::Preempted, time, generated));
     }
     fn iteration(&mut self, _it: &IterationRecord) {}
     fn records_iterations(&self) -> bool {
@@ -67,10 +68,19 @@ pub struct Stepper {
 impl Stepper {
     pub fn new(profile: Profile, seed: u64) -> Result<Stepper, String> {
         profile.validate()?;
-        Ok(Stepper { engine: Engine::new(profile, seed), log: EventLog::default() })
+        Ok(Stepper {
+            engine: Engine::new(profile, seed),
+            log: EventLog::default(),
+        })
     }
 
-    pub fn add_request(&mut self, id: u64, prompt: i64, output: i64, now: f64) -> Result<(), String> {
+    pub fn add_request(
+        &mut self,
+        id: u64,
+        prompt: i64,
+        output: i64,
+        now: f64,
+    ) -> Result<(), String> {
         if now < self.engine.clock() {
             return Err(format!(
                 "request {id}: added at t={now} before the engine clock t={}",

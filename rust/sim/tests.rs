@@ -27,7 +27,10 @@ impl Observer for Log {
         self.admitted.entry(id).or_default().push(time);
     }
     fn first_token(&mut self, id: u64, time: f64) {
-        assert!(self.first.insert(id, time).is_none(), "two first tokens for {id}");
+        assert!(
+            self.first.insert(id, time).is_none(),
+            "two first tokens for {id}"
+        );
     }
     fn token(&mut self, id: u64, _time: f64, generated: i64) {
         self.tokens.entry(id).or_default().push(generated);
@@ -46,7 +49,14 @@ impl Observer for Log {
     }
 }
 
-fn profile(rule: Rule, kv_tokens: i64, block: i64, chunk: i64, budget: i64, max_running: i64) -> Profile {
+fn profile(
+    rule: Rule,
+    kv_tokens: i64,
+    block: i64,
+    chunk: i64,
+    budget: i64,
+    max_running: i64,
+) -> Profile {
     Profile {
         rule,
         block_size: block,
@@ -81,7 +91,12 @@ fn one_request_by_hand() {
 fn iteration_time_model_and_pages() {
     // c0 + c1·tokens + c2·KV; vLLM pages of 16 round the allocation up.
     let mut p = profile(Rule::Vllm, 1600, 16, 512, 2048, 256);
-    p.iteration_time = IterationTime { c0: 0.01, c1: 1e-4, c2: 1e-6, noise_sigma: 0.0 };
+    p.iteration_time = IterationTime {
+        c0: 0.01,
+        c1: 1e-4,
+        c2: 1e-6,
+        noise_sigma: 0.0,
+    };
     let mut e = Engine::new(p, 0);
     let mut log = Log::default();
     e.add_request(0, 100, 3, 0.0).unwrap();
@@ -111,7 +126,10 @@ fn vllm_preempts_the_newest_and_recomputes() {
     assert_eq!(log.tokens[&1], (1..=15).collect::<Vec<_>>());
     assert!(log.iterations.iter().all(|i| i.kv_used <= 40));
     // Request 1 was re-prefilled over more than its prompt.
-    assert!(log.iterations.iter().any(|i| i.batch_tokens > 10 && i.batch_tokens < 30));
+    assert!(log
+        .iterations
+        .iter()
+        .any(|i| i.batch_tokens > 10 && i.batch_tokens < 30));
 }
 
 #[test]
@@ -125,7 +143,9 @@ fn ideal_swap_keeps_progress() {
     e.advance(f64::INFINITY, &mut log);
     assert!(log.preempted >= 1);
     assert_eq!(log.tokens[&1], (1..=15).collect::<Vec<_>>());
-    assert!(log.iterations[1..].iter().all(|i| i.batch_tokens <= i.running));
+    assert!(log.iterations[1..]
+        .iter()
+        .all(|i| i.batch_tokens <= i.running));
 }
 
 #[test]
@@ -168,16 +188,26 @@ fn sglang_prefill_batches_pause_decoding() {
     e.add_request(0, 10, 50, 0.0).unwrap();
     e.add_request(1, 100, 5, 1.05).unwrap();
     e.advance(f64::INFINITY, &mut log);
-    let mixed = log.iterations.iter().filter(|i| i.decode && i.batch_tokens > i.running).count();
+    let mixed = log
+        .iterations
+        .iter()
+        .filter(|i| i.decode && i.batch_tokens > i.running)
+        .count();
     assert_eq!(mixed, 0);
-    assert!(log.iterations.iter().any(|i| !i.decode && i.batch_tokens == 100));
+    assert!(log
+        .iterations
+        .iter()
+        .any(|i| !i.decode && i.batch_tokens == 100));
 }
 
 /// Random small-memory runs of every rule: KV within capacity every iteration, every request
 /// finishes with exactly its output length in tokens 1..=o, first admissions in FCFS order.
 #[test]
 fn invariants_under_pressure() {
-    for (k, rule) in [Rule::Ideal, Rule::Vllm, Rule::Sglang, Rule::Trtllm].into_iter().enumerate() {
+    for (k, rule) in [Rule::Ideal, Rule::Vllm, Rule::Sglang, Rule::Trtllm]
+        .into_iter()
+        .enumerate()
+    {
         for block in [1, 16] {
             let mut p = profile(rule, 4096, block, 64, 256, 32);
             p.iteration_time.noise_sigma = 0.3;
@@ -199,11 +229,18 @@ fn invariants_under_pressure() {
             for id in 0..n {
                 let o = outputs[id as usize];
                 assert_eq!(log.finished[&id].1, o, "{rule:?} request {id}");
-                assert_eq!(log.tokens[&id], (1..=o).collect::<Vec<_>>(), "{rule:?} request {id}");
+                assert_eq!(
+                    log.tokens[&id],
+                    (1..=o).collect::<Vec<_>>(),
+                    "{rule:?} request {id}"
+                );
             }
             let mut firsts: Vec<(f64, u64)> = (0..n).map(|id| (log.admitted[&id][0], id)).collect();
             firsts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            assert!(firsts.windows(2).all(|w| w[0].1 < w[1].1), "{rule:?}: FCFS admission");
+            assert!(
+                firsts.windows(2).all(|w| w[0].1 < w[1].1),
+                "{rule:?}: FCFS admission"
+            );
             assert_eq!(e.kv_used_tokens(), 0);
             if rule == Rule::Trtllm {
                 assert_eq!(log.preempted, 0);
@@ -222,7 +259,13 @@ fn batch_runs_are_reproducible_and_dispatch_spreads_load() {
     let output: Vec<i64> = (0..n).map(|_| rng.random_range(10..800)).collect();
     let arrivals: Vec<f64> = (0..n).map(|i| i as f64 * 0.05).collect();
     for dispatch in [Dispatch::RoundRobin, Dispatch::ShortestQueue] {
-        let opts = Options { replicas: 4, dispatch, seed: 9, until: None, sample_interval: None };
+        let opts = Options {
+            replicas: 4,
+            dispatch,
+            seed: 9,
+            until: None,
+            sample_interval: None,
+        };
         let a = simulate(&p, &prompt, &output, &arrivals, &opts).unwrap();
         let b = simulate(&p, &prompt, &output, &arrivals, &opts).unwrap();
         assert_eq!(a.records.finished, b.records.finished);
@@ -232,7 +275,13 @@ fn batch_runs_are_reproducible_and_dispatch_spreads_load() {
             assert!(share > n / 8, "{dispatch:?} replica {r} got {share}");
         }
     }
-    let rr = Options { replicas: 4, dispatch: Dispatch::RoundRobin, seed: 9, until: None, sample_interval: None };
+    let rr = Options {
+        replicas: 4,
+        dispatch: Dispatch::RoundRobin,
+        seed: 9,
+        until: None,
+        sample_interval: None,
+    };
     let out = simulate(&p, &prompt, &output, &arrivals, &rr).unwrap();
     assert!((0..n).all(|i| out.records.replica[i] == (i % 4) as i64));
 }
@@ -262,13 +311,33 @@ fn until_stops_the_clock_and_samples_cover_it() {
 #[test]
 fn bad_input_is_named() {
     let p = Profile::ideal(1000, 64, 0.1);
-    let too_big = simulate(&p, &[900], &[200], &[0.0], &Options {
-        replicas: 1, dispatch: Dispatch::RoundRobin, seed: 0, until: None, sample_interval: None,
-    });
+    let too_big = simulate(
+        &p,
+        &[900],
+        &[200],
+        &[0.0],
+        &Options {
+            replicas: 1,
+            dispatch: Dispatch::RoundRobin,
+            seed: 0,
+            until: None,
+            sample_interval: None,
+        },
+    );
     assert!(too_big.err().unwrap().contains("request 0"));
-    let unsorted = simulate(&p, &[1, 1], &[1, 1], &[1.0, 0.5], &Options {
-        replicas: 1, dispatch: Dispatch::RoundRobin, seed: 0, until: None, sample_interval: None,
-    });
+    let unsorted = simulate(
+        &p,
+        &[1, 1],
+        &[1, 1],
+        &[1.0, 0.5],
+        &Options {
+            replicas: 1,
+            dispatch: Dispatch::RoundRobin,
+            seed: 0,
+            until: None,
+            sample_interval: None,
+        },
+    );
     assert!(unsorted.err().unwrap().contains("arrivals[1]"));
 }
 
@@ -279,21 +348,47 @@ fn quiet_stretches_change_nothing() {
     for rule in [Rule::Ideal, Rule::Vllm, Rule::Sglang, Rule::Trtllm] {
         for block in [1, 16] {
             let mut p = profile(rule, 30_000, block, 512, 2048, 256);
-            p.iteration_time = IterationTime { c0: 0.02, c1: 5e-5, c2: 1e-7, noise_sigma: 0.0 };
+            p.iteration_time = IterationTime {
+                c0: 0.02,
+                c1: 5e-5,
+                c2: 1e-7,
+                noise_sigma: 0.0,
+            };
             let mut rng = Pcg64Mcg::seed_from_u64(block as u64);
             let n = 4000;
             let prompt: Vec<i64> = (0..n).map(|_| rng.random_range(10..1600)).collect();
             let output: Vec<i64> = (0..n).map(|_| rng.random_range(10..1600)).collect();
             let mut t = 0.0;
-            let arrivals: Vec<f64> = (0..n).map(|_| { t += rng.random::<f64>() * 0.6; t }).collect();
+            let arrivals: Vec<f64> = (0..n)
+                .map(|_| {
+                    t += rng.random::<f64>() * 0.6;
+                    t
+                })
+                .collect();
             let run = |sample_interval| {
-                let opts = Options { replicas: 1, dispatch: Dispatch::RoundRobin, seed: 0, until: Some(1500.0), sample_interval };
+                let opts = Options {
+                    replicas: 1,
+                    dispatch: Dispatch::RoundRobin,
+                    seed: 0,
+                    until: Some(1500.0),
+                    sample_interval,
+                };
                 simulate(&p, &prompt, &output, &arrivals, &opts).unwrap()
             };
             let (every, sampled) = (run(None), run(Some(5.0)));
-            let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| x == y || (x.is_nan() && y.is_nan()));
-            assert!(same(&every.records.finished, &sampled.records.finished), "{rule:?} {block}");
-            assert!(same(&every.records.admitted, &sampled.records.admitted), "{rule:?} {block}");
+            let same = |a: &[f64], b: &[f64]| {
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| x == y || (x.is_nan() && y.is_nan()))
+            };
+            assert!(
+                same(&every.records.finished, &sampled.records.finished),
+                "{rule:?} {block}"
+            );
+            assert!(
+                same(&every.records.admitted, &sampled.records.admitted),
+                "{rule:?} {block}"
+            );
             assert_eq!(every.records.preemptions, sampled.records.preemptions);
             assert_eq!(every.summary.iterations, sampled.summary.iterations);
             assert_eq!(every.summary.peak_kv_tokens, sampled.summary.peak_kv_tokens);
@@ -311,7 +406,11 @@ fn sglang_with_outputs_beyond_the_clip() {
     let mut rng = Pcg64Mcg::seed_from_u64(5);
     let mut outputs = Vec::new();
     for id in 0..120u64 {
-        let o = if id % 10 == 0 { rng.random_range(4097..9000) } else { rng.random_range(1..2000) };
+        let o = if id % 10 == 0 {
+            rng.random_range(4097..9000)
+        } else {
+            rng.random_range(1..2000)
+        };
         outputs.push(o);
         let t = id as f64 * 2.0;
         e.advance(t, &mut log);
@@ -340,7 +439,10 @@ fn budget_below_the_running_cap_limits_prefill_only() {
     e.advance(f64::INFINITY, &mut log);
     assert_eq!(log.finished.len(), 20);
     // Once 8 requests decode, nobody else is admitted until one finishes.
-    assert!(log.iterations.iter().all(|i| i.batch_tokens <= 8 || i.batch_tokens == i.running));
+    assert!(log
+        .iterations
+        .iter()
+        .all(|i| i.batch_tokens <= 8 || i.batch_tokens == i.running));
     assert!(log.iterations.iter().map(|i| i.running).max().unwrap() <= 9);
 }
 
@@ -358,10 +460,18 @@ fn aborted_requests_leave_and_free_their_memory() {
     e.abort(0);
     e.abort(2); // waiting: gone at once
     assert_eq!(e.waiting(), 1);
-    assert_eq!(e.running(), 1, "the running request stays until its iteration ends");
+    assert_eq!(
+        e.running(),
+        1,
+        "the running request stays until its iteration ends"
+    );
     e.advance(f64::INFINITY, &mut log);
     assert!(!log.finished.contains_key(&0) && !log.admitted.contains_key(&2));
-    assert_eq!(log.tokens[&0], vec![1, 2], "no token after the iteration it was aborted in");
+    assert_eq!(
+        log.tokens[&0],
+        vec![1, 2],
+        "no token after the iteration it was aborted in"
+    );
     assert!((log.admitted[&1][0] - 0.2).abs() < 1e-12);
     assert_eq!(log.finished[&1].1, 40);
     assert_eq!((e.kv_used_tokens(), e.running(), e.waiting()), (0, 0, 0));
@@ -374,7 +484,10 @@ fn aborted_requests_leave_and_free_their_memory() {
 fn aborts_under_pressure_keep_the_books() {
     // Every rule, with preemptions and retractions: a third of the requests are abandoned at
     // random moments; the rest finish whole, and memory, reservations and counts return to 0.
-    for (k, rule) in [Rule::Ideal, Rule::Vllm, Rule::Sglang, Rule::Trtllm].into_iter().enumerate() {
+    for (k, rule) in [Rule::Ideal, Rule::Vllm, Rule::Sglang, Rule::Trtllm]
+        .into_iter()
+        .enumerate()
+    {
         let mut e = Engine::new(profile(rule, 2048, 16, 64, 256, 32), 0);
         let mut rng = Pcg64Mcg::seed_from_u64(k as u64);
         let mut log = Log::default();
@@ -383,7 +496,8 @@ fn aborts_under_pressure_keep_the_books() {
         for id in 0..n {
             t += rng.random::<f64>() * 0.2;
             e.advance(t, &mut log);
-            e.add_request(id, rng.random_range(1..300), rng.random_range(1..300), t).unwrap();
+            e.add_request(id, rng.random_range(1..300), rng.random_range(1..300), t)
+                .unwrap();
             if rng.random::<f64>() < 0.33 {
                 let victim = rng.random_range(0..=id);
                 e.abort(victim);
@@ -397,6 +511,10 @@ fn aborts_under_pressure_keep_the_books() {
                 assert!(log.finished.contains_key(&id), "{rule:?} request {id}");
             }
         }
-        assert_eq!((e.kv_used_tokens(), e.running(), e.waiting()), (0, 0, 0), "{rule:?}");
+        assert_eq!(
+            (e.kv_used_tokens(), e.running(), e.waiting()),
+            (0, 0, 0),
+            "{rule:?}"
+        );
     }
 }

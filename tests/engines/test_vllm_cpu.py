@@ -23,8 +23,18 @@ from kvbench.benchmark.recorder import read_run
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT, OUTPUT = 64, 32
 ENGINE_ARGS = [
-    "--served-model-name", "tiny", "--dtype", "float32", "--max-model-len", "512",
-    "--max-num-seqs", "4", "--block-size", "32", "--num-gpu-blocks-override", "32",
+    "--served-model-name",
+    "tiny",
+    "--dtype",
+    "float32",
+    "--max-model-len",
+    "512",
+    "--max-num-seqs",
+    "4",
+    "--block-size",
+    "32",
+    "--num-gpu-blocks-override",
+    "32",
     "--enforce-eager",
 ]
 
@@ -58,13 +68,23 @@ def pin_session(leader: int, cpus: set[int]) -> None:
 def backend(tmp_path_factory):
     python = os.environ["KVBENCH_VLLM_PYTHON"]
     model = tmp_path_factory.mktemp("tiny-llama")
-    subprocess.run([python, str(ROOT / "scripts" / "build_tiny_llama.py"), str(model)],
-                   check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run(
+        [python, str(ROOT / "scripts" / "build_tiny_llama.py"), str(model)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     b = open_engine(
-        "vllm", model=str(model), engine_python=python, engine_args=ENGINE_ARGS,
+        "vllm",
+        model=str(model),
+        engine_python=python,
+        engine_args=ENGINE_ARGS,
         # Lower priority too, for whatever the pinning below does not separate.
-        engine_env={"VLLM_CPU_KVCACHE_SPACE": "1"}, engine_nice=19, log_dir=tmp_path_factory.mktemp("vllm-log"),
-        scrape_period=0.25, seed=7,
+        engine_env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+        engine_nice=19,
+        log_dir=tmp_path_factory.mktemp("vllm-log"),
+        scrape_period=0.25,
+        seed=7,
     )
     pin_session(b.server.pid, ENGINE_CPUS)
     yield b
@@ -83,15 +103,37 @@ def test_profile_reads_m_exactly(backend):
     assert "--no-enable-prefix-caching" in backend.server.argv  # the recipe's modelling default
 
 
-def kvbench_run(url: str, tmp_path, rate: float, duration: float, burstiness: float) -> tuple[dict, object]:
+def kvbench_run(
+    url: str, tmp_path, rate: float, duration: float, burstiness: float
+) -> tuple[dict, object]:
     out = tmp_path / f"run-{rate:g}"
     proc = subprocess.run(
-        [sys.executable, "-m", "kvbench", "run", "--backend", "vllm", "--url", url,
-         "--workload", f"fixed:{PROMPT},{OUTPUT}", "--request-rate", f"{rate:.4f}",
-         "--burstiness", str(burstiness), "--duration", str(duration), "--output", str(out),
-         "--json"],
-        capture_output=True, text=True, timeout=duration * 3 + 120,
-        preexec_fn=lambda: os.sched_setaffinity(0, CLIENT_CPUS))
+        [
+            sys.executable,
+            "-m",
+            "kvbench",
+            "run",
+            "--backend",
+            "vllm",
+            "--url",
+            url,
+            "--workload",
+            f"fixed:{PROMPT},{OUTPUT}",
+            "--request-rate",
+            f"{rate:.4f}",
+            "--burstiness",
+            str(burstiness),
+            "--duration",
+            str(duration),
+            "--output",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration * 3 + 120,
+        preexec_fn=lambda: os.sched_setaffinity(0, CLIENT_CPUS),
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout), read_run(out)
 
@@ -106,7 +148,9 @@ def test_kvbench_run_well_above_capacity_is_unstable(overload):
     summary, run = overload
     assert summary["kind"] == "real" and not summary["emulated"]
     assert run.header["profile"]["kv_tokens"] == 1024  # M read from the server, exactly
-    assert run.header["profile_sources"]["kv_tokens"] == "vllm:cache_config_info kv_cache_size_tokens"
+    assert (
+        run.header["profile_sources"]["kv_tokens"] == "vllm:cache_config_info kv_cache_size_tokens"
+    )
     assert summary["verdict"] == "UNSTABLE", summary["evidence"]["reason"]
     assert summary["requests"]["failed"] == 0
     done = [r for r in run.records if r.finished is not None]
