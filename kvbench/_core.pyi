@@ -38,7 +38,8 @@ def replay_arrivals(
 # usage.{completion,prompt}_tokens; a chunk with non-empty choices is a token event, timed on
 # arrival; counts come from the final chunk with empty choices plus usage (TensorRT-LLM's is a
 # chat object), never from the number of chunks. Failure kinds on records: http_<status>,
-# timeout, connection_refused, connection_reset, bad_stream, truncated_stream, missing_usage,
+# timeout, connection_refused, connection_reset, bad_stream (also a line over 1 MiB),
+# truncated_stream, missing_usage,
 # short_output, long_output (these two keep finished and output_tokens), engine_down. A
 # refused connection means the engine is gone: sending stops and requests in flight end as
 # engine_down. Requests in flight at `duration` or at stop() are unfinished: sent, no finish,
@@ -55,7 +56,9 @@ class DriverRecord:
     prompt_tokens: int | None
     token_times: list[float]  # arrival of each chunk that carried output
     error: str | None  # failure kind, see above
-    message: str | None  # what the failure said (an HTTP body's first 200 characters, ...)
+    # what the failure said: an HTTP error body's first 2,000 characters (kvbench.benchmark.
+    # failures takes its JSON message, trims and masks it), a stream error naming the payload, ...
+    message: str | None
 
 class HttpDriver:
     """Sends one schedule to one completions URL.

@@ -1,0 +1,212 @@
+"""Failure accounting: failed requests are never departures, a run with more than 1% failures is
+FAILING, failures are counted by kind with what the server said (trimmed, credentials masked),
+and the engine's state (preemptions, waiting queue, KV usage) reaches the summary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kvbench.backends.base import QueueSample, RequestRecord
+from kvbench.benchmark.failures import (
+    FAILING_FRACTION,
+    MESSAGE_CHARS,
+    failure_summary,
+    merge_failures,
+    server_message,
+)
+from kvbench.benchmark.runner import summarize
+from kvbench.output.run import run_summary_text
+from kvbench.redact import redact
+
+RATE, WINDOW, SERVICE = 10.0, 120.0, 0.2
+
+
+def _header() -> dict:
+    n = int(RATE * WINDOW)
+    return {
+        "kind": "real",
+        "backend": "vllm",
+        "config": {"request_rate": RATE, "confidence": 0.95, "tolerance": 0.05},
+        "window_end": WINDOW,
+        "scheduled_in_window": n,
+    }
+
+
+def _records(fail_every: int | None = None, error: str = "http_500", message: str | None = None):
+    """A deterministic run at RATE: one arrival every 1/RATE s, each served in SERVICE s (the
+    queue never holds more than two); every `fail_every`-th request fails at once instead."""
+    out = []
+    for i in range(int(RATE * WINDOW)):
+        t = i / RATE
+        r = RequestRecord(i, t, 8, 4, sent=t)
+        if fail_every and i % fail_every == 0:
+            r.error, r.message = error, message
+        else:
+            r.first_token, r.finished, r.output_tokens = t + 0.05, t + SERVICE, 4
+            r.token_times = [t + 0.05, t + 0.1, t + 0.15, t + SERVICE]
+        out.append(r)
+    return out
+
+
+def test_a_healthy_run_is_stable():
+    s = summarize(_header(), _records(), [], status="completed")
+    assert s["verdict"] == "STABLE"
+    assert s["failures"]["count"] == 0 and s["failures"]["fraction"] == 0.0
+
+
+def test_every_request_answered_500_is_failing_with_no_departures():
+    """The issue's case: a server that answers every completion with HTTP 500 was STABLE (95%)
+    with departures of 10 req/s and 0 completions."""
+    error = {"message": "Internal Server Error", "type": "InternalServerError", "code": 500}
+    body = json.dumps({"error": error})
+    s = summarize(_header(), _records(fail_every=1, message=body), [], status="completed")
+    assert s["verdict"] == "FAILING"
+    assert s["requests"]["completed"] == 0 and s["requests"]["failed"] == 1200
+    assert s["evidence"]["reason"] == (
+        '100% of requests failed: http_500 ×1,200 ("Internal Server Error")'
+    )
+    assert s["failures"]["kinds"] == [
+        {"kind": "http_500", "count": 1200, "messages": ["Internal Server Error"]}
+    ]
+    text = run_summary_text(s)
+    assert "FAILING" in text and "STABLE" not in text
+    assert "departures" not in text  # nothing departed: no departure figure is shown
+
+
+def test_failures_are_not_departures():
+    """Half the requests fail at once: the departure rate is that of the completions (≈ RATE/2),
+    not of everything that left."""
+    s = summarize(_header(), _records(fail_every=2), [], status="completed")
+    assert s["verdict"] == "FAILING"
+    assert s["evidence"]["departure_rate"] == pytest.approx(RATE / 2, rel=0.05)
+    assert s["evidence"]["queue_verdict"] == "STABLE"  # the completions alone kept up
+
+
+@pytest.mark.parametrize(
+    ("fail_every", "verdict"),
+    [(200, "STABLE"), (120, "STABLE"), (50, "FAILING"), (10, "FAILING")],
+)
+def test_failing_above_one_percent(fail_every, verdict):
+    """0.5% and 0.83% of requests failed: judged on the completions; 2% and 10%: FAILING."""
+    s = summarize(_header(), _records(fail_every=fail_every), [], status="completed")
+    fraction = s["failures"]["fraction"]
+    assert fraction == pytest.approx(1 / fail_every, rel=0.01)  # the last two end after the window
+    assert (fraction > FAILING_FRACTION) == (verdict == "FAILING")
+    assert s["verdict"] == verdict
+
+
+def test_messages_kept_per_kind_are_the_first_three_distinct():
+    failures = [("http_400", f"bad request {i % 5}") for i in range(20)] + [("timeout", None)]
+    summary = failure_summary(failures, completed=0)
+    kinds = {k["kind"]: k for k in summary["kinds"]}
+    assert kinds["http_400"]["messages"] == ["bad request 0", "bad request 1", "bad request 2"]
+    assert kinds["http_400"]["count"] == 20 and kinds["timeout"] == {
+        "kind": "timeout",
+        "count": 1,
+        "messages": [],
+    }
+    assert [k["kind"] for k in summary["kinds"]] == ["http_400", "timeout"]
+    assert not summary["load_shedding"]
+    assert failure_summary([("http_429", None), ("timeout", None)], 0)["load_shedding"]
+
+
+def test_auth_failures_name_the_key_flag():
+    s = failure_summary([("http_401", '{"error": "Unauthorized"}')] * 3, completed=1)
+    assert s["kinds"][0]["hint"] == "engine refused the key: pass --api-key or set OPENAI_API_KEY"
+    assert "pass --api-key" in s["reason"] and '"Unauthorized"' in s["reason"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        # vLLM ≥ 0.10 (ErrorResponse with ErrorInfo)
+        (
+            json.dumps(
+                {"error": {"message": "max_tokens must be at least 1", "type": "BadRequestError"}}
+            ),
+            "max_tokens must be at least 1",
+        ),
+        # vLLM before that, and SGLang
+        (
+            json.dumps(
+                {"object": "error", "message": "The model `x` does not exist.", "code": 404}
+            ),
+            "The model `x` does not exist.",
+        ),
+        ('{"error": "Unauthorized"}', "Unauthorized"),  # vLLM's --api-key middleware
+        ('{"detail": "Not Found"}', "Not Found"),  # FastAPI
+        ("upstream connect error\r\n  or disconnect", "upstream connect error or disconnect"),
+        ("bin\x00ary\x1b[31m", "bin ary [31m"),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_server_message_is_the_message_on_one_line(raw, kept):
+    assert server_message(raw) == kept
+
+
+def test_server_message_is_trimmed_and_never_holds_a_credential():
+    long = "x" * 5000
+    assert len(server_message(long)) == MESSAGE_CHARS and server_message(long).endswith("…")
+    said = server_message(
+        '{"error": {"message": "Incorrect API key provided: sk-abcdefghijklmnop1234. '
+        'Request to http://admin:hunter2@10.0.0.1/v1 with Authorization: Bearer tok.en-123"}}'
+    )
+    assert "abcdefghijklmnop" not in said and "hunter2" not in said and "tok.en-123" not in said
+    assert "sk-***" in said and "http://***@10.0.0.1/v1" in said and "Bearer ***" in said
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("GET http://user:pw@host:8000/metrics", "GET http://***@host:8000/metrics"),
+        ("api_key=abc123&model=x", "api_key=***&model=x"),
+        ('{"x-api-key": "abc"}', '{"x-api-key": "***"}'),
+        ("authorization: Basic dXNlcjpwYXNz", "authorization: Basic ***"),
+        ("hf_abcdefghijklmnop", "hf-***"),
+        # not credentials
+        ("max_tokens must be <= 2048 tokens", "max_tokens must be <= 2048 tokens"),
+        ("prompt token ids out of range", "prompt token ids out of range"),
+    ],
+)
+def test_redact(text, masked):
+    assert redact(text) == masked
+
+
+def test_merge_failures_adds_counts_and_keeps_first_messages():
+    a = [{"kind": "http_500", "count": 2, "messages": ["a", "b"]}]
+    b = [
+        {"kind": "http_500", "count": 5, "messages": ["b", "c", "d"]},
+        {"kind": "timeout", "count": 9, "messages": []},
+    ]
+    assert merge_failures([a, b]) == [
+        {"kind": "timeout", "count": 9, "messages": []},
+        {"kind": "http_500", "count": 7, "messages": ["a", "b", "c"]},
+    ]
+
+
+def test_engine_state_reaches_the_summary_and_text():
+    """vLLM preempted 11 times during the run (its counter stood at 100 before, and an engine
+    restart reset it once: 100 → 104 → 0 → 7 is 4 + 7), at up to 97% KV usage."""
+    counts = [100, 100, 104, 0, 7, 7]
+    samples = [
+        QueueSample(time=t, in_flight=1, waiting=w, running=2, kv_usage=kv, preemptions_total=c)
+        for t, w, kv, c in zip(
+            [-0.05, 20.0, 40.0, 60.0, 80.0, 100.0],
+            [0, 2, 4, 2, 0, 0],
+            [0.1, 0.5, 0.97, 0.5, 0.2, 0.2],
+            counts,
+            strict=True,
+        )
+    ]
+    samples.append(
+        QueueSample(time=WINDOW + 5, in_flight=0, preemptions_total=50)
+    )  # after the window
+    s = summarize(_header(), _records(), samples, status="completed")
+    assert s["preemptions"] == 11
+    assert s["waiting"]["max"] == 4 and s["kv_usage"]["max"] == pytest.approx(0.97)
+    text = run_summary_text(s)
+    assert "preemptions 11" in text and "KV usage mean" in text and "max 97%" in text
+    assert "waiting mean" in text and "max 4" in text
