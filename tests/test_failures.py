@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from kvbench.backends.base import QueueSample, RequestRecord
+from kvbench.backends.base import Backend, QueueSample, RequestRecord
+from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.failures import (
     FAILING_FRACTION,
     MESSAGE_CHARS,
@@ -17,8 +18,11 @@ from kvbench.benchmark.failures import (
     server_message,
 )
 from kvbench.benchmark.runner import summarize
+from kvbench.benchmark.search import find_boundary
+from kvbench.errors import KvbenchError
 from kvbench.output.run import run_summary_text
 from kvbench.redact import redact
+from kvbench.workload import load_workload
 
 RATE, WINDOW, SERVICE = 10.0, 120.0, 0.2
 
@@ -210,3 +214,79 @@ def test_engine_state_reaches_the_summary_and_text():
     text = run_summary_text(s)
     assert "preemptions 11" in text and "KV usage mean" in text and "max 97%" in text
     assert "waiting mean" in text and "max 4" in text
+
+
+class RateLimitedGateway(Backend):
+    """A gateway in front of a simulated engine that admits at most `limit` requests/s (a token
+    bucket holding `burst`) and answers the rest at once with `error`, as a rate-limiting proxy
+    does; with `every`, it instead fails every `every`-th request that way whatever the rate."""
+
+    def __init__(self, seed, *, limit=None, every=None, error="http_429"):
+        self.engine = resolve_backend("sim:vllm", kv_tokens=2048, seed=seed)
+        self.name, self.kind = "gateway", "simulated"
+        self.limit, self.every, self.error = limit, every, error
+
+    def discover_profile(self):
+        return self.engine.discover_profile()
+
+    def execute(self, requests, sink, *, duration):
+        admitted, tokens, last = [], 10.0, 0.0
+        for r in requests:
+            if self.limit is not None:
+                tokens = min(10.0, tokens + (r.intended_send - last) * self.limit)
+                last = r.intended_send
+                shed = tokens < 1.0
+                tokens -= 0.0 if shed else 1.0
+            else:
+                shed = r.request_id % self.every == 0
+            if not shed:
+                admitted.append(r)
+                continue
+            said = "Rate limit reached" if self.limit is not None else "Internal Server Error"
+            message = json.dumps({"error": {"message": said, "code": int(self.error[5:])}})
+            sink.request(
+                RequestRecord(
+                    r.request_id,
+                    r.intended_send,
+                    r.prompt_len,
+                    r.output_len,
+                    sent=r.intended_send,
+                    error=self.error,
+                    message=message,
+                )
+            )
+        self.engine.execute(admitted, sink, duration=duration)
+
+
+WORKLOAD = "uniform:1-32,1-32"  # the engine's μ is ≈ 129 req/s at M = 2,048
+
+
+def test_search_takes_load_shedding_as_the_engines_limit():
+    """Behind a gateway that sheds load above 60 req/s (the engine behind it carries ≈ 129), the
+    bracket closes below the gateway's limit, where its token bucket stops shedding more than 1%
+    of Poisson arrivals: the probes above are FAILING (load shedding) and count as the upper
+    end."""
+    result = find_boundary(
+        lambda s: RateLimitedGateway(s, limit=60.0),
+        load_workload(WORKLOAD),
+        WORKLOAD,
+        precision=0.1,
+    )
+    failing = [p for p in result.probes if p.verdict == "FAILING"]
+    assert failing and all(p.over_limit and p.failures["load_shedding"] for p in failing)
+    assert result.reached, result.stop_reason
+    assert 30.0 < result.lower < result.upper <= 60.0 * 1.1
+    assert result.upper == min(p.rate for p in result.probes if p.over_limit)
+    lower = next(p for p in result.probes if p.rate == result.lower)
+    assert lower.verdict == "STABLE" and lower.failures["fraction"] <= 0.01
+
+
+def test_search_stops_on_a_fault():
+    """HTTP 500 on one request in ten is a fault, not a limit: the search says so and stops."""
+    with pytest.raises(KvbenchError, match=r"FAILING, \d+% of requests failed: http_500.*stops"):
+        find_boundary(
+            lambda s: RateLimitedGateway(s, every=10, error="http_500"),
+            load_workload(WORKLOAD),
+            WORKLOAD,
+            precision=0.1,
+        )
