@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from compare_fixture import make_compare_dir
 
 from kvbench.backends.base import Backend, QueueSample, RequestRecord
 from kvbench.backends.registry import resolve_backend
@@ -17,11 +19,14 @@ from kvbench.benchmark.failures import (
     merge_failures,
     server_message,
 )
+from kvbench.benchmark.recorder import RunRecorder
 from kvbench.benchmark.runner import summarize
 from kvbench.benchmark.search import find_boundary
 from kvbench.errors import KvbenchError
 from kvbench.output.run import run_summary_text
 from kvbench.redact import redact
+from kvbench.report import write_report
+from kvbench.report.schema import load_results
 from kvbench.workload import load_workload
 
 RATE, WINDOW, SERVICE = 10.0, 120.0, 0.2
@@ -58,6 +63,16 @@ def test_a_healthy_run_is_stable():
     s = summarize(_header(), _records(), [], status="completed")
     assert s["verdict"] == "STABLE"
     assert s["failures"]["count"] == 0 and s["failures"]["fraction"] == 0.0
+
+
+def test_a_run_whose_engine_died_is_never_stable():
+    """`kvbench report` on a run whose engine died printed a green STABLE (95%): what the queue
+    did until then stays in the evidence, but no verdict is claimed."""
+    s = summarize(_header(), _records(), [], status="failed")
+    assert s["verdict"] is None and s["evidence"]["verdict"] == "STABLE"
+    assert s["evidence"]["reason"] == "no verdict: the run failed before its planned end"
+    text = run_summary_text({**s, "error": "engine stopped answering"})
+    assert "STABLE" not in text and "engine stopped answering" in text
 
 
 def test_every_request_answered_500_is_failing_with_no_departures():
@@ -290,3 +305,82 @@ def test_search_stops_on_a_fault():
             WORKLOAD,
             precision=0.1,
         )
+
+
+def test_compare_report_shows_failing_probes_failures_and_engine_state(tmp_path):
+    """A compare whose last probe was shed by the engine (HTTP 429 for every request, the
+    engine's preemption counter rising by 11 at 97% KV usage): results.json, summary.md,
+    probes.csv, samples.csv and report.html all show it."""
+    directory = make_compare_dir(
+        tmp_path / "r", labels=("vllm",), capacities=(3.0,), target_rate=None
+    )
+    edir = directory / "engines" / "0-engine"
+    recorder = RunRecorder(
+        edir / "probe-04",
+        {
+            "backend": "vllm",
+            "kind": "real",
+            "window_end": 60.0,
+            "scheduled_in_window": 240,
+            "config": {"request_rate": 4.0, "confidence": 0.95, "tolerance": 0.05},
+        },
+    )
+    for k, t in enumerate(np.arange(0.0, 60.0, 0.5)):
+        recorder.sample(
+            QueueSample(
+                float(t),
+                in_flight=0,
+                waiting=5,
+                kv_usage=0.97,
+                preemptions_total=100 + k // 60 * 11,
+            )
+        )
+    said = '{"error": {"message": "Too many requests (Bearer sk-leakedkey1234567)", "code": 429}}'
+    for i in range(240):
+        t = i / 4.0
+        recorder.request(
+            RequestRecord(i, t, 8, 8, sent=t, error="http_429", message=server_message(said))
+        )
+    recorder.close(scrape={"scrapes": 118, "errors": {"scrape_error": 2}, "messages": ["boom"]})
+    engine = json.loads((edir / "engine.json").read_text())
+    engine["search"]["probes"].append(
+        {
+            "index": 4,
+            "rate": 4.0,
+            "engine_seconds": 60.0,
+            "verdict": "FAILING",
+            "over_limit": True,
+            "run_dir": "engines/0-engine/probe-04",
+        }
+    )
+    (edir / "engine.json").write_text(json.dumps(engine))
+    _, files = write_report(directory)
+    results = load_results(directory / "results.json")
+    assert results.schema_version == 2
+    eng = results.engines[0]
+    assert eng.verdict_counts["FAILING"] == 1
+    probe = eng.probes[-1]
+    assert probe.verdict == "FAILING" and probe.over_limit and probe.failure_fraction == 1.0
+    assert probe.failures == [
+        {"kind": "http_429", "count": 240, "messages": ["Too many requests (Bearer ***)"]}
+    ]
+    assert probe.preemptions == 11 and probe.kv_usage_max == pytest.approx(0.97)
+    assert probe.waiting_max == 5 and probe.scrape_errors == {"scrape_error": 2}
+    assert eng.failures == probe.failures and eng.preemptions == 11
+    summary = (directory / "summary.md").read_text()
+    assert (
+        "2/2/0/1" in summary
+        and 'http\\_429 ×240 ("Too many requests (Bearer \\*\\*\\*)")' in summary
+    )
+    csv = (directory / "probes.csv").read_text().splitlines()
+    header = csv[0].split(",")
+    last = dict(zip(header, csv[-1].split(","), strict=True))
+    assert last["verdict"] == "FAILING" and last["failures"] == "http_429 240"
+    assert last["preemptions"] == "11" and float(last["kv_usage_max"]) == pytest.approx(0.97)
+    assert "preemptions_total" in (directory / "samples.csv").read_text().splitlines()[0]
+    html = (directory / "report.html").read_text()
+    assert "Too many requests (Bearer ***)" in html and "FAILING" in html
+    written = "".join(p.read_text() for p in files) + "".join(
+        p.read_text() for p in (edir / "probe-04").iterdir()
+    )
+    assert "leakedkey" not in written

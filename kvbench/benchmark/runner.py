@@ -7,7 +7,7 @@ verdict. The stability verdict is judged on completed requests only: a failed re
 a departure. A run where more than FAILING_FRACTION of the requests that ended failed is
 FAILING, whatever its queue did. A run whose client could not keep its schedule (lag p99 above
 its budget, or fewer requests sent than scheduled) claims no other verdict: the engine was not
-offered the rate being judged.
+offered the rate being judged, nor does a run whose engine failed before its planned end.
 """
 
 from __future__ import annotations
@@ -270,8 +270,12 @@ def summarize(
             tolerance=float(config.get("tolerance", DEFAULT_TOLERANCE)),
         )
         summary["evidence"] = result.to_dict()
-        summary["verdict"] = result.verdict.value if kept else None
-        if not kept:
+        summary["verdict"] = result.verdict.value if kept and status != "failed" else None
+        if status == "failed":
+            # The engine died or stopped answering: whatever its queue did until then, the rate
+            # was not carried to the end, so no verdict is claimed (FAILING may still be, below).
+            summary["evidence"]["reason"] = "no verdict: the run failed before its planned end"
+        elif not kept:
             summary["evidence"]["reason"] = (
                 "no verdict: the client could not keep its schedule "
                 f"(lag p99 {lag_p99 if lag_p99 is not None else float('nan'):.3g} s, "

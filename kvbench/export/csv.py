@@ -51,7 +51,10 @@ def probes_frame(report: Report) -> pd.DataFrame:
                     "run_dir": p.run_dir,
                 }
             )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if "preemptions" in frame:  # a count, also where some probes have none (not 11.0)
+        frame["preemptions"] = frame["preemptions"].astype("Int64")
+    return frame
 
 
 def write(report: Report, directory: Path) -> list[Path]:

@@ -292,7 +292,7 @@ binding: {{ d.theory.binding }}, iteration time from the {{ d.theory.iteration_m
 <td>{{ p.e2e_p99 }}</td><td>{{ p.client }}</td></tr>{% endfor %}</tbody></table>{% endif %}
 {% if d.failures %}<table class="failures"><thead><tr><th>failure</th><th>requests</th>
 <th>what the server said (first distinct messages)</th></tr></thead><tbody>{% for f in d.failures %}
-<tr><td>{{ f.kind }}</td><td>{{ f.count }}</td><td>{% if f.hint %}<b>{{ f.hint }}</b><br>{% endif %}
+<tr><td>{{ f.kind }}</td><td>{{ f.count }}</td><td>{% if f.get("hint") %}<b>{{ f.hint }}</b><br>{% endif %}
 {% for m in f.messages %}<code>{{ m }}</code>{% if not loop.last %}<br>{% endif %}{% endfor %}
 </td></tr>
 {% endfor %}</tbody></table>{% endif %}
