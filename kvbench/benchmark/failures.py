@@ -27,10 +27,13 @@ MESSAGES_PER_KIND = 3
 MESSAGE_CHARS = 200
 # Kinds named in a one-line reason.
 TOP_KINDS = 3
-# Failures an engine answers with when it sheds load it cannot take (rate limit, queue full,
-# overload) or that overload itself causes: a FAILING probe of only these marks the engine's
-# limit, not a fault.
-LOAD_SHEDDING = frozenset({"http_429", "http_503", "timeout"})
+# Failures an engine (or the proxy in front of it) answers with when it sheds load it cannot
+# take — rate limit (429), queue full or overloaded (503), upstream gone or slow behind a proxy
+# (502, 504) — or that overload itself causes: timeouts, and connections reset by a server whose
+# accept queue overflowed. A FAILING probe of only these marks the engine's limit, not a fault.
+LOAD_SHEDDING = frozenset(
+    {"http_429", "http_502", "http_503", "http_504", "timeout", "connection_reset"}
+)
 AUTH_HINT = "engine refused the key: pass --api-key or set OPENAI_API_KEY"
 HINTS = {"http_401": AUTH_HINT, "http_403": AUTH_HINT}
 

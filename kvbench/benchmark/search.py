@@ -17,11 +17,12 @@ How it spends little engine time, and why each step is sound:
    upper end (and its departure rate refines c); INCONCLUSIVE runs are extended (doubled) first,
    never guessed, and one still INCONCLUSIVE at the longest length is stepped below.
 A probe judged FAILING (more than 1% of its requests failed: kvbench.benchmark.failures) whose
-failures are all load shedding (HTTP 429, HTTP 503, timeouts) marks the engine's limit: it counts
-as the bracket's upper end, as an UNSTABLE run would, but gives no capacity estimate (its
-departures are what the engine chose to serve). Any other failure (HTTP 4xx/500, a reset
-connection, a malformed stream, a wrong token count) is a fault of the engine or its
-configuration, not a rate it cannot carry: the search stops there with an error naming it.
+failures are all load shedding or overload (HTTP 429/502/503/504, timeouts, reset connections:
+failures.LOAD_SHEDDING) marks the engine's limit: it counts as the bracket's upper end, as an
+UNSTABLE run would, but gives no capacity estimate (its departures are what the engine chose to
+serve). Any other failure (another HTTP 4xx or 5xx, a malformed or truncated stream, missing
+usage, a wrong token count) is a fault of the engine or its configuration, not a rate it cannot
+carry: the search stops there with an error naming it.
 Run lengths are in units of a request's expected life in the engine (the queue's time constant)
 and start longer the closer λ is to the capacity estimate. On a backend that replays a prefix
 exactly (the simulator) an extension costs only the added seconds, as continuing a live run
@@ -251,7 +252,7 @@ def find_boundary(
             raise KvbenchError(
                 f"probe at λ = {rate:.4g} req/s: FAILING, {ev['reason']}; the search stops: "
                 "these failures are a fault of the engine or its configuration, not load "
-                "shedding (HTTP 429/503, timeouts)"
+                "shedding (HTTP 429/502/503/504, timeouts, reset connections)"
             )
         return p
 
