@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from compare_fixture import make_compare_dir
 
 from kvbench.backends.base import Backend, QueueSample, RequestRecord
@@ -22,6 +23,7 @@ from kvbench.benchmark.failures import (
 from kvbench.benchmark.recorder import RunRecorder
 from kvbench.benchmark.runner import summarize
 from kvbench.benchmark.search import find_boundary
+from kvbench.cli import cli
 from kvbench.errors import KvbenchError
 from kvbench.output.run import run_summary_text
 from kvbench.redact import redact
@@ -384,3 +386,7 @@ def test_compare_report_shows_failing_probes_failures_and_engine_state(tmp_path)
         p.read_text() for p in (edir / "probe-04").iterdir()
     )
     assert "leakedkey" not in written
+    # the compare command's terminal summary says it too
+    terminal = CliRunner().invoke(cli, ["report", str(directory)]).stdout
+    assert 'failed requests:  http_429 ×240 ("Too many requests (Bearer ***)")' in terminal
+    assert "1 probes FAILING" in terminal and "preemptions:      11" in terminal
