@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 from abc import abstractmethod
@@ -338,6 +339,9 @@ class HttpBackend(Backend):
     ) -> None:
         loop = asyncio.get_running_loop()
         log = self.scrape_log
+        # Samples leave in time order, as the queue statistics require: a skew shift applied to
+        # one scrape and not the next (a scrape late under load) could otherwise step back.
+        last = -math.inf
         while True:
             started = loop.time()
             try:
@@ -360,7 +364,7 @@ class HttpBackend(Backend):
                 )
                 shift = received - states[-1].time
             for st in states:
-                t = st.time + shift - wall0
+                t = last = max(st.time + shift - wall0, last)
                 sink.sample(
                     QueueSample(
                         time=t,
