@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -270,9 +272,8 @@ class MisbehavingServer:
         await send(b"")  # the chunked body's end
 
 
-def _run(server: MisbehavingServer, out: Path, *extra: str):
-    args = [
-        "run",
+def _args(server: MisbehavingServer, out: Path) -> list[str]:
+    return [
         "--backend",
         "vllm",
         "--url",
@@ -285,9 +286,11 @@ def _run(server: MisbehavingServer, out: Path, *extra: str):
         "2",
         "--output",
         str(out),
-        *extra,
     ]
-    return CliRunner().invoke(cli, args)
+
+
+def _run(server: MisbehavingServer, out: Path, *extra: str):
+    return CliRunner().invoke(cli, ["run", *_args(server, out), *extra])
 
 
 # mode → (failure kind, a piece of what the failure said)
@@ -378,3 +381,17 @@ def test_engine_state_and_scrape_errors_are_reported(tmp_path):
     assert any("metrics exporter crashed" in m for m in scrape["messages"])
     assert "preemptions 11" in text and "max 97%" in text and "waiting mean 3.0 max 3" in text
     assert "scrape errors" in text and "metrics exporter crashed" in text
+
+
+def test_the_installed_command_exits_1_and_prints_one_json_object(tmp_path):
+    """As a script runs it: `python -m kvbench run … --json` in its own process."""
+    with MisbehavingServer("http_500") as server:
+        p = subprocess.run(
+            [sys.executable, "-m", "kvbench", "run", *_args(server, tmp_path / "run"), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert p.returncode == 1, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["verdict"] == "FAILING" and summary["failures"]["kinds"][0]["kind"] == "http_500"
