@@ -224,7 +224,8 @@ def summarize(
     if preemptions is None and any(r.preemptions is not None for r in records):
         preemptions = sum(r.preemptions or 0 for r in records if r.sent is not None)
     summary: dict[str, Any] = {
-        "format": "kvbench-run-summary/1",
+        # 2: the verdict may be FAILING; failures, preemptions and scrape were added
+        "format": "kvbench-run-summary/2",
         "kind": header["kind"],
         "simulated": header["kind"] == "simulated",
         "emulated": header["kind"] == "emulated",
