@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from kvbench.backends.base import Backend
+from kvbench.backends.launch import LaunchOptions
 from kvbench.errors import KvbenchError
 from kvbench.profile import PAPER_A100, POLICIES, IterationTimeModel, build_profile
 
@@ -51,12 +52,19 @@ def resolve_backend(
     time_scale: float | None = None,
     log_dir: Path | None = None,
     seed: int = 0,
+    launch: LaunchOptions | None = None,
 ) -> Backend:
     """The backend called `name`. Profile flags (profile, kv_tokens, chunk_size, batch_time)
     shape a simulated engine (kv_tokens and batch_time an emulated one too, with time_scale); a
     real engine reports its own profile, so they are refused there. An emulated engine with
     replicas > 1 is that many emulator processes behind round-robin dispatch; `log_dir` keeps
-    their logs."""
+    their logs. `launch` (--engine-python, --engine-arg, --engine-env) applies only where
+    kvbench launches a real engine (--model)."""
+    if launch and model is None:
+        raise KvbenchError(
+            f"{name}: --engine-python, --engine-arg and --engine-env apply when kvbench launches "
+            "the engine (a real backend with --model)"
+        )
     if time_scale is not None and not (time_scale > 0 and math.isfinite(time_scale)):
         raise KvbenchError(f"--time-scale must be a positive number, got {time_scale}")
     if time_scale is not None and not name.startswith(EMULATE_PREFIX):
@@ -141,4 +149,14 @@ def resolve_backend(
         )
     if url is None and model is None:
         raise KvbenchError(f"{name}: give --url of a running server, or --model PATH to launch one")
-    return open_engine(name, url=url, model=model, seed=seed)
+    launch = launch or LaunchOptions()
+    return open_engine(
+        name,
+        url=url,
+        model=model,
+        seed=seed,
+        engine_python=launch.python,
+        engine_args=list(launch.args),
+        engine_env=launch.env,
+        log_dir=log_dir,
+    )

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from kvbench.backends.launch import LaunchOptions
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.search import (
     DEFAULT_MAX_ENGINE_SECONDS,
@@ -58,6 +59,9 @@ def boundary(
     backend: str,
     url: str | None,
     model: str | None,
+    engine_python: str | None,
+    engine_args: tuple[str, ...],
+    engine_env: tuple[str, ...],
     profile_name: str | None,
     kv_tokens: int | None,
     chunk_size: int | None,
@@ -73,6 +77,7 @@ def boundary(
     """Bracket the rate λ* at which the engine's queue stops being stable, between the largest
     rate judged STABLE and the smallest judged UNSTABLE, reporting every probe and its cost."""
     workload = load_workload(workload_spec)
+    launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
     opened = []
 
     def backend_for_seed(s: int):
@@ -89,6 +94,7 @@ def boundary(
             chunk_size=chunk_size,
             batch_time=batch_time,
             seed=s,
+            launch=launch,
         )
         opened.append(b)
         return b
