@@ -405,3 +405,97 @@ def test_sigkill_of_kvbench_leaves_no_emulator_serving(tmp_path, command):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert wait_until(lambda: not answers(url + "/health"), 10), f"{url} still serving"
+
+
+def fake_engine_python(tmp_path: Path, serve: bool) -> Path:
+    """An executable standing in for an engine environment's interpreter: it records the command
+    line and environment it was given, then either serves kvbench's vLLM emulator on the
+    requested host and port (so kvbench measures it end to end) or fails as a broken engine."""
+    script = tmp_path / "engine-python"
+    dump = tmp_path / "engine-got.json"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        + textwrap.dedent(f"""
+        import json, os, sys
+        args = sys.argv[1:]
+        with open({str(dump)!r}, "w") as f:
+            json.dump({{"argv": args, "env": dict(os.environ)}}, f)
+        if not {serve!r}:
+            print("no GPU here"); sys.exit(3)
+        host, port = args[args.index("--host") + 1], args[args.index("--port") + 1]
+        os.execv(sys.executable, [sys.executable, "-P", "-m", "kvbench", "emulate",
+                 "--engine", "vllm", "--host", host, "--port", port])
+        """)
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_run_launches_with_engine_python_args_and_env_and_records_them(tmp_path):
+    python = fake_engine_python(tmp_path, serve=True)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [*kvbench_command(), "run", "--backend", "vllm", "--model", "/models/m"]
+        + ["--engine-python", str(python), "--engine-arg=--max-num-seqs", "--engine-arg=8"]
+        + ["--engine-arg=--api-key", "--engine-arg=sk-do-not-write"]
+        + ["--engine-env", "HF_TOKEN=hf_do_not_write", "--engine-env", "VLLM_X=1"]
+        + [
+            "--workload",
+            "fixed:8,4",
+            "--request-rate",
+            "4",
+            "--duration",
+            "2",
+            "--output",
+            str(out),
+        ]
+        + ["--json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads((tmp_path / "engine-got.json").read_text())
+    assert got["argv"][:2] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert got["argv"][-4:] == ["--max-num-seqs", "8", "--api-key", "sk-do-not-write"]
+    assert got["env"]["HF_TOKEN"] == "hf_do_not_write" and got["env"]["VLLM_X"] == "1"
+    server = json.loads((out / "header.json").read_text())["servers"][0]
+    assert server["argv"][0] == str(python)
+    assert server["argv"][-4:] == ["--max-num-seqs", "8", "--api-key", "<redacted>"]
+    assert server["env"] == {
+        "PYTHONSAFEPATH": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_TOKEN": "<redacted>",
+        "VLLM_X": "1",
+    }
+    for written in [*out.rglob("*"), Path(server["log"])]:
+        text = written.read_text(errors="replace") if written.is_file() else ""
+        assert "do_not_write" not in text and "do-not-write" not in text, written
+
+
+def test_compare_gives_each_engine_its_own_launch_options_and_records_them(tmp_path):
+    python = fake_engine_python(tmp_path, serve=False)
+    proc = subprocess.run(
+        [*kvbench_command(), "compare", "--backends", "vllm", "--model", "/models/m"]
+        + ["--engine-python", f"vllm={python}", "--engine-arg", "vllm=--max-num-seqs=8"]
+        + ["--engine-arg", "sglang=--tp=2", "--engine-env", "vllm=SECRET_KEY=do_not_write"]
+        + ["--no-progress", "--output-dir", str(tmp_path / "reports")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert "exited with code 3" in proc.stdout + proc.stderr
+    got = json.loads((tmp_path / "engine-got.json").read_text())
+    assert got["argv"][-1] == "--max-num-seqs=8" and "--tp=2" not in got["argv"]
+    assert got["env"]["SECRET_KEY"] == "do_not_write"
+    (engine,) = (tmp_path / "reports").rglob("engine.json")
+    data = json.loads(engine.read_text())
+    assert data["status"] == "failed"
+    assert data["engine_launch"] == {
+        "python": str(python),
+        "args": ["--max-num-seqs=8"],
+        "env": {"SECRET_KEY": "<redacted>"},
+    }
+    for written in (tmp_path / "reports").rglob("*"):
+        if written.is_file():
+            assert "do_not_write" not in written.read_text(errors="replace"), written

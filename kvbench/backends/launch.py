@@ -530,7 +530,11 @@ def launch(
         env=given_env,
         settings=recipe.read_settings(argv),
     )
-    server.wait_healthy(timeout or recipe.startup_timeout_s)
+    try:
+        server.wait_healthy(timeout or recipe.startup_timeout_s)
+    except BaseException:  # a Ctrl-C while it starts, too: nobody else holds the server yet
+        server.stop()
+        raise
     return server
 
 

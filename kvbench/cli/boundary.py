@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from kvbench.backends.base import Backend
 from kvbench.backends.launch import LaunchOptions
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.search import (
@@ -78,7 +79,7 @@ def boundary(
     rate judged STABLE and the smallest judged UNSTABLE, reporting every probe and its cost."""
     workload = load_workload(workload_spec)
     launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
-    opened = []
+    opened: list[Backend] = []
 
     def backend_for_seed(s: int):
         # The simulator draws its noise from the seed, so each probe gets its own; a server is the
