@@ -57,8 +57,14 @@ def is_secret_name(name: str) -> bool:
     return any(w in _SECRET_WORDS or w.endswith(("key", "token", "secret")) for w in words if w)
 
 
+def is_secret_variable(name: str) -> bool:
+    """Whether an environment variable may hold a credential: any of the words anywhere in its
+    name (`HF_TOKEN`, `OPENAI_API_KEY`, `MYSECRET`); hiding a harmless value costs nothing."""
+    return any(w.upper() in name.upper() for w in _SECRET_WORDS if w != "apikey")
+
+
 def redact_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: REDACTED if is_secret_name(k) else v for k, v in env.items()}
+    return {k: REDACTED if is_secret_variable(k) else v for k, v in env.items()}
 
 
 def redact_argv(argv: list[str]) -> list[str]:
@@ -92,7 +98,7 @@ def redact_given(values: Iterable[str], labels: Iterable[str], *, env: bool) -> 
     if env:
         for i, (prefix, item) in enumerate(split):
             key, eq, _ = item.partition("=")
-            if eq and is_secret_name(key):
+            if eq and is_secret_variable(key):
                 out[i] = f"{prefix}{key}={REDACTED}"
         return out
     # a credential flag's value is the next argument given to the same engine(s)
