@@ -39,6 +39,7 @@ from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from kvbench.backends.base import Backend
 from kvbench.backends.guard import stop_group
 from kvbench.errors import KvbenchError
 
@@ -544,10 +545,12 @@ def launch(
     return server
 
 
-def launched_servers(backend: object) -> list[LaunchedServer]:
+def launched_servers(backend: Backend) -> list[LaunchedServer]:
     """The servers kvbench started for a backend (one per replica; none when attached)."""
+    from kvbench.backends.replicas import RoundRobinBackend
+
     found = []
-    for b in getattr(backend, "replicas", [backend]):
+    for b in backend.replicas if isinstance(backend, RoundRobinBackend) else [backend]:
         server = getattr(b, "server", None)
         if server is not None:
             found.append(server)

@@ -7,7 +7,7 @@ import sys
 import click
 
 from kvbench.backends.base import Backend
-from kvbench.backends.launch import LaunchOptions
+from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.search import (
     DEFAULT_MAX_ENGINE_SECONDS,
@@ -125,9 +125,11 @@ def boundary(
         echo_progress("interrupted")
         sys.exit(130)
     finally:
+        # what kvbench started, as started (credentials redacted), before closing forgets it
+        servers = [s.record() for b in opened for s in launched_servers(b)]
         for b in opened:
             b.close()
-    record = {**result.to_dict(), "workload": workload_spec, "seed": seed}
+    record = {**result.to_dict(), "workload": workload_spec, "seed": seed, "servers": servers}
     if as_json:
         write_json(record)
     else:
