@@ -156,7 +156,8 @@ def capacity(backend, tmp_path_factory):
     """The engine's capacity on this machine: the departure rate over the second half of a run
     that keeps it saturated (a queue that only grows). The rate offered doubles until it is at
     least twice what departs, so the engine is saturated however fast this machine is (the tiny
-    engine sustains about 5 req/s on a busy 2-core VM, about 20 when it has a core to itself)."""
+    engine sustained about 5 req/s on a 2-core VM, 1 req/s with other work loading its cores,
+    and about 20 with a fast core to itself)."""
     rate = 40.0
     for _ in range(4):
         out = tmp_path_factory.mktemp("saturate")
