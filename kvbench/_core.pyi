@@ -126,6 +126,9 @@ class _IterationTimeModelLike:
     c1: float
     c2: float
     noise_sigma: float
+    knee: int | None
+    c1_above: float
+    c3: float
 
 class _EngineProfileLike:
     """`kvbench.profile.EngineProfile`: read attribute by attribute."""
@@ -142,6 +145,7 @@ class _EngineProfileLike:
     sglang_init_ratio: float
     sglang_min_ratio: float
     sglang_decay_steps: int
+    prefix_caching: bool
 
 def simulate(
     profile: _EngineProfileLike,

@@ -96,6 +96,7 @@ fn iteration_time_model_and_pages() {
         c1: 1e-4,
         c2: 1e-6,
         noise_sigma: 0.0,
+        ..IterationTime::constant(0.01)
     };
     let mut e = Engine::new(p, 0);
     let mut log = Log::default();
@@ -353,6 +354,7 @@ fn quiet_stretches_change_nothing() {
                 c1: 5e-5,
                 c2: 1e-7,
                 noise_sigma: 0.0,
+                ..IterationTime::constant(0.02)
             };
             let mut rng = Pcg64Mcg::seed_from_u64(block as u64);
             let n = 4000;
