@@ -105,7 +105,7 @@ impl FreeQueue {
     }
 
     /// Free pages in the queue (debug checks against the engine's count).
-    #[cfg(debug_assertions)]
+    #[cfg(any(test, debug_assertions))]
     pub fn free_pages(&self) -> i64 {
         self.segments.iter().map(|s| s.pages).sum()
     }
