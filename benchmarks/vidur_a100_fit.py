@@ -79,9 +79,7 @@ def fit() -> VidurFit:
     _, no_knee_rms = _weighted_lstsq(np.column_stack([ones, tokens]), lin)
     best = None
     for knee in KNEES:
-        x = np.column_stack(
-            [ones, np.minimum(tokens, knee), np.maximum(tokens - knee, 0.0)]
-        )
+        x = np.column_stack([ones, np.minimum(tokens, knee), np.maximum(tokens - knee, 0.0)])
         coef, rms = _weighted_lstsq(x, lin)
         if best is None or rms < best[2]:
             best = (knee, coef, rms)
@@ -90,7 +88,9 @@ def fit() -> VidurFit:
 
     d = _read("attention_decode.csv")
     kv = d["batch_size"] * d["kv_per_request"]
-    (alpha, beta), dec_rms = _weighted_lstsq(np.column_stack([np.ones_like(kv), kv]), d["attn_decode_ms"])
+    (alpha, beta), dec_rms = _weighted_lstsq(
+        np.column_stack([np.ones_like(kv), kv]), d["attn_decode_ms"]
+    )
     save = float(np.mean(d["kv_cache_save_ms"]))
 
     p = _read("attention_prefill.csv")

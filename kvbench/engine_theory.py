@@ -379,13 +379,21 @@ def _mixed_bounds(
         e_area = law.mean(lives.area)
         # A recomputed token sits, on average, halfway through a request's decode.
         context = law.mean(law.prompt.astype(np.float64)) + law.mean(law.output) / 2.0
+        # Completions per iteration the budget and the running cap allow: when one of them is
+        # lower than memory's, memory never fills and nothing is preempted.
+        others = [profile.token_budget / e_tokens] if profile.token_budget < UNLIMITED else []
+        if profile.max_running < UNLIMITED:
+            others.append(profile.max_running / law.mean(lives.iterations))
         if waste is None and profile.policy == "vllm":
             # A priori: memory is full, the head request is admitted with one chunk whenever
             # pages free up and preempted at the next step that runs short, so about half a
             # first chunk per iteration is held by a request that will not keep it.
             held = law.mean(first.astype(np.float64)) / 2.0
             per_it = (M - gap - held) / e_area
-            if profile.prefix_caching:
+            if others and min(others) < (M - gap) / e_area:
+                recompute = 0.0
+                how = "memory never fills (another limit binds first): no recompute"
+            elif profile.prefix_caching:
                 # The preempted request's freed pages wait at the back of the free queue and
                 # only the decoders' growth (one token per decode, all taken from the queue's
                 # front once memory is full) evicts them: about E[o − 1] tokens per completed
@@ -395,7 +403,9 @@ def _mixed_bounds(
             else:
                 recompute = held / per_it
                 how = "recompute from scratch ≈ half a first chunk per iteration"
-            waste_note = f", {how} = {recompute:,.0f} tokens/request (a priori)"
+            waste_note = f", {how}" + (
+                f" = {recompute:,.0f} tokens/request (a priori)" if recompute else ""
+            )
         else:
             # A measured waste of w recomputed tokens per request: each is held about one
             # iteration before its request is preempted.

@@ -57,14 +57,14 @@ class IterationTimeModel:
         return math.isfinite(self.c0)
 
     def formula(self) -> str:
-        """The model as one line, e.g. for a report's profile row."""
+        """The model as one line (3 significant digits), e.g. for a report's profile row."""
         if self.c1 == 0 and self.c2 == 0 and self.c1_above == 0 and self.c3 == 0:
-            return f"b = {self.c0:g} s"
-        tokens = f"{self.c1:g}·tokens"
+            return f"b = {self.c0:.3g} s"
+        tokens = f"{self.c1:.3g}·tokens"
         if self.knee is not None:
-            tokens = f"{self.c1:g}·min(tokens, {self.knee}) + {self.c1_above:g}·excess"
-        prefill = f" + {self.c3:g}·prefill pairs" if self.c3 else ""
-        return f"b = {self.c0:g} + {tokens} + {self.c2:g}·KV{prefill} s"
+            tokens = f"{self.c1:.3g}·min(tokens, {self.knee}) + {self.c1_above:.3g}·rest"
+        prefill = f" + {self.c3:.3g}·prefill pairs" if self.c3 else ""
+        return f"b = {self.c0:.3g} + {tokens} + {self.c2:.3g}·KV{prefill} s"
 
     def mean_time(self, batch_tokens: float, kv_tokens: float, prefill_pairs: float = 0.0) -> float:
         """The mean duration of one iteration (prefill_pairs: Σ chunk·(cached + chunk))."""
@@ -204,9 +204,7 @@ def _scheduler_defaults(policy: str, hw: HardwareCalibration) -> dict:
     raise KvbenchError(f"unknown engine rule {policy!r}; choose one of {', '.join(POLICIES)}")
 
 
-def build_profile(
-    policy: str, hardware: str = DEFAULT_HARDWARE.name, **overrides
-) -> EngineProfile:
+def build_profile(policy: str, hardware: str = DEFAULT_HARDWARE.name, **overrides) -> EngineProfile:
     """The profile of `policy`'s default scheduler on a hardware calibration, with overrides
     (any EngineProfile field) applied last."""
     try:

@@ -109,9 +109,7 @@ def reproduce(
     if figure.replicas == 1:
         rate, se = single.rate, single.rate_stderr
     else:
-        rate, se = _replicated_rate(
-            profile, figure.workload, figure.replicas, num_prompts, seed
-        )
+        rate, se = _replicated_rate(profile, figure.workload, figure.replicas, num_prompts, seed)
     law = LengthLaw.from_workload(workload)
     apriori = engine_aware_mu(profile, law)
     waste = saturated_run(profile, workload, num_prompts=calibration_prompts, seed=seed + 1)

@@ -90,7 +90,10 @@ def calibrate(
                 "or save a real engine's iteration records and pass --windows FILE"
             )
         profile = build_profile(
-            engine, profile_name or DEFAULT_HARDWARE.name, kv_tokens=kv_tokens, chunk_size=chunk_size
+            engine,
+            profile_name or DEFAULT_HARDWARE.name,
+            kv_tokens=kv_tokens,
+            chunk_size=chunk_size,
         )
         calibration = calibrate_simulated(
             profile, load_workload(workload_spec), num_prompts=num_prompts, seed=seed

@@ -10,7 +10,13 @@ from kvbench.cli import options
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.export.json import write_json
 from kvbench.output.terminal import block, estimate, highlight, number
-from kvbench.profile import DEFAULT_HARDWARE, UNLIMITED, EngineProfile, IterationTimeModel, build_profile
+from kvbench.profile import (
+    DEFAULT_HARDWARE,
+    UNLIMITED,
+    EngineProfile,
+    IterationTimeModel,
+    build_profile,
+)
 from kvbench.workload import TraceWorkload, Workload, load_workload
 
 _PAPER = f"default: {model.PAPER_KV_TOKENS}, the paper's"
