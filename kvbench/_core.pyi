@@ -4,6 +4,8 @@ Conventions: times are float64 seconds; lengths are int64 tokens; every random f
 explicit `seed` and is reproducible across platforms for a given seed.
 """
 
+from typing import Protocol
+
 import numpy as np
 import numpy.typing as npt
 
@@ -116,36 +118,58 @@ class HttpDriver:
 #   trtllm: GUARANTEED_NO_EVICT: admit only if pages for prompt + max_tokens (the request's own
 #           output, or max(max_tokens_cap, output)) fit beside what running requests reserved.
 # The last prefill chunk samples the first output token; then one token per decode iteration.
-# Iteration time = c0 + c1·batch tokens + c2·(KV tokens the batch attends over), times a
-# lognormal factor with mean 1 when noise_sigma > 0. Arrivals during an iteration wait for the
+# Iteration time = c0 + c1·min(batch tokens, knee) + c1_above·(the rest) + c2·(KV tokens the
+# batch attends over) + c3·Σ prefill chunk·(cached + chunk), times a lognormal factor with mean 1
+# when noise_sigma > 0 (no knee: c1 for every token). The vllm rule with prefix_caching keeps a
+# preempted request's freed pages reusable until reallocated (vLLM v1's LRU free queue). Arrivals during an iteration wait for the
 # next. Invalid input raises ValueError naming the request or field; `kvbench.simulator`
 # turns it into KvbenchError.
 
-class _IterationTimeModelLike:
-    c0: float
-    c1: float
-    c2: float
-    noise_sigma: float
-    knee: int | None
-    c1_above: float
-    c3: float
+class _IterationTimeModelLike(Protocol):
+    @property
+    def c0(self) -> float: ...
+    @property
+    def c1(self) -> float: ...
+    @property
+    def c2(self) -> float: ...
+    @property
+    def noise_sigma(self) -> float: ...
+    @property
+    def knee(self) -> int | None: ...
+    @property
+    def c1_above(self) -> float: ...
+    @property
+    def c3(self) -> float: ...
 
-class _EngineProfileLike:
+class _EngineProfileLike(Protocol):
     """`kvbench.profile.EngineProfile`: read attribute by attribute."""
 
-    policy: str
-    kv_tokens: int
-    block_size: int
-    chunk_size: int
-    token_budget: int
-    max_running: int
-    iteration_time: _IterationTimeModelLike
-    max_tokens_cap: int | None
-    separate_prefill_decode: bool
-    sglang_init_ratio: float
-    sglang_min_ratio: float
-    sglang_decay_steps: int
-    prefix_caching: bool
+    @property
+    def policy(self) -> str: ...
+    @property
+    def kv_tokens(self) -> int: ...
+    @property
+    def block_size(self) -> int: ...
+    @property
+    def chunk_size(self) -> int: ...
+    @property
+    def token_budget(self) -> int: ...
+    @property
+    def max_running(self) -> int: ...
+    @property
+    def iteration_time(self) -> _IterationTimeModelLike: ...
+    @property
+    def max_tokens_cap(self) -> int | None: ...
+    @property
+    def separate_prefill_decode(self) -> bool: ...
+    @property
+    def sglang_init_ratio(self) -> float: ...
+    @property
+    def sglang_min_ratio(self) -> float: ...
+    @property
+    def sglang_decay_steps(self) -> int: ...
+    @property
+    def prefix_caching(self) -> bool: ...
 
 def simulate(
     profile: _EngineProfileLike,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from kvbench.errors import KvbenchError
 
@@ -213,7 +213,7 @@ def build_profile(policy: str, hardware: str = DEFAULT_HARDWARE.name, **override
         raise KvbenchError(
             f"unknown profile {hardware!r}; choose one of {', '.join(HARDWARE)}"
         ) from None
-    fields = dict(
+    fields: dict[str, Any] = dict(
         policy=policy,
         kv_tokens=hw.kv_tokens,
         chunk_size=hw.chunk_size,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from kvbench import theory as model
@@ -17,7 +19,7 @@ from kvbench.profile import (
     IterationTimeModel,
     build_profile,
 )
-from kvbench.workload import TraceWorkload, Workload, load_workload
+from kvbench.workload import SyntheticWorkload, TraceWorkload, Workload, load_workload
 
 _PAPER = f"default: {model.PAPER_KV_TOKENS}, the paper's"
 _PAPER_CHUNK = f"default: {model.PAPER_CHUNK_SIZE}, the paper's"
@@ -63,6 +65,7 @@ def _evaluate(
 def _describe(workload: Workload) -> str:
     if isinstance(workload, TraceWorkload):
         return f"{workload.name} (trace, {len(workload.prompt_lens)} requests)"
+    assert isinstance(workload, SyntheticWorkload)  # the other kind of workload
     law = workload.law
     return (
         f"{workload.name} (s ~ U{{{law.prompt_min}..{law.prompt_max}}}, "
@@ -345,7 +348,7 @@ def provision(
     conservative = (
         model.replicas_needed(request_rate, mu_low, target_utilization) if mu_low > 0 else None
     )
-    record = {
+    record: dict[str, Any] = {
         "model": "paper",
         "workload": result.workload,
         "request_rate": request_rate,
