@@ -180,7 +180,10 @@ fn vllm_prefix_cache_restores_the_surviving_prefix() {
         // Prefill (16), 12 decode steps of both, then A alone, then B's re-prefill.
         assert_eq!(batches[0], 16);
         let resumed = batches.iter().skip(1).position(|&b| b > 2).unwrap() + 1;
-        assert_eq!(batches[resumed], reprefill, "caching {caching}: {batches:?}");
+        assert_eq!(
+            batches[resumed], reprefill,
+            "caching {caching}: {batches:?}"
+        );
         assert_eq!(log.tokens[&1], (1..=20).collect::<Vec<_>>());
         assert_eq!(e.kv_used_tokens(), 0);
     }
