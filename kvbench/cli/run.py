@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from kvbench.backends.launch import LaunchOptions
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.runner import RunSpec, execute_run
 from kvbench.cli import options
@@ -56,6 +57,9 @@ def run(
     backend: str,
     url: str | None,
     model: str | None,
+    engine_python: str | None,
+    engine_args: tuple[str, ...],
+    engine_env: tuple[str, ...],
     profile_name: str | None,
     kv_tokens: int | None,
     chunk_size: int | None,
@@ -84,6 +88,7 @@ def run(
         confidence=confidence,
     )
     workload = load_workload(workload_spec)
+    launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
     engine = resolve_backend(
         backend,
         url=url,
@@ -93,6 +98,7 @@ def run(
         chunk_size=chunk_size,
         batch_time=batch_time,
         seed=seed,
+        launch=launch,
     )
     try:
         with RunProgress(f"{backend} λ={request_rate:g}", duration, quiet=as_json) as progress:
