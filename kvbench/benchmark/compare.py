@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kvbench import __version__, theory
+from kvbench import __version__, provenance, theory
 from kvbench.backends.base import (
     Backend,
     DiscoveredProfile,
@@ -109,6 +109,10 @@ class CompareConfig:
     trim: float = 0.0
     output_root: Path = Path("reports")
     command: str = ""
+    # LABEL=ENGINE in --backends: what each label runs (a label absent here names its engine)
+    engines: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)  # --metadata KEY=VALUE
+    gpu_exporter: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -357,9 +361,10 @@ def _versions() -> dict[str, str]:
 def backend_spec(label: str, config: CompareConfig) -> str:
     """The backend a label stands for: `--url label=URL` attaches and `--model` launches the
     engine; with neither an engine name means its embedded form (EMBEDDED_KIND)."""
-    if ":" in label or config.urls.get(label) or config.model:
-        return label
-    return f"{EMBEDDED_KIND}:{label}"
+    engine = config.engines.get(label, label)
+    if ":" in engine or config.urls.get(label) or config.model:
+        return engine
+    return f"{EMBEDDED_KIND}:{engine}"
 
 
 def replica_count(label: str, config: CompareConfig) -> int:
@@ -482,6 +487,9 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
             backend = open_backend(a["label"], a["backend"], config, engine.directory / "server")
             engine.data["time_scale"] = backend.time_scale
             engine.data["servers"] = _servers(backend, directory)
+            engine.data["provenance"] = provenance.for_backend(
+                backend, a["backend"], metadata=config.metadata, gpu_exporter=config.gpu_exporter
+            )
             engine.save()
             _measure(backend, engine, directory, workload, config, observer, a["label"])
             engine.data["status"] = "ok"

@@ -17,7 +17,7 @@ from kvbench.errors import KvbenchError
 from kvbench.export.json import dumps
 
 SCHEMA = "kvbench.compare.results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: engine provenance, warnings, merged_from
 
 VERDICTS = ("STABLE", "UNSTABLE", "INCONCLUSIVE")
 ENGINE_STATUSES = ("ok", "failed", "interrupted")
@@ -134,6 +134,9 @@ class EngineResult:
     verdict_counts: dict[str, int] = field(default_factory=dict)
     provisioning: Provisioning | None = None
     probes: list[Probe] = field(default_factory=list)
+    # model, engine version, launch command and hardware (kvbench/provenance.py); None for a
+    # compare directory written before provenance was recorded
+    provenance: dict[str, Any] | None = None
 
     @property
     def marked(self) -> bool:
@@ -154,6 +157,11 @@ class CompareResults:
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
     interrupted: bool = False
+    # what a reader must know before comparing rows (a merge of runs with different workloads,
+    # seeds or kvbench versions)
+    warnings: list[str] = field(default_factory=list)
+    # `kvbench report merge`: the compare directories merged, one entry per source
+    merged_from: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
