@@ -521,7 +521,9 @@ def for_backend(
 ) -> dict[str, Any]:
     """The provenance of an opened backend. Replicas behind one dispatcher are described by the
     first: kvbench starts or attaches them alike, and their hardware is given per host."""
-    first = (getattr(backend, "replicas", None) or [backend])[0]
+    from kvbench.backends.replicas import RoundRobinBackend
+
+    first = backend.replicas[0] if isinstance(backend, RoundRobinBackend) else backend
     # an HTTP backend learns whether the server is kvbench's emulator from its first answer
     getattr(first, "time_scale", None)
     return collect(

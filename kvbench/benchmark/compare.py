@@ -276,6 +276,7 @@ def _calibrate(
             "requests": len(requests),
             "burst": True,
             "versions": versions(),
+            "provenance": engine.data.get("provenance"),
         },
     )
     observer.phase(label, "calibrating b̄ (saturating burst)", None, duration)

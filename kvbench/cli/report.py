@@ -88,6 +88,7 @@ def merge(directories: tuple[str, ...], output: Path, as_json: bool) -> None:
 
 @click.group(
     cls=_ReportGroup,
+    subcommand_metavar="DIRECTORY | merge DIRECTORY... --output DIR",
     context_settings={"ignore_unknown_options": True},
     invoke_without_command=False,
 )
