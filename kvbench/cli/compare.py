@@ -48,7 +48,7 @@ def _command_line(ctx: click.Context) -> str:
         flag = param.opts[0]
         if param.name == "metadata":  # a credential-like key's value is never written
             value = tuple(f"{k}={v}" for k, v in parse_metadata(value).items())
-        if param.is_flag:
+        if isinstance(param, click.Option) and param.is_flag:
             words.append(flag)
         else:
             for v in value if param.multiple else (value,):
