@@ -249,3 +249,28 @@ def test_installed_version_names_what_is_missing():
     # no engine is installed in kvbench's test environment
     with pytest.raises(KvbenchError, match="tensorrt-llm is not installed"):
         provenance.installed_version(sys.executable, "trtllm")
+
+
+# `rocm-smi --showproductname --showmeminfo vram --showdriverversion --json` on a two-GPU
+# MI300X host: one object per card, the driver under "system"
+FAKE_ROCM_SMI = """#!/bin/sh
+echo '{"card0": {"Card Series": "AMD Instinct MI300X", "Card Model": "0x74a1",
+           "Card Vendor": "Advanced Micro Devices, Inc. [AMD/ATI]", "Card SKU": "M3000100",
+           "VRAM Total Memory (B)": "205822885888", "VRAM Total Used Memory (B)": "297345024"},
+ "card1": {"Card Series": "AMD Instinct MI300X", "Card Model": "0x74a1",
+           "Card Vendor": "Advanced Micro Devices, Inc. [AMD/ATI]", "Card SKU": "M3000100",
+           "VRAM Total Memory (B)": "205822885888", "VRAM Total Used Memory (B)": "297345024"},
+ "system": {"Driver version": "6.8.5"}}'
+"""
+
+
+def test_amd_gpus_are_read_with_rocm_smi(tmp_path, monkeypatch, no_nvml):
+    _path_with(tmp_path, monkeypatch, {"rocm-smi": FAKE_ROCM_SMI})
+    found = provenance.collect(engine="sglang", kind="simulated", url=None)
+    hw = found["hardware"]
+    assert (hw["gpu_model"], hw["gpu_count"]) == ("AMD Instinct MI300X", 2)
+    assert hw["gpu_memory_mib"] == 205822885888 // 2**20 == 196288
+    assert hw["driver_version"] == "6.8.5"
+    assert found["sources"]["hardware.gpu_model"] == "rocm-smi"
+    # ROCm has no CUDA version: absent, and said so
+    assert found["absent"]["hardware.cuda_version"] == "rocm-smi does not report it"
