@@ -40,6 +40,8 @@ def machines(tmp_path_factory):
         "gpu_count=8",
         "--metadata",
         "rack=b7",
+        "--metadata",
+        "api_key=sk-live-9",
         "--seed",
         "3",
     )
@@ -68,6 +70,12 @@ def test_labels_name_the_rows_and_provenance_is_recorded(machines):
     assert prov["hardware"]["gpu_count"] == 8
     assert prov["sources"]["hardware.gpu_count"] == "--metadata"
     assert prov["metadata"]["rack"] == "b7"
+    # a credential given as metadata is written nowhere: not in the command, config or results
+    assert prov["metadata"]["api_key"] == "***"
+    assert "api_key=***" in results["command"]
+    for path in a.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".md", ".html", ".csv", ".jsonl"):
+            assert "sk-live-9" not in path.read_text(errors="replace"), path
     # the simulator serves no model: absent, with the reason
     assert prov["model"]["id"] is None and "simulated" in prov["absent"]["model.id"]
     summary = (a / "summary.md").read_text()

@@ -274,3 +274,38 @@ def test_amd_gpus_are_read_with_rocm_smi(tmp_path, monkeypatch, no_nvml):
     assert found["sources"]["hardware.gpu_model"] == "rocm-smi"
     # ROCm has no CUDA version: absent, and said so
     assert found["absent"]["hardware.cuda_version"] == "rocm-smi does not report it"
+
+
+def test_run_header_records_provenance_without_credentials(tmp_path, monkeypatch, no_nvml):
+    from click.testing import CliRunner
+
+    from kvbench.benchmark.recorder import read_run
+    from kvbench.cli import cli
+
+    _path_with(tmp_path, monkeypatch, {"nvidia-smi": FAKE_NVIDIA_SMI})
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--backend",
+            "sim:vllm",
+            "--request-rate",
+            "2",
+            "--num-prompts",
+            "200",
+            "--output",
+            str(out),
+            "--metadata",
+            "site=lab-3",
+            "--metadata",
+            "hf_token=hf_secret",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    prov = read_run(out).header["provenance"]
+    assert prov["engine"]["name"] == "vllm"
+    assert prov["hardware"]["gpu_model"] == "NVIDIA H100 80GB HBM3"
+    assert prov["metadata"] == {"site": "lab-3", "hf_token": "***"}
+    assert "hf_secret" not in (out / "header.json").read_text()
