@@ -102,6 +102,17 @@ def parse_metadata(values: tuple[str, ...] | list[str]) -> dict[str, str]:
     return found
 
 
+def check_exporter_url(url: str | None) -> str | None:
+    """--gpu-exporter must be an http(s) URL (checked before anything is measured)."""
+    if url is not None and (
+        urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname
+    ):
+        raise KvbenchError(
+            f"--gpu-exporter {url!r}: expected a URL such as http://HOST:9400/metrics"
+        )
+    return url
+
+
 def is_loopback(url: str) -> bool:
     """True when `url` points at this host (localhost or a loopback address)."""
     host = urlsplit(url).hostname or ""
@@ -394,7 +405,7 @@ def _read_dcgm(record: _Record, url: str) -> None:
         with urllib.request.urlopen(url, timeout=_TIMEOUT) as resp:
             text = resp.read().decode("utf-8", errors="replace")
         metrics = Metrics.parse(text, url)
-    except (urllib.error.URLError, OSError, KvbenchError) as err:
+    except (urllib.error.URLError, OSError, ValueError, KvbenchError) as err:
         for key in ("gpu_model", "gpu_count", "driver_version", "gpu_memory_mib"):
             record.absent("hardware", key, f"{source}: {err}")
         return

@@ -230,6 +230,23 @@ def test_credentials_in_a_launch_command_are_never_recorded():
     }
 
 
+def test_bad_gpu_exporter_is_refused_before_anything_runs():
+    from click.testing import CliRunner
+
+    from kvbench.cli import cli
+
+    for args in (
+        ["compare", "--backends", "sim:vllm"],
+        ["run", "--backend", "sim:vllm", "--request-rate", "1", "--num-prompts", "10"],
+    ):
+        result = CliRunner().invoke(cli, [*args, "--gpu-exporter", "gpu-node:9400"])
+        assert result.exit_code == 2, result.output
+        assert result.output == (
+            "error: --gpu-exporter 'gpu-node:9400': expected a URL such as "
+            "http://HOST:9400/metrics\n"
+        )
+
+
 def test_bad_metadata_is_one_line_error():
     with pytest.raises(KvbenchError, match="expected KEY=VALUE"):
         provenance.parse_metadata(["gpu_model"])

@@ -16,7 +16,7 @@ from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.compare_progress import CompareProgress
 from kvbench.output.terminal import block, highlight
-from kvbench.provenance import parse_metadata
+from kvbench.provenance import check_exporter_url, parse_metadata
 from kvbench.report import write_report
 from kvbench.report.build import Report
 from kvbench.report.schema import CompareResults, EngineResult
@@ -240,7 +240,7 @@ def compare(
         backends=labels,
         engines=engines,
         metadata=parse_metadata(metadata),
-        gpu_exporter=gpu_exporter,
+        gpu_exporter=check_exporter_url(gpu_exporter),
         workload=workload,
         kv_tokens=kv_tokens,
         time_scale=time_scale,

@@ -13,7 +13,7 @@ from kvbench.cli.backend_options import backend_options
 from kvbench.export.json import write_json
 from kvbench.output.progress import RunProgress, echo_progress
 from kvbench.output.run import run_summary_text
-from kvbench.provenance import for_backend, parse_metadata
+from kvbench.provenance import check_exporter_url, for_backend, parse_metadata
 from kvbench.workload import load_workload
 
 
@@ -88,6 +88,7 @@ def run(
     )
     workload = load_workload(workload_spec)
     stated = parse_metadata(metadata)
+    check_exporter_url(gpu_exporter)
     engine = resolve_backend(
         backend,
         url=url,
