@@ -118,8 +118,10 @@ class HttpDriver:
 #   trtllm: GUARANTEED_NO_EVICT: admit only if pages for prompt + max_tokens (the request's own
 #           output, or max(max_tokens_cap, output)) fit beside what running requests reserved.
 # The last prefill chunk samples the first output token; then one token per decode iteration.
-# Iteration time = c0 + c1·batch tokens + c2·(KV tokens the batch attends over), times a
-# lognormal factor with mean 1 when noise_sigma > 0. Arrivals during an iteration wait for the
+# Iteration time = c0 + c1·min(batch tokens, knee) + c1_above·(the rest) + c2·(KV tokens the
+# batch attends over) + c3·Σ prefill chunk·(cached + chunk), times a lognormal factor with mean 1
+# when noise_sigma > 0 (no knee: c1 for every token). The vllm rule with prefix_caching keeps a
+# preempted request's freed pages reusable until reallocated (vLLM v1's LRU free queue). Arrivals during an iteration wait for the
 # next. Invalid input raises ValueError naming the request or field; `kvbench.simulator`
 # turns it into KvbenchError.
 
@@ -132,6 +134,12 @@ class _IterationTimeModelLike(Protocol):
     def c2(self) -> float: ...
     @property
     def noise_sigma(self) -> float: ...
+    @property
+    def knee(self) -> int | None: ...
+    @property
+    def c1_above(self) -> float: ...
+    @property
+    def c3(self) -> float: ...
 
 class _EngineProfileLike(Protocol):
     """`kvbench.profile.EngineProfile`: read attribute by attribute."""
@@ -160,6 +168,8 @@ class _EngineProfileLike(Protocol):
     def sglang_min_ratio(self) -> float: ...
     @property
     def sglang_decay_steps(self) -> int: ...
+    @property
+    def prefix_caching(self) -> bool: ...
 
 def simulate(
     profile: _EngineProfileLike,

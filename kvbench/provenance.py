@@ -10,7 +10,7 @@ on a loopback address); an engine elsewhere is described by what the user states
 
     {"model":    {"id": ..., "max_model_len": ...},
      "engine":   {"name": ..., "version": ...},
-     "launch":   {"argv": [...]} or null,
+     "launch":   {"argv": [...], "env": {...}} or null,
      "hardware": {"local": bool, "host": ..., "cpu_model": ..., "cpu_cores": ...,
                   "memory_mib": ..., "gpu_model": ..., "gpu_count": ..., "gpu_memory_mib": ...,
                   "driver_version": ..., "cuda_version": ...},
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from kvbench.backends.launch import REDACTED, is_secret_variable
 from kvbench.errors import KvbenchError
 
 HARDWARE_FIELDS = (
@@ -59,37 +60,12 @@ VERSION_PATHS = {
     "trtllm": ("/version",),
     "sglang": ("/get_server_info", "/server_info"),
 }
-# a launch argument or metadata key whose value is a credential is never written
-_SECRET = re.compile(r"key|token|secret|passw", re.IGNORECASE)
-REDACTED = "***"
 _TIMEOUT = 5.0
 
 
-def redact_argv(argv: list[str]) -> list[str]:
-    """`argv` with the value of every flag named like a credential (`--api-key X`,
-    `--hf-token=X`, `--password X`) replaced by REDACTED."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next and not arg.startswith("-"):
-            out.append(REDACTED)
-            hide_next = False
-            continue
-        hide_next = False
-        flag, eq, _ = arg.partition("=")
-        if flag.startswith("-") and _SECRET.search(flag):
-            if eq:
-                out.append(f"{flag}={REDACTED}")
-            else:
-                out.append(arg)
-                hide_next = True
-            continue
-        out.append(arg)
-    return out
-
-
 def parse_metadata(values: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """`--metadata KEY=VALUE` flags as a dict; a value under a credential-like key is redacted."""
+    """`--metadata KEY=VALUE` flags as a dict; a value under a credential-like key (named as an
+    environment variable holding one would be) is redacted."""
     found: dict[str, str] = {}
     for value in values:
         key, sep, text = value.partition("=")
@@ -98,7 +74,7 @@ def parse_metadata(values: tuple[str, ...] | list[str]) -> dict[str, str]:
             raise KvbenchError(f"--metadata {value!r}: expected KEY=VALUE, e.g. gpu_model=H200")
         if key in INTEGER_FIELDS and not text.strip().isdigit():
             raise KvbenchError(f"--metadata {key}={text!r}: expected a whole number")
-        found[key] = REDACTED if _SECRET.search(key) else text.strip()
+        found[key] = REDACTED if is_secret_variable(key) else text.strip()
     return found
 
 
@@ -465,8 +441,9 @@ def collect(
 ) -> dict[str, Any]:
     """The provenance of one engine. `engine`: vllm, sglang, trtllm, or a simulator policy;
     `kind`: real, emulated or simulated; `url`: where it answers (None for the simulator);
-    `server`: the launch.LaunchedServer when kvbench started it (its argv is recorded, with
-    credentials redacted; its interpreter, argv[0], is asked for the engine's installed version
+    `server`: the launch.LaunchedServer when kvbench started it (its command line and the
+    environment kvbench set are recorded as the launcher reports them, credentials redacted; its
+    interpreter, argv[0], is asked for the engine's installed version
     when the engine does not say it); `metadata`: --metadata, whose
     hardware keys (HARDWARE_FIELDS) fill or override what was read."""
     record = _Record()
@@ -479,7 +456,8 @@ def collect(
             record.absent("model", key, f"{kind} engine: no served model")
         record.absent("engine", "version", f"{kind} engine in kvbench {_kvbench_version()}")
     if server is not None:
-        record.data["launch"] = {"argv": redact_argv(list(server.argv))}
+        launched = server.record()  # credentials redacted by the launcher
+        record.data["launch"] = {"argv": launched["argv"], "env": launched.get("env", {})}
         if record.data["engine"]["version"] is None and kind == "real" and engine in DISTRIBUTIONS:
             interpreter = server.argv[0]
             try:

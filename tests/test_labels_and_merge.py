@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from kvbench.backends.labels import parse_backends
+from kvbench.backends.launch import REDACTED
 from kvbench.cli import cli
 from kvbench.errors import KvbenchError
 
@@ -71,8 +72,8 @@ def test_labels_name_the_rows_and_provenance_is_recorded(machines):
     assert prov["sources"]["hardware.gpu_count"] == "--metadata"
     assert prov["metadata"]["rack"] == "b7"
     # a credential given as metadata is written nowhere: not in the command, config or results
-    assert prov["metadata"]["api_key"] == "***"
-    assert "api_key=***" in results["command"]
+    assert prov["metadata"]["api_key"] == REDACTED
+    assert f"api_key={REDACTED}" in results["command"]
     for path in a.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".md", ".html", ".csv", ".jsonl"):
             assert "sk-live-9" not in path.read_text(errors="replace"), path

@@ -32,6 +32,7 @@ from kvbench.backends.base import (
     RequestRecord,
     RequestSpec,
 )
+from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.replicas import RoundRobinBackend
 from kvbench.benchmark.batch_time import (
     CLIENT_SOURCE,
@@ -114,11 +115,35 @@ class CompareConfig:
     engines: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)  # --metadata KEY=VALUE
     gpu_exporter: str | None = None
+    # --engine-python, --engine-arg, --engine-env as given, each maybe prefixed ENGINE=
+    engine_python: list[str] = field(default_factory=list)
+    engine_args: list[str] = field(default_factory=list)
+    engine_env: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["output_root"] = str(self.output_root)
+        for key in ("engine_python", "engine_args", "engine_env"):
+            del out[key]
+        out["engine_launch"] = {
+            label: options.record() for label in self.backends if (options := self.launch(label))
+        }
         return out
+
+    def launch(self, label: str) -> LaunchOptions:
+        """What --engine-python, --engine-arg and --engine-env give the engine `label`."""
+        return LaunchOptions.for_engine(
+            label, self.backends, self.engine_python, self.engine_args, self.engine_env
+        )
+
+    def check_launch(self) -> None:
+        """Refuse launch options that cannot apply, before anything is measured."""
+        for label in self.backends:
+            if self.launch(label) and (self.model is None or ":" in label or label in self.urls):
+                raise KvbenchError(
+                    f"{label}: --engine-python, --engine-arg and --engine-env apply to engines "
+                    "kvbench launches (--model)"
+                )
 
     @property
     def measures_real_engines(self) -> bool:
@@ -398,7 +423,16 @@ def open_backend(
             )
         from kvbench.backends.engines import open_engine
 
-        return open_engine(spec, model=config.model, seed=config.seed)
+        options = config.launch(label)
+        return open_engine(
+            spec,
+            model=config.model,
+            seed=config.seed,
+            engine_python=options.python,
+            engine_args=list(options.args),
+            engine_env=options.env,
+            log_dir=log_dir,
+        )
     if spec.startswith(EMULATE_PREFIX):
         return resolve_backend(
             spec,
@@ -448,6 +482,7 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
     if not config.backends:
         raise KvbenchError("--backends needs at least one engine, e.g. --backends trtllm,sglang")
     config = config.with_defaults()
+    config.check_launch()
     assert config.workload is not None  # with_defaults filled it
     workload = load_workload(config.workload)
     now = datetime.now(UTC)
@@ -464,6 +499,9 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
                 "replicas": replica_count(label, config),
                 "urls": config.urls.get(label, []),
                 "slug": f"{i}-{slug(label)}",
+                **(
+                    {"engine_launch": options.record()} if (options := config.launch(label)) else {}
+                ),
             }
         )
     header = {
@@ -526,16 +564,15 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
 
 
 def _servers(backend: Backend, root: Path) -> list[dict[str, Any]]:
-    """The server processes kvbench started for this backend (one per replica): pid, URL, and
-    log (relative to the compare directory when it is inside it)."""
+    """The server processes kvbench started for this backend (one per replica): pid, URL,
+    command line and environment (credentials redacted), and log (relative to the compare
+    directory when it is inside it)."""
     found = []
-    for b in backend.replicas if isinstance(backend, RoundRobinBackend) else [backend]:
-        server = getattr(b, "server", None)
-        if server is not None:
-            log = server.log_path
-            if log.is_relative_to(root):
-                log = log.relative_to(root)
-            found.append({"pid": server.pid, "url": server.url, "log": log.as_posix()})
+    for server in launched_servers(backend):
+        log = server.log_path
+        if log.is_relative_to(root):
+            log = log.relative_to(root)
+        found.append({**server.record(), "log": log.as_posix()})
     return found
 
 

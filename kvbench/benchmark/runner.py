@@ -20,6 +20,7 @@ import numpy as np
 from kvbench import _core
 from kvbench.arrivals import arrival_times
 from kvbench.backends.base import Backend, EventSink, QueueSample, RequestRecord, RequestSpec
+from kvbench.backends.launch import launched_servers
 from kvbench.benchmark.recorder import RunRecorder, versions
 from kvbench.benchmark.stability import (
     DEFAULT_CONFIDENCE,
@@ -270,6 +271,8 @@ def run_header(
         "scheduled_in_window": sum(1 for r in requests if r.intended_send < window_end),
         "profile": profile,
         "profile_sources": discovered.sources,
+        # what kvbench started, as started (credentials redacted): command line and environment
+        "servers": [s.record() for s in launched_servers(backend)],
         "versions": versions(),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **(extra or {}),

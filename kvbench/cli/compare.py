@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from kvbench.backends.labels import parse_backends
+from kvbench.backends.launch import redact_given
 from kvbench.benchmark.compare import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig, run_compare
 from kvbench.cli import options
 from kvbench.errors import KvbenchError
@@ -34,8 +35,14 @@ def _parse_urls(values: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 def _command_line(ctx: click.Context) -> str:
-    """The command as typed, up to option order: every option that differs from its default."""
+    """The command as typed, up to option order: every option that differs from its default;
+    credentials in engine arguments and environment redacted."""
     words = ["kvbench", "compare"]
+    labels = [b.strip() for b in ctx.params.get("backends", "").split(",")]
+    redacted = {
+        "engine_args": redact_given(ctx.params.get("engine_args", ()), labels, env=False),
+        "engine_env": redact_given(ctx.params.get("engine_env", ()), labels, env=True),
+    }
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         shown_always = param.name == "backends"
@@ -51,8 +58,9 @@ def _command_line(ctx: click.Context) -> str:
         if isinstance(param, click.Option) and param.is_flag:
             words.append(flag)
         else:
-            for v in value if param.multiple else (value,):
-                words += [flag, str(v)]
+            for v in redacted.get(param.name, value if param.multiple else (value,)):
+                # --engine-arg=--flag: click would read a separate --flag as an option
+                words += [f"{flag}={v}"] if str(v).startswith("-") else [flag, str(v)]
     return shlex.join(words)
 
 
@@ -153,6 +161,7 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 @options.metadata()
 @options.gpu_exporter()
 @click.option("--model", help="Launch each engine from its recipe with this model.")
+@options.engine_launch(per_engine=True)
 @click.option(
     "--replicas",
     type=click.IntRange(min=1),
@@ -201,6 +210,9 @@ def compare(
     metadata,
     gpu_exporter,
     model,
+    engine_python,
+    engine_args,
+    engine_env,
     replicas,
     precision,
     confidence,
@@ -257,6 +269,9 @@ def compare(
         trim=trim,
         output_root=output_dir,
         command=_command_line(click.get_current_context()),
+        engine_python=list(engine_python),
+        engine_args=list(engine_args),
+        engine_env=list(engine_env),
     )
     unknown = set(config.urls) - set(config.backends)
     if unknown:

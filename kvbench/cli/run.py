@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from kvbench.backends.launch import LaunchOptions
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.runner import RunSpec, execute_run
 from kvbench.cli import options
@@ -59,6 +60,9 @@ def run(
     backend: str,
     url: str | None,
     model: str | None,
+    engine_python: str | None,
+    engine_args: tuple[str, ...],
+    engine_env: tuple[str, ...],
     profile_name: str | None,
     kv_tokens: int | None,
     chunk_size: int | None,
@@ -89,6 +93,7 @@ def run(
     workload = load_workload(workload_spec)
     stated = parse_metadata(metadata)
     check_exporter_url(gpu_exporter)
+    launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
     engine = resolve_backend(
         backend,
         url=url,
@@ -98,6 +103,7 @@ def run(
         chunk_size=chunk_size,
         batch_time=batch_time,
         seed=seed,
+        launch=launch,
     )
     try:
         found = for_backend(engine, backend, metadata=stated, gpu_exporter=gpu_exporter)
