@@ -116,6 +116,8 @@ def gpu_exporter():
         help="A DCGM exporter's metrics URL on the engine's host (e.g. http://HOST:9400/metrics): "
         "GPU model, count, memory and driver for an engine kvbench cannot read them for.",
     )
+
+
 def engine_launch(per_engine: bool = False):
     """--engine-python, --engine-arg, --engine-env: how kvbench launches an engine (--model).
     With `per_engine` (compare), a value may start with `ENGINE=` to reach that engine only."""
