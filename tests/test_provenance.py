@@ -208,7 +208,14 @@ def test_engine_version_and_model_from_each_emulator(tmp_path, engine, version_s
     if max_len is None:  # TensorRT-LLM's model card has no max_model_len
         assert found["absent"]["model.max_model_len"] == "GET /v1/models gives no max_model_len"
     # kvbench launched it: the command is recorded, and the hardware is this host's
-    assert found["launch"]["argv"][1:5] == ["-m", "kvbench", "emulate", "--engine"]
+    argv = found["launch"]["argv"]
+    assert argv[argv.index("-m") : argv.index("-m") + 5] == [
+        "-m",
+        "kvbench",
+        "emulate",
+        "--engine",
+        engine,
+    ]
     assert found["hardware"]["local"] is True
 
 
