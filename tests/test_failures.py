@@ -5,7 +5,9 @@ and the engine's state (preemptions, waiting queue, KV usage) reaches the summar
 from __future__ import annotations
 
 import json
+from importlib import resources
 
+import jsonschema
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -359,6 +361,11 @@ def test_compare_report_shows_failing_probes_failures_and_engine_state(tmp_path)
     _, files = write_report(directory)
     results = load_results(directory / "results.json")
     assert results.schema_version == 2
+    # the published JSON Schema knows FAILING probes and their failures
+    jsonschema.validate(
+        json.loads((directory / "results.json").read_text()),
+        json.loads(resources.files("kvbench.report").joinpath("results.schema.json").read_text()),
+    )
     eng = results.engines[0]
     assert eng.verdict_counts["FAILING"] == 1
     probe = eng.probes[-1]
