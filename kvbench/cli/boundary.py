@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from kvbench.backends.base import Backend
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.saturated_rate import measure_saturated_rate
 from kvbench.benchmark.search import (
@@ -106,7 +107,7 @@ def boundary(
     the largest rate judged STABLE and the smallest judged UNSTABLE. Every probe and its cost is
     reported."""
     workload = load_workload(workload_spec)
-    opened = []
+    opened: list[Backend] = []
 
     def backend_for_seed(s: int):
         # The simulator draws its noise from the seed, so each probe gets its own; a server is the

@@ -131,7 +131,13 @@ def boundary_text(result: dict[str, Any]) -> str:
         (
             "engine time",
             f"{result['engine_seconds']:,.0f} engine-seconds",
-            f"{len(result['probes'])} probes; {result['stop_reason']}",
+            (
+                "1 bounded-backlog probe"
+                + (f" + {len(result['probes'])} open-loop" if result["probes"] else "")
+                if backlog
+                else f"{len(result['probes'])} probes"
+            )
+            + f"; {result['stop_reason']}",
         ),
         (
             "theory μ",
