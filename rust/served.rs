@@ -67,7 +67,7 @@ pub fn served_work(
             ));
         }
         let t = time[e];
-        if !(t >= 0.0) {
+        if t.is_nan() || t < 0.0 {
             return Err(format!("event {e}: time {t} is before the start"));
         }
         let b = (t / bin_width) as usize;

@@ -191,7 +191,7 @@ impl Backlog {
     /// Runs every iteration that ends by `until`, topping each replica's backlog back up to K the
     /// moment a request starts, and returns the bins that ended since the last call.
     pub fn advance(&mut self, until: f64) -> Result<Bins, String> {
-        if !(until >= self.clock) {
+        if until.is_nan() || until < self.clock {
             return Err(format!(
                 "advance to t={until} before the clock t={}",
                 self.clock
