@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 from abc import abstractmethod
@@ -40,7 +41,7 @@ from kvbench.backends.base import (
 )
 from kvbench.backends.client import ServerClient
 from kvbench.errors import KvbenchError
-from kvbench.profile import EngineProfile, IterationTimeModel
+from kvbench.profile import EngineProfile, IterationTimeModel, Policy
 
 # Prompt token ids are drawn fresh per request from this range: valid in every common vocabulary
 # of ≥ 32k ids and clear of special ids, so prefix caching never shares work (engines.md §4 #1).
@@ -80,7 +81,7 @@ class ScrapeLog:
             self.first_error = message
 
 
-def discovered_profile(policy: str, sources: dict[str, str], **fields) -> DiscoveredProfile:
+def discovered_profile(policy: Policy, sources: dict[str, str], **fields) -> DiscoveredProfile:
     """The profile read from a running engine. Its iteration-time model is unknown, since no
     server exposes one: b̄ is measured from a run, or a model fitted with `kvbench calibrate`."""
     profile = EngineProfile(
@@ -154,6 +155,13 @@ class HttpBackend(Backend):
 
     # ---- engine hooks ---------------------------------------------------------------------
 
+    @property
+    def model_id(self) -> str:
+        """The served model's id: given, or read from /v1/models in the first exchange."""
+        if self.model is None:
+            raise KvbenchError(f"{self.url}: the model id is read from /v1/models first")
+        return self.model
+
     def completion_body(self, model: str, prompt: list[int], output_len: int) -> dict:
         return completion_body(model, prompt, output_len)
 
@@ -222,6 +230,7 @@ class HttpBackend(Backend):
                     await self._prepare(ServerClient(session, self.url))
 
             self._run(identify())
+        assert self._time_scale is not None, "_prepare reads the time scale"
         return self._time_scale
 
     def execute(self, requests: list[RequestSpec], sink: EventSink, *, duration: float) -> None:
@@ -239,7 +248,7 @@ class HttpBackend(Backend):
         return [
             json.dumps(
                 self.completion_body(
-                    self.model, rng.integers(lo, hi, size=s.prompt_len).tolist(), s.output_len
+                    self.model_id, rng.integers(lo, hi, size=s.prompt_len).tolist(), s.output_len
                 )
             ).encode()
             for s in specs
@@ -330,6 +339,9 @@ class HttpBackend(Backend):
     ) -> None:
         loop = asyncio.get_running_loop()
         log = self.scrape_log
+        # Samples leave in time order, as the queue statistics require: a skew shift applied to
+        # one scrape and not the next (a scrape late under load) could otherwise step back.
+        last = -math.inf
         while True:
             started = loop.time()
             try:
@@ -352,7 +364,7 @@ class HttpBackend(Backend):
                 )
                 shift = received - states[-1].time
             for st in states:
-                t = st.time + shift - wall0
+                t = last = max(st.time + shift - wall0, last)
                 sink.sample(
                     QueueSample(
                         time=t,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,7 +171,7 @@ def calibration_requests(workload: Workload, kv_tokens: int, replicas: int, seed
     prompts, outputs = workload.draw(n, seed)
     return [
         RequestSpec(request_id=i, intended_send=0.0, prompt_len=int(s), output_len=int(o))
-        for i, (s, o) in enumerate(zip(prompts, outputs))
+        for i, (s, o) in enumerate(zip(prompts, outputs, strict=True))
     ]
 
 
@@ -408,18 +409,19 @@ def open_backend(
     return resolve_backend(spec, replicas=config.replicas, seed=config.seed)
 
 
-def banner_for(kinds: set[str], time_scales: set[float] = frozenset()) -> str | None:
+def banner_for(kinds: set[str], time_scales: Iterable[float] = ()) -> str | None:
     """The line over every summary when any engine is not real. `time_scales`: the emulated
     engines' engine seconds per real second."""
     marked = sorted(k for k in kinds if k != "real")
     if not marked:
         return None
     what = " and ".join(k.upper() for k in marked)
-    source = {
+    sources: dict[tuple[str, ...], str] = {
         ("simulated",): "kvbench's engine simulator",
         ("emulated",): "kvbench's HTTP emulators of the engines (its engine simulator behind "
         "each engine's own API, measured over HTTP)",
-    }.get(tuple(marked), "kvbench's HTTP emulators and engine simulator")
+    }
+    source = sources.get(tuple(marked), "kvbench's HTTP emulators and engine simulator")
     clock = ""
     scaled = sorted(t for t in time_scales if t != 1.0)
     if scaled:
@@ -440,11 +442,12 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
     if not config.backends:
         raise KvbenchError("--backends needs at least one engine, e.g. --backends trtllm,sglang")
     config = config.with_defaults()
+    assert config.workload is not None  # with_defaults filled it
     workload = load_workload(config.workload)
     now = datetime.now(UTC)
     directory = report_directory(config, now)
     directory.mkdir(parents=True)
-    asked = []
+    asked: list[dict[str, Any]] = []
     for i, label in enumerate(config.backends):
         spec = backend_spec(label, config)
         asked.append(
@@ -500,7 +503,8 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         if header["interrupted"]:
             break
     # the banner states what actually ran (an attached server may turn out to be an emulator)
-    kinds, scales = set(), set()
+    kinds: set[str] = set()
+    scales: set[float] = set()
     for a in asked:
         path = directory / raw.ENGINES_DIR / a["slug"] / raw.ENGINE_FILE
         data = raw.read_json(path) if path.is_file() else a
@@ -593,8 +597,12 @@ class _MeasuredIterationTime(Backend):
 
     def __init__(self, backend: Backend, batch_time: float):
         self.backend, self.batch_time = backend, batch_time
-        self.name, self.kind, self.time_scale = backend.name, backend.kind, backend.time_scale
+        self.name, self.kind = backend.name, backend.kind
         self.replays_prefix = getattr(backend, "replays_prefix", False)
+
+    @property
+    def time_scale(self) -> float:
+        return self.backend.time_scale
 
     def discover_profile(self) -> DiscoveredProfile:
         found = self.backend.discover_profile()
@@ -662,6 +670,7 @@ def _search(
         engine.save()
         observer.probe_finished(label, probe.rate, probe.verdict)
 
+    assert config.workload is not None and config.precision is not None  # with_defaults
     result = find_boundary(
         backend_for_seed,
         workload,

@@ -197,11 +197,7 @@ mod tests {
 
     #[test]
     fn trtllm_final_chunk_is_a_chat_object_and_still_recognised() {
-        let last = TRTLLM
-            .lines()
-            .filter(|l| l.contains("usage"))
-            .last()
-            .unwrap();
+        let last = TRTLLM.lines().rfind(|l| l.contains("usage")).unwrap();
         assert!(last.contains(r#""object":"chat.completion.chunk""#));
         let mut result = StreamResult::default();
         assert_eq!(result.feed_line(last.as_bytes()), Ok(Line::Chunk(false)));
@@ -270,7 +266,10 @@ mod tests {
         let mut lines: Vec<Vec<u8>> = Vec::new();
         for piece in [&b"da"[..], b"ta: 1\n\nda", b"ta: 2\r\n", b"tail"] {
             buffer
-                .push(piece, |l| Ok::<(), ()>(lines.push(l.to_vec())))
+                .push(piece, |l| {
+                    lines.push(l.to_vec());
+                    Ok::<(), ()>(())
+                })
                 .unwrap();
         }
         assert_eq!(
