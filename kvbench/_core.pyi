@@ -233,9 +233,7 @@ class BacklogSim:
         seed: int = 0,
         bin_width: float = 0.25,
     ) -> None: ...
-    def extend(
-        self, prompt_len: npt.NDArray[np.int64], output_len: npt.NDArray[np.int64]
-    ) -> None:
+    def extend(self, prompt_len: npt.NDArray[np.int64], output_len: npt.NDArray[np.int64]) -> None:
         """Appends requests to the stream the client sends from."""
     def advance(self, until: float) -> dict:
         """Runs every iteration that ends by `until`; returns the bins that ended since the last
