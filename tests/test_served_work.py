@@ -87,12 +87,12 @@ def test_mean_work_is_exact():
     assert mean_work(load_workload("uniform:4-6,1-3"), 4) == pytest.approx(14.0)
 
 
-def test_the_interval_waits_for_warmup_and_eight_quarter_life_batches():
+def test_the_interval_waits_for_warmup_and_sixteen_quarter_life_batches():
     g, bw, life = 1000.0, 0.25, 4.0  # warm-up 2 lives = 32 bins, batches ≥ 4 bins
-    steady = np.full(63, 2.5 * g * bw)
+    steady = np.full(32 + 16 * 4 - 1, 2.5 * g * bw)
     assert served_rate(steady, bw, g, life=life, confidence=0.95) is None
     est = served_rate(np.append(steady, 2.5 * g * bw), bw, g, life=life, confidence=0.95)
-    assert est.batches == 8 and est.start == 8.0 and est.batch_seconds == 1.0
+    assert est.batches == 16 and est.start == 8.0 and est.batch_seconds == 1.0
     assert est.rate == est.lo == est.hi == pytest.approx(2.5)
 
 
