@@ -32,6 +32,7 @@ from kvbench.backends.base import (
     RequestRecord,
     RequestSpec,
 )
+from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.replicas import RoundRobinBackend
 from kvbench.benchmark.batch_time import (
     CLIENT_SOURCE,
@@ -110,11 +111,35 @@ class CompareConfig:
     trim: float = 0.0
     output_root: Path = Path("reports")
     command: str = ""
+    # --engine-python, --engine-arg, --engine-env as given, each maybe prefixed ENGINE=
+    engine_python: list[str] = field(default_factory=list)
+    engine_args: list[str] = field(default_factory=list)
+    engine_env: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["output_root"] = str(self.output_root)
+        for key in ("engine_python", "engine_args", "engine_env"):
+            del out[key]
+        out["engine_launch"] = {
+            label: options.record() for label in self.backends if (options := self.launch(label))
+        }
         return out
+
+    def launch(self, label: str) -> LaunchOptions:
+        """What --engine-python, --engine-arg and --engine-env give the engine `label`."""
+        return LaunchOptions.for_engine(
+            label, self.backends, self.engine_python, self.engine_args, self.engine_env
+        )
+
+    def check_launch(self) -> None:
+        """Refuse launch options that cannot apply, before anything is measured."""
+        for label in self.backends:
+            if self.launch(label) and (self.model is None or ":" in label or label in self.urls):
+                raise KvbenchError(
+                    f"{label}: --engine-python, --engine-arg and --engine-env apply to engines "
+                    "kvbench launches (--model)"
+                )
 
     @property
     def measures_real_engines(self) -> bool:
@@ -392,7 +417,16 @@ def open_backend(
             )
         from kvbench.backends.engines import open_engine
 
-        return open_engine(spec, model=config.model, seed=config.seed)
+        options = config.launch(label)
+        return open_engine(
+            spec,
+            model=config.model,
+            seed=config.seed,
+            engine_python=options.python,
+            engine_args=list(options.args),
+            engine_env=options.env,
+            log_dir=log_dir,
+        )
     if spec.startswith(EMULATE_PREFIX):
         return resolve_backend(
             spec,
@@ -442,6 +476,7 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
     if not config.backends:
         raise KvbenchError("--backends needs at least one engine, e.g. --backends trtllm,sglang")
     config = config.with_defaults()
+    config.check_launch()
     assert config.workload is not None  # with_defaults filled it
     workload = load_workload(config.workload)
     now = datetime.now(UTC)
@@ -458,6 +493,9 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
                 "replicas": replica_count(label, config),
                 "urls": config.urls.get(label, []),
                 "slug": f"{i}-{slug(label)}",
+                **(
+                    {"engine_launch": options.record()} if (options := config.launch(label)) else {}
+                ),
             }
         )
     header = {
@@ -517,16 +555,15 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
 
 
 def _servers(backend: Backend, root: Path) -> list[dict[str, Any]]:
-    """The server processes kvbench started for this backend (one per replica): pid, URL, and
-    log (relative to the compare directory when it is inside it)."""
+    """The server processes kvbench started for this backend (one per replica): pid, URL,
+    command line and environment (credentials redacted), and log (relative to the compare
+    directory when it is inside it)."""
     found = []
-    for b in backend.replicas if isinstance(backend, RoundRobinBackend) else [backend]:
-        server = getattr(b, "server", None)
-        if server is not None:
-            log = server.log_path
-            if log.is_relative_to(root):
-                log = log.relative_to(root)
-            found.append({"pid": server.pid, "url": server.url, "log": log.as_posix()})
+    for server in launched_servers(backend):
+        log = server.log_path
+        if log.is_relative_to(root):
+            log = log.relative_to(root)
+        found.append({**server.record(), "log": log.as_posix()})
     return found
 
 
@@ -615,6 +652,9 @@ class _MeasuredIterationTime(Backend):
     def execute(self, requests: list[RequestSpec], sink, *, duration: float) -> None:
         self.backend.execute(requests, sink, duration=duration)
 
+    def scrape_report(self) -> dict[str, Any] | None:
+        return self.backend.scrape_report()
+
 
 def _search(
     backend: Backend,
@@ -658,12 +698,13 @@ def _search(
                 "rate": probe.rate,
                 "engine_seconds": probe.engine_seconds,
                 "verdict": probe.verdict,
+                "over_limit": probe.over_limit,
                 "extensions": probe.extensions,
                 "run_dir": engine.relative(Path(probe.run_dir), root),
             }
         )
         stable = [p["rate"] for p in search["probes"] if p["verdict"] == "STABLE"]
-        unstable = [p["rate"] for p in search["probes"] if p["verdict"] == "UNSTABLE"]
+        unstable = [p["rate"] for p in search["probes"] if p["over_limit"]]
         search["lower"] = max(stable, default=None)
         search["upper"] = min((r for r in unstable if r > (search["lower"] or 0)), default=None)
         search["engine_seconds"] = sum(p["engine_seconds"] for p in search["probes"])

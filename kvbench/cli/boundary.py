@@ -7,6 +7,7 @@ import sys
 import click
 
 from kvbench.backends.base import Backend
+from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.saturated_rate import measure_saturated_rate
 from kvbench.benchmark.search import (
@@ -86,6 +87,9 @@ def boundary(
     backend: str,
     url: str | None,
     model: str | None,
+    engine_python: str | None,
+    engine_args: tuple[str, ...],
+    engine_env: tuple[str, ...],
     profile_name: str | None,
     kv_tokens: int | None,
     chunk_size: int | None,
@@ -107,6 +111,7 @@ def boundary(
     the largest rate judged STABLE and the smallest judged UNSTABLE. Every probe and its cost is
     reported."""
     workload = load_workload(workload_spec)
+    launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
     opened: list[Backend] = []
 
     def backend_for_seed(s: int):
@@ -123,6 +128,7 @@ def boundary(
             chunk_size=chunk_size,
             batch_time=batch_time,
             seed=s,
+            launch=launch,
         )
         opened.append(b)
         return b
@@ -183,9 +189,11 @@ def boundary(
         echo_progress("interrupted")
         sys.exit(130)
     finally:
+        # what kvbench started, as started (credentials redacted), before closing forgets it
+        servers = [s.record() for b in opened for s in launched_servers(b)]
         for b in opened:
             b.close()
-    record = {**result.to_dict(), "workload": workload_spec, "seed": seed}
+    record = {**result.to_dict(), "workload": workload_spec, "seed": seed, "servers": servers}
     if as_json:
         write_json(record)
     else:

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import click
 
+from kvbench.backends.launch import redact_given
 from kvbench.benchmark.compare import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig, run_compare
+from kvbench.benchmark.failures import describe
+from kvbench.cli import options
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.compare_progress import CompareProgress
@@ -30,8 +33,14 @@ def _parse_urls(values: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 def _command_line(ctx: click.Context) -> str:
-    """The command as typed, up to option order: every option that differs from its default."""
+    """The command as typed, up to option order: every option that differs from its default;
+    credentials in engine arguments and environment redacted."""
     words = ["kvbench", "compare"]
+    labels = [b.strip() for b in ctx.params.get("backends", "").split(",")]
+    redacted = {
+        "engine_args": redact_given(ctx.params.get("engine_args", ()), labels, env=False),
+        "engine_env": redact_given(ctx.params.get("engine_env", ()), labels, env=True),
+    }
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         shown_always = param.name == "backends"
@@ -45,8 +54,9 @@ def _command_line(ctx: click.Context) -> str:
         if isinstance(param, click.Option) and param.is_flag:
             words.append(flag)
         else:
-            for v in value if param.multiple else (value,):
-                words += [flag, str(v)]
+            for v in redacted.get(param.name, value if param.multiple else (value,)):
+                # --engine-arg=--flag: click would read a separate --flag as an option
+                words += [f"{flag}={v}"] if str(v).startswith("-") else [flag, str(v)]
     return shlex.join(words)
 
 
@@ -93,6 +103,11 @@ def _engine_lines(e: EngineResult) -> list[tuple[str, str] | tuple[str, str, str
                 f"for {p.target_rate:g} req/s at ρ = {p.utilization:g}",
             )
         )
+    if e.failures:
+        failing = e.verdict_counts.get("FAILING", 0)
+        rows.append(("failed requests", describe(e.failures, limit=2), f"{failing} probes FAILING"))
+    if e.preemptions is not None:
+        rows.append(("preemptions", f"{e.preemptions:,}", "counted by the engine, every probe"))
     if e.status != "ok":
         rows.append(("status", highlight(f"{e.status.upper()}: {e.error}", "red")))
     return rows
@@ -144,6 +159,7 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     help="Attach to a running server; repeat for data-parallel replicas.",
 )
 @click.option("--model", help="Launch each engine from its recipe with this model.")
+@options.engine_launch(per_engine=True)
 @click.option(
     "--replicas",
     type=click.IntRange(min=1),
@@ -190,6 +206,9 @@ def compare(
     time_scale,
     urls,
     model,
+    engine_python,
+    engine_args,
+    engine_env,
     replicas,
     precision,
     confidence,
@@ -240,6 +259,9 @@ def compare(
         trim=trim,
         output_root=output_dir,
         command=_command_line(click.get_current_context()),
+        engine_python=list(engine_python),
+        engine_args=list(engine_args),
+        engine_env=list(engine_env),
     )
     unknown = set(config.urls) - set(config.backends)
     if unknown:

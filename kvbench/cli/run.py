@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from kvbench.backends.launch import LaunchOptions
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.runner import RunSpec, execute_run
 from kvbench.cli import options
@@ -56,6 +57,9 @@ def run(
     backend: str,
     url: str | None,
     model: str | None,
+    engine_python: str | None,
+    engine_args: tuple[str, ...],
+    engine_env: tuple[str, ...],
     profile_name: str | None,
     kv_tokens: int | None,
     chunk_size: int | None,
@@ -71,7 +75,9 @@ def run(
     as_json: bool,
 ) -> None:
     """Send requests open-loop at a fixed rate, record every event, and judge whether the
-    engine's queue stays bounded: STABLE, UNSTABLE or INCONCLUSIVE at the stated confidence."""
+    engine's queue stays bounded: STABLE, UNSTABLE or INCONCLUSIVE at the stated confidence,
+    from the completed requests; FAILING (exit status 1) when more than 1% of the requests
+    failed."""
     spec = RunSpec(
         workload_spec,
         request_rate,
@@ -82,6 +88,7 @@ def run(
         confidence=confidence,
     )
     workload = load_workload(workload_spec)
+    launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
     engine = resolve_backend(
         backend,
         url=url,
@@ -91,6 +98,7 @@ def run(
         chunk_size=chunk_size,
         batch_time=batch_time,
         seed=seed,
+        launch=launch,
     )
     try:
         with RunProgress(f"{backend} λ={request_rate:g}", duration, quiet=as_json) as progress:
@@ -106,3 +114,5 @@ def run(
         write_json(summary)
     else:
         click.echo(run_summary_text(summary, output))
+    if summary["verdict"] == "FAILING":
+        sys.exit(1)  # the engine failed requests: no rate was judged
