@@ -13,7 +13,7 @@ for the queue-stability evidence itself.
 
 K, by rule, per replica: the smallest queue depth at which the engine's service stops depending
 on depth, plus what can start during the client's top-up delay. On the simulator the top-up is
-instant and depth stops mattering at 8 (measured on vllm pd-1:1, σ = 0.37 noise, 3 seeds of
+instant and depth stops mattering at 8 (measured on vllm pd-1:1, paper-a100 preset, σ = 0.37, 3 seeds of
 4,000 s: K = 2 serves 2.287 req/s, K = 8, 32 and 256 serve 2.20), so K = 8; over HTTP a top-up
 lags a round trip and engines batch admissions, so 32.
 """
