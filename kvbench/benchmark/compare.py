@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kvbench import __version__, theory
+from kvbench import __version__, provenance, theory
 from kvbench.backends.base import (
     Backend,
     DiscoveredProfile,
@@ -111,6 +111,10 @@ class CompareConfig:
     trim: float = 0.0
     output_root: Path = Path("reports")
     command: str = ""
+    # LABEL=ENGINE in --backends: what each label runs (a label absent here names its engine)
+    engines: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)  # --metadata KEY=VALUE
+    gpu_exporter: str | None = None
     # --engine-python, --engine-arg, --engine-env as given, each maybe prefixed ENGINE=
     engine_python: list[str] = field(default_factory=list)
     engine_args: list[str] = field(default_factory=list)
@@ -298,6 +302,7 @@ def _calibrate(
             "requests": len(requests),
             "burst": True,
             "versions": versions(),
+            "provenance": engine.data.get("provenance"),
         },
     )
     observer.phase(label, "calibrating b̄ (saturating burst)", None, duration)
@@ -383,9 +388,10 @@ def _versions() -> dict[str, str]:
 def backend_spec(label: str, config: CompareConfig) -> str:
     """The backend a label stands for: `--url label=URL` attaches and `--model` launches the
     engine; with neither an engine name means its embedded form (EMBEDDED_KIND)."""
-    if ":" in label or config.urls.get(label) or config.model:
-        return label
-    return f"{EMBEDDED_KIND}:{label}"
+    engine = config.engines.get(label, label)
+    if ":" in engine or config.urls.get(label) or config.model:
+        return engine
+    return f"{EMBEDDED_KIND}:{engine}"
 
 
 def replica_count(label: str, config: CompareConfig) -> int:
@@ -523,6 +529,9 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
             backend = open_backend(a["label"], a["backend"], config, engine.directory / "server")
             engine.data["time_scale"] = backend.time_scale
             engine.data["servers"] = _servers(backend, directory)
+            engine.data["provenance"] = provenance.for_backend(
+                backend, a["backend"], metadata=config.metadata, gpu_exporter=config.gpu_exporter
+            )
             engine.save()
             _measure(backend, engine, directory, workload, config, observer, a["label"])
             engine.data["status"] = "ok"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from kvbench.backends.labels import parse_backends
 from kvbench.backends.launch import redact_given
 from kvbench.benchmark.compare import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig, run_compare
 from kvbench.benchmark.failures import describe
@@ -17,7 +18,9 @@ from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.compare_progress import CompareProgress
 from kvbench.output.terminal import block, highlight
+from kvbench.provenance import check_exporter_url, parse_metadata
 from kvbench.report import write_report
+from kvbench.report.build import Report
 from kvbench.report.schema import CompareResults, EngineResult
 from kvbench.report.table import engine_name, fmt_bracket, fmt_gap, fmt_rate
 
@@ -27,7 +30,7 @@ def _parse_urls(values: tuple[str, ...]) -> dict[str, list[str]]:
     for value in values:
         engine, sep, url = value.partition("=")
         if not sep or not engine or not url.startswith(("http://", "https://")):
-            raise KvbenchError(f"--url {value!r}: expected ENGINE=http://HOST:PORT")
+            raise KvbenchError(f"--url {value!r}: expected LABEL=http://HOST:PORT")
         urls.setdefault(engine, []).append(url)
     return urls
 
@@ -51,6 +54,8 @@ def _command_line(ctx: click.Context) -> str:
         ):
             continue
         flag = param.opts[0]
+        if param.name == "metadata":  # a credential-like key's value is never written
+            value = tuple(f"{k}={v}" for k, v in parse_metadata(value).items())
         if isinstance(param, click.Option) and param.is_flag:
             words.append(flag)
         else:
@@ -129,7 +134,8 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     default="trtllm,sglang",
     show_default=True,
     help="Comma-separated engines: trtllm, sglang, vllm, or an explicit backend such as "
-    "sim:trtllm (simulated, virtual time) or emulate:sglang.",
+    "sim:trtllm (simulated, virtual time) or emulate:sglang; LABEL=ENGINE names a row (e.g. "
+    "h200-trt=trtllm,mi300-sgl=sglang), needed when one engine appears twice.",
 )
 @click.option(
     "--workload",
@@ -155,9 +161,11 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     "--url",
     "urls",
     multiple=True,
-    metavar="ENGINE=URL",
+    metavar="LABEL=URL",
     help="Attach to a running server; repeat for data-parallel replicas.",
 )
+@options.metadata()
+@options.gpu_exporter()
 @click.option("--model", help="Launch each engine from its recipe with this model.")
 @options.engine_launch(per_engine=True)
 @click.option(
@@ -205,6 +213,8 @@ def compare(
     kv_tokens,
     time_scale,
     urls,
+    metadata,
+    gpu_exporter,
     model,
     engine_python,
     engine_args,
@@ -240,9 +250,15 @@ def compare(
       kvbench compare --backends sim:trtllm,sim:sglang         # the same, simulated
       kvbench compare --backends trtllm --workload pd-1:1      # paper scale, emulated (slow)
       kvbench compare --backends vllm --url vllm=http://127.0.0.1:8000 --target-rate 50
+      kvbench compare --backends h200-trt=trtllm --url h200-trt=http://10.0.0.5:8000 \\
+          --metadata gpu_model="NVIDIA H200" --metadata gpu_count=8
     """
+    labels, engines = parse_backends(backends)
     config = CompareConfig(
-        backends=[b.strip() for b in backends.split(",") if b.strip()],
+        backends=labels,
+        engines=engines,
+        metadata=parse_metadata(metadata),
+        gpu_exporter=check_exporter_url(gpu_exporter),
         workload=workload,
         kv_tokens=kv_tokens,
         time_scale=time_scale,
@@ -290,7 +306,7 @@ def compare(
         sys.exit(130)
 
 
-def rebuild_compare_report(directory: Path, as_json: bool) -> None:
+def rebuild_compare_report(directory: Path, as_json: bool) -> Report:
     """`kvbench report DIR` for a compare directory: rebuild every report file from the raw
     files and print the summary (or results.json with --json)."""
     report, _ = write_report(directory)
@@ -298,3 +314,4 @@ def rebuild_compare_report(directory: Path, as_json: bool) -> None:
         write_json(report.results.to_dict())
     else:
         print_summary(report.results, directory)
+    return report

@@ -97,6 +97,27 @@ def profile_preset():
     )
 
 
+def metadata():
+    return click.option(
+        "--metadata",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Recorded with the results (repeatable). The keys host, cpu_model, cpu_cores, "
+        "memory_mib, gpu_model, gpu_count, gpu_memory_mib, driver_version and cuda_version "
+        "describe the engine's hardware where kvbench cannot read it (an engine on another "
+        "host).",
+    )
+
+
+def gpu_exporter():
+    return click.option(
+        "--gpu-exporter",
+        metavar="URL",
+        help="A DCGM exporter's metrics URL on the engine's host (e.g. http://HOST:9400/metrics): "
+        "GPU model, count, memory and driver for an engine kvbench cannot read them for.",
+    )
+
+
 def engine_launch(per_engine: bool = False):
     """--engine-python, --engine-arg, --engine-env: how kvbench launches an engine (--model).
     With `per_engine` (compare), a value may start with `ENGINE=` to reach that engine only."""

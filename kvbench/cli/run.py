@@ -14,6 +14,7 @@ from kvbench.cli.backend_options import backend_options
 from kvbench.export.json import write_json
 from kvbench.output.progress import RunProgress, echo_progress
 from kvbench.output.run import run_summary_text
+from kvbench.provenance import check_exporter_url, for_backend, parse_metadata
 from kvbench.workload import load_workload
 
 
@@ -52,6 +53,8 @@ Examples:
     metavar="DIR",
     help="Write the run (header, every request and queue sample) here as it goes.",
 )
+@options.metadata()
+@options.gpu_exporter()
 @options.json_output()
 def run(
     backend: str,
@@ -72,6 +75,8 @@ def run(
     duration: float | None,
     num_prompts: int | None,
     output: str | None,
+    metadata: tuple[str, ...],
+    gpu_exporter: str | None,
     as_json: bool,
 ) -> None:
     """Send requests open-loop at a fixed rate, record every event, and judge whether the
@@ -88,6 +93,8 @@ def run(
         confidence=confidence,
     )
     workload = load_workload(workload_spec)
+    stated = parse_metadata(metadata)
+    check_exporter_url(gpu_exporter)
     launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
     engine = resolve_backend(
         backend,
@@ -101,8 +108,16 @@ def run(
         launch=launch,
     )
     try:
+        found = for_backend(engine, backend, metadata=stated, gpu_exporter=gpu_exporter)
         with RunProgress(f"{backend} λ={request_rate:g}", duration, quiet=as_json) as progress:
-            result = execute_run(engine, workload, spec, output=output, progress=progress)
+            result = execute_run(
+                engine,
+                workload,
+                spec,
+                output=output,
+                progress=progress,
+                header_extra={"provenance": found},
+            )
     except KeyboardInterrupt:
         where = f"; partial run in {output} (kvbench report {output})" if output else ""
         echo_progress(f"interrupted{where}")

@@ -19,6 +19,7 @@ from plotly.offline import get_plotlyjs
 from kvbench.benchmark.failures import FAILING_FRACTION, percent
 from kvbench.report.build import Report
 from kvbench.report.schema import CompareResults, EngineResult
+from kvbench.report.system import SYSTEM_COLUMNS, absent_notes, metadata_notes, system_rows
 from kvbench.report.table import (
     DASH,
     engine_name,
@@ -253,8 +254,15 @@ pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:12px}
 {% if r.banner %}<div class="banner" id="banner">{{ r.banner }}</div>{% endif %}
 {% if r.interrupted %}<div class="interrupted">Interrupted: the figures cover what was measured
 before the stop.</div>{% endif %}
+{% for w in r.warnings %}<div class="interrupted warning">Warning: {{ w }}</div>{% endfor %}
 <p>Workload <code>{{ r.config.get("workload", "") }}</code>, created {{ r.created }} with kvbench
 {{ r.kvbench_version }}.</p>
+<h2>System</h2>
+<table id="system"><thead><tr>{% for key, title in system_columns %}<th>{{ title }}</th>
+{% endfor %}</tr></thead><tbody>{% for row in system %}<tr>{% for key, title in system_columns %}
+<td>{{ row[key] }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
+{% if system_notes %}<ul id="system-notes">{% for n in system_notes %}<li>{{ n }}</li>
+{% endfor %}</ul>{% endif %}
 <h2>Summary</h2>
 <table id="summary"><thead><tr>{% for key, title in columns %}<th>{{ title }}</th>{% endfor %}</tr></thead>
 <tbody>{% for row, e in rows %}<tr class="{{ 'failed' if e.status != 'ok' else '' }}"
@@ -353,6 +361,9 @@ def render(report: Report) -> str:
         plots=plots,
         details=[_engine_detail(e) for e in r.engines],
         failing_limit=percent(FAILING_FRACTION),
+        system_columns=SYSTEM_COLUMNS,
+        system=system_rows(r),
+        system_notes=absent_notes(r) + [f"metadata: {m}" for m in metadata_notes(r)],
         config=json.dumps(r.config, indent=2, sort_keys=True),
         versions=json.dumps(r.versions, indent=2, sort_keys=True),
     )

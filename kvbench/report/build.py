@@ -135,6 +135,7 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
         error=eng.get("error"),
         profile=eng.get("profile"),
         profile_sources=dict(eng.get("profile_sources", {})),
+        provenance=eng.get("provenance"),
     )
     if eng.get("batch_time"):
         result.batch_time = BatchTime(**eng["batch_time"])
@@ -237,6 +238,8 @@ def build_report(directory: Path) -> Report:
         engines=engines,
         interrupted=bool(header.get("interrupted", False))
         or any(e.status == "interrupted" for e in engines),
+        warnings=list(header.get("warnings", [])),
+        merged_from=list(header.get("merged_from", [])),
     )
     columns = ["engine", "kind", "probe", "rate", *SAMPLE_COLUMNS]
     samples = (

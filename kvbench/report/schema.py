@@ -17,8 +17,9 @@ from kvbench.errors import KvbenchError
 from kvbench.export.json import dumps
 
 SCHEMA = "kvbench.compare.results"
-# 2: verdicts gained FAILING (a reader that knew three values would misread a fourth), and probes
-# and engines gained failures by kind and the engine's reported state.
+# 2: verdicts gained FAILING (a reader that knew three values would misread a fourth), probes
+# and engines gained failures by kind and the engine's reported state, engines their provenance,
+# and the file warnings and merged_from (kvbench report merge).
 SCHEMA_VERSION = 2
 # Versions this kvbench reads: a version-1 file lacks only optional fields.
 READABLE_VERSIONS = (1, 2)
@@ -155,6 +156,9 @@ class EngineResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
     preemptions: int | None = None  # over every probe
     scrape_errors: dict[str, int] = field(default_factory=dict)  # over every probe
+    # model, engine version, launch command and hardware (kvbench/provenance.py); None for a
+    # compare directory written before provenance was recorded
+    provenance: dict[str, Any] | None = None
 
     @property
     def marked(self) -> bool:
@@ -175,6 +179,11 @@ class CompareResults:
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
     interrupted: bool = False
+    # what a reader must know before comparing rows (a merge of runs with different workloads,
+    # seeds or kvbench versions)
+    warnings: list[str] = field(default_factory=list)
+    # `kvbench report merge`: the compare directories merged, one entry per source
+    merged_from: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
