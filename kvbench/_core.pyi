@@ -228,6 +228,54 @@ class EngineSim:
         iteration (count of completed iterations), last_iteration_time and batch_tokens (of the
         last iteration started), in_flight, new_token_ratio (SGLang)."""
 
+class BacklogSim:
+    """The bounded-backlog saturation probe (rust/sim/backlog.rs): `replicas` engines, each kept
+    with exactly `backlog` requests sent but not yet started (no first token). When a request's
+    first token comes, the next request of the stream is sent to the same replica at that
+    instant (it waits for the next iteration). Replica r draws its noise from seed + r. Results
+    are per bin of `bin_width` seconds from t = 0."""
+
+    def __init__(
+        self,
+        profile: _EngineProfileLike,
+        prompt_len: npt.NDArray[np.int64],
+        output_len: npt.NDArray[np.int64],
+        *,
+        backlog: int,
+        replicas: int = 1,
+        seed: int = 0,
+        bin_width: float = 0.25,
+    ) -> None: ...
+    def extend(self, prompt_len: npt.NDArray[np.int64], output_len: npt.NDArray[np.int64]) -> None:
+        """Appends requests to the stream the client sends from."""
+    def advance(self, until: float) -> dict:
+        """Runs every iteration that ends by `until`; returns the bins that ended since the last
+        call: first (index of the first), work (served work, see `served_work`), starts (first
+        tokens), finishes, backlog (sent-not-started, all replicas, at each bin's end), waiting
+        (the engines' waiting queues there). ValueError if the stream runs out (extend first)."""
+    remaining: int  # requests of the stream not yet sent
+    sent: int
+    clock: float
+
+# --- served work (rust/served.rs) ---------------------------------------------------------------
+
+def served_work(
+    prompt_len: npt.NDArray[np.int64],
+    chunk: int,
+    request: npt.NDArray[np.int64],
+    time: npt.NDArray[np.float64],
+    tokens: npt.NDArray[np.int64],
+    *,
+    bin_width: float,
+    bins: int,
+) -> npt.NDArray[np.float64]:
+    """Served work per bin from streamed-token events. Event e says request `request[e]` had
+    streamed `tokens[e]` tokens in all at `time[e]` (per request in time order; a chunk may carry
+    several tokens); it adds G(s, k_e) − G(s, k_before) to the bin holding its time, where
+    G(s, k) = g_pre(s) + (k − 1)s + k(k − 1)/2 and g_pre(s) = Σ_{j=1..⌈s/ŝ⌉} min(j·ŝ, s) with
+    ŝ = `chunk`. Events at or after bins·bin_width are dropped. ValueError on a count that goes
+    back, an unknown request, or a negative time."""
+
 # --- queue statistics (rust/stats.rs) -----------------------------------------------------------
 
 _F64 = npt.NDArray[np.float64]

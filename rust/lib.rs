@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 
 mod arrivals;
 mod driver;
+mod served;
 mod sim;
 mod stats;
 
@@ -17,6 +18,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     arrivals::register(m)?;
     driver::register(m)?;
+    served::register(m)?;
     sim::register(m)?;
     stats::register(m)?;
     Ok(())

@@ -66,6 +66,34 @@ def test_boundary_json_keys():
     assert d["lower"] < d["upper"] <= d["lower"] * 1.1 + 1e-9
 
 
+def test_boundary_defaults_to_the_bounded_backlog_on_the_simulator_and_says_so():
+    r = _invoke("boundary", "--backend", "sim:trtllm", "--workload", "pd-2:1", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    x = d["extras"]
+    assert x["method"] == "backlog" and d["simulated"] is True
+    assert x["label"] == "saturated service rate measured with a bounded backlog"
+    assert x["backlog"] == 8 and x["backlog_kept"] == [8, 8]
+    assert d["reached"] and d["lower"] < d["capacity_estimate"] < d["upper"]
+    assert d["engine_seconds"] == x["looks"][-1]["time"] and x["confirmed"] is None
+    text = _invoke("boundary", "--backend", "sim:trtllm", "--workload", "pd-2:1")
+    assert "bounded backlog" in text.output and "not checked" in text.output
+
+
+def test_boundary_confirm_runs_open_loop_probes_either_side():
+    r = _invoke(
+        "boundary", "--backend", "sim:trtllm", "--workload", "pd-2:1", "--confirm", "--json"
+    )
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    below, above = d["probes"]
+    assert below["rate"] < d["lower"] and above["rate"] > d["upper"]
+    assert d["extras"]["confirmed"] == [below["verdict"], above["verdict"]]
+    assert d["engine_seconds"] == pytest.approx(
+        d["extras"]["looks"][-1]["time"] + below["engine_seconds"] + above["engine_seconds"]
+    )
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -173,6 +201,11 @@ def test_boundary_json_keys():
             "vllm exited with code",
         ),
         (["boundary", "--backend", "sim:vllm", "--precision", "0"], "--precision"),
+        (["boundary", "--backend", "sim:vllm", "--backlog", "0"], "--backlog"),
+        (
+            ["boundary", "--backend", "sim:vllm", "--method", "open-loop", "--confirm"],
+            "--method backlog",
+        ),
         (["boundary", "--backend", "sim:vllm", "--confidence", "1.5"], "--confidence"),
         (
             [

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile
+
+if TYPE_CHECKING:
+    from kvbench.backends.backlog import BacklogRun
+    from kvbench.workload import Workload
 
 BackendKind = Literal["simulated", "emulated", "real"]
 
@@ -100,6 +105,13 @@ class Backend(ABC):
         `duration` seconds after the start (requests still in flight then are reported
         unfinished). Raises KvbenchError naming the endpoint if the engine fails; everything
         reported to `sink` before that stays recorded."""
+
+    def bounded_backlog(self, workload: Workload, *, backlog: int, seed: int) -> BacklogRun:
+        """Start the bounded-backlog probe (`kvbench.backends.backlog`): `backlog` requests drawn
+        from `workload` kept sent but not started. Backends that cannot run it say so."""
+        raise KvbenchError(
+            f"{self.name}: no bounded-backlog probe on this backend yet; use --method open-loop"
+        )
 
     def scrape_report(self) -> dict[str, Any] | None:
         """What reading server state during the last `execute` ran into: {"scrapes": n,

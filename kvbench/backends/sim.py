@@ -18,6 +18,7 @@ from dataclasses import fields
 import numpy as np
 
 from kvbench import _core
+from kvbench.backends.backlog import SimBacklogRun
 from kvbench.backends.base import (
     Backend,
     DiscoveredProfile,
@@ -28,6 +29,7 @@ from kvbench.backends.base import (
 )
 from kvbench.profile import EngineProfile
 from kvbench.simulator import simulate
+from kvbench.workload import Workload
 
 # The scrape period of the HTTP backends, so simulated and real runs sample alike.
 SAMPLE_PERIOD = 0.25
@@ -122,6 +124,12 @@ class SimBackend(Backend):
             )
         for sample in samples[si:]:
             sink.sample(sample)
+
+    def bounded_backlog(self, workload: Workload, *, backlog: int, seed: int) -> SimBacklogRun:
+        # `backlog` per replica: the client tops up the replica whose request started
+        return SimBacklogRun(
+            self.profile, workload, backlog=backlog, replicas=self.replicas, seed=seed
+        )
 
     def _samples(self, ts, sent: np.ndarray, finished: np.ndarray, end: float) -> list[QueueSample]:
         if ts.empty:

@@ -9,14 +9,17 @@ import click
 from kvbench.backends.base import Backend
 from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.registry import resolve_backend
+from kvbench.benchmark.saturated_rate import measure_saturated_rate
 from kvbench.benchmark.search import (
     DEFAULT_MAX_ENGINE_SECONDS,
     DEFAULT_PRECISION,
     Probe,
     find_boundary,
 )
+from kvbench.benchmark.served_work import ServedRate
 from kvbench.cli import options
 from kvbench.cli.backend_options import backend_options
+from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.progress import echo_progress, probe_line
 from kvbench.output.run import boundary_text
@@ -29,6 +32,8 @@ Examples:
   kvbench boundary --backend sim:vllm --workload pd-1:1
   kvbench boundary --backend sim:trtllm --workload azure-conv --precision 0.1 --json
   kvbench boundary --backend sim:ideal --kv-tokens 65536 --batch-time 0.03 --seed 7
+  kvbench boundary --backend sim:vllm --confirm
+  kvbench boundary --backend sim:sglang --method open-loop
 """
 )
 @backend_options
@@ -55,6 +60,28 @@ Examples:
     show_default=True,
     help="Gamma shape of inter-arrival gaps (1 = Poisson).",
 )
+@click.option(
+    "--method",
+    type=click.Choice(["backlog", "open-loop"]),
+    default=None,
+    help="backlog: the saturated service rate measured with a bounded backlog, from served work"
+    " (the default where the backend can run it: sim:*); open-loop: bracket between open-loop"
+    " runs judged STABLE and UNSTABLE (the default elsewhere).",
+)
+@click.option(
+    "--backlog",
+    type=int,
+    default=None,
+    metavar="K",
+    help="Requests kept sent but not started, per replica (backlog method; default by rule: 8"
+    " simulated, 32 over HTTP).",
+)
+@click.option(
+    "--confirm",
+    is_flag=True,
+    help="After a backlog bracket, judge open-loop runs just below and above it"
+    " (expect STABLE, UNSTABLE).",
+)
 @options.json_output()
 def boundary(
     backend: str,
@@ -73,10 +100,16 @@ def boundary(
     precision: float,
     max_engine_seconds: float,
     burstiness: float,
+    method: str | None,
+    backlog: int | None,
+    confirm: bool,
     as_json: bool,
 ) -> None:
-    """Bracket the rate λ* at which the engine's queue stops being stable, between the largest
-    rate judged STABLE and the smallest judged UNSTABLE, reporting every probe and its cost."""
+    """Bracket the rate λ* at which the engine's queue stops being stable. By default on a
+    simulated engine: the saturated service rate measured with a bounded backlog (K requests
+    kept waiting), estimated from served work to --precision. With --method open-loop: between
+    the largest rate judged STABLE and the smallest judged UNSTABLE. Every probe and its cost is
+    reported."""
     workload = load_workload(workload_spec)
     launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
     opened: list[Backend] = []
@@ -106,21 +139,52 @@ def boundary(
         spent[0] += p.engine_seconds
         echo_progress(
             probe_line(p.rate, p.duration, p.verdict, spent[0]),
-            quiet=as_json or not sys.stderr.isatty(),
+            quiet=quiet,
         )
 
+    quiet = as_json or not sys.stderr.isatty()
+
+    def on_look(t: float, est: ServedRate | None) -> None:
+        if est is not None:
+            echo_progress(
+                f"  {t:,.0f} engine-s  λ̂ = {est.rate:.3f} req/s  [{est.lo:.3f}, {est.hi:.3f}]"
+                f"  width {est.width:.1%}",
+                quiet=quiet,
+            )
+
     try:
-        result = find_boundary(
-            backend_for_seed,
-            workload,
-            workload_spec,
-            precision=precision,
-            confidence=confidence,
-            max_engine_seconds=max_engine_seconds,
-            seed=seed,
-            burstiness=burstiness,
-            on_probe=on_probe,
-        )
+        first = backend_for_seed(seed)
+        if method is None:
+            method = "backlog" if first.kind == "simulated" else "open-loop"
+        if method == "open-loop" and (backlog is not None or confirm):
+            raise KvbenchError("--backlog and --confirm go with --method backlog")
+        if method == "backlog":
+            result = measure_saturated_rate(
+                first,
+                workload,
+                workload_spec,
+                precision=precision,
+                confidence=confidence,
+                max_engine_seconds=max_engine_seconds,
+                seed=seed,
+                backlog=backlog,
+                confirm=confirm,
+                confirm_backend=backend_for_seed,
+                on_look=on_look,
+                on_probe=on_probe,
+            )
+        else:
+            result = find_boundary(
+                backend_for_seed,
+                workload,
+                workload_spec,
+                precision=precision,
+                confidence=confidence,
+                max_engine_seconds=max_engine_seconds,
+                seed=seed,
+                burstiness=burstiness,
+                on_probe=on_probe,
+            )
     except KeyboardInterrupt:
         echo_progress("interrupted")
         sys.exit(130)

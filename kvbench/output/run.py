@@ -164,12 +164,25 @@ def boundary_text(result: dict[str, Any]) -> str:
     else:
         head = highlight("not bracketed", "red")
         note = result["stop_reason"]
+    x = result.get("extras") or {}
+    backlog = x.get("method") == "backlog"
     rows: list[tuple[str, ...]] = [
         ("λ* bracket", head, note),
+        *(
+            [("measured as", x["label"], f"K = {x['backlog']} requests kept sent, not started")]
+            if backlog
+            else []
+        ),
         (
             "engine time",
             f"{result['engine_seconds']:,.0f} engine-seconds",
-            f"{len(result['probes'])} probes; {result['stop_reason']}",
+            (
+                "1 bounded-backlog probe"
+                + (f" + {len(result['probes'])} open-loop" if result["probes"] else "")
+                if backlog
+                else f"{len(result['probes'])} probes"
+            )
+            + f"; {result['stop_reason']}",
         ),
         (
             "theory μ",
@@ -177,7 +190,19 @@ def boundary_text(result: dict[str, Any]) -> str:
             "engine-aware model, the search's start",
         ),
     ]
-    if result["capacity_estimate"] is not None:
+    if backlog and result["capacity_estimate"] is not None:
+        rows.append(
+            (
+                "served-work rate",
+                f"{number(result['capacity_estimate'])} req/s",
+                f"after {number(x['warmup'], 0)} s warm-up, {x['batches']} batches of"
+                f" {number(x['batch_seconds'], 1)} s;"
+                f" departures {number(x['departure_rate'])} req/s",
+            )
+        )
+        if x.get("confirmed") is None:
+            rows.append(("queue stability", "not checked", "--confirm runs open-loop probes"))
+    elif result["capacity_estimate"] is not None:
         c_lo, c_hi = result["capacity_interval"]
         rows.append(
             (

@@ -1,7 +1,9 @@
 //! The iteration-level engine simulator (`ideal`, `vllm`, `sglang`, `trtllm` rules) and its two
 //! Python fronts: `simulate` runs a whole schedule in virtual time, `EngineSim` steps one replica
-//! on a caller's clock. Both drive the same `Engine`.
+//! on a caller's clock, `BacklogSim` runs the bounded-backlog saturation probe. All drive the
+//! same `Engine`.
 
+mod backlog;
 mod batch;
 mod decode;
 mod engine;
@@ -161,8 +163,84 @@ impl EngineSim {
     }
 }
 
+/// The bounded-backlog saturation probe in virtual time; see `kvbench/_core.pyi`.
+#[pyclass(module = "kvbench._core")]
+struct BacklogSim {
+    inner: backlog::Backlog,
+}
+
+#[pymethods]
+impl BacklogSim {
+    #[new]
+    #[pyo3(signature = (profile, prompt_len, output_len, *, backlog, replicas = 1, seed = 0, bin_width = 0.25))]
+    fn new(
+        profile: Profile,
+        prompt_len: PyReadonlyArray1<'_, i64>,
+        output_len: PyReadonlyArray1<'_, i64>,
+        backlog: usize,
+        replicas: usize,
+        seed: u64,
+        bin_width: f64,
+    ) -> PyResult<Self> {
+        let inner = backlog::Backlog::new(
+            profile,
+            prompt_len.as_slice()?.to_vec(),
+            output_len.as_slice()?.to_vec(),
+            backlog,
+            replicas,
+            seed,
+            bin_width,
+        )
+        .map_err(value_error)?;
+        Ok(BacklogSim { inner })
+    }
+
+    fn extend(
+        &mut self,
+        prompt_len: PyReadonlyArray1<'_, i64>,
+        output_len: PyReadonlyArray1<'_, i64>,
+    ) -> PyResult<()> {
+        self.inner
+            .extend(
+                prompt_len.as_slice()?.to_vec(),
+                output_len.as_slice()?.to_vec(),
+            )
+            .map_err(value_error)
+    }
+
+    fn advance<'py>(&mut self, py: Python<'py>, until: f64) -> PyResult<Bound<'py, PyDict>> {
+        let b = py
+            .allow_threads(|| self.inner.advance(until))
+            .map_err(value_error)?;
+        let d = PyDict::new(py);
+        d.set_item("first", b.first)?;
+        d.set_item("work", b.work.into_pyarray(py))?;
+        d.set_item("starts", b.starts.into_pyarray(py))?;
+        d.set_item("finishes", b.finishes.into_pyarray(py))?;
+        d.set_item("backlog", b.backlog.into_pyarray(py))?;
+        d.set_item("waiting", b.waiting.into_pyarray(py))?;
+        Ok(d)
+    }
+
+    #[getter]
+    fn remaining(&self) -> usize {
+        self.inner.remaining()
+    }
+
+    #[getter]
+    fn sent(&self) -> usize {
+        self.inner.sent()
+    }
+
+    #[getter]
+    fn clock(&self) -> f64 {
+        self.inner.clock()
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simulate, m)?)?;
     m.add_class::<EngineSim>()?;
+    m.add_class::<BacklogSim>()?;
     Ok(())
 }

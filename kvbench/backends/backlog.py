@@ -1,0 +1,124 @@
+"""The bounded-backlog probe's interface: a client keeps exactly K requests sent but not yet
+started (no first token), sending the next one the moment one starts, so the engine runs
+saturated from its first seconds while its queue never grows past K.
+
+A backend that can run it returns a `BacklogRun`, advanced on the engine's clock; each step
+reports bins of served work (`kvbench._core.served_work` defines it: G(s, k) per request after k
+streamed tokens), first tokens and completions, and the backlog the client kept. The simulator
+counts tokens in Rust as it runs (`SimBacklogRun`); a streaming HTTP client gives the same bins
+from its per-request (time, tokens so far) events through `_core.served_work`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from kvbench import _core
+from kvbench.errors import KvbenchError
+from kvbench.profile import EngineProfile
+from kvbench.workload import Workload
+
+# Bin width of the served-work series, engine seconds: several iterations per bin, and far
+# below a request's life (the estimator's batches are at least a quarter life).
+BIN_WIDTH = 0.25
+
+
+@dataclass(frozen=True)
+class BacklogBins:
+    """Consecutive bins of width `bin_width`, the first starting at first·bin_width.
+
+    work: served work (token·iterations of KV) per bin; starts/finishes: first tokens and
+    completions per bin; backlog: requests sent and not started at each bin's end (the client's
+    count); waiting: the engine's own waiting gauge there (None when it has none)."""
+
+    first: int
+    bin_width: float
+    work: np.ndarray
+    starts: np.ndarray
+    finishes: np.ndarray
+    backlog: np.ndarray
+    waiting: np.ndarray | None
+
+
+class BacklogRun(Protocol):
+    backlog: int
+
+    def advance(self, until: float) -> BacklogBins:
+        """Run to `until` engine seconds from the start; the bins that ended since the last call."""
+
+    def close(self) -> None: ...
+
+
+# Requests drawn per extension of the simulator's stream, and the stretch of engine time one
+# Rust call may run: the stream is topped up between stretches so it never runs out.
+_DRAW = 4096
+_STRETCH = 30.0
+
+
+class SimBacklogRun:
+    """The bounded-backlog probe on the simulator, in virtual time (results SIMULATED). The
+    request stream is drawn in chunks, each from its own seed, so a run is reproducible for a
+    seed however it is advanced."""
+
+    def __init__(
+        self,
+        profile: EngineProfile,
+        workload: Workload,
+        *,
+        backlog: int,
+        replicas: int = 1,
+        seed: int = 0,
+        bin_width: float = BIN_WIDTH,
+    ) -> None:
+        self.backlog = backlog
+        self.workload = workload
+        self.seed = seed
+        self.bin_width = bin_width
+        self._chunks = 0
+        s, o = self._draw()
+        try:
+            self._sim = _core.BacklogSim(
+                profile,
+                s,
+                o,
+                backlog=backlog,
+                replicas=replicas,
+                seed=seed,
+                bin_width=bin_width,
+            )
+        except ValueError as err:
+            raise KvbenchError(f"simulator: {err}") from None
+        # the stream must outlast a stretch at the most starts a stretch can see
+        self._reserve = 2 * _DRAW
+
+    def _draw(self) -> tuple[np.ndarray, np.ndarray]:
+        chunk_seed = int(np.random.SeedSequence([self.seed, self._chunks]).generate_state(1)[0])
+        self._chunks += 1
+        return self.workload.draw(_DRAW, chunk_seed)
+
+    def advance(self, until: float) -> BacklogBins:
+        parts = []
+        while True:
+            while self._sim.remaining < self._reserve:
+                self._sim.extend(*self._draw())
+            step = min(until, self._sim.clock + _STRETCH)
+            try:
+                parts.append(self._sim.advance(step))
+            except ValueError as err:
+                raise KvbenchError(f"simulator: {err}") from None
+            if step >= until:
+                break
+        return BacklogBins(
+            first=parts[0]["first"],
+            bin_width=self.bin_width,
+            **{
+                k: np.concatenate([p[k] for p in parts])
+                for k in ("work", "starts", "finishes", "backlog", "waiting")
+            },
+        )
+
+    def close(self) -> None:
+        pass

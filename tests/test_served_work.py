@@ -1,0 +1,180 @@
+"""The served-work estimator and the bounded-backlog probe: G on hand-built request histories
+(requests at a window's edges count by the part of their work done inside it), E[g] exact, the
+batch-means interval, the backlog kept at K on the simulator, and coverage of the reference λ*
+(tests/data/saturated_reference.json, SIMULATED) on a reduced grid of rules, workloads and seeds."""
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kvbench import _core
+from kvbench.backends.backlog import SimBacklogRun
+from kvbench.backends.sim import SimBackend
+from kvbench.benchmark.saturated_rate import measure_saturated_rate
+from kvbench.benchmark.served_work import mean_work, served_rate
+from kvbench.engine_theory import paged_lifetime_memory
+from kvbench.profile import POLICIES, build_profile
+from kvbench.workload import load_workload
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from saturated_reference import noisy_profile  # noqa: E402
+
+REFS = {
+    (r["policy"], r["workload"]): r["capacity"]
+    for r in json.loads((Path(__file__).parent / "data" / "saturated_reference.json").read_text())[
+        "references"
+    ]
+}
+
+
+def _work(prompt, events, *, chunk, bin_width, bins):
+    request, time, tokens = (np.array(c) for c in zip(*events, strict=True))
+    return _core.served_work(
+        np.array(prompt, dtype=np.int64),
+        chunk,
+        request.astype(np.int64),
+        time.astype(np.float64),
+        tokens.astype(np.int64),
+        bin_width=bin_width,
+        bins=bins,
+    )
+
+
+def test_served_work_of_a_hand_built_history():
+    # ŝ = 4. A: s = 6, prefill chunks hold 4 then 6 → G(6,1) = 10, G(6,2) = 10+6+1 = 17,
+    # G(6,3) = 17+6+2 = 25. B: s = 4 → G(4,1) = 4, G(4,3) = 4+(4+1)+(4+2) = 15, G(4,4) = 22.
+    events = [
+        (0, 0.5, 1),  # A starts in bin 0
+        (0, 1.2, 2),
+        (1, 1.5, 1),  # B starts in bin 1
+        (1, 2.1, 3),  # a chunk of two tokens: +G(4,3) − G(4,1) = 11
+        (0, 2.7, 3),
+        (1, 3.4, 4),  # after the last bin: not counted
+    ]
+    work = _work([6, 4], events, chunk=4, bin_width=1.0, bins=3)
+    assert work.tolist() == [10.0, 7.0 + 4.0, 11.0 + 8.0]
+    # the window [1, 3) holds A's second and third tokens and B's first three, not A's prefill
+    # (before the window) nor B's last token (after): P(3) − P(1) = 30
+    assert work[1:].sum() == 30.0
+
+
+def test_a_whole_request_is_served_its_lifetime_memory():
+    rng = np.random.default_rng(3)
+    s = rng.integers(1, 3000, 50)
+    o = rng.integers(1, 400, 50)
+    events = [(i, 0.001 * k, k) for i in range(50) for k in range(1, int(o[i]) + 1)]
+    events.sort(key=lambda e: e[1])
+    work = _work(s, events, chunk=512, bin_width=1.0, bins=1)
+    # G(s, o) is the paper's g with o − 1 decode steps (the simulator's convention)
+    assert work[0] == paged_lifetime_memory(s, o - 1, 512, 1).sum()
+
+
+def test_tokens_going_back_is_an_error():
+    with pytest.raises(ValueError, match="went back"):
+        _work([5], [(0, 0.1, 2), (0, 0.2, 1)], chunk=4, bin_width=1.0, bins=1)
+
+
+def test_mean_work_is_exact():
+    # fixed:6,3 with ŝ = 4: G(6,3) = 25 (above)
+    assert mean_work(load_workload("fixed:6,3"), 4) == 25.0
+    # s ∈ {4,5,6}, o ∈ {1,2,3}: G(4,·) = 4, 9, 15; G(5,·) = 9, 15, 22 (chunks 4, 5); G(6,·) =
+    # 10, 17, 25; mean 126/9
+    assert mean_work(load_workload("uniform:4-6,1-3"), 4) == pytest.approx(14.0)
+
+
+def test_the_interval_waits_for_warmup_and_sixteen_quarter_life_batches():
+    g, bw, life = 1000.0, 0.25, 4.0  # warm-up 2 lives = 32 bins, batches ≥ 4 bins
+    steady = np.full(32 + 16 * 4 - 1, 2.5 * g * bw)
+    assert served_rate(steady, bw, g, life=life, confidence=0.95) is None
+    est = served_rate(np.append(steady, 2.5 * g * bw), bw, g, life=life, confidence=0.95)
+    assert est.batches == 16 and est.start == 8.0 and est.batch_seconds == 1.0
+    assert est.rate == est.lo == est.hi == pytest.approx(2.5)
+
+
+def test_mser_cuts_a_ramp_longer_than_two_lives():
+    g, bw, life = 1000.0, 0.25, 4.0
+    t = np.arange(800) * bw
+    work = 3.0 * g * bw * np.minimum(1.0, t / 20.0)  # cache filling for 20 s ≫ 2 lives
+    est = served_rate(work, bw, g, life=life, confidence=0.95)
+    assert est.warmup_mser >= 20.0 and est.start >= 20.0
+    assert est.rate == pytest.approx(3.0)
+
+
+def test_batch_means_interval_covers_at_its_confidence():
+    rng = np.random.default_rng(0)
+    g, bw, life = 1.0, 0.25, 4.0
+    hits = 0
+    for _ in range(400):
+        work = rng.normal(2.0, 0.5, 400) * bw
+        est = served_rate(work, bw, g, life=life, confidence=0.95)
+        hits += est.lo <= 2.0 <= est.hi
+    assert 0.92 <= hits / 400 <= 0.98
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_the_backlog_stays_at_k(policy):
+    run = SimBacklogRun(build_profile(policy), load_workload("pd-1:1"), backlog=8, seed=1)
+    bins = run.advance(300.0)
+    assert bins.work.size == 1200 and bins.starts.sum() > 0
+    assert np.all(np.abs(bins.backlog - 8) <= 1)
+    # the engine's own waiting gauge: never more than K plus what it preempted back into it
+    assert bins.waiting.max() <= 8 + 64
+
+
+def test_two_replicas_keep_k_each_and_advancing_in_steps_changes_nothing():
+    w = load_workload("pd-2:1")
+    p = build_profile("sglang")
+    whole = SimBacklogRun(p, w, backlog=8, replicas=2, seed=4).advance(120.0)
+    run = SimBacklogRun(p, w, backlog=8, replicas=2, seed=4)
+    parts = [run.advance(t) for t in (7.3, 50.0, 120.0)]
+    assert np.all(whole.backlog == 16)
+    for key in ("work", "starts", "finishes", "backlog", "waiting"):
+        assert np.array_equal(getattr(whole, key), np.concatenate([getattr(x, key) for x in parts]))
+
+
+def test_served_rate_agrees_with_the_long_run_departure_rate():
+    w = load_workload("pd-1:1")
+    p = noisy_profile("vllm")
+    bins = SimBacklogRun(p, w, backlog=8, seed=7).advance(3000.0)
+    est = served_rate(
+        bins.work,
+        bins.bin_width,
+        mean_work(w, p.chunk_size),
+        life=30.0,
+        confidence=0.95,
+        finishes=bins.finishes,
+    )
+    assert est.rate == pytest.approx(REFS[("vllm", "pd-1:1")], rel=0.02)
+    assert est.departures == pytest.approx(est.rate, rel=0.03)
+    assert est.width < 0.02
+
+
+def test_coverage_and_cost_on_a_reduced_grid():
+    """4 rules × 2 workloads × 4 seeds (seeds 100…, disjoint from the benchmark's), σ = 0.37.
+    The paper's synthetic workloads only: on the Azure trace with the vidur-a100 preset coverage
+    is 25–28 of 30 per rule (docs/benchmarks.md), a known miss, not something to pin here."""
+    costs, misses = [], []
+    for (policy, workload), ref in REFS.items():
+        if workload not in ("pd-1:1", "pd-1:2"):
+            continue
+        for seed in range(100, 104):
+            r = measure_saturated_rate(
+                SimBackend(noisy_profile(policy), seed=seed),
+                load_workload(workload),
+                workload,
+                precision=0.05,
+                max_engine_seconds=3000.0,
+                seed=seed,
+            )
+            assert r.reached and r.upper / r.lower - 1 <= 0.05
+            costs.append(r.engine_seconds)
+            if not r.lower <= ref <= r.upper:
+                misses.append((policy, workload, seed, r.lower, r.upper, ref))
+    assert len(misses) <= 1, misses
+    assert statistics.median(costs) <= 480
+    assert not math.isnan(statistics.median(costs))
