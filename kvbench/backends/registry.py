@@ -12,7 +12,7 @@ from pathlib import Path
 from kvbench.backends.base import Backend
 from kvbench.backends.launch import LaunchOptions
 from kvbench.errors import KvbenchError
-from kvbench.profile import PAPER_A100, POLICIES, IterationTimeModel, build_profile
+from kvbench.profile import DEFAULT_HARDWARE, POLICIES, IterationTimeModel, build_profile
 
 SIM_PREFIX = "sim:"
 EMULATE_PREFIX = "emulate:"
@@ -85,7 +85,7 @@ def resolve_backend(
             chunk_size=chunk_size,
             iteration_time=None if batch_time is None else IterationTimeModel.constant(batch_time),
         )
-        built = build_profile(policy, profile or PAPER_A100.name, **overrides)
+        built = build_profile(policy, profile or DEFAULT_HARDWARE.name, **overrides)
         sources = {
             field: "flag" if value is not None else "preset" for field, value in overrides.items()
         }

@@ -652,6 +652,9 @@ class _MeasuredIterationTime(Backend):
     def execute(self, requests: list[RequestSpec], sink, *, duration: float) -> None:
         self.backend.execute(requests, sink, duration=duration)
 
+    def scrape_report(self) -> dict[str, Any] | None:
+        return self.backend.scrape_report()
+
 
 def _search(
     backend: Backend,
@@ -695,12 +698,13 @@ def _search(
                 "rate": probe.rate,
                 "engine_seconds": probe.engine_seconds,
                 "verdict": probe.verdict,
+                "over_limit": probe.over_limit,
                 "extensions": probe.extensions,
                 "run_dir": engine.relative(Path(probe.run_dir), root),
             }
         )
         stable = [p["rate"] for p in search["probes"] if p["verdict"] == "STABLE"]
-        unstable = [p["rate"] for p in search["probes"] if p["verdict"] == "UNSTABLE"]
+        unstable = [p["rate"] for p in search["probes"] if p["over_limit"]]
         search["lower"] = max(stable, default=None)
         search["upper"] = min((r for r in unstable if r > (search["lower"] or 0)), default=None)
         search["engine_seconds"] = sum(p["engine_seconds"] for p in search["probes"])

@@ -11,6 +11,7 @@ import click
 
 from kvbench.backends.launch import redact_given
 from kvbench.benchmark.compare import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig, run_compare
+from kvbench.benchmark.failures import describe
 from kvbench.cli import options
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
@@ -102,6 +103,11 @@ def _engine_lines(e: EngineResult) -> list[tuple[str, str] | tuple[str, str, str
                 f"for {p.target_rate:g} req/s at ρ = {p.utilization:g}",
             )
         )
+    if e.failures:
+        failing = e.verdict_counts.get("FAILING", 0)
+        rows.append(("failed requests", describe(e.failures, limit=2), f"{failing} probes FAILING"))
+    if e.preemptions is not None:
+        rows.append(("preemptions", f"{e.preemptions:,}", "counted by the engine, every probe"))
     if e.status != "ok":
         rows.append(("status", highlight(f"{e.status.upper()}: {e.error}", "red")))
     return rows

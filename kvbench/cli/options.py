@@ -85,14 +85,15 @@ def engine(help_text: str):
 
 
 def profile_preset():
-    from kvbench.profile import HARDWARE, PAPER_A100
+    from kvbench.profile import DEFAULT_HARDWARE, HARDWARE
 
     return click.option(
         "--profile",
         "profile_name",
         type=click.Choice(sorted(HARDWARE)),
         default=None,
-        help=f"Hardware/model calibration the engine preset uses (default: {PAPER_A100.name}, illustrative).",
+        help="Hardware/model calibration the engine preset uses, named after its source "
+        f"(default: {DEFAULT_HARDWARE.name}, fitted to Vidur's measured A100 kernel timings).",
     )
 
 

@@ -35,7 +35,9 @@ def report(directory: str, as_json: bool) -> None:
         rebuild_compare_report(Path(directory), as_json)
         return
     data = read_run(directory)
-    summary = summarize(data.header, data.records, data.samples, status=data.status)
+    summary = summarize(
+        data.header, data.records, data.samples, status=data.status, scrape=data.scrape
+    )
     summary["error"] = None if data.end is None else data.end.get("error")
     summary["workload"] = data.header["config"]["workload"]
     write_summary(directory, summary)

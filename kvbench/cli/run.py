@@ -75,7 +75,9 @@ def run(
     as_json: bool,
 ) -> None:
     """Send requests open-loop at a fixed rate, record every event, and judge whether the
-    engine's queue stays bounded: STABLE, UNSTABLE or INCONCLUSIVE at the stated confidence."""
+    engine's queue stays bounded: STABLE, UNSTABLE or INCONCLUSIVE at the stated confidence,
+    from the completed requests; FAILING (exit status 1) when more than 1% of the requests
+    failed."""
     spec = RunSpec(
         workload_spec,
         request_rate,
@@ -112,3 +114,5 @@ def run(
         write_json(summary)
     else:
         click.echo(run_summary_text(summary, output))
+    if summary["verdict"] == "FAILING":
+        sys.exit(1)  # the engine failed requests: no rate was judged

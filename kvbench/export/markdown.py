@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from kvbench.benchmark.failures import FAILING_FRACTION, percent
 from kvbench.report.schema import CompareResults
 from kvbench.report.table import provisioning_rows, summary_columns, summary_row
 
@@ -53,7 +54,8 @@ def render(results: CompareResults) -> str:
     lines += [
         "",
         f"Workload {escape(str(workload))}; gap = (μ theory − λ*) / λ*, λ* the measured "
-        "bracket's midpoint; probes S/U/I = stable/unstable/inconclusive runs.",
+        "bracket's midpoint; probes S/U/I/F = stable/unstable/inconclusive/failing runs (FAILING: "
+        f"more than {percent(FAILING_FRACTION)} of a run's requests failed).",
         "",
         f"Command: `{results.command.replace('`', '')}` — kvbench {escape(results.kvbench_version)}, "
         f"{escape(results.created)}",
