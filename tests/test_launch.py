@@ -261,6 +261,9 @@ def test_per_engine_launch_options():
     assert (s.python, s.args, s.env) == (None, ("--seed=1", "--tp=2"), {"A": "1", "B": "2"})
     with pytest.raises(KvbenchError, match="--engine-env 'B': expected KEY=VALUE"):
         LaunchOptions.parse(None, [], ["B"])
+    # meant for an engine that is not compared: refused rather than given to every engine
+    with pytest.raises(KvbenchError, match="'trtllm=--tp_size=2': trtllm is not among"):
+        LaunchOptions.for_engine("vllm", labels, [], ["trtllm=--tp_size=2"], [])
 
 
 def test_settings_read_both_flag_spellings(tmp_path):
@@ -478,7 +481,7 @@ def test_compare_gives_each_engine_its_own_launch_options_and_records_them(tmp_p
     proc = subprocess.run(
         [*kvbench_command(), "compare", "--backends", "vllm", "--model", "/models/m"]
         + ["--engine-python", f"vllm={python}", "--engine-arg", "vllm=--max-num-seqs=8"]
-        + ["--engine-arg", "sglang=--tp=2", "--engine-env", "vllm=SECRET_KEY=do_not_write"]
+        + ["--engine-env", "vllm=SECRET_KEY=do_not_write"]
         + ["--no-progress", "--output-dir", str(tmp_path / "reports")],
         capture_output=True,
         text=True,
@@ -486,7 +489,7 @@ def test_compare_gives_each_engine_its_own_launch_options_and_records_them(tmp_p
     )
     assert "exited with code 3" in proc.stdout + proc.stderr
     got = json.loads((tmp_path / "engine-got.json").read_text())
-    assert got["argv"][-1] == "--max-num-seqs=8" and "--tp=2" not in got["argv"]
+    assert got["argv"][-1] == "--max-num-seqs=8"
     assert got["env"]["SECRET_KEY"] == "do_not_write"
     (engine,) = (tmp_path / "reports").rglob("engine.json")
     data = json.loads(engine.read_text())

@@ -87,14 +87,28 @@ def redact_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def split_engine_prefix(value: str, labels: Iterable[str]) -> tuple[str | None, str]:
+    """(`ENGINE`, the rest) for a value typed `ENGINE=...` with ENGINE one of `labels` (the
+    engines compared), else (None, value). A prefix that names an engine kvbench has a recipe
+    for but is not among `labels` is refused: it was meant for an engine that is not there."""
+    head, eq, rest = value.partition("=")
+    if not eq:
+        return None, value
+    if head in set(labels):
+        return head, rest
+    if re.fullmatch(r"[a-z]+", head) and (RECIPES / head).is_dir():
+        raise KvbenchError(f"{value!r}: {head} is not among the engines compared (--backends)")
+    return None, value
+
+
 def redact_given(values: Iterable[str], labels: Iterable[str], *, env: bool) -> list[str]:
     """--engine-env (`env`) or --engine-arg values as typed, each maybe prefixed `ENGINE=` (one
     of `labels`), with credentials redacted as in redact_env and redact_argv."""
-    known = set(labels)
+    labels = list(labels)
     split = []
     for value in values:
-        head, eq, rest = value.partition("=")
-        split.append((head + "=", rest) if eq and head in known else ("", value))
+        engine, rest = split_engine_prefix(value, labels)
+        split.append((f"{engine}=", rest) if engine else ("", value))
     out = [prefix + item for prefix, item in split]
     if env:
         for i, (prefix, item) in enumerate(split):
@@ -161,17 +175,14 @@ class LaunchOptions:
     ) -> LaunchOptions:
         """The options for `label` among several engines: a value prefixed `ENGINE=`, with
         ENGINE one of `labels`, is that engine's only; an unprefixed one is every engine's."""
-        known = set(labels)
+        labels = list(labels)
 
         def mine(values: Iterable[str]) -> list[str]:
             kept = []
             for value in values:
-                head, eq, rest = value.partition("=")
-                if eq and head in known:
-                    if head == label:
-                        kept.append(rest)
-                else:
-                    kept.append(value)
+                engine, rest = split_engine_prefix(value, labels)
+                if engine is None or engine == label:
+                    kept.append(rest)
             return kept
 
         pythons = mine(python)
