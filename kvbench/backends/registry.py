@@ -15,6 +15,17 @@ from kvbench.profile import PAPER_A100, POLICIES, IterationTimeModel, build_prof
 
 SIM_PREFIX = "sim:"
 EMULATE_PREFIX = "emulate:"
+# The time scales a client follows: beyond these an emulator's engine would run too fast for its
+# own process to keep up, or a run would last a thousand times longer than its figures say.
+TIME_SCALE_RANGE = (0.01, 1000.0)
+
+
+def check_time_scale(scale: float) -> None:
+    lo, hi = TIME_SCALE_RANGE
+    if not lo <= scale <= hi:
+        raise KvbenchError(
+            f"--time-scale must be in [{lo:g}, {hi:g}] engine seconds per real second, got {scale}"
+        )
 
 
 def backend_names() -> list[str]:
@@ -51,16 +62,27 @@ def resolve_backend(
     time_scale: float | None = None,
     log_dir: Path | None = None,
     seed: int = 0,
+    headers: dict[str, str] | None = None,
+    wait_for_server: float = 0.0,
 ) -> Backend:
     """The backend called `name`. Profile flags (profile, kv_tokens, chunk_size, batch_time)
     shape a simulated engine (kv_tokens and batch_time an emulated one too, with time_scale); a
     real engine reports its own profile, so they are refused there. An emulated engine with
     replicas > 1 is that many emulator processes behind round-robin dispatch; `log_dir` keeps
-    their logs."""
-    if time_scale is not None and not (time_scale > 0 and math.isfinite(time_scale)):
-        raise KvbenchError(f"--time-scale must be a positive number, got {time_scale}")
-    if time_scale is not None and not name.startswith(EMULATE_PREFIX):
-        raise KvbenchError(f"{name}: --time-scale applies to emulate:* backends only")
+    their logs. `headers` (API key, --header) go on every request to an HTTP engine;
+    `time_scale` with --url states the scale of an emulator the user started; an attached server
+    still starting is waited for up to `wait_for_server` seconds."""
+    if time_scale is not None:
+        check_time_scale(time_scale)
+    if time_scale is not None and not (name.startswith(EMULATE_PREFIX) or url is not None):
+        raise KvbenchError(
+            f"{name}: --time-scale applies to emulate:* backends and to an emulator attached "
+            "with --url"
+        )
+    if not (wait_for_server >= 0 and math.isfinite(wait_for_server)):
+        raise KvbenchError(
+            f"--wait-for-server must be a number of seconds ≥ 0, got {wait_for_server}"
+        )
     if name.startswith(SIM_PREFIX):
         from kvbench.backends.sim import SimBackend
 
@@ -112,6 +134,7 @@ def resolve_backend(
                         time_scale=1.0 if time_scale is None else time_scale,
                         log_dir=None if log_dir is None else log_dir / f"replica-{i}",
                         seed=seed + i,
+                        headers=headers,
                     )
                 )
         except BaseException:
@@ -141,4 +164,12 @@ def resolve_backend(
         )
     if url is None and model is None:
         raise KvbenchError(f"{name}: give --url of a running server, or --model PATH to launch one")
-    return open_engine(name, url=url, model=model, seed=seed)
+    return open_engine(
+        name,
+        url=url,
+        model=model,
+        seed=seed,
+        headers=headers,
+        time_scale=time_scale,
+        wait_for_server=wait_for_server,
+    )

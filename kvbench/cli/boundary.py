@@ -14,7 +14,7 @@ from kvbench.benchmark.search import (
     find_boundary,
 )
 from kvbench.cli import options
-from kvbench.cli.backend_options import backend_options
+from kvbench.cli.backend_options import backend_options, request_headers
 from kvbench.export.json import write_json
 from kvbench.output.progress import echo_progress, probe_line
 from kvbench.output.run import boundary_text
@@ -62,6 +62,10 @@ def boundary(
     kv_tokens: int | None,
     chunk_size: int | None,
     batch_time: float | None,
+    time_scale: float | None,
+    api_key: str | None,
+    headers: tuple[str, ...],
+    wait_for_server: float,
     seed: int,
     confidence: float,
     workload_spec: str,
@@ -88,6 +92,9 @@ def boundary(
             kv_tokens=kv_tokens,
             chunk_size=chunk_size,
             batch_time=batch_time,
+            time_scale=time_scale,
+            headers=request_headers(api_key, headers),
+            wait_for_server=wait_for_server,
             seed=s,
         )
         opened.append(b)

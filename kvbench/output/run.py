@@ -100,6 +100,8 @@ def run_summary_text(summary: dict[str, Any], directory: str | None = None) -> s
         rows.append((label, _latency(stats), "" if stats["n"] else unmeasured.get(key, "")))
     if summary["status"] != "completed":
         rows.append(("status", highlight(summary["status"], "red"), summary.get("error") or ""))
+    for note in summary.get("notes") or []:
+        rows.append(("note", note))
     if directory:
         rows.append(("run directory", directory))
     title = (

@@ -51,7 +51,12 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, at: Instant, body: By
                 _ => Ending::Unfinished,
             }
         }
-        _ = sleep_until(shared.end) => Ending::Unfinished,
+        _ = async {
+            match shared.end {
+                Some(end) => sleep_until(end.into()).await,
+                None => std::future::pending().await,
+            }
+        } => Ending::Unfinished,
         _ = async {
             match timeout {
                 Some(t) => sleep_until((sent_at + t).into()).await,
@@ -83,10 +88,13 @@ async fn exchange(
     record: &mut DriverRecord,
     leftover: &mut Option<Incoming>,
 ) -> Ending {
-    let request = Request::post(shared.uri.clone())
+    let mut request = Request::post(shared.uri.clone())
         .header(CONTENT_TYPE, "application/json")
         .body(Full::new(body))
         .expect("a POST with a valid URI and a static header is a valid request");
+    for (name, value) in &shared.headers {
+        request.headers_mut().insert(name.clone(), value.clone());
+    }
     let response = match shared.client.request(request).await {
         Ok(response) => response,
         Err(err) => {
@@ -127,9 +135,8 @@ async fn exchange(
             if result.done {
                 return Ok(()); // after [DONE]: nothing more belongs to the request
             }
-            if result.feed_line(line)? == Line::Chunk(true) {
-                record.first_token.get_or_insert(now);
-                record.token_times.push(now);
+            if let Line::Chunk(tokens) = result.feed_line(line)? {
+                record.tokens_arrived(now, tokens);
             }
             Ok(())
         });
