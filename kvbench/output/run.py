@@ -131,9 +131,20 @@ def boundary_text(result: dict[str, Any]) -> str:
         (
             "theory μ",
             f"{number(result['theory_mu'])} req/s",
-            "engine-aware model, the search's start",
+            "engine-aware model, the search's start"
+            if "start_rate" not in result.get("extras", {})
+            else f"engine-aware model; the search started at {number(result['extras']['start_rate'])}",
         ),
     ]
+    bt = result.get("extras", {}).get("batch_time")
+    if bt is not None:
+        rows.append(
+            (
+                "b̄ measured",
+                f"{bt['value'] * 1000:.2f} ms",
+                f"{bt['method']} of {bt['samples']} timings in a saturating burst (client)",
+            )
+        )
     if result["capacity_estimate"] is not None:
         c_lo, c_hi = result["capacity_interval"]
         rows.append(
