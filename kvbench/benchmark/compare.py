@@ -44,6 +44,7 @@ from kvbench.benchmark.burst import (
 )
 from kvbench.benchmark.search import DEFAULT_PRECISION
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
+from kvbench.credentials import redact_url
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel
 from kvbench.report import raw
@@ -96,6 +97,8 @@ class CompareConfig:
     name: str | None = None
     urls: dict[str, list[str]] = field(default_factory=dict)
     model: str | None = None
+    # sent on every request to an HTTP engine; only the names are ever recorded
+    headers: dict[str, str] = field(default_factory=dict)
     replicas: int = 1
     precision: float | None = None  # None: EMBEDDED.precision in the embedded default, else 0.05
     confidence: float = 0.95
@@ -110,6 +113,8 @@ class CompareConfig:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["output_root"] = str(self.output_root)
+        out["urls"] = {k: [redact_url(u) for u in v] for k, v in self.urls.items()}
+        out["headers"] = sorted(self.headers)  # names only: values may be credentials
         return out
 
     @property
@@ -323,14 +328,17 @@ def open_backend(
     from kvbench.backends.registry import EMULATE_PREFIX, SIM_PREFIX, resolve_backend
 
     urls = config.urls.get(label, [])
+    auth = config.headers
     if len(urls) > 1:
-        return RoundRobinBackend([resolve_backend(spec, url=u, seed=config.seed) for u in urls])
+        return RoundRobinBackend(
+            [resolve_backend(spec, url=u, seed=config.seed, headers=auth) for u in urls]
+        )
     if urls:
         if config.replicas > 1:
             raise KvbenchError(
                 f"{label}: --replicas {config.replicas} with one --url; give one --url per replica"
             )
-        return resolve_backend(spec, url=urls[0], seed=config.seed)
+        return resolve_backend(spec, url=urls[0], seed=config.seed, headers=auth)
     if config.model:
         if config.replicas > 1:
             raise KvbenchError(
@@ -339,7 +347,7 @@ def open_backend(
             )
         from kvbench.backends.engines import open_engine
 
-        return open_engine(spec, model=config.model, seed=config.seed)
+        return open_engine(spec, model=config.model, seed=config.seed, headers=auth)
     if spec.startswith(EMULATE_PREFIX):
         return resolve_backend(
             spec,
@@ -401,7 +409,7 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
                 "backend": spec,
                 "kind": _expected_kind(spec),
                 "replicas": replica_count(label, config),
-                "urls": config.urls.get(label, []),
+                "urls": [redact_url(u) for u in config.urls.get(label, [])],
                 "slug": f"{i}-{slug(label)}",
             }
         )
@@ -442,6 +450,7 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         finally:
             if backend is not None:
                 engine.data["kind"] = backend.kind  # an attached server may be an emulator
+                engine.data["notes"] = list(getattr(backend, "notes", []))
                 backend.close()
             engine.save()
             observer.engine_finished(a["label"], engine.data["status"], engine.data["error"])

@@ -10,6 +10,8 @@ from pathlib import Path
 import click
 
 from kvbench.benchmark.compare import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig, run_compare
+from kvbench.cli.backend_options import auth_options, request_headers
+from kvbench.credentials import redact_url
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.compare_progress import CompareProgress
@@ -44,6 +46,15 @@ def _command_line(ctx: click.Context) -> str:
         flag = param.opts[0]
         if param.is_flag:
             words.append(flag)
+        elif param.name == "api_key":
+            words += [flag, "***"]  # credentials are never recorded
+        elif param.name == "headers":
+            for v in value:
+                words += [flag, v.partition("=")[0] + "=***"]
+        elif param.name == "urls":
+            for v in value:
+                label, sep, url = v.partition("=")
+                words += [flag, label + sep + redact_url(url)]
         else:
             for v in value if param.multiple else (value,):
                 words += [flag, str(v)]
@@ -144,6 +155,8 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     help="Attach to a running server; repeat for data-parallel replicas.",
 )
 @click.option("--model", help="Launch each engine from its recipe with this model.")
+@auth_options()[0]
+@auth_options()[1]
 @click.option(
     "--replicas",
     type=click.IntRange(min=1),
@@ -190,6 +203,8 @@ def compare(
     time_scale,
     urls,
     model,
+    api_key,
+    headers,
     replicas,
     precision,
     confidence,
@@ -230,6 +245,7 @@ def compare(
         name=name,
         urls=_parse_urls(urls),
         model=model,
+        headers=request_headers(api_key, headers),
         replicas=replicas,
         precision=precision,
         confidence=confidence,
