@@ -55,7 +55,8 @@ class _Keep:
     """Keeps the burst's records and passes every event on."""
 
     def __init__(self, sink: EventSink | None):
-        self.sink, self.records = sink, []
+        self.sink = sink
+        self.records: list[RequestRecord] = []
 
     def request(self, record: RequestRecord) -> None:
         self.records.append(record)
