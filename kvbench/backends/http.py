@@ -151,6 +151,8 @@ class HttpBackend(Backend):
         started, or the user's --time-scale), None for an engine; `wait_for_server`: seconds to
         wait for a server that is still starting (refusing connections, or 503)."""
         refuse_userinfo(url)
+        if urlsplit(url).query:
+            raise KvbenchError(f"{redact_url(url)}: give the engine's base URL, without a query")
         if urlsplit(url).scheme != "http":
             raise KvbenchError(
                 f"{redact_url(url)}: kvbench drives engines over plain http:// only: engines "
