@@ -57,11 +57,13 @@ def main() -> None:
     for policy in POLICIES:
         profile = build_profile(policy, iteration_time=constant)
         core = [
-            timed(lambda: _core.simulate(profile, prompt, output, arrivals, sample_interval=1.0))
+            timed(
+                lambda p=profile: _core.simulate(p, prompt, output, arrivals, sample_interval=1.0)
+            )
             for _ in range(args.repeats)
         ]
         front = [
-            timed(lambda: simulate(profile, prompt, output, arrivals, sample_interval=1.0))
+            timed(lambda p=profile: simulate(p, prompt, output, arrivals, sample_interval=1.0))
             for _ in range(args.repeats)
         ]
         cpu = statistics.median(r[0] for r in core)

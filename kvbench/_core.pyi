@@ -4,6 +4,8 @@ Conventions: times are float64 seconds; lengths are int64 tokens; every random f
 explicit `seed` and is reproducible across platforms for a given seed.
 """
 
+from typing import Protocol
+
 import numpy as np
 import numpy.typing as npt
 
@@ -139,27 +141,43 @@ class HttpDriver:
 # next. Invalid input raises ValueError naming the request or field; `kvbench.simulator`
 # turns it into KvbenchError.
 
-class _IterationTimeModelLike:
-    c0: float
-    c1: float
-    c2: float
-    noise_sigma: float
+class _IterationTimeModelLike(Protocol):
+    @property
+    def c0(self) -> float: ...
+    @property
+    def c1(self) -> float: ...
+    @property
+    def c2(self) -> float: ...
+    @property
+    def noise_sigma(self) -> float: ...
 
-class _EngineProfileLike:
+class _EngineProfileLike(Protocol):
     """`kvbench.profile.EngineProfile`: read attribute by attribute."""
 
-    policy: str
-    kv_tokens: int
-    block_size: int
-    chunk_size: int
-    token_budget: int
-    max_running: int
-    iteration_time: _IterationTimeModelLike
-    max_tokens_cap: int | None
-    separate_prefill_decode: bool
-    sglang_init_ratio: float
-    sglang_min_ratio: float
-    sglang_decay_steps: int
+    @property
+    def policy(self) -> str: ...
+    @property
+    def kv_tokens(self) -> int: ...
+    @property
+    def block_size(self) -> int: ...
+    @property
+    def chunk_size(self) -> int: ...
+    @property
+    def token_budget(self) -> int: ...
+    @property
+    def max_running(self) -> int: ...
+    @property
+    def iteration_time(self) -> _IterationTimeModelLike: ...
+    @property
+    def max_tokens_cap(self) -> int | None: ...
+    @property
+    def separate_prefill_decode(self) -> bool: ...
+    @property
+    def sglang_init_ratio(self) -> float: ...
+    @property
+    def sglang_min_ratio(self) -> float: ...
+    @property
+    def sglang_decay_steps(self) -> int: ...
 
 def simulate(
     profile: _EngineProfileLike,

@@ -75,8 +75,7 @@ class LengthLaw:
         s, o = np.meshgrid(
             np.arange(s_lo, s_hi + 1, dtype=np.int64), np.arange(o_lo, o_hi + 1, dtype=np.int64)
         )
-        s, o = s.ravel(), o.ravel()
-        return cls(s, o, np.full(s.size, 1.0 / s.size), exact=True, name=name)
+        return cls(s.ravel(), o.ravel(), np.full(s.size, 1.0 / s.size), exact=True, name=name)
 
     @classmethod
     def fixed(cls, s: int, o: int, name: str = "") -> LengthLaw:

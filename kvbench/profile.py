@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from kvbench.errors import KvbenchError
 
@@ -144,7 +144,7 @@ def build_profile(policy: str, hardware: str = PAPER_A100.name, **overrides) -> 
         raise KvbenchError(
             f"unknown profile {hardware!r}; choose one of {', '.join(HARDWARE)}"
         ) from None
-    fields = dict(
+    fields: dict[str, Any] = dict(
         policy=policy,
         kv_tokens=hw.kv_tokens,
         chunk_size=hw.chunk_size,

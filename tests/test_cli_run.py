@@ -204,8 +204,9 @@ def test_malformed_options_get_one_line_errors(args, message):
 class _FailAfter:
     """A backend whose engine dies after reporting n requests."""
 
-    def __init__(self, inner, n, error=RuntimeError("engine crashed")):
-        self.inner, self.n, self.error = inner, n, error
+    def __init__(self, inner, n, error=None):
+        self.inner, self.n = inner, n
+        self.error = error if error is not None else RuntimeError("engine crashed")
         self.name, self.kind, self.replays_prefix = inner.name, inner.kind, False
 
     def discover_profile(self):

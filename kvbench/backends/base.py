@@ -82,9 +82,13 @@ class Backend(ABC):
     #: True when executing a longer schedule with the same seed repeats a shorter one exactly
     #: (the simulator), so the search can extend a run and pay only for the added seconds.
     replays_prefix: bool = False
-    #: Engine seconds per real second. An emulator may run its engine faster than real time;
-    #: the backend still reports every time in the engine's seconds (the simulator's are virtual).
-    time_scale: float = 1.0
+
+    @property
+    def time_scale(self) -> float:
+        """Engine seconds per real second. An emulator may run its engine faster than real time;
+        the backend still reports every time in the engine's seconds (the simulator's are
+        virtual)."""
+        return 1.0
 
     @abstractmethod
     def discover_profile(self) -> DiscoveredProfile:
@@ -97,5 +101,5 @@ class Backend(ABC):
         unfinished). Raises KvbenchError naming the endpoint if the engine fails; everything
         reported to `sink` before that stays recorded."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a hook: most backends hold nothing to release)
         """Release what the backend holds (stop a launched engine, close sessions)."""

@@ -67,6 +67,7 @@ def open_engine(
             wait_for_server=wait_for_server,
             **options,
         )
+    assert model is not None  # exactly one of the two, checked above
     server = launch(
         engine,
         model,

@@ -48,7 +48,7 @@ from kvbench.backends.client import ServerClient
 from kvbench.backends.registry import check_time_scale
 from kvbench.credentials import redact_url, refuse_userinfo
 from kvbench.errors import KvbenchError
-from kvbench.profile import EngineProfile, IterationTimeModel
+from kvbench.profile import EngineProfile, IterationTimeModel, Policy
 
 # Prompt token ids are drawn fresh per request from this range: valid in every common vocabulary
 # of ≥ 32k ids and clear of special ids, so prefix caching never shares work (engines.md §4 #1).
@@ -90,7 +90,7 @@ class ScrapeLog:
             self.first_error = message
 
 
-def discovered_profile(policy: str, sources: dict[str, str], **fields) -> DiscoveredProfile:
+def discovered_profile(policy: Policy, sources: dict[str, str], **fields) -> DiscoveredProfile:
     """The profile read from a running engine. Its iteration-time model is unknown, since no
     server exposes one: b̄ is measured from a run, or a model fitted with `kvbench calibrate`."""
     profile = EngineProfile(
@@ -179,6 +179,13 @@ class HttpBackend(Backend):
         self._time_scale: float | None = None  # settled at the server's first answer
 
     # ---- engine hooks ---------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        """The served model's id: given, or read from /v1/models in the first exchange."""
+        if self.model is None:
+            raise KvbenchError(f"{self.url}: the model id is read from /v1/models first")
+        return self.model
 
     def completion_body(self, model: str, prompt: list[int], output_len: int) -> dict:
         return completion_body(model, prompt, output_len)
@@ -302,6 +309,7 @@ class HttpBackend(Backend):
                     await self._prepare(ServerClient(session, self.url))
 
             self._run(identify())
+        assert self._time_scale is not None, "_prepare reads the time scale"
         return self._time_scale
 
     def execute(self, requests: list[RequestSpec], sink: EventSink, *, duration: float) -> None:
@@ -317,8 +325,7 @@ class HttpBackend(Backend):
     def body_template(self) -> str:
         """The adapter's body with the prompt and output length as the driver's slots: the
         driver renders each request's body (fresh random prompt ids) as it comes due."""
-        assert self.model is not None
-        return json.dumps(self.completion_body(self.model, [PROMPT_SLOT], OUTPUT_SLOT))
+        return json.dumps(self.completion_body(self.model_id, [PROMPT_SLOT], OUTPUT_SLOT))
 
     async def _execute(self, requests: list[RequestSpec], sink: EventSink, duration: float):
         async with self._session() as session:
@@ -409,6 +416,9 @@ class HttpBackend(Backend):
     ) -> None:
         loop = asyncio.get_running_loop()
         log = self.scrape_log
+        # Samples leave in time order, as the queue statistics require: a skew shift applied to
+        # one scrape and not the next (a scrape late under load) could otherwise step back.
+        last = -math.inf
         while True:
             started = loop.time()
             try:
@@ -431,7 +441,7 @@ class HttpBackend(Backend):
                 )
                 shift = received - states[-1].time
             for st in states:
-                t = st.time + shift - wall0
+                t = last = max(st.time + shift - wall0, last)
                 sink.sample(
                     QueueSample(
                         time=t,

@@ -156,8 +156,12 @@ class MeasuredIterationTime(Backend):
 
     def __init__(self, backend: Backend, batch_time: float, source: str):
         self.backend, self.batch_time, self.source = backend, batch_time, source
-        self.name, self.kind, self.time_scale = backend.name, backend.kind, backend.time_scale
+        self.name, self.kind = backend.name, backend.kind
         self.replays_prefix = getattr(backend, "replays_prefix", False)
+
+    @property
+    def time_scale(self) -> float:
+        return self.backend.time_scale
 
     @property
     def notes(self) -> list[str]:

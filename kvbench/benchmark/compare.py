@@ -14,6 +14,7 @@ This module measures; presentation (progress view, terminal summary) observes it
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,8 +44,8 @@ from kvbench.benchmark.burst import (
     warm_up,
 )
 from kvbench.benchmark.search import DEFAULT_PRECISION
-from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.credentials import redact_url
+from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel
 from kvbench.report import raw
@@ -364,18 +365,19 @@ def open_backend(
     return resolve_backend(spec, replicas=config.replicas, seed=config.seed)
 
 
-def banner_for(kinds: set[str], time_scales: set[float] = frozenset()) -> str | None:
+def banner_for(kinds: set[str], time_scales: Iterable[float] = ()) -> str | None:
     """The line over every summary when any engine is not real. `time_scales`: the emulated
     engines' engine seconds per real second."""
     marked = sorted(k for k in kinds if k != "real")
     if not marked:
         return None
     what = " and ".join(k.upper() for k in marked)
-    source = {
+    sources: dict[tuple[str, ...], str] = {
         ("simulated",): "kvbench's engine simulator",
         ("emulated",): "kvbench's HTTP emulators of the engines (its engine simulator behind "
         "each engine's own API, measured over HTTP)",
-    }.get(tuple(marked), "kvbench's HTTP emulators and engine simulator")
+    }
+    source = sources.get(tuple(marked), "kvbench's HTTP emulators and engine simulator")
     clock = ""
     scaled = sorted(t for t in time_scales if t != 1.0)
     if scaled:
@@ -396,11 +398,12 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
     if not config.backends:
         raise KvbenchError("--backends needs at least one engine, e.g. --backends trtllm,sglang")
     config = config.with_defaults()
+    assert config.workload is not None  # with_defaults filled it
     workload = load_workload(config.workload)
     now = datetime.now(UTC)
     directory = report_directory(config, now)
     directory.mkdir(parents=True)
-    asked = []
+    asked: list[dict[str, Any]] = []
     for i, label in enumerate(config.backends):
         spec = backend_spec(label, config)
         asked.append(
@@ -457,7 +460,8 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         if header["interrupted"]:
             break
     # the banner states what actually ran (an attached server may turn out to be an emulator)
-    kinds, scales = set(), set()
+    kinds: set[str] = set()
+    scales: set[float] = set()
     for a in asked:
         path = directory / raw.ENGINES_DIR / a["slug"] / raw.ENGINE_FILE
         data = raw.read_json(path) if path.is_file() else a
@@ -600,6 +604,7 @@ def _search(
         engine.save()
         observer.probe_finished(label, probe.rate, probe.verdict)
 
+    assert config.workload is not None and config.precision is not None  # with_defaults
     result = find_boundary(
         backend_for_seed,
         workload,

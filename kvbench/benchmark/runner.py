@@ -105,7 +105,7 @@ def build_schedule(
     prompts, outputs = workload.draw(n, seed)
     return [
         RequestSpec(i, float(t), int(s), int(o))
-        for i, (t, s, o) in enumerate(zip(times, prompts, outputs))
+        for i, (t, s, o) in enumerate(zip(times, prompts, outputs, strict=True))
     ]
 
 
@@ -117,7 +117,7 @@ def _percentiles(values: np.ndarray) -> dict[str, float | int | None]:
     return {
         "n": int(values.size),
         "mean": float(values.mean()),
-        **{f"p{p}": float(v) for p, v in zip(PERCENTILES, q)},
+        **{f"p{p}": float(v) for p, v in zip(PERCENTILES, q, strict=True)},
     }
 
 

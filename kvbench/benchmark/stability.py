@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -39,7 +39,7 @@ DEFAULT_TOLERANCE = 0.05
 MIN_DEPARTURES = 30
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     STABLE = "STABLE"
     UNSTABLE = "UNSTABLE"
     INCONCLUSIVE = "INCONCLUSIVE"

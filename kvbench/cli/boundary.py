@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from kvbench.backends.base import Backend
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.search import (
     DEFAULT_MAX_ENGINE_SECONDS,
@@ -77,7 +78,7 @@ def boundary(
     """Bracket the rate λ* at which the engine's queue stops being stable, between the largest
     rate judged STABLE and the smallest judged UNSTABLE, reporting every probe and its cost."""
     workload = load_workload(workload_spec)
-    opened = []
+    opened: list[Backend] = []
 
     def backend_for_seed(s: int):
         # The simulator draws its noise from the seed, so each probe gets its own; a server is the

@@ -10,7 +10,7 @@ from kvbench.calibration import Calibration, fit_iteration_time, load_windows
 from kvbench.cli import options
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
-from kvbench.output.terminal import block, estimate, highlight, number
+from kvbench.output.terminal import Row, block, estimate, highlight, number
 from kvbench.profile import PAPER_A100, POLICIES, build_profile
 
 
@@ -80,6 +80,7 @@ def calibrate(
             fit=fit_iteration_time(load_windows(windows_path)), backend=windows_path
         )
     else:
+        assert backend is not None  # exactly one of the two, checked above
         from kvbench.benchmark.calibrate import calibrate_simulated
         from kvbench.workload import load_workload
 
@@ -107,7 +108,7 @@ def calibrate(
     fit = calibration.fit
     se = fit.stderr
     label = " (SIMULATED)" if calibration.simulated else ""
-    rows = [
+    rows: list[Row] = [
         ("c0", highlight(estimate(fit.c0 * 1e3, se[0] * 1e3, "ms")), "per iteration"),
         (
             "c1",

@@ -44,7 +44,7 @@ def _command_line(ctx: click.Context) -> str:
         ):
             continue
         flag = param.opts[0]
-        if param.is_flag:
+        if isinstance(param, click.Option) and param.is_flag:
             words.append(flag)
         elif param.name == "api_key":
             words += [flag, "***"]  # credentials are never recorded

@@ -153,6 +153,7 @@ def simulate(
     if num_prompts is not None:
         n = num_prompts
     else:
+        assert duration is not None  # exactly one of the two, checked above
         # Enough arrivals to cover the duration with overwhelming probability, then cut.
         n = int(request_rate * duration + 6 * math.sqrt(request_rate * duration / burstiness) + 10)
     arrivals = arrival_times(request_rate, n, burstiness=burstiness, seed=seed)

@@ -89,7 +89,7 @@ class EngineFormat(ABC):
 
     # ---- state ----------------------------------------------------------------------------
 
-    def on_iteration(self, state: dict[str, Any]) -> None:
+    def on_iteration(self, state: dict[str, Any]) -> None:  # noqa: B027 (a hook: optional)
         """Called at the end of every simulated iteration."""
 
     @abstractmethod

@@ -56,47 +56,52 @@ def _boundary_plot(results: CompareResults) -> go.Figure:
     engines = [e for e in results.engines if e.theory or e.boundary]
     names = [_label(engine_name(e)) for e in engines]
     fig = go.Figure()
-    measured = [e for e in engines if e.boundary and e.boundary.midpoint is not None]
+    # (name, lower, upper) of each engine with a whole bracket
+    measured = [
+        (_label(engine_name(e)), b.lower, b.upper)
+        for e in engines
+        if (b := e.boundary) is not None and b.lower is not None and b.upper is not None
+    ]
     if measured:
         fig.add_trace(
             go.Scatter(
                 name="measured λ* bracket",
-                x=[_label(engine_name(e)) for e in measured],
-                y=[e.boundary.midpoint for e in measured],
+                x=[name for name, _, _ in measured],
+                y=[(lo + hi) / 2 for _, lo, hi in measured],
                 error_y=dict(
                     type="data",
                     symmetric=False,
-                    array=[e.boundary.upper - e.boundary.midpoint for e in measured],
-                    arrayminus=[e.boundary.midpoint - e.boundary.lower for e in measured],
+                    array=[(hi - lo) / 2 for _, lo, hi in measured],
+                    arrayminus=[(hi - lo) / 2 for _, lo, hi in measured],
                     width=12,
                 ),
                 mode="markers",
                 marker=dict(size=10, symbol="square"),
             )
         )
-    with_theory = [e for e in engines if e.theory]
+    with_theory = [(_label(engine_name(e)), e.theory) for e in engines if e.theory is not None]
     fig.add_trace(
         go.Scatter(
             name="μ theory (paper), band down to μ(1−δ)",
-            x=[_label(engine_name(e)) for e in with_theory],
-            y=[e.theory.mu for e in with_theory],
+            x=[name for name, _ in with_theory],
+            y=[t.mu for _, t in with_theory],
             error_y=dict(
                 type="data",
                 symmetric=False,
                 array=[0.0] * len(with_theory),
-                arrayminus=[e.theory.mu - e.theory.mu_lower for e in with_theory],
+                arrayminus=[t.mu - t.mu_lower for _, t in with_theory],
             ),
             mode="markers",
             marker=dict(size=12, symbol="diamond"),
         )
     )
-    aware = [e for e in with_theory if e.theory.mu_engine_aware is not None]
+    aware = [(name, t.mu_engine_aware) for name, t in with_theory if t.mu_engine_aware is not None]
     if aware:
         fig.add_trace(
             go.Scatter(
                 name="μ engine-aware",
-                x=[_label(engine_name(e)) for e in aware],
-                y=[e.theory.mu_engine_aware for e in aware],
+                x=[name for name, _ in aware],
+                y=[mu for _, mu in aware],
                 mode="markers",
                 marker=dict(size=12, symbol="star"),
             )

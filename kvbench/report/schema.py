@@ -157,7 +157,7 @@ class CompareResults:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        for eng, src in zip(out["engines"], self.engines):
+        for eng, src in zip(out["engines"], self.engines, strict=True):
             if src.boundary is not None:
                 eng["boundary"]["midpoint"] = src.boundary.midpoint
         return out
