@@ -464,9 +464,9 @@ def test_achieved_rate_is_what_was_sent_over_the_span_it_was_sent_in():
             2,
             sent=i / 5,
             first_token=i / 5 + 0.1,
-            finished=i / 5 + 0.2,
+            finished=i / 5 + 0.25,
             output_tokens=2,
-            token_times=[i / 5 + 0.1, i / 5 + 0.2],
+            token_times=[i / 5 + 0.1, i / 5 + 0.25],
         )  # fmt: skip
         for i in range(30)
     ]
