@@ -40,7 +40,8 @@ def replay_arrivals(
 # usage.{completion,prompt}_tokens; a chunk with non-empty choices is a token event, timed on
 # arrival; counts come from the final chunk with empty choices plus usage (TensorRT-LLM's is a
 # chat object), never from the number of chunks. Failure kinds on records: http_<status>,
-# timeout, connection_refused, connection_reset, bad_stream, truncated_stream, missing_usage,
+# timeout, connection_refused, connection_reset, bad_stream (also a line over 1 MiB),
+# truncated_stream, missing_usage,
 # short_output, long_output (these two keep finished and output_tokens), engine_down. A
 # refused connection means the engine is gone: sending stops and requests in flight end as
 # engine_down. Requests in flight at `duration` or at stop() are unfinished: sent, no finish,
@@ -59,7 +60,9 @@ class DriverRecord:
     # tokens (from continuous usage; 1 without it) spread evenly over the gap before it
     token_times: list[float]
     error: str | None  # failure kind, see above
-    message: str | None  # what the failure said (an HTTP body's first 200 characters, ...)
+    # what the failure said: an HTTP error body's first 2,000 characters (kvbench.benchmark.
+    # failures takes its JSON message, trims and masks it), a stream error naming the payload, ...
+    message: str | None
 
 PROMPT_SLOT: int
 """Where a body template holds the prompt: `[PROMPT_SLOT]`, exactly once."""
@@ -136,8 +139,10 @@ class HttpDriver:
 #   trtllm: GUARANTEED_NO_EVICT: admit only if pages for prompt + max_tokens (the request's own
 #           output, or max(max_tokens_cap, output)) fit beside what running requests reserved.
 # The last prefill chunk samples the first output token; then one token per decode iteration.
-# Iteration time = c0 + c1·batch tokens + c2·(KV tokens the batch attends over), times a
-# lognormal factor with mean 1 when noise_sigma > 0. Arrivals during an iteration wait for the
+# Iteration time = c0 + c1·min(batch tokens, knee) + c1_above·(the rest) + c2·(KV tokens the
+# batch attends over) + c3·Σ prefill chunk·(cached + chunk), times a lognormal factor with mean 1
+# when noise_sigma > 0 (no knee: c1 for every token). The vllm rule with prefix_caching keeps a
+# preempted request's freed pages reusable until reallocated (vLLM v1's LRU free queue). Arrivals during an iteration wait for the
 # next. Invalid input raises ValueError naming the request or field; `kvbench.simulator`
 # turns it into KvbenchError.
 
@@ -150,6 +155,12 @@ class _IterationTimeModelLike(Protocol):
     def c2(self) -> float: ...
     @property
     def noise_sigma(self) -> float: ...
+    @property
+    def knee(self) -> int | None: ...
+    @property
+    def c1_above(self) -> float: ...
+    @property
+    def c3(self) -> float: ...
 
 class _EngineProfileLike(Protocol):
     """`kvbench.profile.EngineProfile`: read attribute by attribute."""
@@ -178,6 +189,8 @@ class _EngineProfileLike(Protocol):
     def sglang_min_ratio(self) -> float: ...
     @property
     def sglang_decay_steps(self) -> int: ...
+    @property
+    def prefix_caching(self) -> bool: ...
 
 def simulate(
     profile: _EngineProfileLike,

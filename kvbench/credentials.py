@@ -9,7 +9,7 @@ Credentials in a URL (`http://user:password@host`) are refused, not used: the co
 the state endpoints would have to agree on turning them into a header, and a URL is the thing
 kvbench writes everywhere (run headers, compare reports, error messages). `redact_url` is what
 every URL kvbench records or prints goes through, so a URL that slipped past the check still
-writes `***` for its userinfo and its query values; header values are never recorded, only
+writes `***` for its userinfo and its query values (`kvbench.redact.redact_url`); header values are never recorded, only
 their names.
 """
 
@@ -17,27 +17,13 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from kvbench.errors import KvbenchError
+from kvbench.redact import redact_url
 
 API_KEY_ENV = "OPENAI_API_KEY"
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-
-
-def redact_url(url: str) -> str:
-    """`url` with any userinfo and every query value replaced by `***`."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            netloc = "***@" + netloc.rpartition("@")[2]
-        query = parts.query
-        if query:
-            query = urlencode([(k, "***") for k, _ in parse_qsl(query, keep_blank_values=True)])
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
-    except ValueError:  # not even a URL: keep nothing after a possible userinfo marker
-        return url.rpartition("@")[2] if "@" in url else url
 
 
 def refuse_userinfo(url: str) -> None:

@@ -11,6 +11,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from kvbench.backends.base import Backend
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.recorder import read_run
 from kvbench.benchmark.runner import RunSpec, execute_run
@@ -201,7 +202,7 @@ def test_malformed_options_get_one_line_errors(args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.output
 
 
-class _FailAfter:
+class _FailAfter(Backend):
     """A backend whose engine dies after reporting n requests."""
 
     def __init__(self, inner, n, error=None):

@@ -26,10 +26,10 @@ from kvbench.backends.engines import ENGINES
 from kvbench.backends.http import TIME_SCALE_HEADER, completion_body
 from kvbench.backends.launch import free_port
 from kvbench.benchmark.runner import summarize
-from kvbench.credentials import redact_url
 from kvbench.emulate.formats import make_format
 from kvbench.emulate.server import build_app
 from kvbench.profile import build_profile
+from kvbench.redact import redact_url
 
 SECRET = "sk-kvbench-test-7f3a9c"
 SECRET2 = "team-secret-51d0"

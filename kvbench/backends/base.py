@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from kvbench.profile import EngineProfile
 
@@ -41,6 +41,7 @@ class RequestRecord:
     token_times: list[float] = field(default_factory=list)
     preemptions: int | None = None  # known to the simulator only
     error: str | None = None  # failure kind, e.g. "http_500", "timeout", "short_output"
+    message: str | None = None  # what the failure said (the server's error text), no credentials
     admitted: float | None = None  # first scheduled by the engine; known to the simulator only
 
 
@@ -100,6 +101,12 @@ class Backend(ABC):
         `duration` seconds after the start (requests still in flight then are reported
         unfinished). Raises KvbenchError naming the endpoint if the engine fails; everything
         reported to `sink` before that stays recorded."""
+
+    def scrape_report(self) -> dict[str, Any] | None:
+        """What reading server state during the last `execute` ran into: {"scrapes": n,
+        "errors": {kind: n}, "messages": [the first few distinct, no credentials]}; None for a
+        backend that reads no state over the network (the simulator)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 (a hook: most backends hold nothing to release)
         """Release what the backend holds (stop a launched engine, close sessions)."""

@@ -9,7 +9,8 @@ Server state is reported as the sum over replicas of each one's latest sample.
 from __future__ import annotations
 
 import threading
-from typing import TypeVar
+from collections import Counter
+from typing import Any, TypeVar
 
 from kvbench.backends.base import (
     Backend,
@@ -19,6 +20,7 @@ from kvbench.backends.base import (
     RequestRecord,
     RequestSpec,
 )
+from kvbench.benchmark.failures import MESSAGES_PER_KIND
 from kvbench.errors import KvbenchError
 
 N = TypeVar("N", int, float)
@@ -113,6 +115,22 @@ class RoundRobinBackend(Backend):
             t.join()
         if errors:
             raise errors[0]
+
+    def scrape_report(self) -> dict[str, Any] | None:
+        """The replicas' reports added up (messages: the first few over all of them)."""
+        reports = [r for r in (b.scrape_report() for b in self.replicas) if r is not None]
+        if not reports:
+            return None
+        errors: Counter[str] = Counter()
+        messages: list[str] = []
+        for r in reports:
+            errors.update(r["errors"])
+            messages += [m for m in r["messages"] if m not in messages]
+        return {
+            "scrapes": sum(r["scrapes"] for r in reports),
+            "errors": dict(errors),
+            "messages": messages[:MESSAGES_PER_KIND],
+        }
 
     def close(self) -> None:
         for r in self.replicas:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -177,6 +178,9 @@ class MeasuredIterationTime(Backend):
 
     def execute(self, requests: list[RequestSpec], sink, *, duration: float) -> None:
         self.backend.execute(requests, sink, duration=duration)
+
+    def scrape_report(self) -> dict[str, Any] | None:
+        return self.backend.scrape_report()
 
     def close(self) -> None:
         self.backend.close()

@@ -22,12 +22,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kvbench import __version__, theory
+from kvbench import __version__, provenance, theory
 from kvbench.backends.base import (
     Backend,
     QueueSample,
     RequestRecord,
 )
+from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.replicas import RoundRobinBackend
 from kvbench.benchmark.batch_time import (
     MIN_TIMINGS,
@@ -44,10 +45,10 @@ from kvbench.benchmark.burst import (
     warm_up,
 )
 from kvbench.benchmark.search import DEFAULT_PRECISION
-from kvbench.credentials import redact_url
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel
+from kvbench.redact import redact_url
 from kvbench.report import raw
 from kvbench.workload import Workload, load_workload
 
@@ -110,13 +111,41 @@ class CompareConfig:
     trim: float = 0.0
     output_root: Path = Path("reports")
     command: str = ""
+    # LABEL=ENGINE in --backends: what each label runs (a label absent here names its engine)
+    engines: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)  # --metadata KEY=VALUE
+    gpu_exporter: str | None = None
+    # --engine-python, --engine-arg, --engine-env as given, each maybe prefixed ENGINE=
+    engine_python: list[str] = field(default_factory=list)
+    engine_args: list[str] = field(default_factory=list)
+    engine_env: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["output_root"] = str(self.output_root)
         out["urls"] = {k: [redact_url(u) for u in v] for k, v in self.urls.items()}
         out["headers"] = sorted(self.headers)  # names only: values may be credentials
+        for key in ("engine_python", "engine_args", "engine_env"):
+            del out[key]
+        out["engine_launch"] = {
+            label: options.record() for label in self.backends if (options := self.launch(label))
+        }
         return out
+
+    def launch(self, label: str) -> LaunchOptions:
+        """What --engine-python, --engine-arg and --engine-env give the engine `label`."""
+        return LaunchOptions.for_engine(
+            label, self.backends, self.engine_python, self.engine_args, self.engine_env
+        )
+
+    def check_launch(self) -> None:
+        """Refuse launch options that cannot apply, before anything is measured."""
+        for label in self.backends:
+            if self.launch(label) and (self.model is None or ":" in label or label in self.urls):
+                raise KvbenchError(
+                    f"{label}: --engine-python, --engine-arg and --engine-env apply to engines "
+                    "kvbench launches (--model)"
+                )
 
     @property
     def measures_real_engines(self) -> bool:
@@ -250,6 +279,7 @@ def _calibrate(
             "requests": len(requests),
             "burst": True,
             "versions": versions(),
+            "provenance": engine.data.get("provenance"),
         },
     )
     observer.phase(label, "calibrating b̄ (saturating burst)", None, burst_duration(requests))
@@ -311,9 +341,10 @@ def _versions() -> dict[str, str]:
 def backend_spec(label: str, config: CompareConfig) -> str:
     """The backend a label stands for: `--url label=URL` attaches and `--model` launches the
     engine; with neither an engine name means its embedded form (EMBEDDED_KIND)."""
-    if ":" in label or config.urls.get(label) or config.model:
-        return label
-    return f"{EMBEDDED_KIND}:{label}"
+    engine = config.engines.get(label, label)
+    if ":" in engine or config.urls.get(label) or config.model:
+        return engine
+    return f"{EMBEDDED_KIND}:{engine}"
 
 
 def replica_count(label: str, config: CompareConfig) -> int:
@@ -348,7 +379,17 @@ def open_backend(
             )
         from kvbench.backends.engines import open_engine
 
-        return open_engine(spec, model=config.model, seed=config.seed, headers=auth)
+        options = config.launch(label)
+        return open_engine(
+            spec,
+            model=config.model,
+            seed=config.seed,
+            engine_python=options.python,
+            engine_args=list(options.args),
+            engine_env=options.env,
+            log_dir=log_dir,
+            headers=auth,
+        )
     if spec.startswith(EMULATE_PREFIX):
         return resolve_backend(
             spec,
@@ -398,6 +439,7 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
     if not config.backends:
         raise KvbenchError("--backends needs at least one engine, e.g. --backends trtllm,sglang")
     config = config.with_defaults()
+    config.check_launch()
     assert config.workload is not None  # with_defaults filled it
     workload = load_workload(config.workload)
     now = datetime.now(UTC)
@@ -414,6 +456,9 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
                 "replicas": replica_count(label, config),
                 "urls": [redact_url(u) for u in config.urls.get(label, [])],
                 "slug": f"{i}-{slug(label)}",
+                **(
+                    {"engine_launch": options.record()} if (options := config.launch(label)) else {}
+                ),
             }
         )
     header = {
@@ -441,6 +486,9 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
             backend = open_backend(a["label"], a["backend"], config, engine.directory / "server")
             engine.data["time_scale"] = backend.time_scale
             engine.data["servers"] = _servers(backend, directory)
+            engine.data["provenance"] = provenance.for_backend(
+                backend, a["backend"], metadata=config.metadata, gpu_exporter=config.gpu_exporter
+            )
             engine.save()
             _measure(backend, engine, directory, workload, config, observer, a["label"])
             engine.data["status"] = "ok"
@@ -474,16 +522,15 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
 
 
 def _servers(backend: Backend, root: Path) -> list[dict[str, Any]]:
-    """The server processes kvbench started for this backend (one per replica): pid, URL, and
-    log (relative to the compare directory when it is inside it)."""
+    """The server processes kvbench started for this backend (one per replica): pid, URL,
+    command line and environment (credentials redacted), and log (relative to the compare
+    directory when it is inside it)."""
     found = []
-    for b in backend.replicas if isinstance(backend, RoundRobinBackend) else [backend]:
-        server = getattr(b, "server", None)
-        if server is not None:
-            log = server.log_path
-            if log.is_relative_to(root):
-                log = log.relative_to(root)
-            found.append({"pid": server.pid, "url": server.url, "log": log.as_posix()})
+    for server in launched_servers(backend):
+        log = server.log_path
+        if log.is_relative_to(root):
+            log = log.relative_to(root)
+        found.append({**server.record(), "log": log.as_posix()})
     return found
 
 
@@ -592,12 +639,13 @@ def _search(
                 "rate": probe.rate,
                 "engine_seconds": probe.engine_seconds,
                 "verdict": probe.verdict,
+                "over_limit": probe.over_limit,
                 "extensions": probe.extensions,
                 "run_dir": engine.relative(Path(probe.run_dir), root),
             }
         )
         stable = [p["rate"] for p in search["probes"] if p["verdict"] == "STABLE"]
-        unstable = [p["rate"] for p in search["probes"] if p["verdict"] == "UNSTABLE"]
+        unstable = [p["rate"] for p in search["probes"] if p["over_limit"]]
         search["lower"] = max(stable, default=None)
         search["upper"] = min((r for r in unstable if r > (search["lower"] or 0)), default=None)
         search["engine_seconds"] = sum(p["engine_seconds"] for p in search["probes"])

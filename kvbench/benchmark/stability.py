@@ -43,6 +43,9 @@ class Verdict(StrEnum):
     STABLE = "STABLE"
     UNSTABLE = "UNSTABLE"
     INCONCLUSIVE = "INCONCLUSIVE"
+    # Too many requests failed to judge the queue (kvbench.benchmark.failures); never decided
+    # here, where only completions are seen.
+    FAILING = "FAILING"
 
 
 @dataclass(frozen=True)

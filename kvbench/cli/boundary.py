@@ -7,6 +7,7 @@ import sys
 import click
 
 from kvbench.backends.base import Backend
+from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.search import (
     DEFAULT_MAX_ENGINE_SECONDS,
@@ -59,6 +60,9 @@ def boundary(
     backend: str,
     url: str | None,
     model: str | None,
+    engine_python: str | None,
+    engine_args: tuple[str, ...],
+    engine_env: tuple[str, ...],
     profile_name: str | None,
     kv_tokens: int | None,
     chunk_size: int | None,
@@ -78,6 +82,7 @@ def boundary(
     """Bracket the rate λ* at which the engine's queue stops being stable, between the largest
     rate judged STABLE and the smallest judged UNSTABLE, reporting every probe and its cost."""
     workload = load_workload(workload_spec)
+    launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
     opened: list[Backend] = []
 
     def backend_for_seed(s: int):
@@ -97,6 +102,7 @@ def boundary(
             headers=request_headers(api_key, headers),
             wait_for_server=wait_for_server,
             seed=s,
+            launch=launch,
         )
         opened.append(b)
         return b
@@ -126,9 +132,11 @@ def boundary(
         echo_progress("interrupted")
         sys.exit(130)
     finally:
+        # what kvbench started, as started (credentials redacted), before closing forgets it
+        servers = [s.record() for b in opened for s in launched_servers(b)]
         for b in opened:
             b.close()
-    record = {**result.to_dict(), "workload": workload_spec, "seed": seed}
+    record = {**result.to_dict(), "workload": workload_spec, "seed": seed, "servers": servers}
     if as_json:
         write_json(record)
     else:

@@ -11,7 +11,7 @@ from kvbench.cli import options
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.terminal import Row, block, estimate, highlight, number
-from kvbench.profile import PAPER_A100, POLICIES, build_profile
+from kvbench.profile import DEFAULT_HARDWARE, POLICIES, build_profile
 
 
 @click.command(
@@ -91,7 +91,10 @@ def calibrate(
                 "or save a real engine's iteration records and pass --windows FILE"
             )
         profile = build_profile(
-            engine, profile_name or PAPER_A100.name, kv_tokens=kv_tokens, chunk_size=chunk_size
+            engine,
+            profile_name or DEFAULT_HARDWARE.name,
+            kv_tokens=kv_tokens,
+            chunk_size=chunk_size,
         )
         calibration = calibrate_simulated(
             profile, load_workload(workload_spec), num_prompts=num_prompts, seed=seed

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from kvbench.backends.launch import LaunchOptions
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.runner import RunSpec, execute_run
 from kvbench.cli import options
@@ -13,6 +14,7 @@ from kvbench.cli.backend_options import backend_options, request_headers
 from kvbench.export.json import write_json
 from kvbench.output.progress import RunProgress, echo_progress
 from kvbench.output.run import run_summary_text
+from kvbench.provenance import check_exporter_url, for_backend, parse_metadata
 from kvbench.workload import load_workload
 
 
@@ -51,11 +53,16 @@ Examples:
     metavar="DIR",
     help="Write the run (header, every request and queue sample) here as it goes.",
 )
+@options.metadata()
+@options.gpu_exporter()
 @options.json_output()
 def run(
     backend: str,
     url: str | None,
     model: str | None,
+    engine_python: str | None,
+    engine_args: tuple[str, ...],
+    engine_env: tuple[str, ...],
     profile_name: str | None,
     kv_tokens: int | None,
     chunk_size: int | None,
@@ -72,10 +79,14 @@ def run(
     duration: float | None,
     num_prompts: int | None,
     output: str | None,
+    metadata: tuple[str, ...],
+    gpu_exporter: str | None,
     as_json: bool,
 ) -> None:
     """Send requests open-loop at a fixed rate, record every event, and judge whether the
-    engine's queue stays bounded: STABLE, UNSTABLE or INCONCLUSIVE at the stated confidence."""
+    engine's queue stays bounded: STABLE, UNSTABLE or INCONCLUSIVE at the stated confidence,
+    from the completed requests; FAILING (exit status 1) when more than 1% of the requests
+    failed."""
     spec = RunSpec(
         workload_spec,
         request_rate,
@@ -86,6 +97,9 @@ def run(
         confidence=confidence,
     )
     workload = load_workload(workload_spec)
+    stated = parse_metadata(metadata)
+    check_exporter_url(gpu_exporter)
+    launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
     engine = resolve_backend(
         backend,
         url=url,
@@ -98,10 +112,19 @@ def run(
         headers=request_headers(api_key, headers),
         wait_for_server=wait_for_server,
         seed=seed,
+        launch=launch,
     )
     try:
+        found = for_backend(engine, backend, metadata=stated, gpu_exporter=gpu_exporter)
         with RunProgress(f"{backend} λ={request_rate:g}", duration, quiet=as_json) as progress:
-            result = execute_run(engine, workload, spec, output=output, progress=progress)
+            result = execute_run(
+                engine,
+                workload,
+                spec,
+                output=output,
+                progress=progress,
+                header_extra={"provenance": found},
+            )
     except KeyboardInterrupt:
         where = f"; partial run in {output} (kvbench report {output})" if output else ""
         echo_progress(f"interrupted{where}")
@@ -113,3 +136,5 @@ def run(
         write_json(summary)
     else:
         click.echo(run_summary_text(summary, output))
+    if summary["verdict"] == "FAILING":
+        sys.exit(1)  # the engine failed requests: no rate was judged

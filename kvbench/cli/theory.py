@@ -12,7 +12,13 @@ from kvbench.cli import options
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.export.json import write_json
 from kvbench.output.terminal import block, estimate, highlight, number
-from kvbench.profile import PAPER_A100, UNLIMITED, EngineProfile, IterationTimeModel, build_profile
+from kvbench.profile import (
+    DEFAULT_HARDWARE,
+    UNLIMITED,
+    EngineProfile,
+    IterationTimeModel,
+    build_profile,
+)
 from kvbench.workload import SyntheticWorkload, TraceWorkload, Workload, load_workload
 
 _PAPER = f"default: {model.PAPER_KV_TOKENS}, the paper's"
@@ -200,7 +206,7 @@ def _engine_theory(
     if batch_time is not None and iteration_model_path is not None:
         raise click.UsageError("give --batch-time or --iteration-model, not both")
     profile = build_profile(
-        engine, profile_name or PAPER_A100.name, kv_tokens=kv_tokens, chunk_size=chunk_size
+        engine, profile_name or DEFAULT_HARDWARE.name, kv_tokens=kv_tokens, chunk_size=chunk_size
     )
     fit: IterationTimeFit | None = None
     if iteration_model_path is not None:

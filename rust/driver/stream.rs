@@ -150,6 +150,11 @@ impl LineBuffer {
         Ok(())
     }
 
+    /// Bytes of a line not yet ended.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
     /// The last line when the stream ended without a newline after it.
     pub fn finish(&mut self) -> Option<Vec<u8>> {
         (!self.pending.is_empty()).then(|| std::mem::take(&mut self.pending))
