@@ -56,28 +56,46 @@ class DriverRecord:
     finished: float | None  # `data: [DONE]` after a final usage chunk
     output_tokens: int | None  # the server's usage.completion_tokens
     prompt_tokens: int | None
-    token_times: list[float]  # arrival of each chunk that carried output
+    # one time per output token: the first chunk's arrival once, then each later chunk's k
+    # tokens (from continuous usage; 1 without it) spread evenly over the gap before it
+    token_times: list[float]
     error: str | None  # failure kind, see above
     # what the failure said: an HTTP error body's first 2,000 characters (kvbench.benchmark.
     # failures takes its JSON message, trims and masks it), a stream error naming the payload, ...
     message: str | None
 
+PROMPT_SLOT: int
+"""Where a body template holds the prompt: `[PROMPT_SLOT]`, exactly once."""
+OUTPUT_SLOT: int
+"""Where a body template holds the output length (every occurrence)."""
+
 class HttpDriver:
     """Sends one schedule to one completions URL.
 
-    `send_times` (seconds from t0, non-decreasing, ≥ 0), `bodies` (the JSON request bodies) and
-    `output_lens` (tokens each request asks for, checked against the server's count) are one
-    per request; requests at or after `duration` are dropped from the run. `request_timeout`
-    bounds a whole request (None: no bound). Invalid input raises ValueError.
+    `send_times` (seconds from t0, non-decreasing, ≥ 0), `prompt_lens` (≥ 1) and `output_lens`
+    (tokens each request asks for, checked against the server's count) are one per request.
+    `body_template` is the engine adapter's JSON body with the prompt written as `[PROMPT_SLOT]`
+    and the output length as `OUTPUT_SLOT`; each body is rendered as its request comes due, with
+    fresh prompt ids drawn uniformly from `token_range` by a generator seeded with (`seed`, the
+    request's index), so memory stays flat however long the run. Requests at or after
+    `duration` are dropped, and nothing is sent at or after it even by a client that fell
+    behind; `duration = inf` runs until every request has ended. `headers` (name, value) go on
+    every request; values are never echoed. `request_timeout` bounds a whole request (None: no
+    bound). Invalid input raises ValueError.
     """
 
     def __init__(
         self,
         url: str,
         send_times: npt.NDArray[np.float64],
-        bodies: list[bytes],
+        prompt_lens: npt.NDArray[np.int64],
         output_lens: npt.NDArray[np.int64],
+        body_template: str,
         duration: float,
+        *,
+        seed: int = 0,
+        token_range: tuple[int, int] = (1000, 30000),
+        headers: list[tuple[str, str]] = ...,
         request_timeout: float | None = None,
         workers: int = 2,
     ) -> None: ...

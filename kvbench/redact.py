@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -37,3 +38,18 @@ def redact(text: str) -> str:
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def redact_url(url: str) -> str:
+    """`url` with any userinfo and every query value replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = MASK + "@" + netloc.rpartition("@")[2]
+        query = parts.query
+        if query:
+            query = urlencode([(k, MASK) for k, _ in parse_qsl(query, keep_blank_values=True)])
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:  # not even a URL: keep nothing after a possible userinfo marker
+        return url.rpartition("@")[2] if "@" in url else url

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from emulator_helpers import ListSink, serving
 
-from kvbench._core import HttpDriver
+from kvbench._core import OUTPUT_SLOT, PROMPT_SLOT, HttpDriver
 from kvbench.backends.base import RequestSpec
 from kvbench.backends.engines import ENGINES
 from kvbench.backends.http import completion_body
@@ -224,13 +224,12 @@ def test_engine_killed_mid_run_keeps_partial_results_and_reports(tmp_path):
 FIX = Path(__file__).parent / "fixtures"
 
 
-@pytest.mark.parametrize(
-    "engine, tokens, chunks", [("vllm", 5, 5), ("sglang", 3, 3), ("trtllm", 3, 2)]
-)
-def test_real_shaped_streams_through_the_driver(engine, tokens, chunks):
+@pytest.mark.parametrize("engine, tokens", [("vllm", 5), ("sglang", 3), ("trtllm", 3)])
+def test_real_shaped_streams_through_the_driver(engine, tokens):
     """Each engine's captured or source-derived stream, served in small pieces so lines span
-    reads: counts come from the final usage chunk (TensorRT-LLM's is a chat object, and one of
-    its chunks carries two tokens), one token event per output chunk."""
+    reads: counts come from the final usage chunk (TensorRT-LLM's is a chat object), and one
+    token time per output token: TensorRT-LLM's second chunk carries two tokens (its running
+    usage says so), and its gap is spread evenly over them."""
     stream = (FIX / engine / "completion_stream.sse").read_bytes()
 
     async def replay(request):
@@ -246,8 +245,11 @@ def test_real_shaped_streams_through_the_driver(engine, tokens, chunks):
     assert error is None and not backend.failures
     assert len(sink.records) == 10
     for r in sink.records:
-        assert r.output_tokens == tokens and len(r.token_times) == chunks
+        assert r.output_tokens == tokens and len(r.token_times) == tokens
         assert r.first_token == r.token_times[0] and r.finished >= r.token_times[-1]
+        if engine == "trtllm":
+            merged = np.diff(r.token_times)
+            assert merged[0] > 0 and merged[0] == pytest.approx(merged[1], rel=1e-9)
 
 
 def _sse(obj) -> bytes:
@@ -345,8 +347,9 @@ def test_stop_ends_the_run_and_keeps_every_record():
         driver = HttpDriver(
             url + "/v1/completions",
             np.arange(n) * 0.02,
-            [b"{}"] * n,
             np.full(n, 4, dtype=np.int64),
+            np.full(n, 4, dtype=np.int64),
+            TEMPLATE,
             60.0,
         )
         driver.start(0.0)
@@ -358,32 +361,31 @@ def test_stop_ends_the_run_and_keeps_every_record():
     assert all(r.error is None and r.finished is None for r in records)
 
 
+TEMPLATE = json.dumps(completion_body("m", [PROMPT_SLOT], OUTPUT_SLOT))
+
+
+def _driver(times, prompts, outputs, template=TEMPLATE, url="http://127.0.0.1:1/v1/completions"):
+    return HttpDriver(
+        url,
+        np.array(times, dtype=np.float64),
+        np.array(prompts, dtype=np.int64),
+        np.array(outputs, dtype=np.int64),
+        template,
+        1.0,
+    )
+
+
 def test_driver_refuses_a_bad_schedule():
-    one = [b"{}"]
     with pytest.raises(ValueError, match="must not decrease"):
-        HttpDriver(
-            "http://127.0.0.1:1/v1/completions",
-            np.array([0.2, 0.1]),
-            one * 2,
-            np.ones(2, dtype=np.int64),
-            1.0,
-        )
+        _driver([0.2, 0.1], [1, 1], [1, 1])
     with pytest.raises(ValueError, match="one of each per request"):
-        HttpDriver(
-            "http://127.0.0.1:1/v1/completions",
-            np.array([0.1]),
-            one * 2,
-            np.ones(1, dtype=np.int64),
-            1.0,
-        )
+        _driver([0.1], [1, 1], [1])
     with pytest.raises(ValueError, match="only http://"):
-        HttpDriver(
-            "https://127.0.0.1:1/v1/completions",
-            np.array([0.1]),
-            one,
-            np.ones(1, dtype=np.int64),
-            1.0,
-        )
+        _driver([0.1], [1], [1], url="https://127.0.0.1:1/v1/completions")
+    with pytest.raises(ValueError, match="prompt slot"):
+        _driver([0.1], [1], [1], template=json.dumps(completion_body("m", [1], OUTPUT_SLOT)))
+    with pytest.raises(ValueError, match="prompt length 0"):
+        _driver([0.1], [0], [1])
 
 
 def test_https_is_refused_with_the_reason():

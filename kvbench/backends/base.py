@@ -42,7 +42,8 @@ class RequestRecord:
     first_token: float | None = None
     finished: float | None = None
     output_tokens: int | None = None  # as the server reported it (usage), never re-tokenised
-    token_times: list[float] = field(default_factory=list)  # arrival of each streamed chunk
+    # one time per output token (a chunk of k tokens spreads its gap over them; see DriverRecord)
+    token_times: list[float] = field(default_factory=list)
     preemptions: int | None = None  # known to the simulator only
     error: str | None = None  # failure kind, e.g. "http_500", "timeout", "short_output"
     message: str | None = None  # what the failure said (the server's error text), no credentials

@@ -35,9 +35,15 @@ def open_engine(
     scrape_period: float = 0.25,
     request_timeout: float | None = None,
     seed: int = 0,
+    headers: dict[str, str] | None = None,
+    time_scale: float | None = None,
+    wait_for_server: float = 0.0,
 ) -> HttpBackend:
     """A backend for `engine`: attached to `url`, or launched with the model at `model`
-    (the backend owns the launched server and stops it on close())."""
+    (the backend owns the launched server and stops it on close()). `headers` go on every
+    request; `time_scale` is the user's word for an attached emulator's scale; an attached server
+    still starting is waited for up to `wait_for_server` seconds (a launched one is waited for
+    by the launcher)."""
     try:
         cls = ENGINES[engine]
     except KeyError:
@@ -47,10 +53,20 @@ def open_engine(
     if (url is None) == (model is None):
         raise KvbenchError(f"{engine}: give exactly one of --url (attach) or --model (launch)")
     options: dict[str, Any] = dict(
-        model=served_model, scrape_period=scrape_period, request_timeout=request_timeout, seed=seed
+        model=served_model,
+        scrape_period=scrape_period,
+        request_timeout=request_timeout,
+        seed=seed,
+        headers=headers,
     )
     if url is not None:
-        return cls(url, settings_source="none", **options)
+        return cls(
+            url,
+            settings_source="none",
+            time_scale=time_scale,
+            wait_for_server=wait_for_server,
+            **options,
+        )
     assert model is not None  # exactly one of the two, checked above
     server = launch(
         engine,
@@ -78,11 +94,13 @@ def open_emulator(
     time_scale: float = 1.0,
     log_dir: Path | None = None,
     seed: int = 0,
+    headers: dict[str, str] | None = None,
 ) -> HttpBackend:
     """A backend for kvbench's emulator of `engine`, started on a free 127.0.0.1 port as a child
     process and reached over HTTP exactly as a real engine is (the backend stops it on close()).
-    It answers with the emulated markers, so the backend labels itself emulated and reports
-    times in the emulated engine's seconds."""
+    It answers with the emulated markers, so the backend labels itself emulated, and it runs at
+    the time scale asked of it here, so the backend reports times in the emulated engine's
+    seconds."""
     if engine not in ENGINES:
         raise KvbenchError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     extra = ["--time-scale", repr(float(time_scale)), "--seed", str(seed)]
@@ -91,4 +109,11 @@ def open_emulator(
     if batch_time is not None:
         extra += ["--batch-time", repr(float(batch_time))]
     server = launch(engine, "", recipe=emulator_recipe(engine), extra_args=extra, log_dir=log_dir)
-    return ENGINES[engine](server.url, settings_source="none", server=server, seed=seed)
+    return ENGINES[engine](
+        server.url,
+        settings_source="none",
+        server=server,
+        seed=seed,
+        headers=headers,
+        time_scale=float(time_scale),
+    )

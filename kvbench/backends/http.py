@@ -9,8 +9,12 @@ overrides it. Emulators mark every
 response with the `X-Kvbench-Emulated` header, so a backend attached to one labels itself
 emulated and its results are never shown as an engine's. An emulator that runs its engine
 faster than real time says by how much in `X-Kvbench-Time-Scale` (engine seconds per real
-second); the backend then sends the schedule that much faster and reports every time in the
-engine's own seconds, so rates, b̄ and run lengths mean the same as on the engine emulated.
+second). The client's clock follows a scale only when it is known independently of the server:
+the scale kvbench asked of an emulator it started itself, or one the user gave (--time-scale);
+the backend then sends the schedule that much faster and reports every time in the engine's own
+seconds, so rates, b̄ and run lengths mean the same as on the engine emulated. Any other server's
+header is ignored and noted on the run: a server must not be able to stretch or shrink the
+latencies of a run labelled real.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import json
 import math
 import re
+import sys
 import time
 from abc import abstractmethod
 from collections import Counter
@@ -29,7 +34,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
-from kvbench._core import DriverRecord, HttpDriver
+from kvbench._core import OUTPUT_SLOT, PROMPT_SLOT, DriverRecord, HttpDriver
 from kvbench.backends.base import (
     Backend,
     BackendKind,
@@ -40,15 +45,20 @@ from kvbench.backends.base import (
     RequestSpec,
 )
 from kvbench.backends.client import ServerClient
+from kvbench.backends.registry import check_time_scale
 from kvbench.benchmark.failures import MESSAGES_PER_KIND, server_message
+from kvbench.credentials import refuse_userinfo
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel, Policy
+from kvbench.redact import redact_url
 
 # Prompt token ids are drawn fresh per request from this range: valid in every common vocabulary
 # of ≥ 32k ids and clear of special ids, so prefix caching never shares work (engines.md §4 #1).
 TOKEN_ID_RANGE = (1000, 30000)
 EMULATED_HEADER = "X-Kvbench-Emulated"
 TIME_SCALE_HEADER = "X-Kvbench-Time-Scale"
+# How often a backend waiting for a server that is still starting asks again.
+_WAIT_RETRY = 1.0
 # How often finished records move from the Rust driver to the sink: results stay incremental,
 # and the driver's own threads never wait for Python.
 _POLL_PERIOD = 0.015
@@ -152,13 +162,28 @@ class HttpBackend(Backend):
         request_timeout: float | None = None,
         seed: int = 0,
         server=None,
+        headers: dict[str, str] | None = None,
+        time_scale: float | None = None,
+        wait_for_server: float = 0.0,
     ):
+        """`headers` go on every request (completions, discovery, scrapes); `time_scale` is the
+        engine seconds per real second the server is known to run at (an emulator kvbench
+        started, or the user's --time-scale), None for an engine; `wait_for_server`: seconds to
+        wait for a server that is still starting (refusing connections, or 503)."""
+        refuse_userinfo(url)
+        if urlsplit(url).query:
+            raise KvbenchError(f"{redact_url(url)}: give the engine's base URL, without a query")
         if urlsplit(url).scheme != "http":
             raise KvbenchError(
-                f"{url}: kvbench drives engines over plain http:// only: engines serve plain "
-                "HTTP, and through a TLS proxy the proxy's latency would be measured"
+                f"{redact_url(url)}: kvbench drives engines over plain http:// only: engines "
+                "serve plain HTTP, and through a TLS proxy the proxy's latency would be measured"
             )
+        if time_scale is not None:
+            check_time_scale(time_scale)
         self.url = url.rstrip("/")
+        self.headers = dict(headers or {})
+        self.wait_for_server = wait_for_server
+        self.notes: list[str] = []  # what the run's record should say about the server
         self.model = model
         self.settings = dict(settings or {})
         self.settings_source = settings_source
@@ -169,7 +194,8 @@ class HttpBackend(Backend):
         self.failures: Counter[str] = Counter()
         self.scrape_log = ScrapeLog()
         self.schedule_lag: np.ndarray | None = None
-        self._time_scale: float | None = None  # read from the server's first answer
+        self._trusted_scale = time_scale
+        self._time_scale: float | None = None  # settled at the server's first answer
 
     # ---- engine hooks ---------------------------------------------------------------------
 
@@ -206,23 +232,55 @@ class HttpBackend(Backend):
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None),
             timeout=aiohttp.ClientTimeout(total=None),
+            headers=self.headers,
         )
 
     async def _prepare(self, client: ServerClient) -> None:
-        """Model id from /v1/models when not given, and whether the server is an emulator."""
+        """Model id from /v1/models when not given, whether the server is an emulator, and the
+        time scale the client follows. A server that is still starting (refusing connections,
+        or 503) is waited for up to `wait_for_server` seconds, the first time."""
         url = client.url("/v1/models")
-        try:
-            async with client.session.get(url, timeout=client.timeout) as resp:
-                if resp.headers.get(EMULATED_HEADER):
-                    self.kind = "emulated"
-                self._time_scale = _time_scale(resp.headers.get(TIME_SCALE_HEADER), url)
-                body = await resp.text()
-                if resp.status != 200:
-                    raise KvbenchError(f"{url}: HTTP {resp.status}: {body[:200].strip()}")
-        except (TimeoutError, aiohttp.ClientError, OSError) as err:
+        deadline = time.monotonic() + self.wait_for_server
+        said = False
+        while True:
+            try:
+                async with client.session.get(url, timeout=client.timeout) as resp:
+                    status, headers, body = resp.status, resp.headers, await resp.text()
+                if status != 503:
+                    break
+                why = f"HTTP 503: {body[:200].strip()}"
+            except aiohttp.ClientConnectorError as err:
+                why = f"cannot connect ({err.os_error.strerror or err})"
+            except (TimeoutError, aiohttp.ClientError, OSError) as err:
+                raise KvbenchError(
+                    f"{url}: cannot reach the engine ({type(err).__name__}: {err})"
+                ) from None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = f" after waiting {self.wait_for_server:g} s" if said else ""
+                raise KvbenchError(
+                    f"{url}: no engine answered{waited} ({why}); start it first, or give it "
+                    "longer with --wait-for-server SECONDS"
+                )
+            if not said:
+                print(
+                    f"waiting up to {self.wait_for_server:g} s for {url} to start ({why})…",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                said = True
+            await asyncio.sleep(min(_WAIT_RETRY, left))
+        self.wait_for_server = 0.0  # once up, a server that stops answering has failed
+        if headers.get(EMULATED_HEADER):
+            self.kind = "emulated"
+        self._settle_time_scale(headers.get(TIME_SCALE_HEADER), url)
+        if status in (401, 403):
             raise KvbenchError(
-                f"{url}: cannot reach the engine ({type(err).__name__}: {err})"
-            ) from None
+                f"{url}: HTTP {status}: {body[:200].strip()}; the engine wants a key: give "
+                "--api-key (or $OPENAI_API_KEY) or --header NAME=VALUE"
+            )
+        if status != 200:
+            raise KvbenchError(f"{url}: HTTP {status}: {body[:200].strip()}")
         if self.model is None:
             try:
                 self.model = json.loads(body)["data"][0]["id"]
@@ -238,9 +296,31 @@ class HttpBackend(Backend):
 
         return self._run(go())
 
+    def _settle_time_scale(self, header: str | None, url: str) -> None:
+        """The scale the client follows: the trusted one (else 1), whatever the server says; a
+        server's header that is not what the client follows is noted, once."""
+        scale = 1.0 if self._trusted_scale is None else self._trusted_scale
+        if self._time_scale is None and header is not None:
+            try:
+                said = float(header)
+            except ValueError:
+                said = math.nan
+            if said != scale:
+                why = (
+                    "only an emulator kvbench started, or --time-scale, sets the client's clock"
+                    if self._trusted_scale is None
+                    else f"--time-scale {scale:g} was given"
+                )
+                self.notes.append(
+                    f"ignored {TIME_SCALE_HEADER}: {header[:40]!r} from {url}: {why}; times are "
+                    f"measured at {scale:g} engine seconds per real second"
+                )
+        self._time_scale = scale
+
     @property
     def time_scale(self) -> float:
-        """Engine seconds per real second: 1 for an engine, the emulator's own scale otherwise."""
+        """Engine seconds per real second: 1 for an engine, the emulator's known scale
+        otherwise."""
         if self._time_scale is None:
 
             async def identify():
@@ -252,6 +332,8 @@ class HttpBackend(Backend):
         return self._time_scale
 
     def execute(self, requests: list[RequestSpec], sink: EventSink, *, duration: float) -> None:
+        """As Backend.execute; `duration` may be inf: the run then ends when every request has
+        (a run of --num-prompts requests)."""
         scale = self.time_scale
         if scale != 1.0:
             sink = EngineClock(sink, scale, requests)
@@ -259,18 +341,10 @@ class HttpBackend(Backend):
             duration /= scale
         self._run(self._execute(requests, sink, duration))
 
-    def _bodies(self, specs: list[RequestSpec]) -> list[bytes]:
-        """Each request's body, with fresh random prompt ids per request."""
-        rng = np.random.default_rng(self.seed)
-        lo, hi = TOKEN_ID_RANGE
-        return [
-            json.dumps(
-                self.completion_body(
-                    self.model_id, rng.integers(lo, hi, size=s.prompt_len).tolist(), s.output_len
-                )
-            ).encode()
-            for s in specs
-        ]
+    def body_template(self) -> str:
+        """The adapter's body with the prompt and output length as the driver's slots: the
+        driver renders each request's body (fresh random prompt ids) as it comes due."""
+        return json.dumps(self.completion_body(self.model_id, [PROMPT_SLOT], OUTPUT_SLOT))
 
     async def _execute(self, requests: list[RequestSpec], sink: EventSink, duration: float):
         async with self._session() as session:
@@ -282,9 +356,13 @@ class HttpBackend(Backend):
             driver = HttpDriver(
                 client.url("/v1/completions"),
                 np.array([s.intended_send for s in specs], dtype=np.float64),
-                self._bodies(specs),
+                np.array([s.prompt_len for s in specs], dtype=np.int64),
                 np.array([s.output_len for s in specs], dtype=np.int64),
+                self.body_template(),
                 duration,
+                seed=self.seed,
+                token_range=TOKEN_ID_RANGE,
+                headers=list(self.headers.items()),
                 request_timeout=self.request_timeout,
             )
             lead = 0.05  # time to start the scraper before the first send
@@ -404,18 +482,6 @@ class HttpBackend(Backend):
         if self.server is not None:
             self.server.stop()
             self.server = None
-
-
-def _time_scale(value: str | None, url: str) -> float:
-    if value is None:
-        return 1.0
-    try:
-        scale = float(value)
-    except ValueError:
-        scale = float("nan")
-    if not (scale > 0 and np.isfinite(scale)):
-        raise KvbenchError(f"{url}: {TIME_SCALE_HEADER} {value!r} is not a positive number")
-    return scale
 
 
 class EngineClock:

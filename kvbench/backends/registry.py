@@ -16,6 +16,17 @@ from kvbench.profile import DEFAULT_HARDWARE, POLICIES, IterationTimeModel, buil
 
 SIM_PREFIX = "sim:"
 EMULATE_PREFIX = "emulate:"
+# The time scales a client follows: beyond these an emulator's engine would run too fast for its
+# own process to keep up, or a run would last a thousand times longer than its figures say.
+TIME_SCALE_RANGE = (0.01, 1000.0)
+
+
+def check_time_scale(scale: float) -> None:
+    lo, hi = TIME_SCALE_RANGE
+    if not lo <= scale <= hi:
+        raise KvbenchError(
+            f"--time-scale must be in [{lo:g}, {hi:g}] engine seconds per real second, got {scale}"
+        )
 
 
 def backend_names() -> list[str]:
@@ -52,6 +63,8 @@ def resolve_backend(
     time_scale: float | None = None,
     log_dir: Path | None = None,
     seed: int = 0,
+    headers: dict[str, str] | None = None,
+    wait_for_server: float = 0.0,
     launch: LaunchOptions | None = None,
 ) -> Backend:
     """The backend called `name`. Profile flags (profile, kv_tokens, chunk_size, batch_time)
@@ -59,16 +72,25 @@ def resolve_backend(
     real engine reports its own profile, so they are refused there. An emulated engine with
     replicas > 1 is that many emulator processes behind round-robin dispatch; `log_dir` keeps
     their logs. `launch` (--engine-python, --engine-arg, --engine-env) applies only where
-    kvbench launches a real engine (--model)."""
+    kvbench launches a real engine (--model). `headers` (API key, --header) go on every request
+    to an HTTP engine; `time_scale` with --url states the scale of an emulator the user started;
+    an attached server still starting is waited for up to `wait_for_server` seconds."""
     if launch and model is None:
         raise KvbenchError(
             f"{name}: --engine-python, --engine-arg and --engine-env apply when kvbench launches "
             "the engine (a real backend with --model)"
         )
-    if time_scale is not None and not (time_scale > 0 and math.isfinite(time_scale)):
-        raise KvbenchError(f"--time-scale must be a positive number, got {time_scale}")
-    if time_scale is not None and not name.startswith(EMULATE_PREFIX):
-        raise KvbenchError(f"{name}: --time-scale applies to emulate:* backends only")
+    if time_scale is not None:
+        check_time_scale(time_scale)
+    if time_scale is not None and not (name.startswith(EMULATE_PREFIX) or url is not None):
+        raise KvbenchError(
+            f"{name}: --time-scale applies to emulate:* backends and to an emulator attached "
+            "with --url"
+        )
+    if not (wait_for_server >= 0 and math.isfinite(wait_for_server)):
+        raise KvbenchError(
+            f"--wait-for-server must be a number of seconds ≥ 0, got {wait_for_server}"
+        )
     if name.startswith(SIM_PREFIX):
         from kvbench.backends.sim import SimBackend
 
@@ -120,6 +142,7 @@ def resolve_backend(
                         time_scale=1.0 if time_scale is None else time_scale,
                         log_dir=None if log_dir is None else log_dir / f"replica-{i}",
                         seed=seed + i,
+                        headers=headers,
                     )
                 )
         except BaseException:
@@ -155,6 +178,9 @@ def resolve_backend(
         url=url,
         model=model,
         seed=seed,
+        headers=headers,
+        time_scale=time_scale,
+        wait_for_server=wait_for_server,
         engine_python=launch.python,
         engine_args=list(launch.args),
         engine_env=launch.env,

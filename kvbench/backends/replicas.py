@@ -91,6 +91,10 @@ class RoundRobinBackend(Backend):
     def time_scale(self) -> float:
         return self.replicas[0].time_scale
 
+    @property
+    def notes(self) -> list[str]:
+        return [n for r in self.replicas for n in getattr(r, "notes", [])]
+
     def execute(self, requests: list[RequestSpec], sink: EventSink, *, duration: float) -> None:
         g = len(self.replicas)
         self._latest = [None] * g

@@ -13,9 +13,7 @@ This module measures; presentation (progress view, terminal summary) observes it
 
 from __future__ import annotations
 
-import math
 import re
-import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -27,36 +25,36 @@ import numpy as np
 from kvbench import __version__, provenance, theory
 from kvbench.backends.base import (
     Backend,
-    DiscoveredProfile,
     QueueSample,
     RequestRecord,
-    RequestSpec,
 )
 from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.replicas import RoundRobinBackend
 from kvbench.benchmark.batch_time import (
-    CLIENT_SOURCE,
     MIN_TIMINGS,
     PROBE_SOURCE,
     BatchTimeEstimate,
     estimate_batch_time,
     saturated_decode_times,
 )
+from kvbench.benchmark.burst import (
+    MeasuredIterationTime,
+    burst_duration,
+    calibration_requests,
+    run_burst,
+    warm_up,
+)
 from kvbench.benchmark.search import DEFAULT_PRECISION
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel
+from kvbench.redact import redact_url
 from kvbench.report import raw
 from kvbench.workload import Workload, load_workload
 
-# A calibration burst holds this many KV caches' worth of requests, so that the engine runs full
-# batches while about half of them wait.
-CALIBRATION_FILL = 2.0
 # What an engine name means with no --url and no --model: kvbench's emulator of the engine,
 # started as a child process and measured over HTTP like a real engine.
 EMBEDDED_KIND = "emulate"
-# Long enough for one 16-token prompt and 2 output tokens on any engine that is up at all.
-WARMUP_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +101,8 @@ class CompareConfig:
     name: str | None = None
     urls: dict[str, list[str]] = field(default_factory=dict)
     model: str | None = None
+    # sent on every request to an HTTP engine; only the names are ever recorded
+    headers: dict[str, str] = field(default_factory=dict)
     replicas: int = 1
     precision: float | None = None  # None: EMBEDDED.precision in the embedded default, else 0.05
     confidence: float = 0.95
@@ -125,6 +125,8 @@ class CompareConfig:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["output_root"] = str(self.output_root)
+        out["urls"] = {k: [redact_url(u) for u in v] for k, v in self.urls.items()}
+        out["headers"] = sorted(self.headers)  # names only: values may be credentials
         for key in ("engine_python", "engine_args", "engine_env"):
             del out[key]
         out["engine_launch"] = {
@@ -194,18 +196,6 @@ def report_directory(config: CompareConfig, now: datetime) -> Path:
     return directory
 
 
-def calibration_requests(workload: Workload, kv_tokens: int, replicas: int, seed: int):
-    """A burst at t = 0 of CALIBRATION_FILL KV caches' worth of requests (by mean footprint)."""
-    prompts, outputs = workload.draw(4096, seed)
-    footprint = float(np.mean(prompts + outputs))
-    n = max(64, math.ceil(CALIBRATION_FILL * kv_tokens * replicas / footprint))
-    prompts, outputs = workload.draw(n, seed)
-    return [
-        RequestSpec(request_id=i, intended_send=0.0, prompt_len=int(s), output_len=int(o))
-        for i, (s, o) in enumerate(zip(prompts, outputs, strict=True))
-    ]
-
-
 class _Engine:
     """The raw record of one engine (engine.json), rewritten after every step."""
 
@@ -250,16 +240,6 @@ def _theory(workload: Workload, profile: EngineProfile, batch_time: float, repli
     }
 
 
-class _Discard:
-    """An event sink that keeps nothing (the warm-up request)."""
-
-    def request(self, record: RequestRecord) -> None:
-        pass
-
-    def sample(self, sample: QueueSample) -> None:
-        pass
-
-
 class _Relay:
     """An event sink that shows queue samples to the observer (and passes events on to the
     recorder, when there is one)."""
@@ -290,9 +270,6 @@ def _calibrate(
     from kvbench.benchmark.recorder import RunRecorder, versions
 
     requests = calibration_requests(workload, profile.kv_tokens, config.replicas, config.seed)
-    # long enough for every request to finish at a pessimistic 0.2 s per iteration is not
-    # needed: the burst's saturated part is what counts, so bound it by the decode of ~3 waves
-    duration = 3 * CALIBRATION_FILL * float(np.mean([r.output_len for r in requests])) * 0.2
     run_dir = engine.directory / "calibration"
     recorder = RunRecorder(
         run_dir,
@@ -307,11 +284,18 @@ def _calibrate(
             "provenance": engine.data.get("provenance"),
         },
     )
-    observer.phase(label, "calibrating b̄ (saturating burst)", None, duration)
-    started = time.monotonic()
+    observer.phase(label, "calibrating b̄ (saturating burst)", None, burst_duration(requests))
     status, error = "completed", None
     try:
-        backend.execute(requests, _Relay(recorder, observer, label), duration=duration)
+        burst = run_burst(
+            backend,
+            workload,
+            profile,
+            replicas=config.replicas,
+            seed=config.seed,
+            trim=config.trim,
+            sink=_Relay(recorder, observer, label),
+        )
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -320,37 +304,15 @@ def _calibrate(
         raise
     finally:
         recorder.close(status, error)
-    elapsed = _engine_seconds(backend, recorder.records, time.monotonic() - started)
     engine.data["calibration"] = {
         "run_dir": engine.relative(run_dir, root),
-        "engine_seconds": elapsed,
-        "requests": len(requests),
-        "throughput": burst_throughput(recorder.records),
+        "engine_seconds": burst.engine_seconds,
+        "requests": burst.requests,
+        "throughput": burst.throughput,
     }
-    estimate = estimate_batch_time(
-        saturated_decode_times(recorder.records), source=CLIENT_SOURCE, trim=config.trim
-    )
-    engine.data["batch_time"] = asdict(estimate)
+    engine.data["batch_time"] = asdict(burst.estimate)
     engine.save()
-    return estimate
-
-
-def burst_throughput(records: list[RequestRecord]) -> float | None:
-    """Completions per second in a burst while some request was still waiting for its first
-    token (the engine saturated): a direct, rough measure of the engine's capacity. None with
-    fewer than MIN_TIMINGS such completions."""
-    firsts = [r.first_token for r in records if r.first_token is not None]
-    if not firsts:
-        return None
-    last_admission = max(firsts)
-    done = sorted(
-        r.finished
-        for r in records
-        if r.error is None and r.finished is not None and r.finished <= last_admission
-    )
-    if len(done) < MIN_TIMINGS or done[-1] <= done[0]:
-        return None
-    return (len(done) - 1) / (done[-1] - done[0])
+    return burst.estimate
 
 
 def _start_rate(data: dict[str, Any]) -> float:
@@ -362,15 +324,6 @@ def _start_rate(data: dict[str, Any]) -> float:
     the model counts again)."""
     theory_mu = data["theory"]["mu_engine_aware"] or data["theory"]["mu"]
     return max(theory_mu, data["calibration"].get("throughput") or 0.0)
-
-
-def _engine_seconds(backend: Backend, records: list[RequestRecord], wall: float) -> float:
-    """Engine time a run took: virtual for a simulator (its last event), wall time otherwise,
-    in the engine's seconds (an emulator may run faster or slower than real time)."""
-    if backend.kind == "simulated":
-        times = [r.finished or r.first_token or r.sent or 0.0 for r in records]
-        return float(max(times, default=0.0))
-    return wall * backend.time_scale
 
 
 def _versions() -> dict[str, str]:
@@ -409,14 +362,17 @@ def open_backend(
     from kvbench.backends.registry import EMULATE_PREFIX, SIM_PREFIX, resolve_backend
 
     urls = config.urls.get(label, [])
+    auth = config.headers
     if len(urls) > 1:
-        return RoundRobinBackend([resolve_backend(spec, url=u, seed=config.seed) for u in urls])
+        return RoundRobinBackend(
+            [resolve_backend(spec, url=u, seed=config.seed, headers=auth) for u in urls]
+        )
     if urls:
         if config.replicas > 1:
             raise KvbenchError(
                 f"{label}: --replicas {config.replicas} with one --url; give one --url per replica"
             )
-        return resolve_backend(spec, url=urls[0], seed=config.seed)
+        return resolve_backend(spec, url=urls[0], seed=config.seed, headers=auth)
     if config.model:
         if config.replicas > 1:
             raise KvbenchError(
@@ -434,6 +390,7 @@ def open_backend(
             engine_args=list(options.args),
             engine_env=options.env,
             log_dir=log_dir,
+            headers=auth,
         )
     if spec.startswith(EMULATE_PREFIX):
         return resolve_backend(
@@ -499,7 +456,7 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
                 "backend": spec,
                 "kind": _expected_kind(spec),
                 "replicas": replica_count(label, config),
-                "urls": config.urls.get(label, []),
+                "urls": [redact_url(u) for u in config.urls.get(label, [])],
                 "slug": f"{i}-{slug(label)}",
                 **(
                     {"engine_launch": options.record()} if (options := config.launch(label)) else {}
@@ -546,6 +503,7 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         finally:
             if backend is not None:
                 engine.data["kind"] = backend.kind  # an attached server may be an emulator
+                engine.data["notes"] = list(getattr(backend, "notes", []))
                 backend.close()
             engine.save()
             observer.engine_finished(a["label"], engine.data["status"], engine.data["error"])
@@ -595,7 +553,7 @@ def _measure(
     observer.phase(label, "warm-up request", None, None)
     # one short request first: TensorRT-LLM publishes its KV-cache stats (and so M) only after
     # an iteration has run, and every engine's first request pays one-off start-up costs
-    backend.execute([RequestSpec(0, 0.0, 16, 2)], _Discard(), duration=WARMUP_SECONDS)
+    warm_up(backend)
     observer.phase(label, "discovering profile", None, None)
     discovered = backend.discover_profile()
     profile = discovered.profile
@@ -639,34 +597,6 @@ def _saturated_batch_time(
     )
 
 
-class _MeasuredIterationTime(Backend):
-    """A real engine's backend whose profile carries the b̄ compare measured: the search sizes
-    its runs from the profile's iteration time, which an engine over HTTP does not report."""
-
-    def __init__(self, backend: Backend, batch_time: float):
-        self.backend, self.batch_time = backend, batch_time
-        self.name, self.kind = backend.name, backend.kind
-        self.replays_prefix = getattr(backend, "replays_prefix", False)
-
-    @property
-    def time_scale(self) -> float:
-        return self.backend.time_scale
-
-    def discover_profile(self) -> DiscoveredProfile:
-        found = self.backend.discover_profile()
-        if math.isfinite(found.profile.iteration_time.mean_time(0.0, 0.0)):
-            return found
-        sources = dict(found.sources, iteration_time="b̄ measured by kvbench compare")
-        profile = found.profile.replace(iteration_time=IterationTimeModel.constant(self.batch_time))
-        return DiscoveredProfile(profile, sources)
-
-    def execute(self, requests: list[RequestSpec], sink, *, duration: float) -> None:
-        self.backend.execute(requests, sink, duration=duration)
-
-    def scrape_report(self) -> dict[str, Any] | None:
-        return self.backend.scrape_report()
-
-
 def _search(
     backend: Backend,
     engine: _Engine,
@@ -690,7 +620,9 @@ def _search(
     }
     engine.data["search"] = search
 
-    measured = _MeasuredIterationTime(backend, engine.data["batch_time"]["value"])
+    measured = MeasuredIterationTime(
+        backend, engine.data["batch_time"]["value"], "b̄ measured by kvbench compare"
+    )
 
     def backend_for_seed(seed: int) -> Backend:
         # a simulator draws its iteration-time noise from the seed: one per probe; a server is

@@ -189,9 +189,17 @@ def summarize(
         observed += [s.time for s in samples[-1:]]
         end = min(planned_end, max(observed, default=0.0))
     scheduled_in_window = int(header.get("scheduled_in_window", len(records)))
+    # A --duration run's figures are its window's: a completion after the window is not counted
+    # (the HTTP driver reports those requests unfinished; this holds for every backend). A
+    # --num-prompts run waits for every request, and its figures count every completion.
+    if config.get("duration") is not None:
+        fin[fin > planned_end] = np.nan
     # requests due in the window that went out at all (one due just before the end and sent a
     # little late still counts: lateness is the lag's business)
     n_sent = int(np.count_nonzero(np.isfinite(sent) & (intended < end)))
+    # The rate actually offered: what was sent over the span it was sent in (a client that fell
+    # behind spread its sends past the window; the driver sends nothing after a --duration end).
+    send_span = max(end, float(np.nanmax(sent, initial=0.0)))
     lag = (sent - intended)[np.isfinite(sent)]
     lag_p50, lag_p99 = np.percentile(lag, [50, 99]).tolist() if lag.size else (None, None)
     expected_sent = (
@@ -241,7 +249,7 @@ def summarize(
             "failed": int(failed.sum()),
             "unfinished": int(np.count_nonzero(~np.isfinite(fin) & ~failed)),
         },
-        "achieved_rate": n_sent / end if end > 0 else None,
+        "achieved_rate": n_sent / send_span if send_span > 0 else None,
         "schedule_lag": {"p50": lag_p50, "p99": lag_p99, "budget": budget},
         "client_kept_schedule": bool(kept),
         "latency": {
@@ -258,6 +266,7 @@ def summarize(
         "scrape": scrape,
         "verdict": None,
         "evidence": None,
+        "notes": list(header.get("notes", [])),
     }
     # Failed requests are left out of the queue: they are not departures, and the verdict is
     # about the requests the engine served; `failures` judges the rest.
@@ -329,6 +338,8 @@ def run_header(
         "servers": [s.record() for s in launched_servers(backend)],
         "versions": versions(),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        # what the backend noticed about the server (an ignored time-scale header, …)
+        "notes": list(getattr(backend, "notes", [])),
         **(extra or {}),
     }
 

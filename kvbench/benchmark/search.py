@@ -24,7 +24,10 @@ serve). Any other failure (another HTTP 4xx or 5xx, a malformed or truncated str
 usage, a wrong token count) is a fault of the engine or its configuration, not a rate it cannot
 carry: the search stops there with an error naming it.
 Run lengths are in units of a request's expected life in the engine (the queue's time constant)
-and start longer the closer λ is to the capacity estimate. On a backend that replays a prefix
+and start longer the closer λ is to the capacity estimate. An engine over HTTP reports no
+iteration time, so before the first probe the search measures b̄ in a short saturating burst
+(kvbench.benchmark.burst, as `compare` does) and evaluates the theory's μ and the lives at it,
+starting from the burst's capacity when that is higher. On a backend that replays a prefix
 exactly (the simulator) an extension costs only the added seconds, as continuing a live run
 would. Every probe is recorded with its rate, duration, verdict, evidence and cost.
 """
@@ -40,11 +43,12 @@ from typing import Any
 import numpy as np
 
 from kvbench.backends.base import Backend, EventSink
+from kvbench.benchmark.burst import run_burst, warm_up
 from kvbench.benchmark.runner import RunSpec, execute_run
 from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, check_settings
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
-from kvbench.profile import EngineProfile
+from kvbench.profile import EngineProfile, IterationTimeModel
 from kvbench.workload import Workload
 
 DEFAULT_PRECISION = 0.05
@@ -170,7 +174,29 @@ def find_boundary(
         raise KvbenchError(f"--max-engine-seconds must be positive, got {max_engine_seconds}")
     first = backend_for_seed(seed)
     profile = first.discover_profile().profile
-    mu = start_rate if start_rate is not None else theory_rate(profile, workload, seed=seed)
+    extras: dict[str, Any] = {}
+    burst_capacity = 0.0
+    if not profile.iteration_time.known:
+        warm_up(first)
+        profile = first.discover_profile().profile
+        burst = run_burst(first, workload, profile, replicas=replicas, seed=seed)
+        profile = profile.replace(iteration_time=IterationTimeModel.constant(burst.estimate.value))
+        burst_capacity = burst.throughput or 0.0
+        extras["batch_time"] = asdict(burst.estimate)
+        extras["calibration"] = {
+            "engine_seconds": burst.engine_seconds,
+            "requests": burst.requests,
+            "throughput": burst.throughput,
+        }
+    if start_rate is not None:
+        theory_mu = mu = start_rate
+    else:
+        # from the burst's capacity when higher: an overloaded probe measures the capacity
+        # whatever the overload, and a constant b̄ undershoots an engine that runs prefill and
+        # decode as separate batches (see compare._start_rate)
+        theory_mu = theory_rate(profile, workload, seed=seed)
+        mu = max(theory_mu, burst_capacity)
+        extras["start_rate"] = mu
     # a request lives in one replica, which sees 1/replicas of the load
     life = request_life(profile, workload, mu / replicas, seed=seed)
     min_duration, max_duration = MIN_LIVES * life, MAX_LIVES * life
@@ -312,12 +338,12 @@ def find_boundary(
         reached=reached,
         engine_seconds=spent,
         probes=probes,
-        theory_mu=mu,
+        theory_mu=theory_mu,
         capacity_estimate=None if capacity is None else capacity[0],
         capacity_interval=None if capacity is None else (capacity[1], capacity[2]),
         confidence=confidence,
         stop_reason=stop,
         kind=first.kind,
         backend=first.name,
-        extras={"request_life": life},
+        extras={"request_life": life, **extras},
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from kvbench.cli import options
+from kvbench.credentials import API_KEY_ENV, auth_headers, parse_headers
 
 
 def backend_options(f):
@@ -39,6 +40,26 @@ def backend_options(f):
                 "sim:* and emulate:* only; a constant iteration time; default: the profile's model"
             ),
             click.option(
+                "--time-scale",
+                type=float,
+                default=None,
+                metavar="X",
+                help="Engine seconds per real second of an emulator: emulate:* runs its "
+                "emulator at X (default 1); with --url, the scale of an emulator you started "
+                "(kvbench emulate --time-scale X). Without it the client follows no server's "
+                "time-scale header.",
+            ),
+            *auth_options(),
+            click.option(
+                "--wait-for-server",
+                type=float,
+                default=60.0,
+                show_default=True,
+                metavar="SECONDS",
+                help="With --url: how long to wait for a server that is still starting "
+                "(refusing connections, or 503).",
+            ),
+            click.option(
                 "--seed",
                 type=int,
                 default=0,
@@ -56,3 +77,31 @@ def backend_options(f):
     ):
         f = decorator(f)
     return f
+
+
+def auth_options() -> list:
+    """--api-key and --header, shared with `compare`."""
+    return [
+        click.option(
+            "--api-key",
+            envvar=API_KEY_ENV,
+            show_envvar=True,
+            default=None,
+            metavar="KEY",
+            help="Sent as 'Authorization: Bearer KEY' on every request to an HTTP engine "
+            "(completions, discovery, metrics); never written anywhere.",
+        ),
+        click.option(
+            "--header",
+            "headers",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="An extra header on every request to an HTTP engine (repeatable); only its "
+            "name is recorded.",
+        ),
+    ]
+
+
+def request_headers(api_key: str | None, headers: tuple[str, ...]) -> dict[str, str]:
+    """The headers the --api-key and --header flags ask for."""
+    return auth_headers(api_key, parse_headers(headers))

@@ -18,7 +18,7 @@ from kvbench.benchmark.search import (
 )
 from kvbench.benchmark.served_work import ServedRate
 from kvbench.cli import options
-from kvbench.cli.backend_options import backend_options
+from kvbench.cli.backend_options import backend_options, request_headers
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.progress import echo_progress, probe_line
@@ -94,6 +94,10 @@ def boundary(
     kv_tokens: int | None,
     chunk_size: int | None,
     batch_time: float | None,
+    time_scale: float | None,
+    api_key: str | None,
+    headers: tuple[str, ...],
+    wait_for_server: float,
     seed: int,
     confidence: float,
     workload_spec: str,
@@ -127,6 +131,9 @@ def boundary(
             kv_tokens=kv_tokens,
             chunk_size=chunk_size,
             batch_time=batch_time,
+            time_scale=time_scale,
+            headers=request_headers(api_key, headers),
+            wait_for_server=wait_for_server,
             seed=s,
             launch=launch,
         )

@@ -14,11 +14,13 @@ from kvbench.backends.launch import redact_given
 from kvbench.benchmark.compare import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig, run_compare
 from kvbench.benchmark.failures import describe
 from kvbench.cli import options
+from kvbench.cli.backend_options import auth_options, request_headers
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.compare_progress import CompareProgress
 from kvbench.output.terminal import block, highlight
 from kvbench.provenance import check_exporter_url, parse_metadata
+from kvbench.redact import redact_url
 from kvbench.report import write_report
 from kvbench.report.build import Report
 from kvbench.report.schema import CompareResults, EngineResult
@@ -58,6 +60,15 @@ def _command_line(ctx: click.Context) -> str:
             value = tuple(f"{k}={v}" for k, v in parse_metadata(value).items())
         if isinstance(param, click.Option) and param.is_flag:
             words.append(flag)
+        elif param.name == "api_key":
+            words += [flag, "***"]  # credentials are never recorded
+        elif param.name == "headers":
+            for v in value:
+                words += [flag, v.partition("=")[0] + "=***"]
+        elif param.name == "urls":
+            for v in value:
+                label, sep, url = v.partition("=")
+                words += [flag, label + sep + redact_url(url)]
         else:
             for v in redacted.get(param.name, value if param.multiple else (value,)):
                 # --engine-arg=--flag: click would read a separate --flag as an option
@@ -167,6 +178,8 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 @options.metadata()
 @options.gpu_exporter()
 @click.option("--model", help="Launch each engine from its recipe with this model.")
+@auth_options()[0]
+@auth_options()[1]
 @options.engine_launch(per_engine=True)
 @click.option(
     "--replicas",
@@ -216,6 +229,8 @@ def compare(
     metadata,
     gpu_exporter,
     model,
+    api_key,
+    headers,
     engine_python,
     engine_args,
     engine_env,
@@ -265,6 +280,7 @@ def compare(
         name=name,
         urls=_parse_urls(urls),
         model=model,
+        headers=request_headers(api_key, headers),
         replicas=replicas,
         precision=precision,
         confidence=confidence,

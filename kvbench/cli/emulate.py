@@ -43,8 +43,25 @@ ENGINES = ("vllm", "sglang", "trtllm")
     help="Longest prompt + output accepted (longer: HTTP 400).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--api-key",
+    default=None,
+    metavar="KEY",
+    help="Answer 401 unless a request carries 'Authorization: Bearer KEY' (as the engines' own "
+    "--api-key); /health stays open.",
+)
 def emulate(
-    engine, host, port, time_scale, latency, kv_tokens, max_running, batch_time, max_model_len, seed
+    engine,
+    host,
+    port,
+    time_scale,
+    latency,
+    kv_tokens,
+    max_running,
+    batch_time,
+    max_model_len,
+    seed,
+    api_key,
 ) -> None:
     """Serve ENGINE's completions, health, model-list, metrics and info endpoints, in its own
     formats and quirks, backed by the Rust engine simulator in real time. Every response is
@@ -62,7 +79,9 @@ def emulate(
         overrides["iteration_time"] = IterationTimeModel.constant(batch_time)
     profile = build_profile(engine, **overrides)
     fmt = make_format(engine, profile, max_model_len=max_model_len)
-    app = build_app(fmt, time_scale=time_scale, zero_latency=latency == "zero", seed=seed)
+    app = build_app(
+        fmt, time_scale=time_scale, zero_latency=latency == "zero", seed=seed, api_key=api_key
+    )
     mode = "zero latency" if latency == "zero" else f"simulated engine, time scale {time_scale:g}"
     click.echo(
         f"emulating {engine} ({mode}; M = {profile.kv_tokens:,} tokens) "

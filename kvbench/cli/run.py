@@ -10,7 +10,7 @@ from kvbench.backends.launch import LaunchOptions
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.runner import RunSpec, execute_run
 from kvbench.cli import options
-from kvbench.cli.backend_options import backend_options
+from kvbench.cli.backend_options import backend_options, request_headers
 from kvbench.export.json import write_json
 from kvbench.output.progress import RunProgress, echo_progress
 from kvbench.output.run import run_summary_text
@@ -67,6 +67,10 @@ def run(
     kv_tokens: int | None,
     chunk_size: int | None,
     batch_time: float | None,
+    time_scale: float | None,
+    api_key: str | None,
+    headers: tuple[str, ...],
+    wait_for_server: float,
     seed: int,
     confidence: float,
     workload_spec: str,
@@ -104,6 +108,9 @@ def run(
         kv_tokens=kv_tokens,
         chunk_size=chunk_size,
         batch_time=batch_time,
+        time_scale=time_scale,
+        headers=request_headers(api_key, headers),
+        wait_for_server=wait_for_server,
         seed=seed,
         launch=launch,
     )

@@ -130,11 +130,27 @@ def _sse(obj: dict) -> bytes:
 
 
 def build_app(
-    fmt: EngineFormat, *, time_scale: float = 1.0, zero_latency: bool = False, seed: int = 0
+    fmt: EngineFormat,
+    *,
+    time_scale: float = 1.0,
+    zero_latency: bool = False,
+    seed: int = 0,
+    api_key: str | None = None,
 ) -> web.Application:
+    """The emulator's app. With `api_key`, every endpoint but /health answers 401 to a request
+    without `Authorization: Bearer api_key`, as an engine started with --api-key does (vLLM
+    guards /v1 only; guarding /metrics too checks that clients send the key on scrapes)."""
+
     @web.middleware
     async def mark(request, handler):
-        resp = await handler(request)
+        if (
+            api_key is not None
+            and request.path != "/health"
+            and request.headers.get("Authorization") != f"Bearer {api_key}"
+        ):
+            resp = web.json_response({"error": "Unauthorized"}, status=401)
+        else:
+            resp = await handler(request)
         resp.headers[EMULATED_HEADER] = fmt.name
         if not zero_latency:
             # clients convert their clocks to the engine's with it (kvbench.backends.http)

@@ -145,6 +145,8 @@ def run_summary_text(summary: dict[str, Any], directory: str | None = None) -> s
     rows += _engine_state_rows(summary)
     if summary["status"] != "completed":
         rows.append(("status", highlight(summary["status"], "red"), summary.get("error") or ""))
+    for note in summary.get("notes") or []:
+        rows.append(("note", note))
     if directory:
         rows.append(("run directory", directory))
     title = (
@@ -187,9 +189,20 @@ def boundary_text(result: dict[str, Any]) -> str:
         (
             "theory μ",
             f"{number(result['theory_mu'])} req/s",
-            "engine-aware model, the search's start",
+            "engine-aware model, the search's start"
+            if "start_rate" not in result.get("extras", {})
+            else f"engine-aware model; the search started at {number(result['extras']['start_rate'])}",
         ),
     ]
+    bt = result.get("extras", {}).get("batch_time")
+    if bt is not None:
+        rows.append(
+            (
+                "b̄ measured",
+                f"{bt['value'] * 1000:.2f} ms",
+                f"{bt['method']} of {bt['samples']} timings in a saturating burst (client)",
+            )
+        )
     if backlog and result["capacity_estimate"] is not None:
         rows.append(
             (

@@ -1,8 +1,9 @@
 //! The HTTP load generator's timed send/receive loop: every request sent at its scheduled time,
 //! every streamed chunk timed, every failure recorded with its kind.
 //!
-//! Python hands over the whole schedule (intended send times and the request bodies its engine
-//! adapter built) and polls for finished records; the loop itself never takes the GIL.
+//! Python hands over the whole schedule (intended send times, prompt and output lengths, and its
+//! engine adapter's body as a template that `body.rs` renders as each request comes due) and
+//! polls for finished records; the loop itself never takes the GIL.
 //!
 //! Timing: a dedicated OS thread walks the schedule. It sleeps (`std::thread::sleep`, a
 //! high-resolution timer) until `LEAD` before each send and hands the request to a small tokio
@@ -14,12 +15,18 @@
 //! `connection_reset`, `bad_stream`, `truncated_stream`, `missing_usage`, `short_output`,
 //! `long_output`, `engine_down`. A refused connection means the engine is gone: sending stops
 //! and requests in flight end as `engine_down`. Requests still in flight at `duration` (or at
-//! `stop()`) are reported unfinished: sent, no finish, no error.
+//! `stop()`) are reported unfinished: sent, no finish, no error. Nothing is sent at or after
+//! `duration`, even by a client that fell behind its schedule: the requests it could not send
+//! in time are not part of the run. An infinite `duration` runs until every request has ended.
+//!
+//! Every request carries the caller's extra headers (an API key, a gateway's routing header);
+//! their values are marked sensitive and never appear in a record or an error.
 //!
 //! Plain `http://` only: engines serve plain HTTP, and a load generator that measured through a
 //! TLS terminating proxy would measure the proxy. The Python side refuses `https://` URLs with a
 //! message saying so.
 
+mod body;
 mod request;
 pub mod stream;
 
@@ -30,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -37,7 +45,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use numpy::PyReadonlyArray1;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::watch;
 
@@ -59,8 +66,10 @@ enum RunState {
 /// What the scheduler thread, the request tasks and the Python-facing object share.
 struct Shared {
     t0: Instant,
-    end: tokio::time::Instant,
+    /// The end of the run; None: it ends when every request has.
+    end: Option<Instant>,
     uri: Uri,
+    headers: Vec<(HeaderName, HeaderValue)>,
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Option<Duration>,
     output_lens: Vec<i64>,
@@ -115,13 +124,21 @@ fn sleep_until(shared: &Shared, until: Instant) -> bool {
     }
 }
 
-/// The scheduler thread: walks the schedule and starts each request on the runtime `LEAD`
-/// before its time; the request's task spins to the instant itself.
-fn schedule(shared: Arc<Shared>, runtime: Handle, times: Vec<f64>, bodies: Vec<Bytes>) {
-    for (index, (t, body)) in times.into_iter().zip(bodies).enumerate() {
+/// The scheduler thread: walks the schedule, renders each body, and starts each request on the
+/// runtime `LEAD` before its time; the request's task spins to the instant itself.
+fn schedule(shared: Arc<Shared>, runtime: Handle, plan: Plan) {
+    for (index, &t) in plan.times.iter().enumerate() {
         let at = shared.t0 + Duration::from_secs_f64(t);
+        let body = Bytes::from(plan.template.render(
+            index,
+            plan.prompt_lens[index],
+            shared.output_lens[index],
+        ));
         if !sleep_until(&shared, at.checked_sub(LEAD).unwrap_or(at)) {
             break;
+        }
+        if shared.end.is_some_and(|end| Instant::now() >= end) {
+            break; // a client this far behind would send past the window it is judged on
         }
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
         shared.sent.fetch_add(1, Ordering::SeqCst);
@@ -140,6 +157,10 @@ pub struct DriverRecord {
     finished: Option<f64>,
     output_tokens: Option<i64>,
     prompt_tokens: Option<i64>,
+    /// One time per output token: the first chunk's arrival once (any further tokens it carried
+    /// arrived within the TTFT), then each later chunk's k tokens spread evenly over the gap
+    /// since the chunk before it, so an engine that merges tokens into one chunk when its HTTP
+    /// task lags gives per-token ITL, not per-chunk.
     token_times: Vec<f64>,
     error: Option<String>,
     message: Option<String>,
@@ -160,17 +181,36 @@ impl DriverRecord {
             message: None,
         }
     }
+
+    /// A chunk carrying `tokens` output tokens arrived at `now`.
+    fn tokens_arrived(&mut self, now: f64, tokens: usize) {
+        match self.token_times.last() {
+            None if tokens > 0 => {
+                self.first_token = Some(now);
+                self.token_times.push(now);
+            }
+            None => {}
+            Some(&previous) => {
+                let gap = now - previous;
+                let k = tokens as f64;
+                self.token_times
+                    .extend((1..=tokens).map(|j| previous + gap * j as f64 / k));
+            }
+        }
+    }
 }
 
 /// The schedule until `start()` hands it to the scheduler thread.
 struct Plan {
     times: Vec<f64>,
-    bodies: Vec<Bytes>,
+    prompt_lens: Vec<usize>,
+    template: body::BodyTemplate,
 }
 
 #[pyclass(module = "kvbench._core")]
 pub struct HttpDriver {
     uri: Uri,
+    headers: Vec<(HeaderName, HeaderValue)>,
     duration: f64,
     timeout: Option<Duration>,
     output_lens: Vec<i64>,
@@ -183,13 +223,21 @@ pub struct HttpDriver {
 #[pymethods]
 impl HttpDriver {
     #[new]
-    #[pyo3(signature = (url, send_times, bodies, output_lens, duration, request_timeout=None, workers=2))]
+    #[pyo3(signature = (
+        url, send_times, prompt_lens, output_lens, body_template, duration, *, seed=0,
+        token_range=(1000, 30000), headers=Vec::new(), request_timeout=None, workers=2
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         url: &str,
         send_times: PyReadonlyArray1<'_, f64>,
-        bodies: Vec<Bound<'_, PyBytes>>,
+        prompt_lens: PyReadonlyArray1<'_, i64>,
         output_lens: PyReadonlyArray1<'_, i64>,
+        body_template: &str,
         duration: f64,
+        seed: u64,
+        token_range: (i64, i64),
+        headers: Vec<(String, String)>,
         request_timeout: Option<f64>,
         workers: usize,
     ) -> PyResult<Self> {
@@ -202,15 +250,37 @@ impl HttpDriver {
             )));
         }
         let times = send_times.as_slice()?.to_vec();
+        let prompt_lens = prompt_lens.as_slice()?.to_vec();
         let output_lens = output_lens.as_slice()?.to_vec();
-        if bodies.len() != times.len() || output_lens.len() != times.len() {
+        if prompt_lens.len() != times.len() || output_lens.len() != times.len() {
             return Err(PyValueError::new_err(format!(
-                "{} send times, {} bodies and {} output lengths: one of each per request",
+                "{} send times, {} prompt lengths and {} output lengths: one of each per request",
                 times.len(),
-                bodies.len(),
+                prompt_lens.len(),
                 output_lens.len()
             )));
         }
+        if let Some(i) = prompt_lens.iter().position(|n| *n < 1) {
+            return Err(PyValueError::new_err(format!(
+                "prompt length {} of request {i} must be ≥ 1",
+                prompt_lens[i]
+            )));
+        }
+        let template = body::BodyTemplate::new(body_template, seed, token_range.0, token_range.1)
+            .map_err(PyValueError::new_err)?;
+        let headers = headers
+            .into_iter()
+            .map(|(name, value)| {
+                let parsed_name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| PyValueError::new_err(format!("{name:?}: not a header name")))?;
+                // the value may be a credential: the error names the header only
+                let mut parsed = HeaderValue::from_str(&value).map_err(|_| {
+                    PyValueError::new_err(format!("header {name}: not a valid header value"))
+                })?;
+                parsed.set_sensitive(true);
+                Ok((parsed_name, parsed))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
         if let Some(i) = times.iter().position(|t| !(t.is_finite() && *t >= 0.0)) {
             return Err(PyValueError::new_err(format!(
                 "send time {} of request {i} is not a finite time ≥ 0",
@@ -225,9 +295,9 @@ impl HttpDriver {
                 times[i]
             )));
         }
-        if !(duration.is_finite() && duration > 0.0) {
+        if duration.is_nan() || duration <= 0.0 {
             return Err(PyValueError::new_err(format!(
-                "duration {duration} must be > 0"
+                "duration {duration} must be > 0 (inf: until every request has ended)"
             )));
         }
         let timeout = match request_timeout {
@@ -244,10 +314,6 @@ impl HttpDriver {
         }
         // Requests the run cannot send before it ends are not part of it.
         let n = times.partition_point(|t| *t < duration);
-        let bodies = bodies[..n]
-            .iter()
-            .map(|b| Bytes::copy_from_slice(b.as_bytes()))
-            .collect();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .thread_name("kvbench-driver")
@@ -258,12 +324,14 @@ impl HttpDriver {
             })?;
         Ok(HttpDriver {
             uri,
+            headers,
             duration,
             timeout,
             output_lens,
             plan: Some(Plan {
                 times: times[..n].to_vec(),
-                bodies,
+                prompt_lens: prompt_lens[..n].iter().map(|&p| p as usize).collect(),
+                template,
             }),
             runtime: Some(runtime),
             shared: None,
@@ -297,8 +365,12 @@ impl HttpDriver {
             .build(connector);
         let shared = Arc::new(Shared {
             t0,
-            end: (t0 + Duration::from_secs_f64(self.duration)).into(),
+            end: self
+                .duration
+                .is_finite()
+                .then(|| t0 + Duration::from_secs_f64(self.duration)),
             uri: self.uri.clone(),
+            headers: std::mem::take(&mut self.headers),
             client,
             timeout: self.timeout,
             output_lens: std::mem::take(&mut self.output_lens),
@@ -318,7 +390,7 @@ impl HttpDriver {
         let thread_shared = shared.clone();
         let scheduler = std::thread::Builder::new()
             .name("kvbench-schedule".into())
-            .spawn(move || schedule(thread_shared, handle, plan.times, plan.bodies))
+            .spawn(move || schedule(thread_shared, handle, plan))
             .map_err(|err| {
                 PyRuntimeError::new_err(format!("cannot start the scheduler thread: {err}"))
             })?;
@@ -397,5 +469,25 @@ impl Drop for HttpDriver {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<HttpDriver>()?;
     m.add_class::<DriverRecord>()?;
+    m.add("PROMPT_SLOT", body::PROMPT_SLOT)?;
+    m.add("OUTPUT_SLOT", body::OUTPUT_SLOT)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DriverRecord;
+
+    #[test]
+    fn a_chunk_of_k_tokens_spreads_its_gap_over_them() {
+        let mut r = DriverRecord::new(0, 0.0);
+        r.tokens_arrived(1.0, 2); // the first chunk: one time, the second token is in the TTFT
+        r.tokens_arrived(1.1, 1);
+        r.tokens_arrived(1.4, 3); // three tokens merged: 0.1 s each, not one 0.3 s gap
+        r.tokens_arrived(1.5, 0); // a chunk that carried no new token
+        assert_eq!(r.first_token, Some(1.0));
+        let gaps: Vec<f64> = r.token_times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps.len(), 4);
+        assert!(gaps.iter().all(|g| (g - 0.1).abs() < 1e-12), "{gaps:?}");
+    }
 }

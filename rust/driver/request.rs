@@ -43,6 +43,13 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, at: Instant, body: By
         std::hint::spin_loop();
     }
     let sent_at = Instant::now();
+    if shared.end.is_some_and(|end| sent_at >= end) {
+        // A runtime this far behind would send past the window the run is judged on: the
+        // request is not part of the run, as one the scheduler never reached.
+        shared.sent.fetch_sub(1, Ordering::SeqCst);
+        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
     let mut record = DriverRecord::new(index, shared.secs(sent_at));
     let mut leftover: Option<Incoming> = None;
     let mut state = shared.state.subscribe();
@@ -58,7 +65,12 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, at: Instant, body: By
                 _ => Ending::Unfinished,
             }
         }
-        _ = sleep_until(shared.end) => Ending::Unfinished,
+        _ = async {
+            match shared.end {
+                Some(end) => sleep_until(end.into()).await,
+                None => std::future::pending().await,
+            }
+        } => Ending::Unfinished,
         _ = async {
             match timeout {
                 Some(t) => sleep_until((sent_at + t).into()).await,
@@ -90,10 +102,13 @@ async fn exchange(
     record: &mut DriverRecord,
     leftover: &mut Option<Incoming>,
 ) -> Ending {
-    let request = Request::post(shared.uri.clone())
+    let mut request = Request::post(shared.uri.clone())
         .header(CONTENT_TYPE, "application/json")
         .body(Full::new(body))
         .expect("a POST with a valid URI and a static header is a valid request");
+    for (name, value) in &shared.headers {
+        request.headers_mut().insert(name.clone(), value.clone());
+    }
     let response = match shared.client.request(request).await {
         Ok(response) => response,
         Err(err) => {
@@ -134,9 +149,8 @@ async fn exchange(
             if result.done {
                 return Ok(()); // after [DONE]: nothing more belongs to the request
             }
-            if result.feed_line(line)? == Line::Chunk(true) {
-                record.first_token.get_or_insert(now);
-                record.token_times.push(now);
+            if let Line::Chunk(tokens) = result.feed_line(line)? {
+                record.tokens_arrived(now, tokens);
             }
             Ok(())
         });

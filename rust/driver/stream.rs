@@ -3,8 +3,11 @@
 //! All three engines send `data: {json}` lines, a final chunk with `"choices": []` and the
 //! request's `usage`, then `data: [DONE]`. TensorRT-LLM serialises that final chunk as a chat
 //! object, so it is recognised by empty choices plus usage, never by `object`. One chunk can
-//! carry several tokens: counts come from `usage.completion_tokens`, never from the number of
-//! chunks or the text.
+//! carry several tokens (every engine merges tokens into one chunk when its HTTP task lags
+//! behind the model, exactly under load): counts come from `usage.completion_tokens`, never from
+//! the number of chunks or the text. With continuous usage (`continuous_usage_stats`, which
+//! vLLM, SGLang and TensorRT-LLM all honour on /v1/completions) each chunk's running count says
+//! how many tokens it carried; without it a chunk counts as one token.
 
 use serde::Deserialize;
 
@@ -38,8 +41,8 @@ pub enum Line {
     Other,
     /// `data: [DONE]`.
     Done,
-    /// A chunk; `true` when it carried output (non-empty choices).
-    Chunk(bool),
+    /// A chunk, with the output tokens it carried (0 for the closing usage chunk).
+    Chunk(usize),
 }
 
 /// What one stream said about its request.
@@ -78,18 +81,23 @@ impl StreamResult {
         Ok(Line::Chunk(self.feed(chunk)))
     }
 
-    fn feed(&mut self, chunk: Chunk) -> bool {
+    fn feed(&mut self, chunk: Chunk) -> usize {
         match chunk.choices {
             Some(choices) if !choices.is_empty() => {
                 self.chunks += 1;
                 if let Some(reason) = choices.into_iter().next().and_then(|c| c.finish_reason) {
                     self.finish_reason = Some(reason);
                 }
-                // Continuous usage: a running count; the final chunk confirms it.
-                if let Some(usage) = chunk.usage {
-                    self.completion_tokens = usage.completion_tokens.or(self.completion_tokens);
+                // Continuous usage: a running count (the final chunk confirms it); what it grew
+                // by is what this chunk carried.
+                match chunk.usage.and_then(|u| u.completion_tokens) {
+                    Some(count) => {
+                        let before = self.completion_tokens.unwrap_or(0);
+                        self.completion_tokens = Some(count);
+                        (count - before).max(0) as usize
+                    }
+                    None => 1,
                 }
-                true
             }
             _ => {
                 if let Some(usage) = chunk.usage {
@@ -97,7 +105,7 @@ impl StreamResult {
                     self.completion_tokens = usage.completion_tokens;
                     self.prompt_tokens = usage.prompt_tokens;
                 }
-                false
+                0
             }
         }
     }
@@ -161,7 +169,7 @@ mod tests {
     const SGLANG: &str = include_str!("../../tests/fixtures/sglang/completion_stream.sse");
     const TRTLLM: &str = include_str!("../../tests/fixtures/trtllm/completion_stream.sse");
 
-    /// Replays a stream in reads of `read` bytes; the result and the number of token events.
+    /// Replays a stream in reads of `read` bytes; the result and the tokens its chunks carried.
     fn replay(text: &str, read: usize) -> (StreamResult, usize) {
         let mut result = StreamResult::default();
         let mut buffer = LineBuffer::default();
@@ -169,8 +177,8 @@ mod tests {
         for piece in text.as_bytes().chunks(read) {
             buffer
                 .push(piece, |line| {
-                    if result.feed_line(line)? == Line::Chunk(true) {
-                        events += 1;
+                    if let Line::Chunk(tokens) = result.feed_line(line)? {
+                        events += tokens;
                     }
                     Ok::<(), String>(())
                 })
@@ -185,17 +193,18 @@ mod tests {
     #[test]
     fn final_usage_chunk_gives_the_count_for_every_engine() {
         // (stream, prompt, tokens, output chunks): TensorRT-LLM's second chunk carries two
-        // tokens, so chunks are not tokens.
+        // tokens, so chunks are not tokens, and its running usage says so.
         for (text, prompt, tokens, chunks) in
             [(VLLM, 8, 5, 5), (SGLANG, 8, 3, 3), (TRTLLM, 8, 3, 2)]
         {
             for read in [1, 7, 64, 100_000] {
-                let (result, events) = replay(text, read);
+                let (result, carried) = replay(text, read);
                 assert!(result.done && result.final_usage);
                 assert_eq!(result.completion_tokens, Some(tokens));
                 assert_eq!(result.prompt_tokens, Some(prompt));
                 assert_eq!(result.finish_reason.as_deref(), Some("length"));
-                assert_eq!((events, result.chunks), (chunks, chunks));
+                assert_eq!(result.chunks, chunks);
+                assert_eq!(carried as i64, tokens);
             }
         }
     }
@@ -205,7 +214,7 @@ mod tests {
         let last = TRTLLM.lines().rfind(|l| l.contains("usage")).unwrap();
         assert!(last.contains(r#""object":"chat.completion.chunk""#));
         let mut result = StreamResult::default();
-        assert_eq!(result.feed_line(last.as_bytes()), Ok(Line::Chunk(false)));
+        assert_eq!(result.feed_line(last.as_bytes()), Ok(Line::Chunk(0)));
         assert!(result.final_usage);
         assert_eq!(result.completion_tokens, Some(3));
     }
@@ -214,7 +223,7 @@ mod tests {
     fn continuous_usage_alone_is_not_the_final_word() {
         let mut result = StreamResult::default();
         for line in VLLM.lines().filter(|l| l.contains(r#""choices":[{"#)) {
-            assert_eq!(result.feed_line(line.as_bytes()), Ok(Line::Chunk(true)));
+            assert_eq!(result.feed_line(line.as_bytes()), Ok(Line::Chunk(1)));
         }
         assert!(!result.final_usage && !result.done);
         assert_eq!(result.completion_tokens, Some(5)); // the running count, not confirmed
