@@ -6,9 +6,9 @@ so the CLI commands and the search share it and new kinds plug in here."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
+from kvbench import validate
 from kvbench.backends.base import Backend
 from kvbench.errors import KvbenchError
 from kvbench.profile import PAPER_A100, POLICIES, IterationTimeModel, build_profile
@@ -29,13 +29,12 @@ def _check_shape(
     kv_tokens: int | None, chunk_size: int | None, batch_time: float | None, replicas: int
 ) -> None:
     """The flags that shape a simulated or emulated engine, each checked once for both."""
-    if replicas < 1:
-        raise KvbenchError(f"--replicas must be at least 1, got {replicas}")
+    validate.positive_int(replicas, "--replicas")
     for flag, value in (("--kv-tokens", kv_tokens), ("--chunk-size", chunk_size)):
-        if value is not None and value < 1:
-            raise KvbenchError(f"{flag} must be a positive number of tokens, got {value}")
-    if batch_time is not None and not batch_time > 0:
-        raise KvbenchError(f"--batch-time must be a positive number of seconds, got {batch_time}")
+        if value is not None:
+            validate.token_count(value, flag)
+    if batch_time is not None:
+        validate.positive_number(batch_time, "--batch-time")
 
 
 def resolve_backend(
@@ -57,8 +56,10 @@ def resolve_backend(
     real engine reports its own profile, so they are refused there. An emulated engine with
     replicas > 1 is that many emulator processes behind round-robin dispatch; `log_dir` keeps
     their logs."""
-    if time_scale is not None and not (time_scale > 0 and math.isfinite(time_scale)):
-        raise KvbenchError(f"--time-scale must be a positive number, got {time_scale}")
+    if time_scale is not None:
+        validate.positive_number(time_scale, "--time-scale")
+    if url is not None:
+        validate.url(url)
     if time_scale is not None and not name.startswith(EMULATE_PREFIX):
         raise KvbenchError(f"{name}: --time-scale applies to emulate:* backends only")
     if name.startswith(SIM_PREFIX):

@@ -3,12 +3,14 @@ killed), write summary.json and print it."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from kvbench.benchmark.recorder import read_run, write_summary
 from kvbench.benchmark.runner import summarize
+from kvbench.cli.run import run_exit_status
 from kvbench.export.json import write_json
 from kvbench.output.run import run_summary_text
 from kvbench.report.raw import is_compare_dir
@@ -43,3 +45,4 @@ def report(directory: str, as_json: bool) -> None:
         write_json(summary)
     else:
         click.echo(run_summary_text(summary, directory))
+    sys.exit(run_exit_status(summary))
