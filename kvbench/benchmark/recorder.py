@@ -157,10 +157,10 @@ def _read_json(path: Path) -> Any:
 
 
 def _is(value: Any, kind: Any) -> bool:
-    """Whether a JSON value fits a field's annotation. A float field also takes null, which is
-    how the recorder writes NaN."""
+    """Whether a JSON value fits a field's annotation (the recorder writes NaN as null, which
+    only an optional field may hold)."""
     if kind is float:
-        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind is str:
@@ -259,6 +259,7 @@ def read_run(directory: Path | str) -> RunData:
     header = _check_header(_read_json(header_path), header_path)
     records, torn_r = _read_jsonl(directory / REQUESTS_FILE, RequestRecord)
     samples, torn_s = _read_jsonl(directory / SAMPLES_FILE, QueueSample)
+    samples.sort(key=lambda s: s.time)  # as the summary's step statistics need them
     end = None
     if (directory / END_FILE).exists():
         end = _check_end(_read_json(directory / END_FILE), directory / END_FILE)

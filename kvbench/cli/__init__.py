@@ -59,7 +59,7 @@ class _Group(click.Group):
             return result
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="kvbench", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kvbench")
 def cli() -> None:
     """Measure the request rate at which an LLM inference engine's queue stays bounded,
