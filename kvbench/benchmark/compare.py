@@ -170,11 +170,12 @@ class CompareConfig:
         if self.target_rate is not None:
             validate.positive_number(self.target_rate, "--target-rate")
         validate.in_range(self.target_utilization, "--target-utilization", 0, 1, low_open=True)
-        d = self.with_defaults()
+        precision = self.with_defaults().precision
+        assert precision is not None  # with_defaults fills it in
         check_search_settings(
-            d.precision,
-            d.confidence,
-            math.inf if d.max_engine_seconds is None else d.max_engine_seconds,
+            precision,
+            self.confidence,
+            math.inf if self.max_engine_seconds is None else self.max_engine_seconds,
         )
 
 

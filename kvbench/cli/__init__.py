@@ -5,6 +5,7 @@ in one place.
 """
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -22,11 +23,18 @@ class _Group(click.Group):
     non-zero exit (2 for bad input, click's usage errors included), never a traceback. A
     SIGTERM stops a command as Ctrl-C does (kvbench.interrupt), exiting 143 (Ctrl-C: 130)."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, False, **extra)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(args, prog_name, complete_var, False, **extra)
         except click.UsageError as err:
             # click's own rendering is three lines (usage, hint, error); the hint fits in one
             hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
