@@ -442,7 +442,7 @@ def main() -> None:
             for tool in tools:
                 print(f"{name}: {tool}", flush=True)
                 found[tool], found[f"{tool}_trials"] = highest_rate(
-                    lambda r, t=tool: trials[t](r, count(r), prompt, output),
+                    lambda r, t=tool, p=prompt, o=output: trials[t](r, count(r), p, o),
                     args.start,
                     args.limit,
                     args.floor,

@@ -36,7 +36,7 @@ def main() -> None:
         runs = []
         for seed in range(args.seeds):
             r = find_boundary(
-                lambda s: resolve_backend(f"sim:{ref['policy']}", seed=s),
+                lambda s, policy=ref["policy"]: resolve_backend(f"sim:{policy}", seed=s),
                 load_workload(ref["workload"]),
                 ref["workload"],
                 precision=args.precision,

@@ -4,6 +4,8 @@ Conventions: times are float64 seconds; lengths are int64 tokens; every random f
 explicit `seed` and is reproducible across platforms for a given seed.
 """
 
+from typing import Protocol
+
 import numpy as np
 import numpy.typing as npt
 
@@ -38,7 +40,8 @@ def replay_arrivals(
 # usage.{completion,prompt}_tokens; a chunk with non-empty choices is a token event, timed on
 # arrival; counts come from the final chunk with empty choices plus usage (TensorRT-LLM's is a
 # chat object), never from the number of chunks. Failure kinds on records: http_<status>,
-# timeout, connection_refused, connection_reset, bad_stream, truncated_stream, missing_usage,
+# timeout, connection_refused, connection_reset, bad_stream (also a line over 1 MiB),
+# truncated_stream, missing_usage,
 # short_output, long_output (these two keep finished and output_tokens), engine_down. A
 # refused connection means the engine is gone: sending stops and requests in flight end as
 # engine_down. Requests in flight at `duration` or at stop() are unfinished: sent, no finish,
@@ -55,7 +58,9 @@ class DriverRecord:
     prompt_tokens: int | None
     token_times: list[float]  # arrival of each chunk that carried output
     error: str | None  # failure kind, see above
-    message: str | None  # what the failure said (an HTTP body's first 200 characters, ...)
+    # what the failure said: an HTTP error body's first 2,000 characters (kvbench.benchmark.
+    # failures takes its JSON message, trims and masks it), a stream error naming the payload, ...
+    message: str | None
 
 class HttpDriver:
     """Sends one schedule to one completions URL.
@@ -116,32 +121,58 @@ class HttpDriver:
 #   trtllm: GUARANTEED_NO_EVICT: admit only if pages for prompt + max_tokens (the request's own
 #           output, or max(max_tokens_cap, output)) fit beside what running requests reserved.
 # The last prefill chunk samples the first output token; then one token per decode iteration.
-# Iteration time = c0 + c1·batch tokens + c2·(KV tokens the batch attends over), times a
-# lognormal factor with mean 1 when noise_sigma > 0. Arrivals during an iteration wait for the
+# Iteration time = c0 + c1·min(batch tokens, knee) + c1_above·(the rest) + c2·(KV tokens the
+# batch attends over) + c3·Σ prefill chunk·(cached + chunk), times a lognormal factor with mean 1
+# when noise_sigma > 0 (no knee: c1 for every token). The vllm rule with prefix_caching keeps a
+# preempted request's freed pages reusable until reallocated (vLLM v1's LRU free queue). Arrivals during an iteration wait for the
 # next. Invalid input raises ValueError naming the request or field; `kvbench.simulator`
 # turns it into KvbenchError.
 
-class _IterationTimeModelLike:
-    c0: float
-    c1: float
-    c2: float
-    noise_sigma: float
+class _IterationTimeModelLike(Protocol):
+    @property
+    def c0(self) -> float: ...
+    @property
+    def c1(self) -> float: ...
+    @property
+    def c2(self) -> float: ...
+    @property
+    def noise_sigma(self) -> float: ...
+    @property
+    def knee(self) -> int | None: ...
+    @property
+    def c1_above(self) -> float: ...
+    @property
+    def c3(self) -> float: ...
 
-class _EngineProfileLike:
+class _EngineProfileLike(Protocol):
     """`kvbench.profile.EngineProfile`: read attribute by attribute."""
 
-    policy: str
-    kv_tokens: int
-    block_size: int
-    chunk_size: int
-    token_budget: int
-    max_running: int
-    iteration_time: _IterationTimeModelLike
-    max_tokens_cap: int | None
-    separate_prefill_decode: bool
-    sglang_init_ratio: float
-    sglang_min_ratio: float
-    sglang_decay_steps: int
+    @property
+    def policy(self) -> str: ...
+    @property
+    def kv_tokens(self) -> int: ...
+    @property
+    def block_size(self) -> int: ...
+    @property
+    def chunk_size(self) -> int: ...
+    @property
+    def token_budget(self) -> int: ...
+    @property
+    def max_running(self) -> int: ...
+    @property
+    def iteration_time(self) -> _IterationTimeModelLike: ...
+    @property
+    def max_tokens_cap(self) -> int | None: ...
+    @property
+    def separate_prefill_decode(self) -> bool: ...
+    @property
+    def sglang_init_ratio(self) -> float: ...
+    @property
+    def sglang_min_ratio(self) -> float: ...
+    @property
+    def sglang_decay_steps(self) -> int: ...
+    @property
+    def prefix_caching(self) -> bool: ...
 
 def simulate(
     profile: _EngineProfileLike,

@@ -72,7 +72,7 @@ class IterationTimeFit:
     c0: float
     c1: float
     c2: float
-    covariance: tuple[tuple[float, float, float], ...]
+    covariance: tuple[tuple[float, ...], ...]
     noise_sigma: float
     n_windows: int
     n_iterations: int
@@ -81,7 +81,7 @@ class IterationTimeFit:
     source: str
 
     @property
-    def stderr(self) -> tuple[float, float, float]:
+    def stderr(self) -> tuple[float, ...]:
         return tuple(math.sqrt(max(self.covariance[i][i], 0.0)) for i in range(3))
 
     def model(self) -> IterationTimeModel:
@@ -284,16 +284,18 @@ def _windows_from_csv(path: Path, text: str) -> IterationWindows:
     for need in (time_col, "batch_tokens", "kv_tokens"):
         if need not in header:
             raise KvbenchError(f"{path}:1: missing column {need!r}")
-    cols = {name: [] for name in ("iterations", time_col, "batch_tokens", "kv_tokens")}
+    cols: dict[str, list[float]] = {
+        name: [] for name in ("iterations", time_col, "batch_tokens", "kv_tokens")
+    }
     for lineno, line in enumerate(lines[1:], 2):
         if not line.strip():
             continue
         cells = [c.strip() for c in line.split(",")]
         if len(cells) != len(header):
             raise KvbenchError(f"{path}:{lineno}: expected {len(header)} fields, got {len(cells)}")
-        row = dict(zip(header, cells))
+        row = dict(zip(header, cells, strict=True))
         for name in cols:
-            raw = row.get(name, "1" if name == "iterations" else None)
+            raw = row.get(name, "1" if name == "iterations" else "")
             try:
                 value = float(raw)
             except (TypeError, ValueError):

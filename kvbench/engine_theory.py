@@ -18,11 +18,14 @@ Lives follow the engines: ⌈s/ŝ⌉ prefill chunks, the last of which samples t
 token, then o − 1 decode iterations, so L = ⌈s/ŝ⌉ + o − 1 (the paper counts o decode steps).
 
 Every bound is a rate in completions per *iteration*. Converting it to completions per second
-needs the iteration time at that operating point, b = c0 + c1·T̄ + c2·K̄V̄, where the
-iteration-averaged batch tokens T̄ and attended KV tokens K̄V̄ follow from λ_it by Little's law
-over iterations. The model is linear, so the fixed point b = b(μ·b) has this closed form and
-μ = λ_it / b; λ_it/b(λ_it) increases with λ_it, so the smallest λ_it is also the smallest μ and
-the binding constraint is the same in either unit. No saturation run is needed to know b̄.
+needs the *mean* iteration time at that operating point (μ = λ_it / E[b]; the median, which the
+paper used, is a decode-only iteration's and misses the prefill work). The attended KV tokens
+and prefill-attention pairs per iteration follow from λ_it by Little's law over iterations and
+enter linearly. The batch-token part of the model is not linear when it has a knee, so its mean
+is taken over the iterations as the engine runs them: D = λ_it·E[o − 1] decodes in every
+iteration, and a fraction λ_it·E[chunks] of them also carry one prefill chunk (⌈s/ŝ⌉ − 1 chunks
+of ŝ and the rest). λ_it/E[b](λ_it) increases with λ_it, so the smallest λ_it is also the
+smallest μ and the binding constraint is the same in either unit. No saturation run is needed.
 
 SGLang runs prefill and decode as separate batches by default (`separate_prefill_decode`), with
 its own admission reserve; `_separate_bounds` explains how that changes the count.
@@ -75,8 +78,7 @@ class LengthLaw:
         s, o = np.meshgrid(
             np.arange(s_lo, s_hi + 1, dtype=np.int64), np.arange(o_lo, o_hi + 1, dtype=np.int64)
         )
-        s, o = s.ravel(), o.ravel()
-        return cls(s, o, np.full(s.size, 1.0 / s.size), exact=True, name=name)
+        return cls(s.ravel(), o.ravel(), np.full(s.size, 1.0 / s.size), exact=True, name=name)
 
     @classmethod
     def fixed(cls, s: int, o: int, name: str = "") -> LengthLaw:
@@ -210,6 +212,7 @@ class RequestLives:
     area: Σ over those iterations of its page-rounded KV (token·iterations): memory it occupies;
     attended: the same without page rounding: the KV its batches attend to (the c2 term);
     prefill_area / decode_area: `attended` split at the end of prefill;
+    prefill_pairs: Σ over prefill chunks of chunk·(cached + chunk), prefill attention's work;
     decode_area_paged: the page-rounded decode part;
     remaining_area: Σ over decode iterations of its remaining output (SGLang's reserve);
     chunks: ⌈s/ŝ⌉."""
@@ -219,6 +222,7 @@ class RequestLives:
     area: np.ndarray
     attended: np.ndarray
     prefill_area: np.ndarray
+    prefill_pairs: np.ndarray
     decode_area_paged: np.ndarray
     remaining_area: np.ndarray
     chunks: np.ndarray
@@ -238,10 +242,14 @@ def _request_lives(law: LengthLaw, chunk: int, page: int) -> RequestLives:
     # One pass over the chunks for both the paged and the exact prefill area.
     prefill_paged = np.zeros_like(s)
     prefill = np.zeros_like(s)
+    pairs = np.zeros(s.shape, dtype=np.float64)
+    previous = np.zeros_like(s)
     for k in range(1, int(chunks.max(initial=0)) + 1):
         held = np.where(k <= chunks, np.minimum(k * chunk, s), 0)
         prefill += held
         prefill_paged += paged(held, page)
+        pairs += np.where(k <= chunks, (held - previous) * held.astype(np.float64), 0.0)
+        previous = np.where(k <= chunks, held, previous)
     decode_paged = _paged_prefix_sum(s + decodes, page) - _paged_prefix_sum(s, page)
     decode = decodes * s + decodes * (decodes + 1) // 2
     f = np.float64
@@ -251,19 +259,82 @@ def _request_lives(law: LengthLaw, chunk: int, page: int) -> RequestLives:
         area=(prefill_paged + decode_paged).astype(f),
         attended=(prefill + decode).astype(f),
         prefill_area=prefill.astype(f),
+        prefill_pairs=pairs,
         decode_area_paged=decode_paged.astype(f),
         remaining_area=(decodes * o / 2).astype(f),  # Σ_{j=1..o−1} (o − j)
         chunks=chunks.astype(f),
     )
 
 
+def _batch_time(model: IterationTimeModel, tokens):
+    """The batch-token part of the model (c0 and the c1 terms), elementwise."""
+    t = np.asarray(tokens, dtype=np.float64)
+    below = t if model.knee is None else np.minimum(t, model.knee)
+    return model.c0 + model.c1 * below + model.c1_above * (t - below)
+
+
+@dataclass(frozen=True)
+class _Work:
+    """What one completed request adds to the iterations it runs in: its own decodes and prefill
+    chunks, plus `recompute` tokens re-prefilled after preemption (in chunks of ŝ, each attending
+    to about `recompute_context` cached tokens)."""
+
+    law: LengthLaw
+    lives: RequestLives
+    chunk: int
+    recompute: float = 0.0
+    recompute_context: float = 0.0
+
+
+def _mean_iteration_time(model: IterationTimeModel, per_it: float, work: _Work, kv: float) -> float:
+    """E[b] over the iterations at `per_it` completions per iteration: D = per_it·E[o − 1]
+    decodes in each, one prefill chunk in a fraction per_it·E[chunks] of them (all of them, at
+    the mean batch, when that fraction reaches 1), plus the linear KV and prefill-attention
+    terms."""
+    law, lives, chunk = work.law, work.lives, work.chunk
+    decodes = per_it * law.mean(law.output.astype(np.float64) - 1.0)
+    extra_chunks = work.recompute / chunk
+    with_chunk = per_it * (law.mean(lives.chunks) + extra_chunks)
+    if with_chunk >= 1.0:
+        tokens = per_it * (law.mean(lives.tokens) + work.recompute)
+        batch = float(_batch_time(model, tokens))
+    else:
+        s = law.prompt.astype(np.float64)
+        last = s - (lives.chunks - 1.0) * chunk
+        full = float(_batch_time(model, decodes + chunk))
+        own = law.mean((lives.chunks - 1.0) * full + _batch_time(model, decodes + last))
+        batch = (1.0 - with_chunk) * float(_batch_time(model, decodes)) + per_it * (
+            own + extra_chunks * full
+        )
+    pairs = per_it * (law.mean(lives.prefill_pairs) + work.recompute * work.recompute_context)
+    return batch + model.c2 * kv + model.c3 * pairs
+
+
 def _mixed_point(
-    name: str, per_it: float, batch: float, kv: float, model: IterationTimeModel, detail: str
+    name: str,
+    per_it: float,
+    batch: float,
+    kv: float,
+    model: IterationTimeModel,
+    detail: str,
+    work: _Work,
+    full_batches: bool = False,
 ) -> Bound:
-    b = model.mean_time(batch, kv)
+    """One bound's operating point. full_batches: every iteration carries `batch` tokens (the
+    token budget binds), instead of the decode/prefill mix of `_mean_iteration_time`."""
+    if full_batches:
+        pairs = per_it * law_pairs(work)
+        b = float(_batch_time(model, batch)) + model.c2 * kv + model.c3 * pairs
+    else:
+        b = _mean_iteration_time(model, per_it, work, kv)
     if b <= 0:
         raise KvbenchError(f"iteration-time model gives {b:.3g} s at the {name} operating point")
     return Bound(name, per_it, batch, kv, b, per_it / b, detail)
+
+
+def law_pairs(work: _Work) -> float:
+    """Prefill-attention pairs per completed request, its recompute included."""
+    return work.law.mean(work.lives.prefill_pairs) + work.recompute * work.recompute_context
 
 
 def _mixed_bounds(
@@ -277,6 +348,7 @@ def _mixed_bounds(
     M = profile.kv_tokens
     e_tokens = law.mean(lives.tokens)
     e_attended = law.mean(lives.attended)
+    own = _Work(law, lives, profile.chunk_size)
     bounds: list[Bound] = []
     if profile.policy == "trtllm":
         max_tokens = (
@@ -297,26 +369,51 @@ def _mixed_bounds(
                 model,
                 f"E[page(s+max_tokens)·life] = {reserved_area:,.0f} token·iterations, "
                 f"head-of-line gap {gap:,.0f} tokens",
+                own,
             )
         )
     else:
         first = paged(np.minimum(law.prompt, profile.chunk_size), profile.block_size)
         gap = head_of_line_gap(first, law)
         e_area = law.mean(lives.area)
+        # A recomputed token sits, on average, halfway through a request's decode.
+        context = law.mean(law.prompt.astype(np.float64)) + law.mean(law.output) / 2.0
+        # Completions per iteration the budget and the running cap allow: when one of them is
+        # lower than memory's, memory never fills and nothing is preempted.
+        others = [profile.token_budget / e_tokens] if profile.token_budget < UNLIMITED else []
+        if profile.max_running < UNLIMITED:
+            others.append(profile.max_running / law.mean(lives.iterations))
         if waste is None and profile.policy == "vllm":
             # A priori: memory is full, the head request is admitted with one chunk whenever
-            # pages free up and preempted (recompute) at the next step that runs short, so about
-            # half a first chunk per iteration is computed and thrown away.
-            churn = law.mean(first.astype(np.float64)) / 2.0
-            per_it = (M - gap - churn) / e_area
-            waste_note = f", preemption churn ≈ {churn:,.0f} tokens/iteration (a priori)"
+            # pages free up and preempted at the next step that runs short, so about half a
+            # first chunk per iteration is held by a request that will not keep it.
+            held = law.mean(first.astype(np.float64)) / 2.0
+            per_it = (M - gap - held) / e_area
+            if others and min(others) < (M - gap) / e_area:
+                recompute = 0.0
+                how = "memory never fills (another limit binds first): no recompute"
+            elif profile.prefix_caching:
+                # The preempted request's freed pages wait at the back of the free queue and
+                # only the decoders' growth (one token per decode, all taken from the queue's
+                # front once memory is full) evicts them: about E[o − 1] tokens per completed
+                # request are recomputed, the rest of each preempted prefix is hit.
+                recompute = law.mean(law.output.astype(np.float64) - 1.0)
+                how = "prefix-cached recompute ≈ E[o − 1]"
+            else:
+                recompute = held / per_it
+                how = "recompute from scratch ≈ half a first chunk per iteration"
+            waste_note = f", {how}" + (
+                f" = {recompute:,.0f} tokens/request (a priori)" if recompute else ""
+            )
         else:
             # A measured waste of w recomputed tokens per request: each is held about one
             # iteration before its request is preempted.
-            w = waste or 0.0
-            per_it = (M - gap) / (e_area + w)
-            churn = per_it * w
-            waste_note = f", measured preemption waste {w:,.0f} tokens/request" if w else ""
+            recompute = waste or 0.0
+            per_it = (M - gap) / (e_area + recompute)
+            waste_note = (
+                f", measured preemption waste {recompute:,.0f} tokens/request" if recompute else ""
+            )
+        churn = per_it * recompute
         page_note = f", pages of {profile.block_size}" if profile.block_size > 1 else ""
         bounds.append(
             _mixed_point(
@@ -327,6 +424,7 @@ def _mixed_bounds(
                 model,
                 f"E[g] = {e_area:,.0f} token·iterations{page_note}, head-of-line gap "
                 f"{gap:,.0f} tokens{waste_note}",
+                _Work(law, lives, profile.chunk_size, recompute, context),
             )
         )
     if profile.token_budget < UNLIMITED:
@@ -339,6 +437,8 @@ def _mixed_bounds(
                 per_it * e_attended,
                 model,
                 f"{profile.token_budget} tokens per iteration / E[s+o−1] = {e_tokens:,.1f}",
+                own,
+                full_batches=True,
             )
         )
     if profile.max_running < UNLIMITED:
@@ -352,6 +452,7 @@ def _mixed_bounds(
                 per_it * e_attended,
                 model,
                 f"{profile.max_running} running / E[life] = {e_iters:,.1f} iterations",
+                own,
             )
         )
     return bounds
@@ -397,6 +498,7 @@ def _separate_bounds(
     e_dec_paged = law.mean(lives.decode_area_paged) + w
     e_dec_attended = law.mean(lives.attended - lives.prefill_area)
     e_prefill_area = law.mean(lives.prefill_area)
+    e_pairs = law.mean(lives.prefill_pairs)
     e_s = law.mean(law.prompt.astype(np.float64)) + w
     d_mem = (e_dec_paged + r * law.mean(lives.remaining_area)) / (M - gap)
     d_cap = e_decodes / profile.max_running if profile.max_running < UNLIMITED else 0.0
@@ -408,7 +510,7 @@ def _separate_bounds(
 
     def point(name: str, d: float, p: float, detail: str) -> Bound:
         b_dec = model.mean_time(e_decodes / d, e_dec_attended / d) if d > 0 else 0.0
-        b_pre = model.mean_time(e_s / p, e_prefill_area / p)
+        b_pre = model.mean_time(e_s / p, e_prefill_area / p, e_pairs / p)
         time = d * b_dec + p * b_pre
         per_it = 1.0 / (d + p)
         # Report the iteration-averaged batch and KV, and the mean iteration time.

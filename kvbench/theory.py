@@ -99,8 +99,8 @@ def service_rate(kv_tokens: float, batch_time: float, expected_g: float) -> floa
 def delta(max_request_tokens: int, kv_tokens: float) -> float:
     """δ = max(s + o) / M, the largest request's share of KV memory."""
     kv_tokens = validate.positive_number(kv_tokens, "KV capacity")
-    max_request_tokens = validate.positive_number(max_request_tokens, "largest request")
-    return max_request_tokens / kv_tokens
+    largest = validate.positive_number(max_request_tokens, "largest request")
+    return largest / kv_tokens
 
 
 class Stability(enum.Enum):
@@ -143,7 +143,7 @@ def mixture_rate(mus: Sequence[float], shares: Sequence[float]) -> float:
     mus = [validate.positive_number(mu, "service rate") for mu in mus]
     shares = [validate.positive_number(q, "mixture share") for q in shares]
     total = sum(shares)
-    return 1.0 / sum(q / total / mu for q, mu in zip(shares, mus))
+    return 1.0 / sum(q / total / mu for q, mu in zip(shares, mus, strict=True))
 
 
 def replicas_needed(rate: float, mu: float, target_utilization: float = 0.9) -> int:

@@ -361,20 +361,24 @@ def _read_csv(text: str, label: str) -> tuple[list[int], list[int], list[int] | 
                 prompt_col = _find_column(header, _PROMPT_COLUMNS)
                 output_col = _find_column(header, _OUTPUT_COLUMNS)
                 time_col = _find_column(header, _TIMESTAMP_COLUMNS)
-                missing = []
-                if prompt_col is None:
-                    missing.append("the prompt length (ContextTokens or prompt_len)")
-                if output_col is None:
-                    missing.append("the output length (GeneratedTokens or output_len)")
-                if missing:
+                if prompt_col is None or output_col is None:
+                    missing = [
+                        what
+                        for col, what in (
+                            (prompt_col, "the prompt length (ContextTokens or prompt_len)"),
+                            (output_col, "the output length (GeneratedTokens or output_len)"),
+                        )
+                        if col is None
+                    ]
                     raise KvbenchError(
                         f"{where}: header lacks a column for {' and '.join(missing)}"
                     )
+                columns = (prompt_col, output_col)
                 continue
             if len(row) != len(header):
                 raise KvbenchError(f"{where}: expected {len(header)} fields, found {len(row)}")
-            prompts.append(_length(row[prompt_col], where, "prompt length"))
-            outputs.append(_length(row[output_col], where, "output length"))
+            prompts.append(_length(row[columns[0]], where, "prompt length"))
+            outputs.append(_length(row[columns[1]], where, "output length"))
             if time_col is not None:
                 stamps.append(_timestamp_ns(row[time_col], where))
                 _check_order(stamps, where)

@@ -657,12 +657,15 @@ fn py_interval_means<'py>(
     Ok(interval_means(t, v, e, initial).into_pyarray(py))
 }
 
+/// A step function as two arrays: the times of its steps and its value from each step on.
+type StepFunction<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>);
+
 #[pyfunction(name = "in_system_steps")]
 fn py_in_system_steps<'py>(
     py: Python<'py>,
     enter: PyReadonlyArray1<'py, f64>,
     leave: PyReadonlyArray1<'py, f64>,
-) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+) -> PyResult<StepFunction<'py>> {
     let (t, c) = in_system_steps(enter.as_slice()?, leave.as_slice()?);
     Ok((t.into_pyarray(py), c.into_pyarray(py)))
 }
@@ -674,7 +677,7 @@ fn py_mser5(observations: PyReadonlyArray1<'_, f64>) -> PyResult<usize> {
 
 #[pyfunction(name = "student_t_quantile")]
 fn py_student_t_quantile(p: f64, dof: f64) -> PyResult<f64> {
-    if !(p > 0.0 && p < 1.0) || !(dof > 0.0) {
+    if !(p > 0.0 && p < 1.0 && dof > 0.0) {
         return Err(PyValueError::new_err("need 0 < p < 1 and dof > 0"));
     }
     Ok(student_t_quantile(p, dof))

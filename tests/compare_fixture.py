@@ -100,7 +100,7 @@ def make_compare_dir(
             "engines": asked,
         },
     )
-    for a, capacity in zip(asked, capacities + (0.0,)):
+    for a, capacity in zip(asked, capacities + (0.0,), strict=False):
         edir = directory / raw.ENGINES_DIR / a["slug"]
         edir.mkdir(parents=True)
         eng = dict(a)

@@ -75,6 +75,10 @@ def test_calibrate_recovers_the_simulators_model(tmp_path):
             "calibrate",
             "--backend",
             "sim:trtllm",
+            # A linear preset, which the linear fit can recover exactly (the default preset's
+            # knee it can only approximate).
+            "--profile",
+            "paper-a100-llama3-8b",
             "--num-prompts",
             "600",
             "--output",
@@ -85,7 +89,7 @@ def test_calibrate_recovers_the_simulators_model(tmp_path):
     assert res.exit_code == 0, res.output
     saved = json.loads(out.read_text())
     assert saved == json.loads(res.output)
-    true = build_profile("trtllm").iteration_time
+    true = build_profile("trtllm", "paper-a100-llama3-8b").iteration_time
     fit = saved["fit"]
     assert fit["c0"] == pytest.approx(true.c0, rel=0.02)
     assert fit["c1"] == pytest.approx(true.c1, rel=0.02)

@@ -11,6 +11,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from kvbench.backends.base import Backend
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.recorder import read_run
 from kvbench.benchmark.runner import RunSpec, execute_run
@@ -201,11 +202,12 @@ def test_malformed_options_get_one_line_errors(args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.output
 
 
-class _FailAfter:
+class _FailAfter(Backend):
     """A backend whose engine dies after reporting n requests."""
 
-    def __init__(self, inner, n, error=RuntimeError("engine crashed")):
-        self.inner, self.n, self.error = inner, n, error
+    def __init__(self, inner, n, error=None):
+        self.inner, self.n = inner, n
+        self.error = error if error is not None else RuntimeError("engine crashed")
         self.name, self.kind, self.replays_prefix = inner.name, inner.kind, False
 
     def discover_profile(self):

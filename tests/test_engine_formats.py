@@ -167,7 +167,7 @@ def test_trtllm_gaps_in_iter_are_counted():
     drain.take([], 0.0)  # nothing new is not zero load, and not a gap
     drain.take(json.loads(read("trtllm", "metrics_drain_2.json")), 0.0)
     assert log.missing_iterations == 2 and log.errors["iteration_gap"] == 1
-    assert "104..105" in log.first_error
+    assert "104..105" in log.messages[0]
 
 
 def test_trtllm_profile():

@@ -103,11 +103,19 @@ def test_vllm_memory_bound_with_pages_by_hand():
     # A measured waste of 4 recomputed tokens per request costs 4 more token·iterations each.
     wasted = engine_aware_mu(prof, law, preemption_waste=4.0)
     assert wasted.mu == pytest.approx((1_000 - 2) / 32 / 0.01, rel=1e-12)
-    # A priori, half a first chunk (4/2 = 2 tokens) churns through memory every iteration.
-    churn = engine_aware_mu(prof, law)
+    # A priori, half a first chunk (4/2 = 2 tokens) is held every iteration by a request that
+    # will be preempted. Without prefix caching it is recomputed: 2 batch tokens per iteration.
+    churn = engine_aware_mu(prof.replace(prefix_caching=False), law)
     assert churn.mu == pytest.approx((1_000 - 2 - 2) / 28 / 0.01, rel=1e-12)
     assert churn.binding_bound.batch_tokens == pytest.approx(
         churn.binding_bound.per_iteration * 7 + 2
+    )
+    # With prefix caching (vLLM's default) only what the decoders' growth evicted from the freed
+    # pages is recomputed: E[o − 1] = 2 tokens per completed request.
+    cached = engine_aware_mu(prof, law)
+    assert cached.mu == pytest.approx(churn.mu, rel=1e-12)
+    assert cached.binding_bound.batch_tokens == pytest.approx(
+        cached.binding_bound.per_iteration * (7 + 2)
     )
 
 

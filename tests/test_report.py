@@ -62,7 +62,7 @@ def test_report_numbers_equal_the_raw_files(report_dir):
     assert trtllm.gap_percent == pytest.approx(100 * (raw["theory"]["mu"] - mid) / mid)
     # provisioning: ⌈20 / (0.9 · μ)⌉ with μ = 0.97·3.0 → ⌈7.64⌉ = 8
     assert trtllm.provisioning.replicas_theory == 8
-    assert trtllm.verdict_counts == {"STABLE": 2, "UNSTABLE": 2, "INCONCLUSIVE": 0}
+    assert trtllm.verdict_counts == {"STABLE": 2, "UNSTABLE": 2, "INCONCLUSIVE": 0, "FAILING": 0}
 
 
 def test_summary_and_csv_show_the_results_numbers(report_dir):

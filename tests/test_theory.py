@@ -38,7 +38,7 @@ def test_exact_g_equals_the_step_by_step_footprint(chunk):
     rng = np.random.default_rng(0)
     s = rng.integers(1, 3000, size=300)
     o = rng.integers(1, 3000, size=300)
-    expected = [footprint_area(a, b, chunk) for a, b in zip(s, o)]
+    expected = [footprint_area(a, b, chunk) for a, b in zip(s, o, strict=True)]
     assert lifetime_memory(s, o, chunk).tolist() == expected
 
 

@@ -69,8 +69,8 @@ def test_packaged_azure_trace_matches_the_shared_copy():
 def test_trace_draws_resample_rows():
     workload = load_workload("azure-conv")
     s, o = workload.draw(1000, seed=2)
-    pairs = set(zip(*workload.rows()))
-    assert all((a, b) in pairs for a, b in zip(s, o))
+    pairs = set(zip(*workload.rows(), strict=True))
+    assert all((a, b) in pairs for a, b in zip(s, o, strict=True))
 
 
 def test_csv_with_seven_fractional_digits_and_crlf(tmp_path):

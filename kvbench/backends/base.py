@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from kvbench.profile import EngineProfile
 
@@ -40,6 +40,7 @@ class RequestRecord:
     token_times: list[float] = field(default_factory=list)  # arrival of each streamed chunk
     preemptions: int | None = None  # known to the simulator only
     error: str | None = None  # failure kind, e.g. "http_500", "timeout", "short_output"
+    message: str | None = None  # what the failure said (the server's error text), no credentials
     admitted: float | None = None  # first scheduled by the engine; known to the simulator only
 
 
@@ -81,9 +82,13 @@ class Backend(ABC):
     #: True when executing a longer schedule with the same seed repeats a shorter one exactly
     #: (the simulator), so the search can extend a run and pay only for the added seconds.
     replays_prefix: bool = False
-    #: Engine seconds per real second. An emulator may run its engine faster than real time;
-    #: the backend still reports every time in the engine's seconds (the simulator's are virtual).
-    time_scale: float = 1.0
+
+    @property
+    def time_scale(self) -> float:
+        """Engine seconds per real second. An emulator may run its engine faster than real time;
+        the backend still reports every time in the engine's seconds (the simulator's are
+        virtual)."""
+        return 1.0
 
     @abstractmethod
     def discover_profile(self) -> DiscoveredProfile:
@@ -96,5 +101,11 @@ class Backend(ABC):
         unfinished). Raises KvbenchError naming the endpoint if the engine fails; everything
         reported to `sink` before that stays recorded."""
 
-    def close(self) -> None:
+    def scrape_report(self) -> dict[str, Any] | None:
+        """What reading server state during the last `execute` ran into: {"scrapes": n,
+        "errors": {kind: n}, "messages": [the first few distinct, no credentials]}; None for a
+        backend that reads no state over the network (the simulator)."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 (a hook: most backends hold nothing to release)
         """Release what the backend holds (stop a launched engine, close sessions)."""

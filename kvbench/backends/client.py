@@ -8,6 +8,7 @@ newer than /get_server_info).
 from __future__ import annotations
 
 import json
+from typing import Literal, overload
 
 import aiohttp
 
@@ -23,6 +24,10 @@ class ServerClient:
     def url(self, path: str) -> str:
         return self.base_url + path
 
+    @overload
+    async def get_text(self, path: str, *, missing_ok: Literal[False] = False) -> str: ...
+    @overload
+    async def get_text(self, path: str, *, missing_ok: bool) -> str | None: ...
     async def get_text(self, path: str, *, missing_ok: bool = False) -> str | None:
         """The body of GET `path`; None on 404 when `missing_ok`."""
         url = self.url(path)

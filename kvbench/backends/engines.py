@@ -5,6 +5,7 @@ registry resolves `vllm`, `sglang`, `trtllm` and `emulate:ENGINE` through here."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from kvbench.backends.http import HttpBackend
 from kvbench.backends.launch import emulator_recipe, launch
@@ -45,11 +46,12 @@ def open_engine(
         ) from None
     if (url is None) == (model is None):
         raise KvbenchError(f"{engine}: give exactly one of --url (attach) or --model (launch)")
-    options = dict(
+    options: dict[str, Any] = dict(
         model=served_model, scrape_period=scrape_period, request_timeout=request_timeout, seed=seed
     )
     if url is not None:
         return cls(url, settings_source="none", **options)
+    assert model is not None  # exactly one of the two, checked above
     server = launch(
         engine,
         model,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 from abc import abstractmethod
@@ -39,8 +40,9 @@ from kvbench.backends.base import (
     RequestSpec,
 )
 from kvbench.backends.client import ServerClient
+from kvbench.benchmark.failures import MESSAGES_PER_KIND, server_message
 from kvbench.errors import KvbenchError
-from kvbench.profile import EngineProfile, IterationTimeModel
+from kvbench.profile import EngineProfile, IterationTimeModel, Policy
 
 # Prompt token ids are drawn fresh per request from this range: valid in every common vocabulary
 # of ≥ 32k ids and clear of special ids, so prefix caching never shares work (engines.md §4 #1).
@@ -67,20 +69,38 @@ class ServerState:
 
 @dataclass
 class ScrapeLog:
-    """What the state scraper saw besides states: errors and, for draining endpoints, gaps."""
+    """What the state scraper saw in one run besides states: errors (by kind, with the first
+    few distinct messages) and, for draining endpoints, gaps."""
 
     scrapes: int = 0
     errors: Counter[str] = field(default_factory=Counter)
-    first_error: str | None = None
+    messages: list[str] = field(default_factory=list)
     missing_iterations: int = 0  # TensorRT-LLM: iterations lost between two drains
 
     def error(self, message: str, kind: str = "scrape_error") -> None:
         self.errors[kind] += 1
-        if self.first_error is None:
-            self.first_error = message
+        kept = server_message(message)
+        if kept and kept not in self.messages and len(self.messages) < MESSAGES_PER_KIND:
+            self.messages.append(kept)
+
+    def reset(self) -> None:
+        """Start a new run's log (in place: an engine's drain holds this object)."""
+        self.scrapes, self.missing_iterations = 0, 0
+        self.errors.clear()
+        self.messages.clear()
+
+    def report(self) -> dict[str, Any]:
+        report: dict[str, Any] = {
+            "scrapes": self.scrapes,
+            "errors": dict(self.errors),
+            "messages": list(self.messages),
+        }
+        if self.missing_iterations:
+            report["missing_iterations"] = self.missing_iterations
+        return report
 
 
-def discovered_profile(policy: str, sources: dict[str, str], **fields) -> DiscoveredProfile:
+def discovered_profile(policy: Policy, sources: dict[str, str], **fields) -> DiscoveredProfile:
     """The profile read from a running engine. Its iteration-time model is unknown, since no
     server exposes one: b̄ is measured from a run, or a model fitted with `kvbench calibrate`."""
     profile = EngineProfile(
@@ -147,12 +167,18 @@ class HttpBackend(Backend):
         self.seed = seed
         self.server = server  # a launch.LaunchedServer this backend owns, stopped on close()
         self.failures: Counter[str] = Counter()
-        self.failure_examples: dict[str, str] = {}
         self.scrape_log = ScrapeLog()
         self.schedule_lag: np.ndarray | None = None
         self._time_scale: float | None = None  # read from the server's first answer
 
     # ---- engine hooks ---------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        """The served model's id: given, or read from /v1/models in the first exchange."""
+        if self.model is None:
+            raise KvbenchError(f"{self.url}: the model id is read from /v1/models first")
+        return self.model
 
     def completion_body(self, model: str, prompt: list[int], output_len: int) -> dict:
         return completion_body(model, prompt, output_len)
@@ -222,6 +248,7 @@ class HttpBackend(Backend):
                     await self._prepare(ServerClient(session, self.url))
 
             self._run(identify())
+        assert self._time_scale is not None, "_prepare reads the time scale"
         return self._time_scale
 
     def execute(self, requests: list[RequestSpec], sink: EventSink, *, duration: float) -> None:
@@ -239,7 +266,7 @@ class HttpBackend(Backend):
         return [
             json.dumps(
                 self.completion_body(
-                    self.model, rng.integers(lo, hi, size=s.prompt_len).tolist(), s.output_len
+                    self.model_id, rng.integers(lo, hi, size=s.prompt_len).tolist(), s.output_len
                 )
             ).encode()
             for s in specs
@@ -264,7 +291,8 @@ class HttpBackend(Backend):
             t0 = time.monotonic() + lead
             wall0 = time.time() + lead
             scraper = asyncio.create_task(self._scrape_loop(client, driver, sink, wall0, duration))
-            self.failures, self.failure_examples = Counter(), {}
+            self.failures = Counter()
+            self.scrape_log.reset()
             lags: list[float] = []
             driver.start(time.monotonic() - t0)
             try:
@@ -297,7 +325,6 @@ class HttpBackend(Backend):
             lags.append(d.sent - spec.intended_send)
             if d.error is not None:
                 self.failures[d.error] += 1
-                self.failure_examples.setdefault(d.error, d.message or "")
             sink.request(
                 RequestRecord(
                     request_id=spec.request_id,
@@ -310,6 +337,7 @@ class HttpBackend(Backend):
                     output_tokens=d.output_tokens,
                     token_times=d.token_times,
                     error=d.error,
+                    message=None if d.error is None else server_message(d.message),
                 )
             )
 
@@ -330,6 +358,9 @@ class HttpBackend(Backend):
     ) -> None:
         loop = asyncio.get_running_loop()
         log = self.scrape_log
+        # Samples leave in time order, as the queue statistics require: a skew shift applied to
+        # one scrape and not the next (a scrape late under load) could otherwise step back.
+        last = -math.inf
         while True:
             started = loop.time()
             try:
@@ -352,7 +383,7 @@ class HttpBackend(Backend):
                 )
                 shift = received - states[-1].time
             for st in states:
-                t = st.time + shift - wall0
+                t = last = max(st.time + shift - wall0, last)
                 sink.sample(
                     QueueSample(
                         time=t,
@@ -366,17 +397,8 @@ class HttpBackend(Backend):
                 )
             await asyncio.sleep(max(0.0, self.scrape_period - (loop.time() - started)))
 
-    def diagnostics(self) -> dict[str, Any]:
-        """Failure counts by kind and what the scraper saw, for the run's record."""
-        return {
-            "failures": dict(self.failures),
-            "failure_examples": dict(self.failure_examples),
-            "scrapes": self.scrape_log.scrapes,
-            "scrape_errors": dict(self.scrape_log.errors),
-            "scrape_first_error": self.scrape_log.first_error,
-            "missing_iterations": self.scrape_log.missing_iterations,
-            "scrape_period_s": self.scrape_period,
-        }
+    def scrape_report(self) -> dict[str, Any] | None:
+        return self.scrape_log.report()
 
     def close(self) -> None:
         if self.server is not None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from kvbench import validate
 from kvbench.backends.base import Backend
+from kvbench.backends.launch import LaunchOptions
 from kvbench.errors import KvbenchError
-from kvbench.profile import PAPER_A100, POLICIES, IterationTimeModel, build_profile
+from kvbench.profile import DEFAULT_HARDWARE, POLICIES, IterationTimeModel, build_profile
 
 SIM_PREFIX = "sim:"
 EMULATE_PREFIX = "emulate:"
@@ -50,12 +51,19 @@ def resolve_backend(
     time_scale: float | None = None,
     log_dir: Path | None = None,
     seed: int = 0,
+    launch: LaunchOptions | None = None,
 ) -> Backend:
     """The backend called `name`. Profile flags (profile, kv_tokens, chunk_size, batch_time)
     shape a simulated engine (kv_tokens and batch_time an emulated one too, with time_scale); a
     real engine reports its own profile, so they are refused there. An emulated engine with
     replicas > 1 is that many emulator processes behind round-robin dispatch; `log_dir` keeps
-    their logs."""
+    their logs. `launch` (--engine-python, --engine-arg, --engine-env) applies only where
+    kvbench launches a real engine (--model)."""
+    if launch and model is None:
+        raise KvbenchError(
+            f"{name}: --engine-python, --engine-arg and --engine-env apply when kvbench launches "
+            "the engine (a real backend with --model)"
+        )
     if time_scale is not None:
         validate.positive_number(time_scale, "--time-scale")
     if url is not None:
@@ -78,7 +86,7 @@ def resolve_backend(
             chunk_size=chunk_size,
             iteration_time=None if batch_time is None else IterationTimeModel.constant(batch_time),
         )
-        built = build_profile(policy, profile or PAPER_A100.name, **overrides)
+        built = build_profile(policy, profile or DEFAULT_HARDWARE.name, **overrides)
         sources = {
             field: "flag" if value is not None else "preset" for field, value in overrides.items()
         }
@@ -142,4 +150,14 @@ def resolve_backend(
         )
     if url is None and model is None:
         raise KvbenchError(f"{name}: give --url of a running server, or --model PATH to launch one")
-    return open_engine(name, url=url, model=model, seed=seed)
+    launch = launch or LaunchOptions()
+    return open_engine(
+        name,
+        url=url,
+        model=model,
+        seed=seed,
+        engine_python=launch.python,
+        engine_args=list(launch.args),
+        engine_env=launch.env,
+        log_dir=log_dir,
+    )

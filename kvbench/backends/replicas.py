@@ -9,6 +9,8 @@ Server state is reported as the sum over replicas of each one's latest sample.
 from __future__ import annotations
 
 import threading
+from collections import Counter
+from typing import Any, TypeVar
 
 from kvbench.backends.base import (
     Backend,
@@ -18,11 +20,15 @@ from kvbench.backends.base import (
     RequestRecord,
     RequestSpec,
 )
+from kvbench.benchmark.failures import MESSAGES_PER_KIND
 from kvbench.errors import KvbenchError
 
+N = TypeVar("N", int, float)
 
-def _sum(values: list) -> float | None:
-    return None if any(v is None for v in values) else sum(values)
+
+def _sum(values: list[N | None]) -> N | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if len(present) == len(values) else None
 
 
 class _ReplicaSink:
@@ -36,10 +42,11 @@ class _ReplicaSink:
     def sample(self, sample: QueueSample) -> None:
         with self.owner._lock:
             self.owner._latest[self.index] = sample
-            latest = self.owner._latest
-            if any(s is None for s in latest):
+            if any(s is None for s in self.owner._latest):
                 return
+            latest = [s for s in self.owner._latest if s is not None]
             kv_fractions = [s.kv_usage for s in latest]
+            usage = [f for f in kv_fractions if f is not None]
             self.sink.sample(
                 QueueSample(
                     time=sample.time,
@@ -47,7 +54,7 @@ class _ReplicaSink:
                     waiting=_sum([s.waiting for s in latest]),
                     running=_sum([s.running for s in latest]),
                     kv_used_tokens=_sum([s.kv_used_tokens for s in latest]),
-                    kv_usage=None if None in kv_fractions else sum(kv_fractions) / len(latest),
+                    kv_usage=sum(usage) / len(latest) if len(usage) == len(latest) else None,
                     preemptions_total=_sum([s.preemptions_total for s in latest]),
                 )
             )
@@ -104,6 +111,22 @@ class RoundRobinBackend(Backend):
             t.join()
         if errors:
             raise errors[0]
+
+    def scrape_report(self) -> dict[str, Any] | None:
+        """The replicas' reports added up (messages: the first few over all of them)."""
+        reports = [r for r in (b.scrape_report() for b in self.replicas) if r is not None]
+        if not reports:
+            return None
+        errors: Counter[str] = Counter()
+        messages: list[str] = []
+        for r in reports:
+            errors.update(r["errors"])
+            messages += [m for m in r["messages"] if m not in messages]
+        return {
+            "scrapes": sum(r["scrapes"] for r in reports),
+            "errors": dict(errors),
+            "messages": messages[:MESSAGES_PER_KIND],
+        }
 
     def close(self) -> None:
         for r in self.replicas:

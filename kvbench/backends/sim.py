@@ -69,7 +69,12 @@ class SimBackend(Backend):
         until = None if math.isinf(duration) else float(duration)
         if until is not None:
             keep = t < until
-            s, o, t, requests = s[keep], o[keep], t[keep], [r for r, k in zip(requests, keep) if k]
+            s, o, t, requests = (
+                s[keep],
+                o[keep],
+                t[keep],
+                [r for r, k in zip(requests, keep, strict=True) if k],
+            )
         result = simulate(
             self.profile,
             s,
@@ -93,7 +98,9 @@ class SimBackend(Backend):
         preemptions = rec["preemptions"].to_numpy()[order].tolist()
         sample_times = [x.time for x in samples]
         si = 0
-        for i, first, finished, admitted, pre in zip(order.tolist(), *columns, preemptions):
+        for i, first, finished, admitted, pre in zip(
+            order.tolist(), *columns, preemptions, strict=True
+        ):
             at = math.inf if finished is None else finished
             while si < len(samples) and sample_times[si] <= at:
                 sink.sample(samples[si])
@@ -140,6 +147,11 @@ class SimBackend(Backend):
                 kv_usage=e / kv_total,
             )
             for a, b, c, d, e in zip(
-                times.tolist(), in_flight.tolist(), waiting.tolist(), running.tolist(), kv.tolist()
+                times.tolist(),
+                in_flight.tolist(),
+                waiting.tolist(),
+                running.tolist(),
+                kv.tolist(),
+                strict=True,
             )
         ]

@@ -164,7 +164,7 @@ def build_profile(
         sources["block_size"] = "/metrics kvCacheStats tokensPerBlock"
     elif prometheus is not None and prometheus.total("trtllm_kv_cache_max_blocks"):
         block = int(prometheus.total("trtllm_kv_cache_tokens_per_block") or 32)
-        kv_tokens = int(prometheus.total("trtllm_kv_cache_max_blocks")) * block
+        kv_tokens = int(prometheus.total("trtllm_kv_cache_max_blocks") or 0) * block
         sources["kv_tokens"] = "/prometheus/metrics trtllm_kv_cache_max_blocks × tokens_per_block"
         sources["block_size"] = "/prometheus/metrics trtllm_kv_cache_tokens_per_block"
     elif "kv_tokens" in log:
@@ -276,7 +276,7 @@ class TrtllmBackend(HttpBackend):
         # until the engine has run an iteration, so an idle engine gets one 1-token request.
         await self._drain_latest(client)
         if self.last_record is None:
-            body = self.completion_body(self.model, [1000, 1001, 1002, 1003], 1)
+            body = self.completion_body(self.model_id, [1000, 1001, 1002, 1003], 1)
             body["stream"] = False
             del body["stream_options"]
             await client.post_json("/v1/completions", body)

@@ -43,7 +43,7 @@ def saturated_decode_times(records: list[RequestRecord], after: float = 0.0) -> 
     was still waiting for its first token (the engine ran full batches all along), counting
     only requests whose first token came at or after `after` (the end of a run's warm-up)."""
     done = [
-        r
+        (r.first_token, r.finished, r.output_tokens or r.output_len)
         for r in records
         if r.error is None
         and r.first_token is not None
@@ -53,12 +53,12 @@ def saturated_decode_times(records: list[RequestRecord], after: float = 0.0) -> 
     ]
     if not done:
         return np.empty(0)
-    last_admission = max(r.first_token for r in done)
+    last_admission = max(first for first, _, _ in done)
     return np.array(
         [
-            (r.finished - r.first_token) / ((r.output_tokens or r.output_len) - 1)
-            for r in done
-            if r.finished <= last_admission
+            (finished - first) / (tokens - 1)
+            for first, finished, tokens in done
+            if finished <= last_admission
         ]
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kvbench import __version__, interrupt, theory, validate
+from kvbench import __version__, interrupt, provenance, theory, validate
 from kvbench.backends.base import (
     Backend,
     DiscoveredProfile,
@@ -31,6 +32,7 @@ from kvbench.backends.base import (
     RequestRecord,
     RequestSpec,
 )
+from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.replicas import RoundRobinBackend
 from kvbench.benchmark.batch_time import (
     CLIENT_SOURCE,
@@ -110,11 +112,39 @@ class CompareConfig:
     trim: float = 0.0
     output_root: Path = Path("reports")
     command: str = ""
+    # LABEL=ENGINE in --backends: what each label runs (a label absent here names its engine)
+    engines: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)  # --metadata KEY=VALUE
+    gpu_exporter: str | None = None
+    # --engine-python, --engine-arg, --engine-env as given, each maybe prefixed ENGINE=
+    engine_python: list[str] = field(default_factory=list)
+    engine_args: list[str] = field(default_factory=list)
+    engine_env: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["output_root"] = str(self.output_root)
+        for key in ("engine_python", "engine_args", "engine_env"):
+            del out[key]
+        out["engine_launch"] = {
+            label: options.record() for label in self.backends if (options := self.launch(label))
+        }
         return out
+
+    def launch(self, label: str) -> LaunchOptions:
+        """What --engine-python, --engine-arg and --engine-env give the engine `label`."""
+        return LaunchOptions.for_engine(
+            label, self.backends, self.engine_python, self.engine_args, self.engine_env
+        )
+
+    def check_launch(self) -> None:
+        """Refuse launch options that cannot apply, before anything is measured."""
+        for label in self.backends:
+            if self.launch(label) and (self.model is None or ":" in label or label in self.urls):
+                raise KvbenchError(
+                    f"{label}: --engine-python, --engine-arg and --engine-env apply to engines "
+                    "kvbench launches (--model)"
+                )
 
     @property
     def measures_real_engines(self) -> bool:
@@ -215,7 +245,7 @@ def calibration_requests(workload: Workload, kv_tokens: int, replicas: int, seed
     prompts, outputs = workload.draw(n, seed)
     return [
         RequestSpec(request_id=i, intended_send=0.0, prompt_len=int(s), output_len=int(o))
-        for i, (s, o) in enumerate(zip(prompts, outputs))
+        for i, (s, o) in enumerate(zip(prompts, outputs, strict=True))
     ]
 
 
@@ -317,6 +347,7 @@ def _calibrate(
             "requests": len(requests),
             "burst": True,
             "versions": versions(),
+            "provenance": engine.data.get("provenance"),
         },
     )
     observer.phase(label, "calibrating b̄ (saturating burst)", None, duration)
@@ -402,9 +433,10 @@ def _versions() -> dict[str, str]:
 def backend_spec(label: str, config: CompareConfig) -> str:
     """The backend a label stands for: `--url label=URL` attaches and `--model` launches the
     engine; with neither an engine name means its embedded form (EMBEDDED_KIND)."""
-    if ":" in label or config.urls.get(label) or config.model:
-        return label
-    return f"{EMBEDDED_KIND}:{label}"
+    engine = config.engines.get(label, label)
+    if ":" in engine or config.urls.get(label) or config.model:
+        return engine
+    return f"{EMBEDDED_KIND}:{engine}"
 
 
 def replica_count(label: str, config: CompareConfig) -> int:
@@ -436,7 +468,16 @@ def open_backend(
             )
         from kvbench.backends.engines import open_engine
 
-        return open_engine(spec, model=config.model, seed=config.seed)
+        options = config.launch(label)
+        return open_engine(
+            spec,
+            model=config.model,
+            seed=config.seed,
+            engine_python=options.python,
+            engine_args=list(options.args),
+            engine_env=options.env,
+            log_dir=log_dir,
+        )
     if spec.startswith(EMULATE_PREFIX):
         return resolve_backend(
             spec,
@@ -453,18 +494,19 @@ def open_backend(
     return resolve_backend(spec, replicas=config.replicas, seed=config.seed)
 
 
-def banner_for(kinds: set[str], time_scales: set[float] = frozenset()) -> str | None:
+def banner_for(kinds: set[str], time_scales: Iterable[float] = ()) -> str | None:
     """The line over every summary when any engine is not real. `time_scales`: the emulated
     engines' engine seconds per real second."""
     marked = sorted(k for k in kinds if k != "real")
     if not marked:
         return None
     what = " and ".join(k.upper() for k in marked)
-    source = {
+    sources: dict[tuple[str, ...], str] = {
         ("simulated",): "kvbench's engine simulator",
         ("emulated",): "kvbench's HTTP emulators of the engines (its engine simulator behind "
         "each engine's own API, measured over HTTP)",
-    }.get(tuple(marked), "kvbench's HTTP emulators and engine simulator")
+    }
+    source = sources.get(tuple(marked), "kvbench's HTTP emulators and engine simulator")
     clock = ""
     scaled = sorted(t for t in time_scales if t != 1.0)
     if scaled:
@@ -484,6 +526,8 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
     and the directory says so."""
     config.check()
     config = config.with_defaults()
+    config.check_launch()
+    assert config.workload is not None  # with_defaults filled it
     workload = load_workload(config.workload)
     now = datetime.now(UTC)
     directory = report_directory(config, now)
@@ -493,7 +537,7 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         raise KvbenchError(
             f"{directory}: cannot create the report directory: {err.strerror or err}"
         ) from None
-    asked = []
+    asked: list[dict[str, Any]] = []
     for i, label in enumerate(config.backends):
         spec = backend_spec(label, config)
         asked.append(
@@ -504,6 +548,9 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
                 "replicas": replica_count(label, config),
                 "urls": config.urls.get(label, []),
                 "slug": f"{i}-{slug(label)}",
+                **(
+                    {"engine_launch": options.record()} if (options := config.launch(label)) else {}
+                ),
             }
         )
     header = {
@@ -531,6 +578,9 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
             backend = open_backend(a["label"], a["backend"], config, engine.directory / "server")
             engine.data["time_scale"] = backend.time_scale
             engine.data["servers"] = _servers(backend, directory)
+            engine.data["provenance"] = provenance.for_backend(
+                backend, a["backend"], metadata=config.metadata, gpu_exporter=config.gpu_exporter
+            )
             engine.save()
             _measure(backend, engine, directory, workload, config, observer, a["label"])
             engine.data["status"] = "ok"
@@ -549,7 +599,8 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         if header["interrupted"]:
             break
     # the banner states what actually ran (an attached server may turn out to be an emulator)
-    kinds, scales = set(), set()
+    kinds: set[str] = set()
+    scales: set[float] = set()
     for a in asked:
         path = directory / raw.ENGINES_DIR / a["slug"] / raw.ENGINE_FILE
         data = raw.read_json(path) if path.is_file() else a
@@ -562,16 +613,15 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
 
 
 def _servers(backend: Backend, root: Path) -> list[dict[str, Any]]:
-    """The server processes kvbench started for this backend (one per replica): pid, URL, and
-    log (relative to the compare directory when it is inside it)."""
+    """The server processes kvbench started for this backend (one per replica): pid, URL,
+    command line and environment (credentials redacted), and log (relative to the compare
+    directory when it is inside it)."""
     found = []
-    for b in backend.replicas if isinstance(backend, RoundRobinBackend) else [backend]:
-        server = getattr(b, "server", None)
-        if server is not None:
-            log = server.log_path
-            if log.is_relative_to(root):
-                log = log.relative_to(root)
-            found.append({"pid": server.pid, "url": server.url, "log": log.as_posix()})
+    for server in launched_servers(backend):
+        log = server.log_path
+        if log.is_relative_to(root):
+            log = log.relative_to(root)
+        found.append({**server.record(), "log": log.as_posix()})
     return found
 
 
@@ -642,8 +692,12 @@ class _MeasuredIterationTime(Backend):
 
     def __init__(self, backend: Backend, batch_time: float):
         self.backend, self.batch_time = backend, batch_time
-        self.name, self.kind, self.time_scale = backend.name, backend.kind, backend.time_scale
+        self.name, self.kind = backend.name, backend.kind
         self.replays_prefix = getattr(backend, "replays_prefix", False)
+
+    @property
+    def time_scale(self) -> float:
+        return self.backend.time_scale
 
     def discover_profile(self) -> DiscoveredProfile:
         found = self.backend.discover_profile()
@@ -655,6 +709,9 @@ class _MeasuredIterationTime(Backend):
 
     def execute(self, requests: list[RequestSpec], sink, *, duration: float) -> None:
         self.backend.execute(requests, sink, duration=duration)
+
+    def scrape_report(self) -> dict[str, Any] | None:
+        return self.backend.scrape_report()
 
 
 def _search(
@@ -699,18 +756,20 @@ def _search(
                 "rate": probe.rate,
                 "engine_seconds": probe.engine_seconds,
                 "verdict": probe.verdict,
+                "over_limit": probe.over_limit,
                 "extensions": probe.extensions,
                 "run_dir": engine.relative(Path(probe.run_dir), root),
             }
         )
         stable = [p["rate"] for p in search["probes"] if p["verdict"] == "STABLE"]
-        unstable = [p["rate"] for p in search["probes"] if p["verdict"] == "UNSTABLE"]
+        unstable = [p["rate"] for p in search["probes"] if p["over_limit"]]
         search["lower"] = max(stable, default=None)
         search["upper"] = min((r for r in unstable if r > (search["lower"] or 0)), default=None)
         search["engine_seconds"] = sum(p["engine_seconds"] for p in search["probes"])
         engine.save()
         observer.probe_finished(label, probe.rate, probe.verdict)
 
+    assert config.workload is not None and config.precision is not None  # with_defaults
     result = find_boundary(
         backend_for_seed,
         workload,

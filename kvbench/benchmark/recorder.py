@@ -7,7 +7,9 @@
                     unfinished when the run stopped): the fields of `RequestRecord`
     samples.jsonl   one JSON object per sample of server state: the fields of `QueueSample`
     end.json        written when the run ends in an orderly way, Ctrl-C and engine errors
-                    included: {"status": "completed"|"interrupted"|"failed", "error": str|null}
+                    included: {"status": "completed"|"interrupted"|"failed", "error": str|null,
+                    "scrape": what the state scraper reported (scrapes, errors by kind, their
+                    first messages) or null}
     summary.json    the summary the runner computed; `kvbench report DIR` rebuilds it from the
                     files above alone
 
@@ -98,14 +100,21 @@ class RunRecorder:
         if self._samples is not None:
             self._append(self._samples, vars(sample))
 
-    def close(self, status: str = "completed", error: str | None = None) -> None:
+    def close(
+        self,
+        status: str = "completed",
+        error: str | None = None,
+        scrape: dict[str, Any] | None = None,
+    ) -> None:
         """Write end.json and close the files (idempotent)."""
         if self._requests is None or self._samples is None or self.directory is None:
             return
         self._requests.close()
         self._samples.close()
         self._requests = self._samples = None
-        _write_json_atomic(self.directory / END_FILE, {"status": status, "error": error})
+        _write_json_atomic(
+            self.directory / END_FILE, {"status": status, "error": error, "scrape": scrape}
+        )
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.directory is not None:
@@ -140,6 +149,11 @@ class RunData:
     @property
     def status(self) -> str:
         return "killed" if self.end is None else str(self.end.get("status"))
+
+    @property
+    def scrape(self) -> dict[str, Any] | None:
+        """What the state scraper reported (None for a killed run or a simulated one)."""
+        return None if self.end is None else self.end.get("scrape")
 
 
 def _read_text(path: Path) -> str:

@@ -1,9 +1,13 @@
 """One stability run: build the schedule, drive a backend, record everything, summarise.
 
 The summary holds latency percentiles (TTFT, TPOT, ITL, E2E, queueing delay), achieved vs
-intended rate, the client's schedule lag, and the stability verdict. A run whose client could
-not keep its schedule (lag p99 above its budget, or fewer requests sent than scheduled) claims
-no verdict: the engine was not offered the rate being judged.
+intended rate, the client's schedule lag, failures by kind with what the server said, the engine
+state it reported (waiting queue, KV usage, preemptions), the state scraper's errors, and the
+verdict. The stability verdict is judged on completed requests only: a failed request is never
+a departure. A run where more than FAILING_FRACTION of the requests that ended failed is
+FAILING, whatever its queue did. A run whose client could not keep its schedule (lag p99 above
+its budget, or fewer requests sent than scheduled) claims no other verdict: the engine was not
+offered the rate being judged, nor does a run whose engine failed before its planned end.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ import numpy as np
 from kvbench import _core, validate
 from kvbench.arrivals import arrival_times
 from kvbench.backends.base import Backend, EventSink, QueueSample, RequestRecord, RequestSpec
+from kvbench.backends.launch import launched_servers
+from kvbench.benchmark.failures import failure_summary
 from kvbench.benchmark.recorder import RunRecorder, versions
 from kvbench.benchmark.stability import (
     DEFAULT_CONFIDENCE,
     DEFAULT_TOLERANCE,
+    Verdict,
     check_settings,
     stability_verdict,
 )
@@ -109,7 +116,7 @@ def build_schedule(
     prompts, outputs = workload.draw(n, seed)
     return [
         RequestSpec(i, float(t), int(s), int(o))
-        for i, (t, s, o) in enumerate(zip(times, prompts, outputs))
+        for i, (t, s, o) in enumerate(zip(times, prompts, outputs, strict=True))
     ]
 
 
@@ -121,7 +128,7 @@ def _percentiles(values: np.ndarray) -> dict[str, float | int | None]:
     return {
         "n": int(values.size),
         "mean": float(values.mean()),
-        **{f"p{p}": float(v) for p, v in zip(PERCENTILES, q)},
+        **{f"p{p}": float(v) for p, v in zip(PERCENTILES, q, strict=True)},
     }
 
 
@@ -142,11 +149,30 @@ def _step_stats(
     return {"mean": None if math.isnan(mean) else mean, "max": None if math.isnan(mx) else mx}
 
 
+def _preemptions(samples: list[QueueSample], end: float) -> int | None:
+    """Preemptions the engine counted up to `end`: the rises of its cumulative counter between
+    samples (a counter that falls was reset by an engine restart; its new count is all new)."""
+    counts = [s.preemptions_total for s in samples if s.time <= end]
+    counts = [c for c in counts if c is not None]
+    if not counts:
+        return None
+    rises = np.diff(np.asarray(counts, dtype=np.int64))
+    reset = rises < 0
+    rises[reset] = np.asarray(counts[1:], dtype=np.int64)[reset]
+    return int(rises.sum())
+
+
 def summarize(
-    header: dict[str, Any], records: list[RequestRecord], samples: list[QueueSample], *, status: str
+    header: dict[str, Any],
+    records: list[RequestRecord],
+    samples: list[QueueSample],
+    *,
+    status: str,
+    scrape: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run's summary from its header, records and samples alone (what `kvbench report DIR`
-    rebuilds). For a run cut short, the verdict window ends at the last event observed."""
+    rebuilds), with `scrape`, what the state scraper reported (end.json keeps it). For a run
+    cut short, the verdict window ends at the last event observed."""
     config = header["config"]
     rate = float(config["request_rate"])
     planned_end = float(header["window_end"])
@@ -189,9 +215,22 @@ def summarize(
     # A failed request leaves the system when its failure is known: the last time seen for it.
     leave = fin.copy()
     leave[failed] = np.fmax(np.fmax(fin, first), sent)[failed]
+    ended = leave < end  # NaN (not finished) compares false
+    in_window_failures = [
+        (r.error, r.message)
+        for r, e in zip(records, ended, strict=True)
+        if r.error is not None and e
+    ]
+    failures = failure_summary(
+        in_window_failures, int(np.count_nonzero(ended & ~failed & np.isfinite(fin)))
+    )
     leave[leave > end] = np.nan
+    preemptions = _preemptions(samples, end)
+    if preemptions is None and any(r.preemptions is not None for r in records):
+        preemptions = sum(r.preemptions or 0 for r in records if r.sent is not None)
     summary: dict[str, Any] = {
-        "format": "kvbench-run-summary/1",
+        # 2: the verdict may be FAILING; failures, preemptions and scrape were added
+        "format": "kvbench-run-summary/2",
         "kind": header["kind"],
         "simulated": header["kind"] == "simulated",
         "emulated": header["kind"] == "emulated",
@@ -216,29 +255,45 @@ def summarize(
             "e2e": _percentiles(fin - sent),
             "queueing_delay": _percentiles(admitted - sent),
         },
+        "failures": failures,
         "waiting": _step_stats(samples, "waiting", 0.0, end),
         "kv_usage": _step_stats(samples, "kv_usage", 0.0, end),
+        "preemptions": preemptions,
+        "scrape": scrape,
         "verdict": None,
         "evidence": None,
     }
-    enter = np.where(sent < end, sent, np.nan)
-    if end > 0 and n_sent > 0:
+    # Failed requests are left out of the queue: they are not departures, and the verdict is
+    # about the requests the engine served; `failures` judges the rest.
+    judged = (sent < end) & ~failed
+    if end > 0 and judged.any():
         result = stability_verdict(
-            enter[np.isfinite(enter)],
-            leave[np.isfinite(enter)],
+            sent[judged],
+            leave[judged],
             rate=rate,
             end=end,
             confidence=float(config.get("confidence", DEFAULT_CONFIDENCE)),
             tolerance=float(config.get("tolerance", DEFAULT_TOLERANCE)),
         )
         summary["evidence"] = result.to_dict()
-        summary["verdict"] = result.verdict.value if kept else None
-        if not kept:
+        summary["verdict"] = result.verdict.value if kept and status != "failed" else None
+        if status == "failed":
+            # The engine died or stopped answering: whatever its queue did until then, the rate
+            # was not carried to the end, so no verdict is claimed (FAILING may still be, below).
+            summary["evidence"]["reason"] = "no verdict: the run failed before its planned end"
+        elif not kept:
             summary["evidence"]["reason"] = (
                 "no verdict: the client could not keep its schedule "
                 f"(lag p99 {lag_p99 if lag_p99 is not None else float('nan'):.3g} s, "
                 f"{n_sent}/{expected_sent} sent)"
             )
+    if failures["failing"]:
+        # What the completions alone showed stays in the evidence; the verdict is the failures'.
+        evidence = summary["evidence"] or {}
+        evidence["queue_verdict"] = evidence.get("verdict")
+        evidence["reason"] = failures["reason"]
+        summary["evidence"] = evidence
+        summary["verdict"] = Verdict.FAILING.value
     return summary
 
 
@@ -274,6 +329,8 @@ def run_header(
         "scheduled_in_window": sum(1 for r in requests if r.intended_send < window_end),
         "profile": profile,
         "profile_sources": discovered.sources,
+        # what kvbench started, as started (credentials redacted): command line and environment
+        "servers": [s.record() for s in launched_servers(backend)],
         "versions": versions(),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **(extra or {}),
@@ -340,8 +397,11 @@ def execute_run(
         status, error = "failed", f"{type(err).__name__}: {err}"
         raise
     finally:
-        recorder.close(status, error)
-        summary = summarize(header, recorder.records, recorder.samples, status=status)
+        scrape = backend.scrape_report()
+        recorder.close(status, error, scrape)
+        summary = summarize(
+            header, recorder.records, recorder.samples, status=status, scrape=scrape
+        )
         summary["error"] = error
         recorder.write_summary(summary)
     return RunResult(summary, recorder.records, recorder.samples, recorder.directory)

@@ -16,6 +16,13 @@ How it spends little engine time, and why each step is sound:
 3. Lower end. It probes λ = upper/(1 + precision). STABLE closes the bracket. UNSTABLE lowers the
    upper end (and its departure rate refines c); INCONCLUSIVE runs are extended (doubled) first,
    never guessed, and one still INCONCLUSIVE at the longest length is stepped below.
+A probe judged FAILING (more than 1% of its requests failed: kvbench.benchmark.failures) whose
+failures are all load shedding or overload (HTTP 429/502/503/504, timeouts, reset connections:
+failures.LOAD_SHEDDING) marks the engine's limit: it counts as the bracket's upper end, as an
+UNSTABLE run would, but gives no capacity estimate (its departures are what the engine chose to
+serve). Any other failure (another HTTP 4xx or 5xx, a malformed or truncated stream, missing
+usage, a wrong token count) is a fault of the engine or its configuration, not a rate it cannot
+carry: the search stops there with an error naming it.
 Run lengths are in units of a request's expected life in the engine (the queue's time constant)
 and start longer the closer λ is to the capacity estimate. On a backend that replays a prefix
 exactly (the simulator) an extension costs only the added seconds, as continuing a live run
@@ -37,6 +44,7 @@ from kvbench.backends.base import Backend, EventSink
 from kvbench.benchmark.runner import RunSpec, execute_run
 from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, check_settings
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
+from kvbench.errors import EngineError
 from kvbench.profile import EngineProfile
 from kvbench.workload import Workload
 
@@ -66,11 +74,19 @@ class Probe:
     rate: float
     duration: float  # seconds of load of the final (possibly extended) run
     engine_seconds: float  # what this probe cost, extensions included
-    verdict: str  # STABLE / UNSTABLE / INCONCLUSIVE (after all extensions)
+    verdict: str  # STABLE / UNSTABLE / INCONCLUSIVE / FAILING (after all extensions)
     extensions: int
     evidence: dict[str, Any]
     client_kept_schedule: bool
     run_dir: str | None = None  # the judged run's directory, when the search writes them
+    failures: dict[str, Any] = field(default_factory=dict)  # the run summary's `failures`
+
+    @property
+    def over_limit(self) -> bool:
+        """The engine could not carry this rate: UNSTABLE, or FAILING by shedding load."""
+        return self.verdict == "UNSTABLE" or (
+            self.verdict == "FAILING" and bool(self.failures.get("load_shedding"))
+        )
 
 
 @dataclass
@@ -236,16 +252,25 @@ def find_boundary(
             ev,
             result.summary["client_kept_schedule"],
             None if run_dir is None else str(run_dir),
+            result.summary["failures"],
         )
         probes.append(p)
         if on_probe is not None:
             on_probe(p)
+        if verdict == "FAILING" and not p.over_limit:
+            raise EngineError(
+                f"probe at λ = {rate:.4g} req/s: FAILING, {ev['reason']}; the search stops: "
+                "these failures are a fault of the engine or its configuration, not load "
+                "shedding (HTTP 429/502/503/504, timeouts, reset connections)"
+            )
         return p
 
     def learn(p: Probe) -> None:
         nonlocal lo, hi, capacity
         if p.verdict == "STABLE":
             lo = p.rate if lo is None else max(lo, p.rate)
+        elif p.verdict == "FAILING" and p.over_limit:
+            hi = p.rate if hi is None else min(hi, p.rate)
         elif p.verdict == "UNSTABLE":
             hi = p.rate if hi is None else min(hi, p.rate)
             ev = p.evidence
@@ -263,7 +288,7 @@ def find_boundary(
     while budget_left():
         p = probe(rate, until_capacity_width=CAPACITY_WIDTH * precision)
         learn(p)
-        if p.verdict == "UNSTABLE":
+        if p.over_limit:
             break
         rate *= 1.5 if p.verdict == "STABLE" else 1.25
     # 2–3. close the bracket from below

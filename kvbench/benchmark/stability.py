@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -39,10 +39,13 @@ DEFAULT_TOLERANCE = 0.05
 MIN_DEPARTURES = 30
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     STABLE = "STABLE"
     UNSTABLE = "UNSTABLE"
     INCONCLUSIVE = "INCONCLUSIVE"
+    # Too many requests failed to judge the queue (kvbench.benchmark.failures); never decided
+    # here, where only completions are seen.
+    FAILING = "FAILING"
 
 
 @dataclass(frozen=True)

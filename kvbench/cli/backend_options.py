@@ -28,9 +28,10 @@ def backend_options(f):
                 "--model",
                 default=None,
                 metavar="PATH",
-                help="Launch the engine (real backends) with this model, from its recipe in backends/<engine>/; "
-                "kvbench stops it at the end.",
+                help="Launch the engine (real backends) with this model, from its recipe in "
+                "backends/<engine>/; kvbench stops it at the end.",
             ),
+            options.engine_launch(),
             options.profile_preset(),
             options.kv_tokens("sim:* and emulate:* only; default: the profile's"),
             options.chunk_size("sim:* only; default: the profile's"),

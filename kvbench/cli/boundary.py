@@ -7,6 +7,8 @@ import sys
 import click
 
 from kvbench import interrupt
+from kvbench.backends.base import Backend
+from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.search import (
     DEFAULT_MAX_ENGINE_SECONDS,
@@ -59,6 +61,9 @@ def boundary(
     backend: str,
     url: str | None,
     model: str | None,
+    engine_python: str | None,
+    engine_args: tuple[str, ...],
+    engine_env: tuple[str, ...],
     profile_name: str | None,
     kv_tokens: int | None,
     chunk_size: int | None,
@@ -74,7 +79,8 @@ def boundary(
     """Bracket the rate λ* at which the engine's queue stops being stable, between the largest
     rate judged STABLE and the smallest judged UNSTABLE, reporting every probe and its cost."""
     workload = load_workload(workload_spec)
-    opened = []
+    launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
+    opened: list[Backend] = []
 
     def backend_for_seed(s: int):
         # The simulator draws its noise from the seed, so each probe gets its own; a server is the
@@ -90,6 +96,7 @@ def boundary(
             chunk_size=chunk_size,
             batch_time=batch_time,
             seed=s,
+            launch=launch,
         )
         opened.append(b)
         return b
@@ -124,9 +131,11 @@ def boundary(
         echo_progress(f"stopped by {interrupt.stopped_by()}; {done}")
         sys.exit(interrupt.exit_code())
     finally:
+        # what kvbench started, as started (credentials redacted), before closing forgets it
+        servers = [s.record() for b in opened for s in launched_servers(b)]
         for b in opened:
             b.close()
-    record = {**result.to_dict(), "workload": workload_spec, "seed": seed}
+    record = {**result.to_dict(), "workload": workload_spec, "seed": seed, "servers": servers}
     if as_json:
         write_json(record)
     else:

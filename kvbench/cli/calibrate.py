@@ -10,8 +10,8 @@ from kvbench.calibration import Calibration, fit_iteration_time, load_windows
 from kvbench.cli import options
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
-from kvbench.output.terminal import block, estimate, highlight, number
-from kvbench.profile import PAPER_A100, POLICIES, build_profile
+from kvbench.output.terminal import Row, block, estimate, highlight, number
+from kvbench.profile import DEFAULT_HARDWARE, POLICIES, build_profile
 
 
 @click.command(
@@ -80,6 +80,7 @@ def calibrate(
             fit=fit_iteration_time(load_windows(windows_path)), backend=windows_path
         )
     else:
+        assert backend is not None  # exactly one of the two, checked above
         from kvbench.benchmark.calibrate import calibrate_simulated
         from kvbench.workload import load_workload
 
@@ -90,7 +91,10 @@ def calibrate(
                 "or save a real engine's iteration records and pass --windows FILE"
             )
         profile = build_profile(
-            engine, profile_name or PAPER_A100.name, kv_tokens=kv_tokens, chunk_size=chunk_size
+            engine,
+            profile_name or DEFAULT_HARDWARE.name,
+            kv_tokens=kv_tokens,
+            chunk_size=chunk_size,
         )
         calibration = calibrate_simulated(
             profile, load_workload(workload_spec), num_prompts=num_prompts, seed=seed
@@ -107,7 +111,7 @@ def calibrate(
     fit = calibration.fit
     se = fit.stderr
     label = " (SIMULATED)" if calibration.simulated else ""
-    rows = [
+    rows: list[Row] = [
         ("c0", highlight(estimate(fit.c0 * 1e3, se[0] * 1e3, "ms")), "per iteration"),
         (
             "c1",

@@ -10,12 +10,18 @@ from pathlib import Path
 import click
 
 from kvbench import interrupt
+from kvbench.backends.labels import parse_backends
+from kvbench.backends.launch import redact_given
 from kvbench.benchmark.compare import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig, run_compare
+from kvbench.benchmark.failures import describe
+from kvbench.cli import options
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.compare_progress import CompareProgress
 from kvbench.output.terminal import block, highlight
+from kvbench.provenance import check_exporter_url, parse_metadata
 from kvbench.report import write_report
+from kvbench.report.build import Report
 from kvbench.report.schema import CompareResults, EngineResult
 from kvbench.report.table import engine_name, fmt_bracket, fmt_gap, fmt_rate
 
@@ -25,14 +31,20 @@ def _parse_urls(values: tuple[str, ...]) -> dict[str, list[str]]:
     for value in values:
         engine, sep, url = value.partition("=")
         if not sep or not engine or not url.startswith(("http://", "https://")):
-            raise KvbenchError(f"--url {value!r}: expected ENGINE=http://HOST:PORT")
+            raise KvbenchError(f"--url {value!r}: expected LABEL=http://HOST:PORT")
         urls.setdefault(engine, []).append(url)
     return urls
 
 
 def _command_line(ctx: click.Context) -> str:
-    """The command as typed, up to option order: every option that differs from its default."""
+    """The command as typed, up to option order: every option that differs from its default;
+    credentials in engine arguments and environment redacted."""
     words = ["kvbench", "compare"]
+    labels = [b.strip() for b in ctx.params.get("backends", "").split(",")]
+    redacted = {
+        "engine_args": redact_given(ctx.params.get("engine_args", ()), labels, env=False),
+        "engine_env": redact_given(ctx.params.get("engine_env", ()), labels, env=True),
+    }
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         shown_always = param.name == "backends"
@@ -43,11 +55,14 @@ def _command_line(ctx: click.Context) -> str:
         ):
             continue
         flag = param.opts[0]
-        if param.is_flag:
+        if param.name == "metadata":  # a credential-like key's value is never written
+            value = tuple(f"{k}={v}" for k, v in parse_metadata(value).items())
+        if isinstance(param, click.Option) and param.is_flag:
             words.append(flag)
         else:
-            for v in value if param.multiple else (value,):
-                words += [flag, str(v)]
+            for v in redacted.get(param.name, value if param.multiple else (value,)):
+                # --engine-arg=--flag: click would read a separate --flag as an option
+                words += [f"{flag}={v}"] if str(v).startswith("-") else [flag, str(v)]
     return shlex.join(words)
 
 
@@ -94,6 +109,11 @@ def _engine_lines(e: EngineResult) -> list[tuple[str, str] | tuple[str, str, str
                 f"for {p.target_rate:g} req/s at ρ = {p.utilization:g}",
             )
         )
+    if e.failures:
+        failing = e.verdict_counts.get("FAILING", 0)
+        rows.append(("failed requests", describe(e.failures, limit=2), f"{failing} probes FAILING"))
+    if e.preemptions is not None:
+        rows.append(("preemptions", f"{e.preemptions:,}", "counted by the engine, every probe"))
     if e.status != "ok":
         rows.append(("status", highlight(f"{e.status.upper()}: {e.error}", "red")))
     return rows
@@ -115,7 +135,8 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     default="trtllm,sglang",
     show_default=True,
     help="Comma-separated engines: trtllm, sglang, vllm, or an explicit backend such as "
-    "sim:trtllm (simulated, virtual time) or emulate:sglang.",
+    "sim:trtllm (simulated, virtual time) or emulate:sglang; LABEL=ENGINE names a row (e.g. "
+    "h200-trt=trtllm,mi300-sgl=sglang), needed when one engine appears twice.",
 )
 @click.option(
     "--workload",
@@ -141,10 +162,13 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     "--url",
     "urls",
     multiple=True,
-    metavar="ENGINE=URL",
+    metavar="LABEL=URL",
     help="Attach to a running server; repeat for data-parallel replicas.",
 )
+@options.metadata()
+@options.gpu_exporter()
 @click.option("--model", help="Launch each engine from its recipe with this model.")
+@options.engine_launch(per_engine=True)
 @click.option(
     "--replicas",
     type=click.IntRange(min=1),
@@ -190,7 +214,12 @@ def compare(
     kv_tokens,
     time_scale,
     urls,
+    metadata,
+    gpu_exporter,
     model,
+    engine_python,
+    engine_args,
+    engine_env,
     replicas,
     precision,
     confidence,
@@ -222,9 +251,15 @@ def compare(
       kvbench compare --backends sim:trtllm,sim:sglang         # the same, simulated
       kvbench compare --backends trtllm --workload pd-1:1      # paper scale, emulated (slow)
       kvbench compare --backends vllm --url vllm=http://127.0.0.1:8000 --target-rate 50
+      kvbench compare --backends h200-trt=trtllm --url h200-trt=http://10.0.0.5:8000 \\
+          --metadata gpu_model="NVIDIA H200" --metadata gpu_count=8
     """
+    labels, engines = parse_backends(backends)
     config = CompareConfig(
-        backends=[b.strip() for b in backends.split(",") if b.strip()],
+        backends=labels,
+        engines=engines,
+        metadata=parse_metadata(metadata),
+        gpu_exporter=check_exporter_url(gpu_exporter),
         workload=workload,
         kv_tokens=kv_tokens,
         time_scale=time_scale,
@@ -241,6 +276,9 @@ def compare(
         trim=trim,
         output_root=output_dir,
         command=_command_line(click.get_current_context()),
+        engine_python=list(engine_python),
+        engine_args=list(engine_args),
+        engine_env=list(engine_env),
     )
     show = sys.stderr.isatty() if progress is None else progress
     # a SIGTERM (a job runner's timeout) stops like Ctrl-C (kvbench.interrupt): the engines
@@ -280,7 +318,7 @@ def failed_engines_status(results: CompareResults) -> int:
     return 0
 
 
-def rebuild_compare_report(directory: Path, as_json: bool) -> None:
+def rebuild_compare_report(directory: Path, as_json: bool) -> Report:
     """`kvbench report DIR` for a compare directory: rebuild every report file from the raw
     files and print the summary (or results.json with --json)."""
     report, _ = write_report(directory)
@@ -288,4 +326,4 @@ def rebuild_compare_report(directory: Path, as_json: bool) -> None:
         write_json(report.results.to_dict())
     else:
         print_summary(report.results, directory)
-    sys.exit(failed_engines_status(report.results))
+    return report

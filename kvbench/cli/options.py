@@ -85,12 +85,75 @@ def engine(help_text: str):
 
 
 def profile_preset():
-    from kvbench.profile import HARDWARE, PAPER_A100
+    from kvbench.profile import DEFAULT_HARDWARE, HARDWARE
 
     return click.option(
         "--profile",
         "profile_name",
         type=click.Choice(sorted(HARDWARE)),
         default=None,
-        help=f"Hardware/model calibration the engine preset uses (default: {PAPER_A100.name}, illustrative).",
+        help="Hardware/model calibration the engine preset uses, named after its source "
+        f"(default: {DEFAULT_HARDWARE.name}, fitted to Vidur's measured A100 kernel timings).",
     )
+
+
+def metadata():
+    return click.option(
+        "--metadata",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Recorded with the results (repeatable). The keys host, cpu_model, cpu_cores, "
+        "memory_mib, gpu_model, gpu_count, gpu_memory_mib, driver_version and cuda_version "
+        "describe the engine's hardware where kvbench cannot read it (an engine on another "
+        "host).",
+    )
+
+
+def gpu_exporter():
+    return click.option(
+        "--gpu-exporter",
+        metavar="URL",
+        help="A DCGM exporter's metrics URL on the engine's host (e.g. http://HOST:9400/metrics): "
+        "GPU model, count, memory and driver for an engine kvbench cannot read them for.",
+    )
+
+
+def engine_launch(per_engine: bool = False):
+    """--engine-python, --engine-arg, --engine-env: how kvbench launches an engine (--model).
+    With `per_engine` (compare), a value may start with `ENGINE=` to reach that engine only."""
+    prefix = "[ENGINE=]" if per_engine else ""
+    only = " An ENGINE= prefix gives it to that engine only." if per_engine else ""
+    decorators = [
+        click.option(
+            "--engine-python",
+            multiple=per_engine,
+            metavar=f"{prefix}PATH",
+            help="The interpreter of the environment the engine is installed in (--model; "
+            f"default: kvbench's own).{only}",
+        ),
+        click.option(
+            "--engine-arg",
+            "engine_args",
+            multiple=True,
+            metavar=f"{prefix}ARG",
+            help="One more argument for the engine's command line (--model), after the "
+            "recipe's; repeat, e.g. --engine-arg=--tensor-parallel-size --engine-arg=2. "
+            f"A flag the recipe also sets replaces the recipe's.{only}",
+        ),
+        click.option(
+            "--engine-env",
+            "engine_env",
+            multiple=True,
+            metavar=f"{prefix}KEY=VALUE",
+            help="An environment variable for the engine (--model); repeat. Recorded with the "
+            f"run, with values of names that look like credentials (KEY, TOKEN, SECRET, "
+            f"PASSWORD) redacted.{only}",
+        ),
+    ]
+
+    def apply(f):
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply

@@ -7,6 +7,7 @@ import sys
 import click
 
 from kvbench import interrupt
+from kvbench.backends.launch import LaunchOptions
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.runner import RunSpec, execute_run
 from kvbench.cli import options
@@ -14,6 +15,7 @@ from kvbench.cli.backend_options import backend_options
 from kvbench.export.json import write_json
 from kvbench.output.progress import RunProgress, echo_progress
 from kvbench.output.run import run_summary_text
+from kvbench.provenance import check_exporter_url, for_backend, parse_metadata
 from kvbench.workload import load_workload
 
 
@@ -52,11 +54,16 @@ Examples:
     metavar="DIR",
     help="Write the run (header, every request and queue sample) here as it goes.",
 )
+@options.metadata()
+@options.gpu_exporter()
 @options.json_output()
 def run(
     backend: str,
     url: str | None,
     model: str | None,
+    engine_python: str | None,
+    engine_args: tuple[str, ...],
+    engine_env: tuple[str, ...],
     profile_name: str | None,
     kv_tokens: int | None,
     chunk_size: int | None,
@@ -69,10 +76,14 @@ def run(
     duration: float | None,
     num_prompts: int | None,
     output: str | None,
+    metadata: tuple[str, ...],
+    gpu_exporter: str | None,
     as_json: bool,
 ) -> None:
     """Send requests open-loop at a fixed rate, record every event, and judge whether the
-    engine's queue stays bounded: STABLE, UNSTABLE or INCONCLUSIVE at the stated confidence."""
+    engine's queue stays bounded: STABLE, UNSTABLE or INCONCLUSIVE at the stated confidence,
+    from the completed requests; FAILING (exit status 1) when more than 1% of the requests
+    failed."""
     spec = RunSpec(
         workload_spec,
         request_rate,
@@ -83,6 +94,9 @@ def run(
         confidence=confidence,
     )
     workload = load_workload(workload_spec)
+    stated = parse_metadata(metadata)
+    check_exporter_url(gpu_exporter)
+    launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
     engine = resolve_backend(
         backend,
         url=url,
@@ -92,10 +106,19 @@ def run(
         chunk_size=chunk_size,
         batch_time=batch_time,
         seed=seed,
+        launch=launch,
     )
     try:
+        found = for_backend(engine, backend, metadata=stated, gpu_exporter=gpu_exporter)
         with RunProgress(f"{backend} λ={request_rate:g}", duration, quiet=as_json) as progress:
-            result = execute_run(engine, workload, spec, output=output, progress=progress)
+            result = execute_run(
+                engine,
+                workload,
+                spec,
+                output=output,
+                progress=progress,
+                header_extra={"provenance": found},
+            )
     except KeyboardInterrupt:
         where = f"; partial run in {output} (kvbench report {output})" if output else ""
         echo_progress(f"stopped by {interrupt.stopped_by()}{where}")

@@ -16,7 +16,7 @@ from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.export.parquet import write_frames
 from kvbench.output.terminal import block, estimate, highlight, number
-from kvbench.profile import PAPER_A100, UNLIMITED, IterationTimeModel, build_profile
+from kvbench.profile import DEFAULT_HARDWARE, UNLIMITED, IterationTimeModel, build_profile
 from kvbench.simulator import DISPATCH, SimulationResult
 from kvbench.simulator import simulate as run_simulation
 from kvbench.workload import load_workload
@@ -147,12 +147,13 @@ def simulate(
     )
     if batch_time is not None:
         overrides["iteration_time"] = IterationTimeModel.constant(batch_time)
-    profile = build_profile(engine, profile_name or PAPER_A100.name, **overrides)
+    profile = build_profile(engine, profile_name or DEFAULT_HARDWARE.name, **overrides)
     workload = load_workload(workload_spec)
 
     if num_prompts is not None:
         n = num_prompts
     else:
+        assert duration is not None  # exactly one of the two, checked above
         # Enough arrivals to cover the duration with overwhelming probability, then cut.
         n = int(request_rate * duration + 6 * math.sqrt(request_rate * duration / burstiness) + 10)
     arrivals = arrival_times(request_rate, n, burstiness=burstiness, seed=seed)
@@ -268,11 +269,7 @@ def _limits(profile) -> str:
         parts.append(f"budget {profile.token_budget}")
     if profile.max_running < UNLIMITED:
         parts.append(f"≤ {profile.max_running} running")
-    it = profile.iteration_time
-    if it.c1 == 0 and it.c2 == 0:
-        parts.append(f"b = {it.c0:g} s")
-    else:
-        parts.append(f"b = {it.c0:g} + {it.c1:g}·tokens + {it.c2:g}·KV s")
+    parts.append(profile.iteration_time.formula())
     return ", ".join(parts)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from kvbench import theory as model
@@ -10,8 +12,14 @@ from kvbench.cli import options
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.export.json import write_json
 from kvbench.output.terminal import block, estimate, highlight, number
-from kvbench.profile import PAPER_A100, UNLIMITED, EngineProfile, IterationTimeModel, build_profile
-from kvbench.workload import TraceWorkload, Workload, load_workload
+from kvbench.profile import (
+    DEFAULT_HARDWARE,
+    UNLIMITED,
+    EngineProfile,
+    IterationTimeModel,
+    build_profile,
+)
+from kvbench.workload import SyntheticWorkload, TraceWorkload, Workload, load_workload
 
 _PAPER = f"default: {model.PAPER_KV_TOKENS}, the paper's"
 _PAPER_CHUNK = f"default: {model.PAPER_CHUNK_SIZE}, the paper's"
@@ -57,6 +65,7 @@ def _evaluate(
 def _describe(workload: Workload) -> str:
     if isinstance(workload, TraceWorkload):
         return f"{workload.name} (trace, {len(workload.prompt_lens)} requests)"
+    assert isinstance(workload, SyntheticWorkload)  # the other kind of workload
     law = workload.law
     return (
         f"{workload.name} (s ~ U{{{law.prompt_min}..{law.prompt_max}}}, "
@@ -197,7 +206,7 @@ def _engine_theory(
     if batch_time is not None and iteration_model_path is not None:
         raise click.UsageError("give --batch-time or --iteration-model, not both")
     profile = build_profile(
-        engine, profile_name or PAPER_A100.name, kv_tokens=kv_tokens, chunk_size=chunk_size
+        engine, profile_name or DEFAULT_HARDWARE.name, kv_tokens=kv_tokens, chunk_size=chunk_size
     )
     fit: IterationTimeFit | None = None
     if iteration_model_path is not None:
@@ -339,7 +348,7 @@ def provision(
     conservative = (
         model.replicas_needed(request_rate, mu_low, target_utilization) if mu_low > 0 else None
     )
-    record = {
+    record: dict[str, Any] = {
         "model": "paper",
         "workload": result.workload,
         "request_rate": request_rate,

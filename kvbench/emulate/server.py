@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kvbench import __version__
 from kvbench.backends.http import EMULATED_HEADER, TIME_SCALE_HEADER
 from kvbench.emulate.engine import RealTimeEngine
 from kvbench.profile import EngineProfile
@@ -40,6 +41,8 @@ class EngineFormat(ABC):
     name: str
     model_id: str = "kvbench-emulated"
     max_model_len: int = 4096
+    # what the emulator answers where the engine gives its version: kvbench's, marked as such
+    version: str = f"{__version__} (kvbench emulator)"
 
     def __init__(self, profile: EngineProfile):
         self.profile = profile
@@ -87,9 +90,20 @@ class EngineFormat(ABC):
             "usage": usage,
         }
 
+    def model_card(self) -> dict:
+        """The entry of GET /v1/models, as vLLM and SGLang write it (with max_model_len)."""
+        return {
+            "id": self.model_id,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": self.name,
+            "root": self.model_id,
+            "max_model_len": self.max_model_len,
+        }
+
     # ---- state ----------------------------------------------------------------------------
 
-    def on_iteration(self, state: dict[str, Any]) -> None:
+    def on_iteration(self, state: dict[str, Any]) -> None:  # noqa: B027 (a hook: optional)
         """Called at the end of every simulated iteration."""
 
     @abstractmethod
@@ -252,21 +266,7 @@ def build_app(
         return web.Response(text="")
 
     async def models(request):
-        return web.json_response(
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "id": fmt.model_id,
-                        "object": "model",
-                        "created": int(time.time()),
-                        "owned_by": fmt.name,
-                        "root": fmt.model_id,
-                        "max_model_len": fmt.max_model_len,
-                    }
-                ],
-            }
-        )
+        return web.json_response({"object": "list", "data": [fmt.model_card()]})
 
     app.add_routes(
         [

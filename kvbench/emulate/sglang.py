@@ -58,7 +58,7 @@ class SglangFormat(EngineFormat):
             "max_total_num_tokens": p.kv_tokens,
             "max_req_input_len": self.max_model_len - 5,
             "internal_states": [{"last_gen_throughput": 0.0}],
-            "version": "0.5.6 (kvbench emulator)",
+            "version": self.version,
         }
 
     def loads(self) -> dict:

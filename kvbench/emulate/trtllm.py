@@ -2,13 +2,15 @@
 `CompletionRequest` does not declare), `model` required, usage on by default once stream_options
 is present, the final usage chunk serialised as a chat object, `/metrics` as a draining,
 bounded queue of per-iteration JSON records (oldest dropped when full, `[]` when empty; always
-`[]` with `iter_stats=False`, as with enable_iter_perf_stats off), and `/prometheus/metrics` with
+`[]` with `iter_stats=False`, as with enable_iter_perf_stats off), `/prometheus/metrics` with
 the newer `trtllm_` gauges, which show the latest iteration (the collector's mapping: "running"
-gauge = active requests, "waiting" = the executor queue)."""
+gauge = active requests, "waiting" = the executor queue), `/version`, and a `/v1/models` card
+without max_model_len."""
 
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from datetime import datetime
 
@@ -68,6 +70,15 @@ class TrtllmFormat(EngineFormat):
         chunk = super().final_chunk(rid, created, usage)
         chunk["object"] = "chat.completion.chunk"  # as postprocess_handlers.py does
         return chunk
+
+    def model_card(self) -> dict:
+        # openai_protocol.py ModelCard: no max_model_len, owned_by "tensorrt_llm"
+        return {
+            "id": self.model_id,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "tensorrt_llm",
+        }
 
     def on_iteration(self, state: dict) -> None:
         p = self.profile
@@ -144,4 +155,11 @@ class TrtllmFormat(EngineFormat):
         async def prometheus(request):
             return web.Response(text=self.gauges_text(), content_type="text/plain")
 
-        return [web.get("/metrics", metrics), web.get("/prometheus/metrics", prometheus)]
+        async def version(request):
+            return web.json_response({"version": self.version})
+
+        return [
+            web.get("/metrics", metrics),
+            web.get("/prometheus/metrics", prometheus),
+            web.get("/version", version),
+        ]

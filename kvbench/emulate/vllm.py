@@ -1,6 +1,6 @@
 """vLLM's API as an emulator serves it: lenient request fields, the `{"error": {...}}` 400 body,
-and Prometheus `/metrics` with vLLM's names, labels and quirks (the usage gauge is a share of
-num_gpu_blocks − 1 blocks; the preemption counter family lacks `_total`)."""
+`/version`, and Prometheus `/metrics` with vLLM's names, labels and quirks (the usage gauge is a
+share of num_gpu_blocks − 1 blocks; the preemption counter family lacks `_total`)."""
 
 from __future__ import annotations
 
@@ -56,4 +56,7 @@ class VllmFormat(EngineFormat):
                 text=self.metrics_text(), content_type="text/plain", charset="utf-8"
             )
 
-        return [web.get("/metrics", metrics)]
+        async def version(request):
+            return web.json_response({"version": self.version})
+
+        return [web.get("/metrics", metrics), web.get("/version", version)]

@@ -33,6 +33,13 @@ def probes_frame(report: Report) -> pd.DataFrame:
                     "requests_sent": p.requests_sent,
                     "requests_finished": p.requests_finished,
                     "requests_failed": p.requests_failed,
+                    "failure_fraction": p.failure_fraction,
+                    "failures": "; ".join(f"{f['kind']} {f['count']}" for f in p.failures),
+                    "preemptions": p.preemptions,
+                    "waiting_mean": p.waiting_mean,
+                    "waiting_max": p.waiting_max,
+                    "kv_usage_mean": p.kv_usage_mean,
+                    "kv_usage_max": p.kv_usage_max,
                     "mean_in_system": p.mean_in_system,
                     "max_in_system": p.max_in_system,
                     "client_ok": p.client_ok,
@@ -44,7 +51,10 @@ def probes_frame(report: Report) -> pd.DataFrame:
                     "run_dir": p.run_dir,
                 }
             )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if "preemptions" in frame:  # a count, also where some probes have none (not 11.0)
+        frame["preemptions"] = frame["preemptions"].astype("Int64")
+    return frame
 
 
 def write(report: Report, directory: Path) -> list[Path]:

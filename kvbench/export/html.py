@@ -16,8 +16,10 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from kvbench.benchmark.failures import FAILING_FRACTION, percent
 from kvbench.report.build import Report
 from kvbench.report.schema import CompareResults, EngineResult
+from kvbench.report.system import SYSTEM_COLUMNS, absent_notes, metadata_notes, system_rows
 from kvbench.report.table import (
     DASH,
     engine_name,
@@ -30,7 +32,12 @@ from kvbench.report.table import (
 REPORT_FILE = "report.html"
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 MAX_POINTS = 1500
-_VERDICT_SYMBOL = {"STABLE": "circle", "UNSTABLE": "x", "INCONCLUSIVE": "diamond-open"}
+_VERDICT_SYMBOL = {
+    "STABLE": "circle",
+    "UNSTABLE": "x",
+    "INCONCLUSIVE": "diamond-open",
+    "FAILING": "triangle-down-open",
+}
 
 
 def _label(text: str) -> str:
@@ -56,47 +63,52 @@ def _boundary_plot(results: CompareResults) -> go.Figure:
     engines = [e for e in results.engines if e.theory or e.boundary]
     names = [_label(engine_name(e)) for e in engines]
     fig = go.Figure()
-    measured = [e for e in engines if e.boundary and e.boundary.midpoint is not None]
+    # (name, lower, upper) of each engine with a whole bracket
+    measured = [
+        (_label(engine_name(e)), b.lower, b.upper)
+        for e in engines
+        if (b := e.boundary) is not None and b.lower is not None and b.upper is not None
+    ]
     if measured:
         fig.add_trace(
             go.Scatter(
                 name="measured λ* bracket",
-                x=[_label(engine_name(e)) for e in measured],
-                y=[e.boundary.midpoint for e in measured],
+                x=[name for name, _, _ in measured],
+                y=[(lo + hi) / 2 for _, lo, hi in measured],
                 error_y=dict(
                     type="data",
                     symmetric=False,
-                    array=[e.boundary.upper - e.boundary.midpoint for e in measured],
-                    arrayminus=[e.boundary.midpoint - e.boundary.lower for e in measured],
+                    array=[(hi - lo) / 2 for _, lo, hi in measured],
+                    arrayminus=[(hi - lo) / 2 for _, lo, hi in measured],
                     width=12,
                 ),
                 mode="markers",
                 marker=dict(size=10, symbol="square"),
             )
         )
-    with_theory = [e for e in engines if e.theory]
+    with_theory = [(_label(engine_name(e)), e.theory) for e in engines if e.theory is not None]
     fig.add_trace(
         go.Scatter(
             name="μ theory (paper), band down to μ(1−δ)",
-            x=[_label(engine_name(e)) for e in with_theory],
-            y=[e.theory.mu for e in with_theory],
+            x=[name for name, _ in with_theory],
+            y=[t.mu for _, t in with_theory],
             error_y=dict(
                 type="data",
                 symmetric=False,
                 array=[0.0] * len(with_theory),
-                arrayminus=[e.theory.mu - e.theory.mu_lower for e in with_theory],
+                arrayminus=[t.mu - t.mu_lower for _, t in with_theory],
             ),
             mode="markers",
             marker=dict(size=12, symbol="diamond"),
         )
     )
-    aware = [e for e in with_theory if e.theory.mu_engine_aware is not None]
+    aware = [(name, t.mu_engine_aware) for name, t in with_theory if t.mu_engine_aware is not None]
     if aware:
         fig.add_trace(
             go.Scatter(
                 name="μ engine-aware",
-                x=[_label(engine_name(e)) for e in aware],
-                y=[e.theory.mu_engine_aware for e in aware],
+                x=[name for name, _ in aware],
+                y=[mu for _, mu in aware],
                 mode="markers",
                 marker=dict(size=12, symbol="star"),
             )
@@ -158,7 +170,8 @@ def _latency_plot(results: CompareResults) -> go.Figure:
                 )
             )
     fig.update_layout(
-        title="Latency against load (● stable, × unstable, ◇ inconclusive)" + _marked_note(results),
+        title="Latency against load (● stable, × unstable, ◇ inconclusive, ▽ failing)"
+        + _marked_note(results),
         xaxis_title="arrival rate λ (req/s)",
         yaxis_title="seconds (from send)",
         yaxis_type="log",
@@ -188,6 +201,9 @@ def _engine_detail(e: EngineResult) -> dict:
             "finished": p.requests_finished,
             "failed": p.requests_failed,
             "mean_in_system": _fmt(p.mean_in_system),
+            "waiting_max": _fmt(p.waiting_max),
+            "kv_usage_max": DASH if p.kv_usage_max is None else f"{p.kv_usage_max:.0%}",
+            "preemptions": _fmt(p.preemptions),
             "ttft_p99": _fmt(p.latency.ttft_p99),
             "e2e_p50": _fmt(p.latency.e2e_p50),
             "e2e_p99": _fmt(p.latency.e2e_p99),
@@ -209,6 +225,8 @@ def _engine_detail(e: EngineResult) -> dict:
         "profile": json.dumps(e.profile, indent=2) if e.profile else None,
         "sources": e.profile_sources,
         "probes": probes,
+        "failures": e.failures,
+        "scrape_errors": e.scrape_errors,
     }
 
 
@@ -236,8 +254,15 @@ pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:12px}
 {% if r.banner %}<div class="banner" id="banner">{{ r.banner }}</div>{% endif %}
 {% if r.interrupted %}<div class="interrupted">Interrupted: the figures cover what was measured
 before the stop.</div>{% endif %}
+{% for w in r.warnings %}<div class="interrupted warning">Warning: {{ w }}</div>{% endfor %}
 <p>Workload <code>{{ r.config.get("workload", "") }}</code>, created {{ r.created }} with kvbench
 {{ r.kvbench_version }}.</p>
+<h2>System</h2>
+<table id="system"><thead><tr>{% for key, title in system_columns %}<th>{{ title }}</th>
+{% endfor %}</tr></thead><tbody>{% for row in system %}<tr>{% for key, title in system_columns %}
+<td>{{ row[key] }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
+{% if system_notes %}<ul id="system-notes">{% for n in system_notes %}<li>{{ n }}</li>
+{% endfor %}</ul>{% endif %}
 <h2>Summary</h2>
 <table id="summary"><thead><tr>{% for key, title in columns %}<th>{{ title }}</th>{% endfor %}</tr></thead>
 <tbody>{% for row, e in rows %}<tr class="{{ 'failed' if e.status != 'ok' else '' }}"
@@ -246,7 +271,8 @@ before the stop.</div>{% endif %}
  %}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
 <p>gap = (μ theory − λ*) / λ*, with λ* the midpoint of the measured bracket (largest rate judged
 stable, smallest judged unstable). μ theory is the paper's M / (b̄·E[g]) times the replicas;
-the band below it reaches μ(1−δ). Probes S/U/I: stable, unstable and inconclusive runs.</p>
+the band below it reaches μ(1−δ). Probes S/U/I/F: stable, unstable, inconclusive and failing
+runs (FAILING: more than {{ failing_limit }} of a run's requests failed).</p>
 {% if provisioning %}<h2>Provisioning</h2>
 <table id="provisioning"><thead><tr><th>engine</th><th>target</th><th>replicas (paper μ)</th>
 <th>replicas (engine-aware μ)</th><th>replicas (measured λ*)</th></tr></thead><tbody>
@@ -269,12 +295,22 @@ used to start the search{% endif %}.</p>{% endif %}
 binding: {{ d.theory.binding }}, iteration time from the {{ d.theory.iteration_model or "measured b̄" }}{% endif %}.</p>{% endif %}
 {% if d.probes %}<table class="probes"><thead><tr><th>probe</th><th>λ (req/s)</th><th>duration (s)</th>
 <th>verdict</th><th>departures (req/s)</th><th>slope (req/s)</th><th>slope CI</th><th>sent</th>
-<th>finished</th><th>failed</th><th>mean in system</th><th>TTFT p99 (s)</th><th>E2E p50 (s)</th>
+<th>finished</th><th>failed</th><th>mean in system</th><th>engine waiting max</th>
+<th>KV usage max</th><th>preemptions</th><th>TTFT p99 (s)</th><th>E2E p50 (s)</th>
 <th>E2E p99 (s)</th><th>client</th></tr></thead><tbody>{% for p in d.probes %}<tr><td>{{ p.index }}</td>
 <td>{{ p.rate }}</td><td>{{ p.duration }}</td><td>{{ p.verdict }}</td><td>{{ p.departure }}</td>
 <td>{{ p.slope }}</td><td>{{ p.slope_ci }}</td><td>{{ p.sent }}</td><td>{{ p.finished }}</td>
-<td>{{ p.failed }}</td><td>{{ p.mean_in_system }}</td><td>{{ p.ttft_p99 }}</td><td>{{ p.e2e_p50 }}</td>
+<td>{{ p.failed }}</td><td>{{ p.mean_in_system }}</td><td>{{ p.waiting_max }}</td>
+<td>{{ p.kv_usage_max }}</td><td>{{ p.preemptions }}</td><td>{{ p.ttft_p99 }}</td><td>{{ p.e2e_p50 }}</td>
 <td>{{ p.e2e_p99 }}</td><td>{{ p.client }}</td></tr>{% endfor %}</tbody></table>{% endif %}
+{% if d.failures %}<table class="failures"><thead><tr><th>failure</th><th>requests</th>
+<th>what the server said (first distinct messages)</th></tr></thead><tbody>{% for f in d.failures %}
+<tr><td>{{ f.kind }}</td><td>{{ f.count }}</td><td>{% if f.get("hint") %}<b>{{ f.hint }}</b><br>{% endif %}
+{% for m in f.messages %}<code>{{ m }}</code>{% if not loop.last %}<br>{% endif %}{% endfor %}
+</td></tr>
+{% endfor %}</tbody></table>{% endif %}
+{% if d.scrape_errors %}<p>state scraper errors:
+{% for k, n in d.scrape_errors.items() %}{{ k }} ×{{ n }} {% endfor %}</p>{% endif %}
 {% if d.profile %}<details><summary>discovered profile</summary><pre>{{ d.profile }}</pre>
 {% if d.sources %}<table><thead><tr><th>field</th><th>read from</th></tr></thead><tbody>
 {% for k, v in d.sources.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</tbody></table>{% endif %}
@@ -324,6 +360,10 @@ def render(report: Report) -> str:
         provisioning=provisioning_rows(r),
         plots=plots,
         details=[_engine_detail(e) for e in r.engines],
+        failing_limit=percent(FAILING_FRACTION),
+        system_columns=SYSTEM_COLUMNS,
+        system=system_rows(r),
+        system_notes=absent_notes(r) + [f"metadata: {m}" for m in metadata_notes(r)],
         config=json.dumps(r.config, indent=2, sort_keys=True),
         versions=json.dumps(r.versions, indent=2, sort_keys=True),
     )

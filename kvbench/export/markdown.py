@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
+from kvbench.benchmark.failures import FAILING_FRACTION, percent
 from kvbench.report.schema import CompareResults
+from kvbench.report.system import SYSTEM_COLUMNS, absent_notes, metadata_notes, system_rows
 from kvbench.report.table import provisioning_rows, summary_columns, summary_row
 
 _SPECIAL = re.compile(r"([\\`*_\[\]|~])")
@@ -22,12 +24,26 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _system(results: CompareResults) -> list[str]:
+    lines = ["## System", ""]
+    lines += _table(
+        [escape(title) for _, title in SYSTEM_COLUMNS],
+        [[row[key] for key, _ in SYSTEM_COLUMNS] for row in system_rows(results)],
+    )
+    notes = absent_notes(results) + [f"metadata: {m}" for m in metadata_notes(results)]
+    if notes:
+        lines += [""] + [f"- {escape(n)}" for n in notes]
+    return lines + ["", "## Summary", ""]
+
+
 def render(results: CompareResults) -> str:
     lines = [f"# kvbench compare: {escape(results.name)}", ""]
     if results.banner:
         lines += [f"> **{escape(results.banner)}**", ""]
     if results.interrupted:
         lines += ["> **Interrupted: the figures cover what was measured before the stop.**", ""]
+    lines += [f"> **Warning: {escape(w)}**\n" for w in results.warnings]
+    lines += _system(results)
     columns = summary_columns(results)
     lines += _table(
         [escape(title) for _, title in columns],
@@ -53,7 +69,8 @@ def render(results: CompareResults) -> str:
     lines += [
         "",
         f"Workload {escape(str(workload))}; gap = (μ theory − λ*) / λ*, λ* the measured "
-        "bracket's midpoint; probes S/U/I = stable/unstable/inconclusive runs.",
+        "bracket's midpoint; probes S/U/I/F = stable/unstable/inconclusive/failing runs (FAILING: "
+        f"more than {percent(FAILING_FRACTION)} of a run's requests failed).",
         "",
         f"Command: `{results.command.replace('`', '')}` — kvbench {escape(results.kvbench_version)}, "
         f"{escape(results.created)}",

@@ -29,7 +29,7 @@ class _Row:
     in_flight: int | None = None
     waiting: int | None = None
     verdicts: dict[str, int] = field(
-        default_factory=lambda: {"STABLE": 0, "UNSTABLE": 0, "INCONCLUSIVE": 0}
+        default_factory=lambda: {"STABLE": 0, "UNSTABLE": 0, "INCONCLUSIVE": 0, "FAILING": 0}
     )
     status: str | None = None
     error: str | None = None
@@ -91,7 +91,7 @@ class CompareProgress:
                 rate,
                 timing,
                 queue,
-                f"S{v['STABLE']} U{v['UNSTABLE']} I{v['INCONCLUSIVE']}",
+                f"S{v['STABLE']} U{v['UNSTABLE']} I{v['INCONCLUSIVE']} F{v['FAILING']}",
             )
         table.add_row(
             "",

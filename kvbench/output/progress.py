@@ -10,7 +10,7 @@ import sys
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from kvbench.backends.base import QueueSample, RequestRecord
 
@@ -24,7 +24,7 @@ class RunProgress:
 
     def __init__(self, label: str, planned_seconds: float | None, *, quiet: bool = False) -> None:
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._done = 0
         self._planned = planned_seconds
         if _enabled(quiet):
@@ -53,7 +53,7 @@ class RunProgress:
             self._progress.stop()
 
     def _advance(self, time: float | None) -> None:
-        if self._progress is None or time is None:
+        if self._progress is None or self._task is None or time is None:
             return
         done = time if self._planned is None else min(time, self._planned)
         self._progress.update(

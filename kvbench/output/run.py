@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvbench.benchmark.failures import percent
 from kvbench.output.terminal import block, highlight, number
 
 _LABEL = {"simulated": " (SIMULATED)", "emulated": " (EMULATED)", "real": ""}
-_COLOR = {"STABLE": "green", "UNSTABLE": "red", "INCONCLUSIVE": "yellow"}
+_COLOR = {"STABLE": "green", "UNSTABLE": "red", "INCONCLUSIVE": "yellow", "FAILING": "red"}
 
 
 def _ms(x: float | None) -> str:
@@ -26,6 +27,46 @@ def _interval(est: float | None, lo: float | None, hi: float | None, unit: str) 
     return f"{number(est)} {unit}  [{number(lo if lo is not None else float('nan'))}, {number(hi if hi is not None else float('nan'))}]"
 
 
+def _failure_rows(failures: dict[str, Any] | None) -> list[tuple[str, ...]]:
+    """One row per failure kind, then one per further message of that kind."""
+    if not failures or not failures["count"]:
+        return []
+    share = f"{percent(failures['fraction'])} of {failures['ended']:,} ended"
+    limit = f"FAILING above {percent(failures['limit'])}"
+    rows: list[tuple[str, ...]] = [("failures", f"{failures['count']:,}  ({share})", limit)]
+    for k in failures["kinds"]:
+        messages = [f'"{m}"' for m in k["messages"]] or [""]
+        if k.get("hint"):
+            messages[0] = f"{k['hint']}; {messages[0]}".rstrip("; ")
+        rows.append((f"  {k['kind']}", f"×{k['count']:,}", messages[0]))
+        rows += [("", "", m) for m in messages[1:]]
+    return rows
+
+
+def _engine_state_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+    """What the engine itself reported: its waiting queue, KV usage and preemptions, and what
+    reading them ran into."""
+    waiting, kv = summary.get("waiting") or {}, summary.get("kv_usage") or {}
+    parts = []
+    if waiting.get("max") is not None:
+        parts.append(f"waiting mean {number(waiting['mean'], 1)} max {number(waiting['max'], 0)}")
+    if kv.get("max") is not None:
+        parts.append(f"KV usage mean {kv['mean']:.0%} max {kv['max']:.0%}")
+    preemptions = summary.get("preemptions")
+    if preemptions is not None:
+        parts.append(f"preemptions {preemptions:,}")
+    rows: list[tuple[str, ...]] = []
+    if parts:
+        rows.append(("engine state", "  ".join(parts), "as the engine reported it"))
+    scrape = summary.get("scrape")
+    if scrape and scrape["errors"]:
+        kinds = ", ".join(f"{k} ×{n:,}" for k, n in sorted(scrape["errors"].items()))
+        messages = [f'"{m}"' for m in scrape.get("messages") or []] or [""]
+        rows.append(("scrape errors", f"{kinds}  ({scrape['scrapes']:,} good reads)", messages[0]))
+        rows += [("", "", m) for m in messages[1:]]
+    return rows
+
+
 def run_summary_text(summary: dict[str, Any], directory: str | None = None) -> str:
     ev = summary["evidence"] or {}
     verdict = summary["verdict"]
@@ -36,7 +77,9 @@ def run_summary_text(summary: dict[str, Any], directory: str | None = None) -> s
         # a run that did not complete is headed by that, never by a (green) verdict: the
         # verdict covers only the part measured before the stop, or an engine that failed
         rows.append(("status", highlight(status.upper(), "red"), summary.get("error") or ""))
-    if verdict is not None and status == "failed":
+    if verdict == "FAILING":
+        rows.append(("verdict", highlight(verdict, _COLOR[verdict]), ev.get("reason", "")))
+    elif verdict is not None and status == "failed":
         rows.append(
             (
                 "verdict",
@@ -58,7 +101,7 @@ def run_summary_text(summary: dict[str, Any], directory: str | None = None) -> s
         rows.append(
             ("verdict", highlight("none", "yellow"), ev.get("reason", "no requests measured"))
         )
-    if ev:
+    if "slope" in ev:
         rows += [
             (
                 "queue growth",
@@ -101,6 +144,7 @@ def run_summary_text(summary: dict[str, Any], directory: str | None = None) -> s
             "requests",
             f"{req['sent']:,} sent  {req['completed']:,} done  {req['failed']:,} failed  {req['unfinished']:,} unfinished",
         ),
+        *_failure_rows(summary.get("failures")),
     ]
     unmeasured = {
         "itl": "no per-token times from the simulator" if summary["kind"] == "simulated" else "",
@@ -117,6 +161,7 @@ def run_summary_text(summary: dict[str, Any], directory: str | None = None) -> s
     ):
         stats = summary["latency"][key]
         rows.append((label, _latency(stats), "" if stats["n"] else unmeasured.get(key, "")))
+    rows += _engine_state_rows(summary)
     if directory:
         rows.append(("run directory", directory))
     title = (
@@ -166,6 +211,11 @@ def boundary_text(result: dict[str, Any]) -> str:
             f" (extended ×{2 ** p['extensions']})" if p["extensions"] else ""
         )
         detail += f", growth {number(ev.get('slope') or float('nan'))}, departures {number(dep if dep is not None else float('nan'))} req/s"
+        if p["verdict"] == "FAILING":
+            limit = (p.get("failures") or {}).get("load_shedding")
+            detail += f"; {ev.get('reason')}" + (
+                " (load shedding: the engine's limit)" if limit else ""
+            )
         rows.append((f"probe {i}", f"λ = {number(p['rate'])} req/s  {verdict}", detail))
     return block(
         f"Stability boundary{_LABEL.get(result['kind'], '')}: {result['backend']} · {result['workload']}",

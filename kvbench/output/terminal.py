@@ -16,7 +16,8 @@ from collections.abc import Iterable
 
 import click
 
-Row = tuple[str, str] | tuple[str, str, str]
+# label, value and an optional note
+Row = tuple[str, ...]
 
 
 def display_width(text: str) -> int:

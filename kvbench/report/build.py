@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from kvbench.benchmark.failures import merge_failures
 from kvbench.benchmark.recorder import read_run
 from kvbench.benchmark.runner import summarize
 from kvbench.errors import KvbenchError
@@ -30,7 +31,15 @@ from kvbench.report.schema import (
 )
 from kvbench.theory import replicas_needed
 
-SAMPLE_COLUMNS = ["time", "in_flight", "waiting", "running", "kv_used_tokens", "kv_usage"]
+SAMPLE_COLUMNS = [
+    "time",
+    "in_flight",
+    "waiting",
+    "running",
+    "kv_used_tokens",
+    "kv_usage",
+    "preemptions_total",
+]
 
 
 @dataclass
@@ -75,9 +84,10 @@ def _probe(directory: Path, raw_probe: dict[str, Any], kv_capacity: float | None
     """One probe's figures, recomputed from its run file with the runner's own summary."""
     run_dir = directory / raw_probe["run_dir"]
     run = read_run(run_dir)
-    summary = summarize(run.header, run.records, run.samples, status=run.status)
+    summary = summarize(run.header, run.records, run.samples, status=run.status, scrape=run.scrape)
     evidence = summary["evidence"] or {}
     counts = summary["requests"]
+    failures = summary["failures"]
     samples = _with_kv_usage(pd.DataFrame([asdict(s) for s in run.samples]), kv_capacity)
     probe = Probe(
         index=int(raw_probe["index"]),
@@ -98,6 +108,15 @@ def _probe(directory: Path, raw_probe: dict[str, Any], kv_capacity: float | None
         extensions=int(raw_probe.get("extensions", 0)),
         reason=evidence.get("reason"),
         latency=_latency(summary),
+        failure_fraction=failures["fraction"],
+        failures=failures["kinds"],
+        over_limit=bool(raw_probe.get("over_limit", raw_probe["verdict"] == "UNSTABLE")),
+        preemptions=summary["preemptions"],
+        waiting_mean=summary["waiting"]["mean"],
+        waiting_max=summary["waiting"]["max"],
+        kv_usage_mean=summary["kv_usage"]["mean"],
+        kv_usage_max=summary["kv_usage"]["max"],
+        scrape_errors=dict((summary["scrape"] or {}).get("errors", {})),
     )
     if probe.verdict not in VERDICTS:
         raise KvbenchError(f"{run_dir}: unknown verdict {probe.verdict!r}")
@@ -116,6 +135,7 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
         error=eng.get("error"),
         profile=eng.get("profile"),
         profile_sources=dict(eng.get("profile_sources", {})),
+        provenance=eng.get("provenance"),
     )
     if eng.get("batch_time"):
         result.batch_time = BatchTime(**eng["batch_time"])
@@ -146,6 +166,13 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
     )
     counts = Counter(p.verdict for p in result.probes)
     result.verdict_counts = {v: counts.get(v, 0) for v in VERDICTS}
+    result.failures = merge_failures([p.failures for p in result.probes])
+    preemptions = [p.preemptions for p in result.probes if p.preemptions is not None]
+    result.preemptions = sum(preemptions) if preemptions else None
+    scrape_errors: Counter[str] = Counter()
+    for p in result.probes:
+        scrape_errors.update(p.scrape_errors)
+    result.scrape_errors = dict(scrape_errors)
 
     measured = result.boundary.midpoint if result.boundary else None
     if result.theory and measured:
@@ -211,6 +238,8 @@ def build_report(directory: Path) -> Report:
         engines=engines,
         interrupted=bool(header.get("interrupted", False))
         or any(e.status == "interrupted" for e in engines),
+        warnings=list(header.get("warnings", [])),
+        merged_from=list(header.get("merged_from", [])),
     )
     columns = ["engine", "kind", "probe", "rate", *SAMPLE_COLUMNS]
     samples = (

@@ -61,7 +61,7 @@ def read_compare(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
             f"is not supported (this kvbench reads {RAW_VERSION})"
         )
     engines = []
-    for i, asked in enumerate(header.get("engines", [])):
+    for asked in header.get("engines", []):
         path = directory / ENGINES_DIR / asked["slug"] / ENGINE_FILE
         if path.is_file():
             engines.append(read_json(path))

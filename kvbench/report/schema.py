@@ -18,9 +18,14 @@ from kvbench.errors import KvbenchError
 from kvbench.export.json import dumps
 
 SCHEMA = "kvbench.compare.results"
-SCHEMA_VERSION = 1
+# 2: verdicts gained FAILING (a reader that knew three values would misread a fourth), probes
+# and engines gained failures by kind and the engine's reported state, engines their provenance,
+# and the file warnings and merged_from (kvbench report merge).
+SCHEMA_VERSION = 2
+# Versions this kvbench reads: a version-1 file lacks only optional fields.
+READABLE_VERSIONS = (1, 2)
 
-VERDICTS = ("STABLE", "UNSTABLE", "INCONCLUSIVE")
+VERDICTS = ("STABLE", "UNSTABLE", "INCONCLUSIVE", "FAILING")
 ENGINE_STATUSES = ("ok", "failed", "interrupted")
 
 
@@ -56,8 +61,21 @@ class Probe:
     max_in_system: float | None = None
     client_ok: bool = True  # False when the client could not keep its schedule
     extensions: int = 0  # times an INCONCLUSIVE run was doubled
-    reason: str | None = None  # the stability test's one-line evidence
+    reason: str | None = None  # the stability test's one-line evidence (FAILING: the failures)
     latency: LatencySummary = field(default_factory=LatencySummary)
+    # more than failures.limit of the requests that ended failed: see kvbench.benchmark.failures
+    failure_fraction: float | None = None
+    # [{"kind", "count", "messages": [first few distinct, trimmed, no credentials], "hint"?}]
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    over_limit: bool = (
+        False  # counted as the bracket's upper end (UNSTABLE, or FAILING by shedding)
+    )
+    preemptions: int | None = None  # the engine's preemption counter's rise over the run
+    waiting_mean: float | None = None  # engine's waiting queue, time-weighted over the run
+    waiting_max: float | None = None
+    kv_usage_mean: float | None = None  # engine's KV usage, 0..1, time-weighted
+    kv_usage_max: float | None = None
+    scrape_errors: dict[str, int] = field(default_factory=dict)  # state scraper errors by kind
 
 
 @dataclass
@@ -135,6 +153,13 @@ class EngineResult:
     verdict_counts: dict[str, int] = field(default_factory=dict)
     provisioning: Provisioning | None = None
     probes: list[Probe] = field(default_factory=list)
+    # every probe's failures together, most frequent kind first (same shape as Probe.failures)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    preemptions: int | None = None  # over every probe
+    scrape_errors: dict[str, int] = field(default_factory=dict)  # over every probe
+    # model, engine version, launch command and hardware (kvbench/provenance.py); None for a
+    # compare directory written before provenance was recorded
+    provenance: dict[str, Any] | None = None
 
     @property
     def marked(self) -> bool:
@@ -155,10 +180,15 @@ class CompareResults:
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
     interrupted: bool = False
+    # what a reader must know before comparing rows (a merge of runs with different workloads,
+    # seeds or kvbench versions)
+    warnings: list[str] = field(default_factory=list)
+    # `kvbench report merge`: the compare directories merged, one entry per source
+    merged_from: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        for eng, src in zip(out["engines"], self.engines):
+        for eng, src in zip(out["engines"], self.engines, strict=True):
             if src.boundary is not None:
                 eng["boundary"]["midpoint"] = src.boundary.midpoint
         return out
@@ -208,9 +238,9 @@ def load_results(path: Path) -> CompareResults:
         raise KvbenchError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise KvbenchError(f"{path}: not a kvbench compare results file (schema {SCHEMA!r})")
-    if data.get("schema_version") != SCHEMA_VERSION:
+    if data.get("schema_version") not in READABLE_VERSIONS:
         raise KvbenchError(
             f"{path}: schema_version {data.get('schema_version')!r} is not supported "
-            f"(this kvbench reads {SCHEMA_VERSION})"
+            f"(this kvbench reads {', '.join(map(str, READABLE_VERSIONS))})"
         )
     return _build(CompareResults, data, str(path))

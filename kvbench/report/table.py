@@ -6,7 +6,8 @@ Markdown.
 
 from __future__ import annotations
 
-from kvbench.report.schema import CompareResults, EngineResult
+from kvbench.benchmark.failures import describe
+from kvbench.report.schema import VERDICTS, CompareResults, EngineResult
 
 DASH = "—"
 
@@ -22,7 +23,9 @@ SUMMARY_COLUMNS = [
     ("gap", "gap (paper μ)"),
     ("gap_engine_aware", "gap (engine-aware μ)"),
     ("engine_seconds", "engine-s"),
-    ("verdicts", "probes S/U/I"),
+    ("verdicts", "probes S/U/I/F"),
+    ("failures", "failed requests"),
+    ("preemptions", "preemptions"),
     ("status", "status"),
 ]
 
@@ -77,7 +80,9 @@ def summary_row(engine: EngineResult) -> dict[str, str]:
         "gap": fmt_gap(engine.gap_percent),
         "gap_engine_aware": fmt_gap(engine.gap_engine_aware_percent),
         "engine_seconds": f"{engine.engine_seconds:.0f}",
-        "verdicts": "/".join(str(counts.get(v, 0)) for v in ("STABLE", "UNSTABLE", "INCONCLUSIVE")),
+        "verdicts": "/".join(str(counts.get(v, 0)) for v in VERDICTS),
+        "failures": describe(engine.failures, limit=2) if engine.failures else DASH,
+        "preemptions": DASH if engine.preemptions is None else f"{engine.preemptions:,}",
         "status": status_text(engine),
     }
 

@@ -16,6 +16,13 @@ use tokio::time::sleep_until;
 use super::stream::{excerpt, Line, LineBuffer, StreamResult};
 use super::{DriverRecord, RunState, Shared};
 
+/// Longest event-stream line kept while waiting for its end. Engines' chunks are a few hundred
+/// bytes (a few KiB with logprobs); a server that never ends a line must not fill the memory.
+const MAX_LINE: usize = 1 << 20;
+/// How much of an HTTP error's body the record keeps: enough for an engine's JSON error whole
+/// (Python takes its `message` and trims it for the summary), a bound for anything else.
+const ERROR_BODY_CHARS: usize = 2000;
+
 /// How a request ended, besides what is already written on its record.
 enum Ending {
     /// The stream was read to `[DONE]`; the record has its finish (and maybe short/long output).
@@ -104,7 +111,7 @@ async fn exchange(
     let mut body = response.into_body();
     if status != hyper::StatusCode::OK {
         let text = match Limited::new(body, 64 * 1024).collect().await {
-            Ok(collected) => excerpt(&collected.to_bytes(), 200),
+            Ok(collected) => excerpt(&collected.to_bytes(), ERROR_BODY_CHARS),
             Err(_) => String::new(),
         };
         return failed(format!("http_{}", status.as_u16()), text);
@@ -135,6 +142,12 @@ async fn exchange(
         });
         if let Err(message) = fed {
             return failed("bad_stream", message);
+        }
+        if lines.pending() > MAX_LINE {
+            return failed(
+                "bad_stream",
+                format!("line longer than {MAX_LINE} bytes without an end"),
+            );
         }
     }
     if result.done {

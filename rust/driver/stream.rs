@@ -142,6 +142,11 @@ impl LineBuffer {
         Ok(())
     }
 
+    /// Bytes of a line not yet ended.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
     /// The last line when the stream ended without a newline after it.
     pub fn finish(&mut self) -> Option<Vec<u8>> {
         (!self.pending.is_empty()).then(|| std::mem::take(&mut self.pending))
@@ -197,11 +202,7 @@ mod tests {
 
     #[test]
     fn trtllm_final_chunk_is_a_chat_object_and_still_recognised() {
-        let last = TRTLLM
-            .lines()
-            .filter(|l| l.contains("usage"))
-            .last()
-            .unwrap();
+        let last = TRTLLM.lines().rfind(|l| l.contains("usage")).unwrap();
         assert!(last.contains(r#""object":"chat.completion.chunk""#));
         let mut result = StreamResult::default();
         assert_eq!(result.feed_line(last.as_bytes()), Ok(Line::Chunk(false)));
@@ -270,7 +271,10 @@ mod tests {
         let mut lines: Vec<Vec<u8>> = Vec::new();
         for piece in [&b"da"[..], b"ta: 1\n\nda", b"ta: 2\r\n", b"tail"] {
             buffer
-                .push(piece, |l| Ok::<(), ()>(lines.push(l.to_vec())))
+                .push(piece, |l| {
+                    lines.push(l.to_vec());
+                    Ok::<(), ()>(())
+                })
                 .unwrap();
         }
         assert_eq!(

@@ -16,6 +16,7 @@ use rand_pcg::Pcg64Mcg;
 
 use super::decode::DecodeSet;
 use super::pages::PageSize;
+use super::prefix_cache::{FreeQueue, NO_SEGMENT};
 use super::profile::{Profile, Rule, SGLANG_CLIP_MAX_NEW_TOKENS, SGLANG_RETRACT_DECODE_STEPS};
 use super::request::{IterationRecord, Observer, Phase, Slot};
 
@@ -42,6 +43,8 @@ pub struct Engine {
     long_outputs_running: i64,
     /// TensorRT-LLM: pages reserved by running requests for their whole lifetime.
     reserved_pages: i64,
+    /// vLLM with prefix caching: the free pages in eviction order.
+    free_queue: Option<FreeQueue>,
     /// SGLang's new_token_ratio and its per-decode-step decay.
     ratio: f64,
     ratio_decay: f64,
@@ -68,7 +71,10 @@ impl Engine {
         let noise = (sigma > 0.0).then(|| LogNormal::new(-0.5 * sigma * sigma, sigma).unwrap());
         let ratio_decay = (profile.sglang_init_ratio - profile.sglang_min_ratio)
             / profile.sglang_decay_steps as f64;
+        let free_queue = (profile.rule == Rule::Vllm && profile.prefix_caching)
+            .then(|| FreeQueue::new(profile.total_pages()));
         Engine {
+            free_queue,
             total_pages: profile.total_pages(),
             ratio: profile.sglang_init_ratio,
             ratio_decay,
@@ -151,6 +157,8 @@ impl Engine {
             pos: 0,
             chunk: 0,
             reserved: 0,
+            cached_segment: NO_SEGMENT,
+            cached_tokens: 0,
         };
         let index = match self.free_slots.pop() {
             Some(i) => {
@@ -267,7 +275,7 @@ impl Engine {
                     self.prefilling.retain(|&p| p != s);
                 }
                 let computed = self.slab[s as usize].computed;
-                self.used_pages -= self.pages(computed);
+                self.free_pages(computed);
                 self.reserved_pages -= self.slab[s as usize].reserved;
                 self.running -= 1;
                 self.long_outputs_running -= self.is_long(s);
@@ -275,12 +283,58 @@ impl Engine {
             // finished in the iteration it was aborted in: nothing left to free
             Phase::Done => return,
         }
+        self.forget_cached_prefix(s);
         let r = &mut self.slab[s as usize];
         r.reserved = 0;
         r.chunk = 0;
         r.phase = Phase::Done;
         r.seq = NOT_RUNNING;
         self.free_slots.push(s);
+    }
+
+    /// Returns a request's KV pages to the free pool; with prefix caching they join the free
+    /// queue as pages nobody can hit.
+    fn free_pages(&mut self, computed: i64) {
+        let pages = self.pages(computed);
+        self.used_pages -= pages;
+        if let Some(q) = self.free_queue.as_mut() {
+            q.free_anonymous(pages);
+        }
+    }
+
+    /// Takes `pages` new pages from the free pool (evicting the least recently freed).
+    fn allocate_pages(&mut self, pages: i64) {
+        self.used_pages += pages;
+        if let Some(q) = self.free_queue.as_mut() {
+            q.allocate(pages);
+        }
+    }
+
+    /// The KV tokens a waiting request would start from if admitted now: its swapped-out
+    /// progress (ideal rule), or with vLLM's prefix caching the full pages of its own that are
+    /// still hashed, at most num_tokens − 1 (`get_computed_blocks` leaves the last token to be
+    /// computed so that it samples).
+    fn resume_point(&self, s: u32) -> i64 {
+        let r = &self.slab[s as usize];
+        match &self.free_queue {
+            Some(q) if r.cached_segment != NO_SEGMENT => {
+                let full = r.cached_tokens.min(r.known() - 1) / self.block;
+                q.surviving(r.cached_segment).min(full) * self.block
+            }
+            _ => r.computed,
+        }
+    }
+
+    /// Drops a waiting request's claim on its freed pages (it was re-admitted or aborted).
+    fn forget_cached_prefix(&mut self, s: u32) {
+        let r = &mut self.slab[s as usize];
+        if r.cached_segment != NO_SEGMENT {
+            if let Some(q) = self.free_queue.as_mut() {
+                q.reclaim(r.cached_segment, 0);
+            }
+            r.cached_segment = NO_SEGMENT;
+            r.cached_tokens = 0;
+        }
     }
 
     /// Schedules an iteration starting at `now`; false when there is nothing to run.
@@ -383,11 +437,11 @@ impl Engine {
             if r.arrival > now {
                 break;
             }
-            let n = (r.known() - r.computed)
+            let computed = self.resume_point(s);
+            let n = (r.known() - computed)
                 .min(self.profile.chunk_size)
                 .min(budget);
-            // Swapped-out progress comes back with the request (ideal rule); others start at 0.
-            let pages_now = self.pages(r.computed + n);
+            let pages_now = self.pages(computed + n);
             if self.used_pages + need + pages_now > self.total_pages {
                 break;
             }
@@ -413,8 +467,9 @@ impl Engine {
                 }
             }
             self.waiting.pop_front();
-            need += pages_now - self.pages(self.slab[s as usize].computed);
+            need += pages_now - self.pages(computed);
             budget -= n;
+            self.restore_cached_prefix(s, computed);
             self.start_running(s, n, now, obs);
         }
     }
@@ -443,6 +498,22 @@ impl Engine {
             total += (r.output - r.generated).min(SGLANG_CLIP_MAX_NEW_TOKENS);
         }
         total as f64
+    }
+
+    /// A re-admitted request takes back the `computed` tokens of its cached prefix: those pages
+    /// leave the free queue without being recomputed.
+    fn restore_cached_prefix(&mut self, s: u32, computed: i64) {
+        let r = &mut self.slab[s as usize];
+        if r.cached_segment == NO_SEGMENT {
+            return;
+        }
+        let hit = computed / self.block;
+        if let Some(q) = self.free_queue.as_mut() {
+            q.reclaim(r.cached_segment, hit);
+        }
+        r.computed = computed;
+        r.cached_segment = NO_SEGMENT;
+        r.cached_tokens = 0;
     }
 
     #[inline]
@@ -553,11 +624,17 @@ impl Engine {
             Phase::Waiting | Phase::Done => unreachable!("only running requests are preempted"),
         }
         let computed = self.slab[s as usize].computed;
-        self.used_pages -= self.pages(computed);
+        let pages = self.pages(computed);
+        self.used_pages -= pages;
+        let segment = self.free_queue.as_mut().map(|q| q.free_owned(pages));
         self.reserved_pages -= self.slab[s as usize].reserved;
         let r = &mut self.slab[s as usize];
         r.reserved = 0;
         r.chunk = 0;
+        if let Some(id) = segment {
+            r.cached_segment = id;
+            r.cached_tokens = computed;
+        }
         if !keep_kv {
             r.computed = 0;
         }
@@ -578,22 +655,32 @@ impl Engine {
     fn commit(&mut self, now: f64, decode: bool) -> IterationRecord {
         let mut batch_tokens = 0;
         let mut kv_tokens = 0;
+        let mut prefill_pairs = 0.0;
         if decode {
-            self.used_pages += self.decode.growth_pages();
+            self.allocate_pages(self.decode.growth_pages());
             batch_tokens += self.decode.len();
             // Each decoding request attends over its KV plus the token it writes.
             kv_tokens += self.decode.kv_tokens() + self.decode.len();
         }
-        for &s in &self.prefilling {
-            let r = &self.slab[s as usize];
-            if r.chunk > 0 {
-                self.used_pages += self.pages(r.computed + r.chunk) - self.pages(r.computed);
-                batch_tokens += r.chunk;
-                kv_tokens += r.computed + r.chunk;
+        for i in 0..self.prefilling.len() {
+            let r = &self.slab[self.prefilling[i] as usize];
+            let (computed, chunk) = (r.computed, r.chunk);
+            if chunk > 0 {
+                self.allocate_pages(self.pages(computed + chunk) - self.pages(computed));
+                batch_tokens += chunk;
+                kv_tokens += computed + chunk;
+                prefill_pairs += (chunk as f64) * ((computed + chunk) as f64);
             }
         }
         debug_assert!(self.used_pages <= self.total_pages);
-        let mut duration = self.profile.iteration_time.mean(batch_tokens, kv_tokens);
+        #[cfg(debug_assertions)]
+        if let Some(q) = &self.free_queue {
+            debug_assert_eq!(q.free_pages(), self.total_pages - self.used_pages);
+        }
+        let mut duration = self
+            .profile
+            .iteration_time
+            .mean(batch_tokens, kv_tokens, prefill_pairs);
         if let Some(noise) = &self.noise {
             duration *= noise.sample(&mut self.rng);
         }
@@ -627,6 +714,8 @@ impl Engine {
         let blocked_pages = match self.waiting.front() {
             None => None,
             Some(_) if self.profile.rule == Rule::Sglang => return,
+            // The head's cached prefix shrinks as pages are allocated, which can unblock it.
+            Some(&s) if self.slab[s as usize].cached_segment != NO_SEGMENT => return,
             Some(&s) => match self.head_blocked(s) {
                 Blocked::No => return,
                 Blocked::Always => None,
@@ -644,12 +733,12 @@ impl Engine {
             {
                 break;
             }
-            let duration = model.mean(n, self.decode.kv_tokens() + n);
+            let duration = model.mean(n, self.decode.kv_tokens() + n, 0.0);
             let end = self.clock + duration;
             if end > until {
                 break;
             }
-            self.used_pages = used;
+            self.allocate_pages(growth);
             self.peak_kv_tokens = self.peak_kv_tokens.max(used * self.block);
             self.decode.step += 1;
             self.clock = end;
@@ -755,7 +844,7 @@ impl Engine {
 
     fn finish<O: Observer>(&mut self, s: u32, t: f64, obs: &mut O) {
         let computed = self.slab[s as usize].computed;
-        self.used_pages -= self.pages(computed);
+        self.free_pages(computed);
         self.reserved_pages -= self.slab[s as usize].reserved;
         let r = &mut self.slab[s as usize];
         r.reserved = 0;

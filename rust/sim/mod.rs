@@ -6,6 +6,7 @@ mod batch;
 mod decode;
 mod engine;
 mod pages;
+mod prefix_cache;
 mod profile;
 mod request;
 mod stepping;

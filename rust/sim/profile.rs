@@ -38,13 +38,20 @@ impl Rule {
     }
 }
 
-/// Duration of one iteration: c0 + c1·batch_tokens + c2·kv_tokens, times exp(N(−σ²/2, σ²)).
+/// Duration of one iteration, times exp(N(−σ²/2, σ²)):
+/// c0 + c1·min(T, knee) + c1_above·max(T − knee, 0) + c2·kv_tokens + c3·Σ chunk·(cached + chunk)
+/// for T batch tokens. Below the knee a GEMM's time is mostly the weights' read; above it the
+/// GEMMs are compute-bound. The c3 term is prefill attention, quadratic in the chunk's context.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct IterationTime {
     pub c0: f64,
     pub c1: f64,
     pub c2: f64,
     pub noise_sigma: f64,
+    /// i64::MAX when the model has no knee.
+    pub knee: i64,
+    pub c1_above: f64,
+    pub c3: f64,
 }
 
 impl IterationTime {
@@ -55,12 +62,21 @@ impl IterationTime {
             c1: 0.0,
             c2: 0.0,
             noise_sigma: 0.0,
+            knee: i64::MAX,
+            c1_above: 0.0,
+            c3: 0.0,
         }
     }
 
+    /// `prefill_pairs`: Σ over the batch's prefill chunks of chunk·(cached + chunk).
     #[inline]
-    pub fn mean(&self, batch_tokens: i64, kv_tokens: i64) -> f64 {
-        self.c0 + self.c1 * batch_tokens as f64 + self.c2 * kv_tokens as f64
+    pub fn mean(&self, batch_tokens: i64, kv_tokens: i64, prefill_pairs: f64) -> f64 {
+        let below = batch_tokens.min(self.knee);
+        self.c0
+            + self.c1 * below as f64
+            + self.c1_above * (batch_tokens - below) as f64
+            + self.c2 * kv_tokens as f64
+            + self.c3 * prefill_pairs
     }
 }
 
@@ -79,6 +95,9 @@ pub struct Profile {
     pub sglang_init_ratio: f64,
     pub sglang_min_ratio: f64,
     pub sglang_decay_steps: i64,
+    /// vLLM's automatic prefix caching: a preempted request's freed pages stay reusable until
+    /// reallocated, and its re-admission restores the surviving prefix.
+    pub prefix_caching: bool,
 }
 
 impl Profile {
@@ -99,12 +118,13 @@ impl Profile {
             sglang_init_ratio: 0.7,
             sglang_min_ratio: 0.1,
             sglang_decay_steps: 600,
+            prefix_caching: false,
         }
     }
 
     pub fn validate(&self) -> Result<(), String> {
         let it = &self.iteration_time;
-        let checks: [(bool, &str); 9] = [
+        let checks: [(bool, &str); 10] = [
             (self.kv_tokens >= 1, "kv_tokens must be at least 1"),
             (self.block_size >= 1, "block_size must be at least 1"),
             (
@@ -121,6 +141,10 @@ impl Profile {
             (
                 it.noise_sigma >= 0.0 && it.noise_sigma.is_finite(),
                 "noise_sigma must be >= 0",
+            ),
+            (
+                it.knee >= 1 && it.c1_above >= 0.0 && it.c3 >= 0.0,
+                "iteration time needs knee >= 1 and c1_above, c3 >= 0",
             ),
             (
                 self.sglang_init_ratio >= self.sglang_min_ratio
@@ -154,6 +178,9 @@ struct PyIterationTime {
     c1: f64,
     c2: f64,
     noise_sigma: f64,
+    knee: Option<i64>,
+    c1_above: f64,
+    c3: f64,
 }
 
 /// Mirror of `kvbench.profile.EngineProfile`, read by attribute name.
@@ -171,6 +198,7 @@ struct PyProfile {
     sglang_init_ratio: f64,
     sglang_min_ratio: f64,
     sglang_decay_steps: i64,
+    prefix_caching: bool,
 }
 
 impl<'py> FromPyObject<'py> for Profile {
@@ -189,12 +217,16 @@ impl<'py> FromPyObject<'py> for Profile {
                 c1: it.c1,
                 c2: it.c2,
                 noise_sigma: it.noise_sigma,
+                knee: it.knee.unwrap_or(i64::MAX),
+                c1_above: it.c1_above,
+                c3: it.c3,
             },
             max_tokens_cap: p.max_tokens_cap,
             separate_prefill_decode: p.separate_prefill_decode,
             sglang_init_ratio: p.sglang_init_ratio,
             sglang_min_ratio: p.sglang_min_ratio,
             sglang_decay_steps: p.sglang_decay_steps,
+            prefix_caching: p.prefix_caching,
         };
         profile
             .validate()

@@ -36,6 +36,10 @@ pub struct Slot {
     pub chunk: i64,
     /// Pages reserved at admission (TensorRT-LLM's GUARANTEED_NO_EVICT).
     pub reserved: i64,
+    /// vLLM prefix caching: the free-queue segment of the pages freed when this request was
+    /// preempted (`prefix_cache::NO_SEGMENT` when none), and the KV tokens they held.
+    pub cached_segment: u64,
+    pub cached_tokens: i64,
 }
 
 impl Slot {

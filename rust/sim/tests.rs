@@ -96,6 +96,7 @@ fn iteration_time_model_and_pages() {
         c1: 1e-4,
         c2: 1e-6,
         noise_sigma: 0.0,
+        ..IterationTime::constant(0.01)
     };
     let mut e = Engine::new(p, 0);
     let mut log = Log::default();
@@ -108,6 +109,31 @@ fn iteration_time_model_and_pages() {
     // Decode attends over 100 prompt tokens + 1 generated + the one it writes.
     assert!((it[1].duration - (0.01 + 1e-4 + 101.0 * 1e-6)).abs() < 1e-15);
     assert_eq!(it[2].kv_used, 112);
+}
+
+#[test]
+fn iteration_time_knee_and_prefill_attention() {
+    // Below the knee c1 per token, above it c1_above; c3 per chunk token × attended token.
+    let mut p = profile(Rule::Vllm, 1600, 16, 64, 2048, 256);
+    p.iteration_time = IterationTime {
+        c0: 0.01,
+        c1: 1e-4,
+        c2: 0.0,
+        noise_sigma: 0.0,
+        knee: 40,
+        c1_above: 1e-3,
+        c3: 1e-6,
+    };
+    let mut e = Engine::new(p, 0);
+    let mut log = Log::default();
+    e.add_request(0, 100, 2, 0.0).unwrap();
+    e.advance(f64::INFINITY, &mut log);
+    let d: Vec<f64> = log.iterations.iter().map(|i| i.duration).collect();
+    // Chunks of 64 (after 0 cached) and 36 (after 64), then one decode of 1 token.
+    let first = 0.01 + 40.0 * 1e-4 + 24.0 * 1e-3 + 64.0 * 64.0 * 1e-6;
+    let second = 0.01 + 36.0 * 1e-4 + 36.0 * 100.0 * 1e-6;
+    assert!((d[0] - first).abs() < 1e-12 && (d[1] - second).abs() < 1e-12);
+    assert!((d[2] - (0.01 + 1e-4)).abs() < 1e-12);
 }
 
 #[test]
@@ -130,6 +156,37 @@ fn vllm_preempts_the_newest_and_recomputes() {
         .iterations
         .iter()
         .any(|i| i.batch_tokens > 10 && i.batch_tokens < 30));
+}
+
+/// Pages of 4, M = 10 pages, two requests of s = 8, o = 20 (hand-traced): both prefill, then
+/// decode until both hold 5 full pages and need a sixth; vLLM preempts the newer (B, 20 KV
+/// tokens, 21 known) and frees its 5 pages tail first. A's next two pages come from the front of
+/// the free queue, which is B's tail, so 3 of B's pages survive; B, blocked until A finishes,
+/// hits those 12 tokens and re-prefills only 21 − 12 = 9. Without prefix caching it re-prefills
+/// all 21.
+#[test]
+fn vllm_prefix_cache_restores_the_surviving_prefix() {
+    for (caching, reprefill) in [(true, 9), (false, 21)] {
+        let mut p = profile(Rule::Vllm, 40, 4, 512, 2048, 256);
+        p.prefix_caching = caching;
+        let mut e = Engine::new(p, 0);
+        let mut log = Log::default();
+        e.add_request(0, 8, 20, 0.0).unwrap();
+        e.add_request(1, 8, 20, 0.0).unwrap();
+        e.advance(f64::INFINITY, &mut log);
+        assert_eq!(log.preempted, 1);
+        assert_eq!(log.admitted[&1].len(), 2);
+        let batches: Vec<i64> = log.iterations.iter().map(|i| i.batch_tokens).collect();
+        // Prefill (16), 12 decode steps of both, then A alone, then B's re-prefill.
+        assert_eq!(batches[0], 16);
+        let resumed = batches.iter().skip(1).position(|&b| b > 2).unwrap() + 1;
+        assert_eq!(
+            batches[resumed], reprefill,
+            "caching {caching}: {batches:?}"
+        );
+        assert_eq!(log.tokens[&1], (1..=20).collect::<Vec<_>>());
+        assert_eq!(e.kv_used_tokens(), 0);
+    }
 }
 
 #[test]
@@ -204,12 +261,19 @@ fn sglang_prefill_batches_pause_decoding() {
 /// finishes with exactly its output length in tokens 1..=o, first admissions in FCFS order.
 #[test]
 fn invariants_under_pressure() {
-    for (k, rule) in [Rule::Ideal, Rule::Vllm, Rule::Sglang, Rule::Trtllm]
-        .into_iter()
-        .enumerate()
+    for (k, (rule, caching)) in [
+        (Rule::Ideal, false),
+        (Rule::Vllm, false),
+        (Rule::Vllm, true),
+        (Rule::Sglang, false),
+        (Rule::Trtllm, false),
+    ]
+    .into_iter()
+    .enumerate()
     {
         for block in [1, 16] {
             let mut p = profile(rule, 4096, block, 64, 256, 32);
+            p.prefix_caching = caching;
             p.iteration_time.noise_sigma = 0.3;
             let mut rng = Pcg64Mcg::seed_from_u64(k as u64 * 10 + block as u64);
             let mut e = Engine::new(p, 1);
@@ -345,14 +409,22 @@ fn bad_input_is_named() {
 /// anything: per-request times and totals equal the iteration-by-iteration run exactly.
 #[test]
 fn quiet_stretches_change_nothing() {
-    for rule in [Rule::Ideal, Rule::Vllm, Rule::Sglang, Rule::Trtllm] {
+    for (rule, caching) in [
+        (Rule::Ideal, false),
+        (Rule::Vllm, false),
+        (Rule::Vllm, true),
+        (Rule::Sglang, false),
+        (Rule::Trtllm, false),
+    ] {
         for block in [1, 16] {
             let mut p = profile(rule, 30_000, block, 512, 2048, 256);
+            p.prefix_caching = caching;
             p.iteration_time = IterationTime {
                 c0: 0.02,
                 c1: 5e-5,
                 c2: 1e-7,
                 noise_sigma: 0.0,
+                ..IterationTime::constant(0.02)
             };
             let mut rng = Pcg64Mcg::seed_from_u64(block as u64);
             let n = 4000;
