@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kvbench import validate
 from kvbench.errors import KvbenchError
 from kvbench.profile import IterationTimeModel
 
@@ -249,9 +250,9 @@ def load_windows(path: str | Path) -> IterationWindows:
     `batch_tokens`, `kv_tokens` and optionally `iterations` (default 1)."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as err:
-        raise KvbenchError(f"{path}: cannot read ({err.strerror})") from None
+        text = validate.input_text(path)
+    except FileNotFoundError:
+        raise KvbenchError(f"{path}: no such file") from None
     stripped = text.lstrip()
     if stripped.startswith("[") or stripped.startswith("{"):
         try:
@@ -336,9 +337,9 @@ def load_calibration(path: str | Path) -> Calibration:
     """A calibration saved by `kvbench calibrate --output` (a bare fit object is accepted)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except OSError as err:
-        raise KvbenchError(f"{path}: cannot read ({err.strerror})") from None
+        data = json.loads(validate.input_text(path))
+    except FileNotFoundError:
+        raise KvbenchError(f"{path}: no such file") from None
     except json.JSONDecodeError as err:
         raise KvbenchError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
     if not isinstance(data, dict):

@@ -9,3 +9,10 @@ class KvbenchError(Exception):
     """A user-facing failure; `str(err)` is the whole one-line message."""
 
     exit_code = 2
+
+
+class EngineError(KvbenchError):
+    """The engine failed (died, stopped answering, refused the run): not the user's input, so
+    the exit status is 1, as for any measurement that could not be made."""
+
+    exit_code = 1

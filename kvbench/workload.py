@@ -36,8 +36,7 @@ import numpy as np
 from kvbench import validate
 from kvbench.errors import KvbenchError
 
-# The largest length accepted, so that g(s, o) ~ (s + o)² / 2 stays exact in int64.
-MAX_TOKENS = 10**9
+MAX_TOKENS = validate.MAX_TOKENS
 
 PAPER_SHORTHANDS: dict[str, str] = {
     "pd-1:1": "uniform:10-1600,10-1600",
@@ -169,11 +168,9 @@ def load_workload(spec_or_path: str) -> Workload:
         return _packaged_trace(text)
     path = Path(spec_or_path)
     try:
-        content = path.read_bytes()
+        content = validate.input_bytes(path)
     except FileNotFoundError:
         raise KvbenchError(f"no such workload or file: {spec_or_path!r} ({_SPEC_HELP})") from None
-    except OSError as err:
-        raise KvbenchError(f"{spec_or_path}: cannot read: {err.strerror or err}") from None
     return _parse_trace(content, label=str(path), name=path.stem, suffix=path.suffix.lower())
 
 

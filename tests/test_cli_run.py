@@ -246,6 +246,9 @@ class _FailAfter(Backend):
     def discover_profile(self):
         return self.inner.discover_profile()
 
+    def close(self):
+        self.inner.close()
+
     def execute(self, requests, sink, *, duration):
         n, error = self.n, self.error
 
@@ -278,8 +281,9 @@ def test_a_crash_after_n_records_leaves_a_readable_partial_run(tmp_path, error, 
     assert data.status == status and data.end["error"]
     assert len(data.records) == 200
     r = _invoke("report", str(tmp_path), "--json")
-    assert r.exit_code == 0, r.output
-    summary = json.loads(r.output)
+    # a run the engine failed is an error of the measurement (exit 1); a stopped one is not
+    assert r.exit_code == (1 if status == "failed" else 0), r.output
+    summary = json.loads(r.stdout)
     assert summary["status"] == status and summary["requests"]["scheduled"] == 200
 
 
@@ -371,3 +375,67 @@ def test_lag_shorter_than_a_mean_gap_keeps_the_verdict():
     # the same 200 ms lag at 1 req/s shifts each send by a fifth of a gap: the offered process is intact
     s = summarize(*_steady_run(1.0, 0.2), [], status="completed")
     assert s["client_kept_schedule"] is True and s["verdict"] == "STABLE"
+
+
+def test_an_engine_that_fails_mid_run_exits_1_with_its_run_kept(tmp_path, monkeypatch):
+    """The engine, not the input, failed: exit 1 (2 is for bad input), one line, and the run
+    directory closed as failed."""
+    from kvbench.cli import run as run_command
+    from kvbench.errors import KvbenchError
+
+    def failing(*args, **kwargs):
+        return _FailAfter(resolve_backend("sim:vllm"), 50, KvbenchError("engine died"))
+
+    monkeypatch.setattr(run_command, "resolve_backend", failing)
+    out = tmp_path / "run"
+    r = _invoke("run", "--backend", "sim:vllm", "--request-rate", "2", "--duration", "600")
+    assert r.exit_code == 1 and r.stderr == "error: engine died\n", r.output
+    r = _invoke(
+        "run", "--backend", "sim:vllm", "--request-rate", "2", "--duration", "600", "--output", out
+    )
+    assert r.exit_code == 1
+    assert read_run(out).status == "failed" and len(read_run(out).records) == 50
+
+
+def test_exit_status_follows_the_engine_not_the_verdict():
+    from kvbench.cli.boundary import boundary_exit_status
+    from kvbench.cli.run import run_exit_status
+
+    assert run_exit_status({"status": "completed", "verdict": "UNSTABLE"}) == 0
+    assert run_exit_status({"status": "completed", "verdict": None}) == 0
+    assert run_exit_status({"status": "completed", "verdict": "FAILING"}) == 1
+    assert run_exit_status({"status": "failed", "verdict": "STABLE"}) == 1
+
+    def record(lower, upper, *verdicts):
+        return {"lower": lower, "upper": upper, "probes": [{"verdict": v} for v in verdicts]}
+
+    assert boundary_exit_status(record(1.0, 1.1, "UNSTABLE", "STABLE")) == 0
+    # failures at the top of the range are the engine's limit once a bracket is found
+    assert boundary_exit_status(record(1.0, 1.1, "FAILING", "UNSTABLE", "STABLE")) == 0
+    assert boundary_exit_status(record(None, None, "FAILING")) == 1
+    assert boundary_exit_status(record(None, None)) == 0
+
+
+def test_report_heads_a_run_that_did_not_complete_with_its_status(tmp_path):
+    """A run whose engine died is never headed by a (green) STABLE: the status comes first,
+    the verdict is withheld, and the exit status is 1."""
+    out = tmp_path / "run"
+    r = _invoke(
+        "run", "--backend", "sim:ideal", "--request-rate", "2", "--duration", "300",
+        "--batch-time", "0.01", "--kv-tokens", "100000", "--output", str(out), "--json",
+    )  # fmt: skip
+    assert r.exit_code == 0 and json.loads(r.stdout)["verdict"] == "STABLE", r.output
+    for status, code in (("failed", 1), ("interrupted", 0)):
+        (out / "end.json").write_text(json.dumps({"status": status, "error": "engine exited (-9)"}))
+        r = _invoke("report", str(out))
+        assert r.exit_code == code, r.output
+        rows = [line.split(":", 1)[0].strip() for line in r.stdout.splitlines()[1:]]
+        assert rows[:2] == ["status", "verdict"], r.stdout
+        assert status.upper() in r.stdout.splitlines()[1]
+        verdict = r.stdout.splitlines()[2]
+        if status == "failed":
+            assert "STABLE" not in verdict and verdict.split()[1] == "none", verdict
+        else:  # the verdict of the part measured, said to be so, never in green
+            assert "of the part measured before the stop" in verdict
+            colored = CliRunner().invoke(cli, ["report", str(out)], color=True).stdout
+            assert "\x1b[32m" not in colored and "INTERRUPTED" in colored  # no green at all

@@ -26,7 +26,7 @@ def _compare(tmp_path: Path, *args: str) -> tuple[int, str, Path | None]:
         cli, ["compare", "--output-dir", str(tmp_path), "--no-progress", *FAST, *args]
     )
     dirs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
-    return result.exit_code, result.output, dirs[-1] if dirs else None
+    return result.exit_code, result.stdout, dirs[-1] if dirs else None
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,8 @@ def embedded(tmp_path_factory):
         "40",
         "--json",
     )
-    assert code == 0, output
+    # the report is written, and the failed engine makes the exit status 1
+    assert code == 1, output
     return json.loads(output), directory
 
 
@@ -82,7 +83,8 @@ def test_report_command_rebuilds_the_same_results(embedded):
     (directory / "results.json").unlink()
     (directory / "report.html").unlink()
     result = CliRunner().invoke(cli, ["report", str(directory)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # vllm FAILED, as in the compare itself
+    assert result.stderr.strip() == "error: vllm FAILED (see the report)"
     assert (directory / "results.json").read_text() == before
     assert (directory / "report.html").is_file()
 
@@ -205,8 +207,10 @@ def emulated(tmp_path_factory):
         )
     finally:
         mp.undo()
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output), next(out.iterdir())
+    # sglang's emulator does not start: its row is FAILED, so the exit status is 1
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().endswith("FAILED (see the report)"), result.stderr
+    return json.loads(result.stdout), next(out.iterdir())
 
 
 def test_default_compare_measures_emulated_engines_over_http(emulated):

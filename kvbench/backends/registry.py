@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from kvbench import validate
 from kvbench.backends.base import Backend
 from kvbench.backends.launch import LaunchOptions
 from kvbench.errors import KvbenchError
@@ -41,13 +42,12 @@ def _check_shape(
     kv_tokens: int | None, chunk_size: int | None, batch_time: float | None, replicas: int
 ) -> None:
     """The flags that shape a simulated or emulated engine, each checked once for both."""
-    if replicas < 1:
-        raise KvbenchError(f"--replicas must be at least 1, got {replicas}")
+    validate.positive_int(replicas, "--replicas")
     for flag, value in (("--kv-tokens", kv_tokens), ("--chunk-size", chunk_size)):
-        if value is not None and value < 1:
-            raise KvbenchError(f"{flag} must be a positive number of tokens, got {value}")
-    if batch_time is not None and not batch_time > 0:
-        raise KvbenchError(f"--batch-time must be a positive number of seconds, got {batch_time}")
+        if value is not None:
+            validate.token_count(value, flag)
+    if batch_time is not None:
+        validate.positive_number(batch_time, "--batch-time")
 
 
 def resolve_backend(
@@ -82,6 +82,8 @@ def resolve_backend(
         )
     if time_scale is not None:
         check_time_scale(time_scale)
+    if url is not None:
+        validate.url(url)
     if time_scale is not None and not (name.startswith(EMULATE_PREFIX) or url is not None):
         raise KvbenchError(
             f"{name}: --time-scale applies to emulate:* backends and to an emulator attached "

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kvbench import validate
 from kvbench.backends.base import RequestRecord
 from kvbench.errors import KvbenchError
 
@@ -62,6 +63,12 @@ def saturated_decode_times(records: list[RequestRecord], after: float = 0.0) -> 
     )
 
 
+def check_trim(trim: float) -> float:
+    """The fraction cut from each tail: [0, 0.5), as a trimmed mean allows (0.5 would leave
+    nothing, or just the median)."""
+    return validate.in_range(trim, "--trim", 0.0, 0.5, high_open=True)
+
+
 def estimate_batch_time(
     timings: np.ndarray, *, source: str, trim: float = 0.0
 ) -> BatchTimeEstimate:
@@ -73,8 +80,7 @@ def estimate_batch_time(
             f"only {timings.size} iteration timings near saturation (need {MIN_TIMINGS}) "
             "to estimate the batch time; give --batch-time or a longer calibration"
         )
-    if not 0.0 <= trim < 0.5:
-        raise KvbenchError(f"--trim must be in [0, 0.5), got {trim}")
+    check_trim(trim)
     if trim == 0:
         value = float(np.median(timings))
     else:  # as scipy.stats.trim_mean: cut ⌊n·trim⌋ values from each end

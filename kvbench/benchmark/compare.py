@@ -13,6 +13,7 @@ This module measures; presentation (progress view, terminal summary) observes it
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kvbench import __version__, provenance, theory
+from kvbench import __version__, interrupt, provenance, theory, validate
 from kvbench.backends.base import (
     Backend,
     QueueSample,
@@ -34,6 +35,7 @@ from kvbench.benchmark.batch_time import (
     MIN_TIMINGS,
     PROBE_SOURCE,
     BatchTimeEstimate,
+    check_trim,
     estimate_batch_time,
     saturated_decode_times,
 )
@@ -44,7 +46,7 @@ from kvbench.benchmark.burst import (
     run_burst,
     warm_up,
 )
-from kvbench.benchmark.search import DEFAULT_PRECISION
+from kvbench.benchmark.search import DEFAULT_PRECISION, check_search_settings
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel
@@ -159,12 +161,56 @@ class CompareConfig:
         otherwise the workload is the paper's pd-1:1, emulated and simulated engines take their
         preset's M, and emulators run in real time, unless given."""
         embedded = self.workload is None and not self.measures_real_engines
+
+        def given(value, default):
+            return default if value is None else value
+
         return replace(
             self,
-            workload=self.workload or (EMBEDDED.workload if embedded else REAL_ENGINE_WORKLOAD),
-            kv_tokens=self.kv_tokens or (EMBEDDED.kv_tokens if embedded else None),
-            time_scale=self.time_scale or (EMBEDDED.time_scale if embedded else None),
-            precision=self.precision or (EMBEDDED.precision if embedded else DEFAULT_PRECISION),
+            workload=given(self.workload, EMBEDDED.workload if embedded else REAL_ENGINE_WORKLOAD),
+            kv_tokens=given(self.kv_tokens, EMBEDDED.kv_tokens if embedded else None),
+            time_scale=given(self.time_scale, EMBEDDED.time_scale if embedded else None),
+            precision=given(self.precision, EMBEDDED.precision if embedded else DEFAULT_PRECISION),
+        )
+
+    def check(self) -> None:
+        """Every setting, checked before anything is measured or written: a bad one is a
+        one-line KvbenchError (exit 2), never an engine row FAILED after minutes of work."""
+        from kvbench.backends.registry import backend_names
+
+        if not self.backends:
+            raise KvbenchError(
+                "--backends needs at least one engine, e.g. --backends trtllm,sglang"
+            )
+        known = backend_names()
+        for label in self.backends:
+            if backend_spec(label, self) not in known:
+                raise KvbenchError(
+                    f"unknown backend {label!r} in --backends; choose from trtllm, sglang, "
+                    f"vllm or one of {', '.join(n for n in known if ':' in n)}"
+                )
+        unknown = set(self.urls) - set(self.backends)
+        if unknown:
+            raise KvbenchError(f"--url names {', '.join(sorted(unknown))}, not in --backends")
+        for urls in self.urls.values():
+            for url in urls:
+                validate.url(url)
+        if self.kv_tokens is not None:
+            validate.token_count(self.kv_tokens, "--kv-tokens")
+        if self.time_scale is not None:
+            validate.positive_number(self.time_scale, "--time-scale")
+        validate.positive_int(self.replicas, "--replicas")
+        validate.seed(self.seed, "--seed")
+        check_trim(self.trim)
+        if self.target_rate is not None:
+            validate.positive_number(self.target_rate, "--target-rate")
+        validate.in_range(self.target_utilization, "--target-utilization", 0, 1, low_open=True)
+        precision = self.with_defaults().precision
+        assert precision is not None  # with_defaults fills it in
+        check_search_settings(
+            precision,
+            self.confidence,
+            math.inf if self.max_engine_seconds is None else self.max_engine_seconds,
         )
 
 
@@ -438,15 +484,19 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
     """Measure every engine; return the compare directory (raw files only: build the report
     with kvbench.report.write_report). KeyboardInterrupt stops after saving what was measured,
     and the directory says so."""
-    if not config.backends:
-        raise KvbenchError("--backends needs at least one engine, e.g. --backends trtllm,sglang")
+    config.check()
     config = config.with_defaults()
     config.check_launch()
     assert config.workload is not None  # with_defaults filled it
     workload = load_workload(config.workload)
     now = datetime.now(UTC)
     directory = report_directory(config, now)
-    directory.mkdir(parents=True)
+    try:
+        directory.mkdir(parents=True)
+    except OSError as err:
+        raise KvbenchError(
+            f"{directory}: cannot create the report directory: {err.strerror or err}"
+        ) from None
     asked: list[dict[str, Any]] = []
     for i, label in enumerate(config.backends):
         spec = backend_spec(label, config)
@@ -496,7 +546,7 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
             engine.data["status"] = "ok"
         except KeyboardInterrupt:
             engine.data["status"] = "interrupted"
-            engine.data["error"] = "stopped by Ctrl-C; finished probes are kept"
+            engine.data["error"] = f"stopped by {interrupt.stopped_by()}; finished probes are kept"
             header["interrupted"] = True
         except KvbenchError as err:
             engine.data["status"], engine.data["error"] = "failed", str(err)

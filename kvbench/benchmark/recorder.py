@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import math
 import platform
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, get_args, get_origin, get_type_hints
 
 import numpy as np
 
-from kvbench import __version__
+from kvbench import __version__, validate
 from kvbench.backends.base import QueueSample, RequestRecord
 from kvbench.errors import KvbenchError
 
@@ -39,9 +39,6 @@ REQUESTS_FILE = "requests.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 END_FILE = "end.json"
 SUMMARY_FILE = "summary.json"
-
-_REQUEST_FIELDS = {f.name for f in fields(RequestRecord)}
-_SAMPLE_FIELDS = {f.name for f in fields(QueueSample)}
 
 
 def versions() -> dict[str, str]:
@@ -161,14 +158,61 @@ class RunData:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return validate.input_text(path)
     except FileNotFoundError:
         raise KvbenchError(f"{path}: missing (is {path.parent} a kvbench run directory?)") from None
-    except OSError as err:
-        raise KvbenchError(f"{path}: cannot read: {err.strerror}") from None
 
 
-def _read_jsonl(path: Path, cls: type, names: set[str]) -> tuple[list, int]:
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise KvbenchError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+
+
+def _is(value: Any, kind: Any) -> bool:
+    """Whether a JSON value fits a field's annotation (the recorder writes NaN as null, which
+    only an optional field may hold)."""
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    args = get_args(kind)
+    if get_origin(kind) is list:
+        return isinstance(value, list) and all(_is(v, args[0]) for v in value)
+    if type(None) in args:  # X | None
+        return value is None or any(_is(value, a) for a in args if a is not type(None))
+    return True
+
+
+def _describe(kind: Any) -> str:
+    names = {float: "number", int: "integer", str: "string"}
+    if kind in names:
+        return names[kind]
+    args = get_args(kind)
+    if get_origin(kind) is list:
+        return f"list of {_describe(args[0])}s"
+    return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+
+
+def _record(cls: type, obj: Any, where: str) -> Any:
+    """A `cls` from one JSON object whose every known field has its annotated type, so that a
+    damaged file is named here rather than failing later as a traceback in the arithmetic."""
+    if not isinstance(obj, dict):
+        raise KvbenchError(f"{where}: not a {cls.__name__} record (a JSON object)")
+    hints = get_type_hints(cls)
+    for name, value in obj.items():
+        if name in hints and not _is(value, hints[name]):
+            raise KvbenchError(f"{where}: {name} {value!r:.40} is not a {_describe(hints[name])}")
+    try:
+        return cls(**{k: v for k, v in obj.items() if k in hints})
+    except TypeError as err:
+        raise KvbenchError(f"{where}: not a {cls.__name__} record ({err})") from None
+
+
+def _read_jsonl(path: Path, cls: type) -> tuple[list, int]:
     """Objects of `cls` from a JSONL file; a torn last line (no newline: the writer was killed
     mid-line) is dropped and counted."""
     if not path.exists():
@@ -179,27 +223,61 @@ def _read_jsonl(path: Path, cls: type, names: set[str]) -> tuple[list, int]:
     for lineno, line in enumerate(lines[:-1], start=1):
         try:
             obj = json.loads(line)
-            out.append(cls(**{k: v for k, v in obj.items() if k in names}))
-        except (json.JSONDecodeError, AttributeError, TypeError) as err:
+        except json.JSONDecodeError as err:
             raise KvbenchError(f"{path}:{lineno}: not a {cls.__name__} record ({err})") from None
+        out.append(_record(cls, obj, f"{path}:{lineno}"))
     return out, torn
+
+
+END_STATUSES = ("completed", "interrupted", "failed")
+
+
+def _check_header(header: Any, path: Path) -> dict[str, Any]:
+    """The header fields a summary is computed from, each of the right type."""
+    if not isinstance(header, dict) or header.get("format") != RUN_FORMAT:
+        raise KvbenchError(f"{path}: not a {RUN_FORMAT} header")
+    config = header.get("config")
+    if not isinstance(config, dict):
+        raise KvbenchError(f"{path}: config is not a JSON object")
+    for key in ("kind", "backend"):
+        if not isinstance(header.get(key), str):
+            raise KvbenchError(f"{path}: {key} {header.get(key)!r:.40} is not a string")
+    rate: Any = config.get("request_rate")
+    validate.positive_number(rate, f"{path}: config.request_rate")
+    window_end = header.get("window_end")
+    if not _is(window_end, float) or window_end is None or not math.isfinite(window_end):
+        raise KvbenchError(f"{path}: window_end {window_end!r:.40} is not a number")
+    if "scheduled_in_window" in header:
+        validate.non_negative_int(header["scheduled_in_window"], f"{path}: scheduled_in_window")
+    for key in ("confidence", "tolerance"):
+        if key in config:
+            validate.in_range(config[key], f"{path}: config.{key}", 0, 1, low_open=True)
+    return header
+
+
+def _check_end(end: Any, path: Path) -> dict[str, Any]:
+    if (
+        not isinstance(end, dict)
+        or end.get("status") not in END_STATUSES
+        or not _is(end.get("error"), str | None)
+    ):
+        raise KvbenchError(
+            f"{path}: not an end record (expected status {', '.join(END_STATUSES)} and an error)"
+        )
+    return end
 
 
 def read_run(directory: Path | str) -> RunData:
     """Rebuild records and samples from a run directory, complete or cut off."""
     directory = Path(directory)
     header_path = directory / HEADER_FILE
-    try:
-        header = json.loads(_read_text(header_path))
-    except json.JSONDecodeError as err:
-        raise KvbenchError(f"{header_path}:{err.lineno}: invalid JSON: {err.msg}") from None
-    if not isinstance(header, dict) or header.get("format") != RUN_FORMAT:
-        raise KvbenchError(f"{header_path}: not a {RUN_FORMAT} header")
-    records, torn_r = _read_jsonl(directory / REQUESTS_FILE, RequestRecord, _REQUEST_FIELDS)
-    samples, torn_s = _read_jsonl(directory / SAMPLES_FILE, QueueSample, _SAMPLE_FIELDS)
+    header = _check_header(_read_json(header_path), header_path)
+    records, torn_r = _read_jsonl(directory / REQUESTS_FILE, RequestRecord)
+    samples, torn_s = _read_jsonl(directory / SAMPLES_FILE, QueueSample)
+    samples.sort(key=lambda s: s.time)  # as the summary's step statistics need them
     end = None
     if (directory / END_FILE).exists():
-        end = json.loads(_read_text(directory / END_FILE))
+        end = _check_end(_read_json(directory / END_FILE), directory / END_FILE)
     return RunData(
         header=header, records=records, samples=samples, end=end, torn_lines=torn_r + torn_s
     )

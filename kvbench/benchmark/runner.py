@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kvbench import _core
+from kvbench import _core, validate
 from kvbench.arrivals import arrival_times
 from kvbench.backends.base import Backend, EventSink, QueueSample, RequestRecord, RequestSpec
 from kvbench.backends.launch import launched_servers
@@ -34,7 +34,7 @@ from kvbench.benchmark.stability import (
     check_settings,
     stability_verdict,
 )
-from kvbench.errors import KvbenchError
+from kvbench.errors import EngineError, KvbenchError
 from kvbench.workload import Workload
 
 # A client whose sends are late (p99 of actual − intended send time) by more than both this floor
@@ -78,8 +78,12 @@ class RunSpec:
             )
         if self.num_prompts is not None and self.num_prompts < 1:
             raise KvbenchError(f"--num-prompts must be at least 1, got {self.num_prompts}")
-        if not self.burstiness > 0:
-            raise KvbenchError(f"--burstiness must be positive, got {self.burstiness}")
+        if not (self.burstiness > 0 and math.isfinite(self.burstiness)):
+            raise KvbenchError(f"--burstiness must be a positive number, got {self.burstiness}")
+        validate.seed(self.seed, "--seed")
+        validate.schedule_size(
+            self.request_rate, duration=self.duration, num_prompts=self.num_prompts
+        )
         check_settings(self.confidence, self.tolerance)
 
 
@@ -377,6 +381,11 @@ def execute_run(
         duration=spec.duration,
         num_prompts=spec.num_prompts,
     )
+    if not requests:
+        raise KvbenchError(
+            f"no request arrives in {spec.duration:g} s at {spec.request_rate:g} req/s "
+            f"(seed {spec.seed}): raise --request-rate or --duration"
+        )
     window_end = spec.duration if spec.duration is not None else requests[-1].intended_send
     header = run_header(backend, spec, requests, window_end, header_extra)
     recorder = RunRecorder(output, header)
@@ -391,7 +400,10 @@ def execute_run(
         raise
     except KvbenchError as err:
         status, error = "failed", str(err)
-        raise
+        if isinstance(err, EngineError):
+            raise
+        # whatever the backend raised mid-run, the engine failed the run: exit 1, not 2
+        raise EngineError(error) from None
     except Exception as err:  # a crash still leaves a readable, closed run
         status, error = "failed", f"{type(err).__name__}: {err}"
         raise

@@ -42,12 +42,13 @@ from typing import Any
 
 import numpy as np
 
+from kvbench import validate
 from kvbench.backends.base import Backend, EventSink
 from kvbench.benchmark.burst import run_burst, warm_up
 from kvbench.benchmark.runner import RunSpec, execute_run
 from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, check_settings
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
-from kvbench.errors import KvbenchError
+from kvbench.errors import EngineError
 from kvbench.profile import EngineProfile, IterationTimeModel
 from kvbench.workload import Workload
 
@@ -142,6 +143,18 @@ def request_life(profile: EngineProfile, workload: Workload, mu: float, *, seed:
     return iterations * b
 
 
+def check_search_settings(
+    precision: float,
+    confidence: float,
+    max_engine_seconds: float,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> None:
+    """The search's flags, checked before any engine is started (KvbenchError, one line)."""
+    validate.in_range(precision, "--precision", 0.001, 1.0)
+    check_settings(confidence, tolerance)
+    validate.positive_number(max_engine_seconds, "--max-engine-seconds", allow_inf=True)
+
+
 def find_boundary(
     backend_for_seed: Callable[[int], Backend],
     workload: Workload,
@@ -167,11 +180,7 @@ def find_boundary(
     and `on_probe_start(rate, duration)` is told when each run starts (kvbench compare's live
     view and report use these). `replicas`: how many replicas share the load behind the backend
     (rates, start_rate included, are totals over them)."""
-    if not 0.001 <= precision <= 1.0:
-        raise KvbenchError(f"--precision must be in [0.001, 1], got {precision}")
-    check_settings(confidence, tolerance)
-    if not max_engine_seconds > 0:
-        raise KvbenchError(f"--max-engine-seconds must be positive, got {max_engine_seconds}")
+    check_search_settings(precision, confidence, max_engine_seconds, tolerance)
     first = backend_for_seed(seed)
     profile = first.discover_profile().profile
     extras: dict[str, Any] = {}
@@ -275,7 +284,7 @@ def find_boundary(
         if on_probe is not None:
             on_probe(p)
         if verdict == "FAILING" and not p.over_limit:
-            raise KvbenchError(
+            raise EngineError(
                 f"probe at λ = {rate:.4g} req/s: FAILING, {ev['reason']}; the search stops: "
                 "these failures are a fault of the engine or its configuration, not load "
                 "shedding (HTTP 429/502/503/504, timeouts, reset connections)"

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from kvbench import interrupt
 from kvbench.backends.base import Backend
 from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.registry import resolve_backend
@@ -141,13 +142,12 @@ def boundary(
         return b
 
     spent = [0.0]
+    lines: list[str] = []
 
     def on_probe(p: Probe) -> None:
         spent[0] += p.engine_seconds
-        echo_progress(
-            probe_line(p.rate, p.duration, p.verdict, spent[0]),
-            quiet=quiet,
-        )
+        lines.append(probe_line(p.rate, p.duration, p.verdict, spent[0]))
+        echo_progress(lines[-1], quiet=quiet)
 
     quiet = as_json or not sys.stderr.isatty()
 
@@ -193,8 +193,14 @@ def boundary(
                 on_probe=on_probe,
             )
     except KeyboardInterrupt:
-        echo_progress("interrupted")
-        sys.exit(130)
+        # the finished probes are the measurement so far: keep them where the user sees them
+        done = (
+            "\n".join([f"finished probes ({len(lines)}):", *lines])
+            if lines
+            else "no probe finished"
+        )
+        echo_progress(f"stopped by {interrupt.stopped_by()}; {done}")
+        sys.exit(interrupt.exit_code())
     finally:
         # what kvbench started, as started (credentials redacted), before closing forgets it
         servers = [s.record() for b in opened for s in launched_servers(b)]
@@ -205,3 +211,12 @@ def boundary(
         write_json(record)
     else:
         click.echo(boundary_text(record))
+    sys.exit(boundary_exit_status(record))
+
+
+def boundary_exit_status(record: dict) -> int:
+    """1 when the engine's failures kept the search from a bracket (some probe FAILING and no
+    lower or upper end), so a script or CI job notices; 0 for any bracket, however wide."""
+    failing = any(p["verdict"] == "FAILING" for p in record["probes"])
+    bracketed = record["lower"] is not None and record["upper"] is not None
+    return 1 if failing and not bracketed else 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from kvbench import interrupt
 from kvbench.backends.labels import parse_backends
 from kvbench.backends.launch import redact_given
 from kvbench.benchmark.compare import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig, run_compare
@@ -295,19 +296,12 @@ def compare(
         engine_args=list(engine_args),
         engine_env=list(engine_env),
     )
-    unknown = set(config.urls) - set(config.backends)
-    if unknown:
-        raise KvbenchError(f"--url names {', '.join(sorted(unknown))}, not in --backends")
     show = sys.stderr.isatty() if progress is None else progress
-    # a SIGTERM (a job runner's timeout) stops like Ctrl-C: the engines kvbench started are
-    # stopped and what was measured is reported
-    previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        with CompareProgress(enabled=show) as view:
-            directory = run_compare(config, view)
-    finally:
-        signal.signal(signal.SIGTERM, previous_term)
-    # measuring is over: a Ctrl-C now would only lose the report, so let it finish
+    # a SIGTERM (a job runner's timeout) stops like Ctrl-C (kvbench.interrupt): the engines
+    # kvbench started are stopped and what was measured is reported
+    with CompareProgress(enabled=show) as view:
+        directory = run_compare(config, view)
+    # measuring is over: a Ctrl-C (or SIGTERM) now would only lose the report, so let it finish
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         report, _ = write_report(directory)
@@ -317,9 +311,27 @@ def compare(
         write_json(report.results.to_dict())
     else:
         print_summary(report.results, directory)
-    if report.results.interrupted:
-        click.echo("interrupted: the report covers what was measured before the stop", err=True)
-        sys.exit(130)
+    sys.exit(compare_exit_status(report.results))
+
+
+def compare_exit_status(results: CompareResults) -> int:
+    """128 + the signal when stopped (130 Ctrl-C, 143 SIGTERM); 1 when any engine FAILED, so a
+    script or CI job notices though the report was written; else 0."""
+    if results.interrupted or interrupt.terminated():
+        click.echo(
+            f"stopped by {interrupt.stopped_by()}: the report covers what was measured before",
+            err=True,
+        )
+        return interrupt.exit_code()
+    return failed_engines_status(results)
+
+
+def failed_engines_status(results: CompareResults) -> int:
+    failed = [engine_name(e) for e in results.engines if e.status == "failed"]
+    if failed:
+        click.echo(f"error: {', '.join(failed)} FAILED (see the report)", err=True)
+        return 1
+    return 0
 
 
 def rebuild_compare_report(directory: Path, as_json: bool) -> Report:

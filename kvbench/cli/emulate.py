@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from kvbench import validate
 from kvbench.cli import options
 from kvbench.errors import KvbenchError
 
@@ -72,8 +73,16 @@ def emulate(
     from kvbench.emulate.server import build_app
     from kvbench.profile import IterationTimeModel, build_profile
 
-    if time_scale <= 0:
-        raise KvbenchError(f"--time-scale must be > 0, got {time_scale}")
+    validate.port(port)
+    validate.positive_number(time_scale, "--time-scale")
+    validate.seed(seed, "--seed")
+    validate.token_count(max_model_len, "--max-model-len")
+    if kv_tokens is not None:
+        validate.token_count(kv_tokens, "--kv-tokens")
+    if max_running is not None:
+        validate.positive_int(max_running, "--max-running", maximum=validate.MAX_TOKENS)
+    if batch_time is not None:
+        validate.positive_number(batch_time, "--batch-time")
     overrides = dict(kv_tokens=kv_tokens, max_running=max_running)
     if batch_time is not None:
         overrides["iteration_time"] = IterationTimeModel.constant(batch_time)
@@ -89,9 +98,16 @@ def emulate(
         err=True,
     )
     try:
-        # a client that disconnects cancels its handler, which aborts its request in the engine
+        # a client that disconnects cancels its handler, which aborts its request in the engine;
+        # SIGTERM is kvbench's to handle (as Ctrl-C, exit 143), not aiohttp's (exit 0)
         web.run_app(
-            app, host=host, port=port, print=None, access_log=None, handler_cancellation=True
+            app,
+            host=host,
+            port=port,
+            print=None,
+            access_log=None,
+            handler_cancellation=True,
+            handle_signals=False,
         )
     except OSError as err:
         raise KvbenchError(f"cannot bind {host}:{port}: {err.strerror or err}") from None

@@ -5,12 +5,14 @@ from compare directories made on different machines."""
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 
 import click
 
 from kvbench.benchmark.recorder import read_run, write_summary
 from kvbench.benchmark.runner import summarize
+from kvbench.cli.run import run_exit_status
 from kvbench.export.json import write_json
 from kvbench.output.run import run_summary_text
 from kvbench.report.raw import is_compare_dir
@@ -43,10 +45,10 @@ def rebuild(directory: str, as_json: bool) -> None:
     samples, and write it to DIRECTORY/summary.json. For a `kvbench compare` directory, rebuild
     its whole report (results.json, summary.md, report.html, CSVs) from the raw files."""
     if is_compare_dir(Path(directory)):
-        from kvbench.cli.compare import rebuild_compare_report
+        from kvbench.cli.compare import failed_engines_status, rebuild_compare_report
 
-        rebuild_compare_report(Path(directory), as_json)
-        return
+        report = rebuild_compare_report(Path(directory), as_json)
+        sys.exit(failed_engines_status(report.results))
     data = read_run(directory)
     summary = summarize(
         data.header, data.records, data.samples, status=data.status, scrape=data.scrape
@@ -58,6 +60,7 @@ def rebuild(directory: str, as_json: bool) -> None:
         write_json(summary)
     else:
         click.echo(run_summary_text(summary, directory))
+    sys.exit(run_exit_status(summary))
 
 
 @click.command(

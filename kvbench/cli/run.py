@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from kvbench import interrupt
 from kvbench.backends.launch import LaunchOptions
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.runner import RunSpec, execute_run
@@ -127,8 +128,8 @@ def run(
             )
     except KeyboardInterrupt:
         where = f"; partial run in {output} (kvbench report {output})" if output else ""
-        echo_progress(f"interrupted{where}")
-        sys.exit(130)
+        echo_progress(f"stopped by {interrupt.stopped_by()}{where}")
+        sys.exit(interrupt.exit_code())
     finally:
         engine.close()
     summary = {**result.summary, "workload": workload_spec, "directory": output}
@@ -136,5 +137,11 @@ def run(
         write_json(summary)
     else:
         click.echo(run_summary_text(summary, output))
-    if summary["verdict"] == "FAILING":
-        sys.exit(1)  # the engine failed requests: no rate was judged
+    sys.exit(run_exit_status(summary))
+
+
+def run_exit_status(summary: dict) -> int:
+    """1 when the engine failed the run (its status says so, or its requests failed too often
+    for any verdict but FAILING), so a script or CI job notices; 0 otherwise, whatever the
+    verdict: UNSTABLE is a measurement, not a failure."""
+    return 1 if summary["status"] == "failed" or summary["verdict"] == "FAILING" else 0

@@ -72,11 +72,30 @@ def run_summary_text(summary: dict[str, Any], directory: str | None = None) -> s
     verdict = summary["verdict"]
     conf = ev.get("confidence")
     rows: list[tuple[str, ...]] = []
+    status = summary["status"]
+    if status != "completed":
+        # a run that did not complete is headed by that, never by a (green) verdict: the
+        # verdict covers only the part measured before the stop, or an engine that failed
+        rows.append(("status", highlight(status.upper(), "red"), summary.get("error") or ""))
     if verdict == "FAILING":
         rows.append(("verdict", highlight(verdict, _COLOR[verdict]), ev.get("reason", "")))
+    elif verdict is not None and status == "failed":
+        rows.append(
+            (
+                "verdict",
+                highlight("none", "red"),
+                f"the engine failed; the part measured read {verdict}",
+            )
+        )
+    elif verdict is not None and status != "completed":
+        rows.append(("verdict", f"{verdict} ({conf:.0%})", "of the part measured before the stop"))
     elif verdict is not None:
         rows.append(
-            ("verdict", highlight(f"{verdict} ({conf:.0%})", _COLOR[verdict]), ev.get("reason", ""))
+            (
+                "verdict",
+                highlight(f"{verdict} ({conf:.0%})", _COLOR.get(verdict, "red")),
+                ev.get("reason", ""),
+            )
         )
     else:
         rows.append(
@@ -143,8 +162,6 @@ def run_summary_text(summary: dict[str, Any], directory: str | None = None) -> s
         stats = summary["latency"][key]
         rows.append((label, _latency(stats), "" if stats["n"] else unmeasured.get(key, "")))
     rows += _engine_state_rows(summary)
-    if summary["status"] != "completed":
-        rows.append(("status", highlight(summary["status"], "red"), summary.get("error") or ""))
     for note in summary.get("notes") or []:
         rows.append(("note", note))
     if directory:

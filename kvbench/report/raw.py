@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kvbench import validate
 from kvbench.errors import KvbenchError
 from kvbench.export.json import dumps
 
@@ -34,11 +35,9 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(validate.input_text(path))
     except FileNotFoundError:
         raise KvbenchError(f"{path}: missing") from None
-    except OSError as err:
-        raise KvbenchError(f"{path}: cannot read: {err.strerror}") from None
     except json.JSONDecodeError as err:
         raise KvbenchError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
     if not isinstance(data, dict):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvbench import validate
 from kvbench.errors import KvbenchError
 from kvbench.export.json import dumps
 
@@ -230,9 +231,9 @@ def _build(cls, data: Any, where: str):
 def load_results(path: Path) -> CompareResults:
     """Read a results.json, checking its schema name and version."""
     try:
-        data = json.loads(path.read_text())
-    except OSError as err:
-        raise KvbenchError(f"{path}: cannot read: {err.strerror}") from None
+        data = json.loads(validate.input_text(path))
+    except FileNotFoundError:
+        raise KvbenchError(f"{path}: missing") from None
     except json.JSONDecodeError as err:
         raise KvbenchError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
