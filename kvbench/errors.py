@@ -16,3 +16,10 @@ class EngineError(KvbenchError):
     the exit status is 1, as for any measurement that could not be made."""
 
     exit_code = 1
+
+
+class ClientLagError(KvbenchError):
+    """kvbench's own client could not send on schedule, so the load was not offered as asked:
+    no verdict can be drawn, and the measurement could not be made (exit status 1)."""
+
+    exit_code = 1

@@ -3,13 +3,15 @@ interval; tests/data/saturated_capacity.json) for every engine rule on pd-1:1, p
 and the Azure conversation trace, to the requested 5% width, reproducibly."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from kvbench.backends.base import Backend
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.search import find_boundary
-from kvbench.errors import KvbenchError
+from kvbench.errors import ClientLagError, KvbenchError
 from kvbench.workload import load_workload
 
 REFS = json.loads((Path(__file__).parent / "data" / "saturated_capacity.json").read_text())[
@@ -63,3 +65,32 @@ def test_budget_stops_the_search_honestly():
 def test_bad_precision_is_a_one_line_error():
     with pytest.raises(KvbenchError, match="precision"):
         _search("ideal", "pd-1:1", precision=0)
+
+
+class _LaggingClient(Backend):
+    """The simulator behind a client that sends every request 0.5 s late (a starved CPU)."""
+
+    def __init__(self, seed):
+        self.inner = resolve_backend("sim:ideal", seed=seed)
+        self.name, self.kind = self.inner.name, self.inner.kind
+
+    def discover_profile(self):
+        return self.inner.discover_profile()
+
+    def execute(self, requests, sink, *, duration):
+        class Late:
+            def request(self, r):
+                times = {k: getattr(r, k) for k in ("sent", "first_token", "finished")}
+                sink.request(replace(r, **{k: t + 0.5 for k, t in times.items() if t is not None}))
+
+            def sample(self, s):
+                sink.sample(s)
+
+        self.inner.execute(requests, Late(), duration=duration)
+
+
+def test_a_client_that_cannot_keep_its_schedule_stops_the_search():
+    # before: every probe came back without a verdict and the rate was raised ×1.25 without end
+    with pytest.raises(ClientLagError, match="could not keep its send schedule") as err:
+        find_boundary(_LaggingClient, load_workload("pd-1:1"), "pd-1:1", seed=0)
+    assert err.value.exit_code == 1

@@ -48,7 +48,7 @@ from kvbench.benchmark.burst import run_burst, warm_up
 from kvbench.benchmark.runner import RunSpec, execute_run
 from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, check_settings
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
-from kvbench.errors import EngineError
+from kvbench.errors import ClientLagError, EngineError
 from kvbench.profile import EngineProfile, IterationTimeModel
 from kvbench.workload import Workload
 
@@ -316,6 +316,14 @@ def find_boundary(
         learn(p)
         if p.over_limit:
             break
+        if not p.client_kept_schedule:
+            # Raising the rate would only put the client further behind: on a loaded machine
+            # every probe would come back without a verdict and the search climb without end.
+            raise ClientLagError(
+                f"probe at λ = {rate:.4g} req/s: the client could not keep its send schedule "
+                "(see the probe's schedule lag); the search stops. Give kvbench's client its own "
+                "cores (taskset), or a lower --time-scale for an emulator"
+            )
         rate *= 1.5 if p.verdict == "STABLE" else 1.25
     # 2–3. close the bracket from below
     ceiling = hi  # the next lower probe goes one precision step below this
