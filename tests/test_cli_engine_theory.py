@@ -98,4 +98,4 @@ def test_engine_only_flags_need_an_engine():
     res = _run("--profile", "paper-a100-llama3-8b")
     assert res.exit_code == 2 and "need --engine" in res.output
     res = _run("--engine", "vllm", "--iteration-model", "/nonexistent.json")
-    assert res.exit_code == 2 and "error: /nonexistent.json: cannot read" in res.output
+    assert res.exit_code == 2 and "error: /nonexistent.json: no such file" in res.output

@@ -52,7 +52,7 @@ def emulated(rate: float):
     requests = [RequestSpec(i, float(t), PROMPT, OUTPUT) for i, t in enumerate(schedule(rate))]
     fmt = make_format("vllm", PROFILE)
     with serving(build_app(fmt, time_scale=SCALE)) as url:
-        backend = ENGINES["vllm"](url, scrape_period=0.1)
+        backend = ENGINES["vllm"](url, scrape_period=0.1, time_scale=SCALE)
         sink = ListSink()
         backend.execute(requests, sink, duration=VIRTUAL_SECONDS)
     assert backend.kind == "emulated" and backend.time_scale == SCALE and not backend.failures

@@ -23,7 +23,7 @@ FAST = IterationTimeModel.constant(0.02)
 def test_trtllm_iteration_records_cover_every_iteration():
     profile = build_profile("trtllm", kv_tokens=4000, max_running=8, iteration_time=FAST)
     with serving(build_app(make_format("trtllm", profile), time_scale=4.0)) as url:
-        backend = ENGINES["trtllm"](url, scrape_period=0.1)
+        backend = ENGINES["trtllm"](url, scrape_period=0.1, time_scale=4.0)
         found = backend.discover_profile()  # an idle engine: discovery sends one warm-up request
         sink = ListSink()
         backend.execute([RequestSpec(i, i * 0.02, 100, 20) for i in range(40)], sink, duration=12.0)
@@ -43,7 +43,7 @@ def test_trtllm_without_iteration_records_samples_the_prometheus_gauges():
     profile = build_profile("trtllm", kv_tokens=4000, max_running=8, iteration_time=FAST)
     fmt = TrtllmFormat(profile, iter_stats=False)
     with serving(build_app(fmt, time_scale=4.0)) as url:
-        backend = ENGINES["trtllm"](url, scrape_period=0.05)
+        backend = ENGINES["trtllm"](url, scrape_period=0.05, time_scale=4.0)
         found = backend.discover_profile()
         sink = ListSink()
         backend.execute([RequestSpec(i, i * 0.005, 100, 20) for i in range(40)], sink, duration=3.0)
@@ -60,7 +60,7 @@ def test_sglang_gauges_stick_between_refreshes_while_loads_are_live():
     profile = build_profile("sglang", kv_tokens=20000, iteration_time=FAST)
     fmt = make_format("sglang", profile)
     with serving(build_app(fmt, time_scale=4.0)) as url:
-        backend = ENGINES["sglang"](url, scrape_period=0.05)
+        backend = ENGINES["sglang"](url, scrape_period=0.05, time_scale=4.0)
         found = backend.discover_profile()
         sink = ListSink()
         backend.execute([RequestSpec(i, i * 0.08, 50, 30) for i in range(50)], sink, duration=10.0)

@@ -13,6 +13,14 @@ from kvbench.backends.base import QueueSample, RequestRecord
 from kvbench.benchmark.recorder import REQUESTS_FILE, RunRecorder, read_run
 from kvbench.errors import KvbenchError
 
+# what the runner writes, down to the fields a summary is computed from (read_run checks them)
+HEADER = {
+    "kind": "simulated",
+    "backend": "sim:ideal",
+    "config": {"request_rate": 2.0},
+    "window_end": 5.0,
+}
+
 
 def _record(i):
     return RequestRecord(
@@ -29,7 +37,7 @@ def _record(i):
 
 
 def test_round_trip(tmp_path):
-    rec = RunRecorder(tmp_path / "r", {"seed": 7, "kind": "simulated"})
+    rec = RunRecorder(tmp_path / "r", {**HEADER, "seed": 7})
     for i in range(3):
         rec.request(_record(i))
     rec.sample(
@@ -44,7 +52,7 @@ def test_round_trip(tmp_path):
 
 
 def test_each_line_is_on_disk_before_the_run_ends(tmp_path):
-    rec = RunRecorder(tmp_path, {"seed": 1})
+    rec = RunRecorder(tmp_path, {**HEADER, "seed": 1})
     rec.request(_record(0))
     lines = (tmp_path / REQUESTS_FILE).read_text().splitlines()
     assert [json.loads(x)["request_id"] for x in lines] == [0]
@@ -53,7 +61,7 @@ def test_each_line_is_on_disk_before_the_run_ends(tmp_path):
 
 
 def test_torn_last_line_is_dropped(tmp_path):
-    rec = RunRecorder(tmp_path, {"seed": 1})
+    rec = RunRecorder(tmp_path, {**HEADER, "seed": 1})
     rec.request(_record(0))
     with open(tmp_path / REQUESTS_FILE, "a") as f:
         f.write('{"request_id": 1, "inten')
@@ -68,7 +76,7 @@ def test_refuses_to_overwrite_a_run(tmp_path):
 
 
 def test_garbage_is_a_one_line_error_naming_the_line(tmp_path):
-    (tmp_path / "header.json").write_text('{"format": "kvbench-run/1"}')
+    (tmp_path / "header.json").write_text(json.dumps({**HEADER, "format": "kvbench-run/1"}))
     (tmp_path / REQUESTS_FILE).write_text(
         '{"request_id": 0, "intended_send": 0, "prompt_len": 1, "output_len": 1}\nnot json\n'
     )
@@ -83,7 +91,7 @@ def test_a_killed_writer_leaves_a_readable_run(tmp_path):
         import sys, time
         from kvbench.backends.base import RequestRecord
         from kvbench.benchmark.recorder import RunRecorder
-        rec = RunRecorder({str(tmp_path)!r}, {{"seed": 3}})
+        rec = RunRecorder({str(tmp_path)!r}, {{**{HEADER!r}, "seed": 3}})
         for i in range(10_000):
             rec.request(RequestRecord(i, float(i), 10, 10, sent=float(i), finished=i + 1.0))
             if i == 50:
