@@ -100,8 +100,10 @@ def test_boundary_against_an_emulated_http_engine_brackets_the_boundary():
         "uniform:1-32,1-32",
         "--kv-tokens",
         "2048",
+        # the embedded default's scale: at 2.5 the measured A100 model's emulator can outrun a
+        # loaded 2-core client (the search then stops on the client's lag, exit 1)
         "--time-scale",
-        "2.5",
+        "1.25",
         "--precision",
         "0.25",
         "--max-engine-seconds",
