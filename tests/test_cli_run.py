@@ -364,6 +364,20 @@ def test_a_client_that_fell_behind_claims_no_verdict():
     assert s["client_kept_schedule"] is True and s["verdict"] == "STABLE"
 
 
+def test_a_late_client_still_claims_unstable_when_the_engine_fell_behind_it():
+    from kvbench.benchmark.runner import summarize
+
+    # every send 200 ms late at 10 req/s (no verdict for a stable engine, above), but the engine
+    # serves one request per 200 ms: the queue grew under less load than was asked for
+    header, records = _steady_run(10.0, 0.2)
+    for i, r in enumerate(records):
+        r.finished = 1.0 + 0.2 * i
+        r.first_token = r.finished - 0.05
+    s = summarize(header, records, [], status="completed")
+    assert s["client_kept_schedule"] is False and s["verdict"] == "UNSTABLE"
+    assert s["evidence"]["departure_rate"] == pytest.approx(5.0, rel=0.05)
+
+
 def test_lag_shorter_than_a_mean_gap_keeps_the_verdict():
     from kvbench.benchmark.runner import lag_budget, summarize
 

@@ -218,7 +218,9 @@ def test_default_compare_measures_emulated_engines_over_http(emulated):
     config = results["config"]
     assert (config["workload"], config["kv_tokens"]) == (EMBEDDED.workload, EMBEDDED.kv_tokens)
     trt, sim, sglang = results["engines"]
-    assert (trt["backend"], trt["kind"], trt["status"]) == ("emulate:trtllm", "emulated", "ok")
+    assert (trt["backend"], trt["kind"], trt["status"]) == ("emulate:trtllm", "emulated", "ok"), (
+        trt.get("error")
+    )
     assert trt["profile"]["kv_tokens"] == EMBEDDED.kv_tokens  # discovered from /metrics
     assert "EMULATED" in results["banner"]
     assert f"{EMBEDDED.time_scale:g} engine seconds per real second" in results["banner"]
@@ -243,7 +245,7 @@ def test_emulated_boundary_agrees_with_the_same_configuration_simulated(emulated
     trt, sim, _ = results["engines"]
     assert sim["kind"] == "simulated" and sim["profile"]["kv_tokens"] == EMBEDDED.kv_tokens
     (elo, ehi), (slo, shi) = [(e["boundary"]["lower"], e["boundary"]["upper"]) for e in (trt, sim)]
-    assert None not in (elo, ehi, slo, shi)
+    assert None not in (elo, ehi, slo, shi), trt.get("error")
     # the brackets overlap, and their midpoints agree within a few percent
     assert elo < shi and slo < ehi
     assert (elo + ehi) / 2 == pytest.approx((slo + shi) / 2, rel=0.06)

@@ -285,12 +285,16 @@ def summarize(
             tolerance=float(config.get("tolerance", DEFAULT_TOLERANCE)),
         )
         summary["evidence"] = result.to_dict()
-        summary["verdict"] = result.verdict.value if kept and status != "failed" else None
+        # A late client offered less than asked, so STABLE says nothing about the rate asked;
+        # but UNSTABLE stands: the queue grew and departures fell short of the arrival rate the
+        # client did achieve (the verdict's test is against that), which is no more than asked.
+        claims = kept or result.verdict is Verdict.UNSTABLE
+        summary["verdict"] = result.verdict.value if claims and status != "failed" else None
         if status == "failed":
             # The engine died or stopped answering: whatever its queue did until then, the rate
             # was not carried to the end, so no verdict is claimed (FAILING may still be, below).
             summary["evidence"]["reason"] = "no verdict: the run failed before its planned end"
-        elif not kept:
+        elif not claims:
             summary["evidence"]["reason"] = (
                 "no verdict: the client could not keep its schedule "
                 f"(lag p99 {lag_p99 if lag_p99 is not None else float('nan'):.3g} s, "

@@ -262,7 +262,14 @@ def find_boundary(
             )
             # a saturation probe is not extended while INCONCLUSIVE: it is near the boundary, and
             # stepping the rate up (below) gets an overloaded run for less than doubling it would
-            more = (verdict == "INCONCLUSIVE" and until_capacity_width is None) or wide
+            # a run without a verdict because its client fell behind is not extended: a longer
+            # one would only fall further behind
+            lagged = (
+                result.summary["verdict"] is None and not result.summary["client_kept_schedule"]
+            )
+            more = (
+                verdict == "INCONCLUSIVE" and until_capacity_width is None and not lagged
+            ) or wide
             next_cost = 2 * duration - duration if backend.replays_prefix else 2 * duration
             if not more or duration >= max_duration or spent + next_cost > max_engine_seconds:
                 break
@@ -291,6 +298,21 @@ def find_boundary(
             )
         return p
 
+    def judged_probe(rate: float, *, until_capacity_width: float | None = None) -> Probe:
+        """A probe whose client kept its schedule, or one that showed the engine over its limit
+        anyway; the same rate once more after a lagged run, since a pause on a shared machine is
+        not a client that cannot keep up. Otherwise the search stops: raising the rate would
+        put the client further behind, and a bracket of unjudged probes means nothing."""
+        for _ in range(2):
+            p = probe(rate, until_capacity_width=until_capacity_width)
+            if p.client_kept_schedule or p.over_limit or not budget_left():
+                return p
+        raise ClientLagError(
+            f"probe at λ = {rate:.4g} req/s: the client could not keep its send schedule "
+            "(see the probe's schedule lag); the search stops. Give kvbench's client its own "
+            "cores (taskset), or a lower --time-scale for an emulator"
+        )
+
     def learn(p: Probe) -> None:
         nonlocal lo, hi, capacity
         if p.verdict == "STABLE":
@@ -312,18 +334,10 @@ def find_boundary(
     # 1. saturate
     rate = mu * FIRST_OVERLOAD
     while budget_left():
-        p = probe(rate, until_capacity_width=CAPACITY_WIDTH * precision)
+        p = judged_probe(rate, until_capacity_width=CAPACITY_WIDTH * precision)
         learn(p)
         if p.over_limit:
             break
-        if not p.client_kept_schedule:
-            # Raising the rate would only put the client further behind: on a loaded machine
-            # every probe would come back without a verdict and the search climb without end.
-            raise ClientLagError(
-                f"probe at λ = {rate:.4g} req/s: the client could not keep its send schedule "
-                "(see the probe's schedule lag); the search stops. Give kvbench's client its own "
-                "cores (taskset), or a lower --time-scale for an emulator"
-            )
         rate *= 1.5 if p.verdict == "STABLE" else 1.25
     # 2–3. close the bracket from below
     ceiling = hi  # the next lower probe goes one precision step below this
@@ -336,7 +350,7 @@ def find_boundary(
             rate = math.sqrt(lo * hi)
         if any(abs(rate / r - 1.0) < 1e-6 for r in stalled):
             break
-        p = probe(rate)
+        p = judged_probe(rate)
         learn(p)
         if p.verdict == "INCONCLUSIVE":
             # Too close to call even at the longest run: the boundary is near; step below it.

@@ -99,7 +99,9 @@ def emulate(
     )
     try:
         # a client that disconnects cancels its handler, which aborts its request in the engine;
-        # SIGTERM is kvbench's to handle (as Ctrl-C, exit 143), not aiohttp's (exit 0)
+        # SIGTERM is kvbench's to handle (as Ctrl-C, exit 143), not aiohttp's (exit 0). On the way
+        # out, requests still streaming are cut after a second, as an engine's shutdown aborts
+        # them: aiohttp's default waits 60 s for them, past the stop timeouts of every launcher
         web.run_app(
             app,
             host=host,
@@ -108,6 +110,7 @@ def emulate(
             access_log=None,
             handler_cancellation=True,
             handle_signals=False,
+            shutdown_timeout=1.0,
         )
     except OSError as err:
         raise KvbenchError(f"cannot bind {host}:{port}: {err.strerror or err}") from None
