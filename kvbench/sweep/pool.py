@@ -1,0 +1,73 @@
+"""The local executor: cells on this machine's cores, one process per job.
+
+`jobs=1` evaluates the cells one after another in this process. Otherwise a process pool runs
+them (forkserver: workers start from a clean process with kvbench imported, not a fork of one
+that may hold threads); a worker that dies breaks the pool, so the cells it held are given to a
+new pool, each up to `max_retries` more times, then recorded as failed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from kvbench.sweep.cell import CellFunction, evaluate_cell, failed_row, guarded
+
+DEFAULT_RETRIES = 3
+
+
+def default_jobs() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_local(
+    cells: list[dict[str, Any]],
+    on_row: Callable[[dict[str, Any]], None],
+    *,
+    jobs: int,
+    fn: CellFunction = evaluate_cell,
+    max_retries: int = DEFAULT_RETRIES,
+) -> None:
+    """Evaluate every cell with `fn`, handing each row to `on_row` as it finishes."""
+    if jobs == 1:
+        for cell in cells:
+            on_row(guarded(fn, cell))
+        return
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["kvbench.sweep.cell"])
+    attempts = dict.fromkeys((c["key"] for c in cells), 0)
+    todo = list(cells)
+    while todo:
+        lost: list[dict[str, Any]] = []
+        pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=context)
+        try:
+            running: dict[Future, dict[str, Any]] = {
+                pool.submit(guarded, fn, cell): cell for cell in todo
+            }
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    cell = running.pop(future)
+                    try:
+                        on_row(future.result())
+                    except BrokenProcessPool:
+                        lost.append(cell)
+        finally:
+            # Ctrl-C: cells not started are dropped, those running are let finish their row
+            pool.shutdown(wait=True, cancel_futures=True)
+        todo = []
+        for cell in lost:
+            attempts[cell["key"]] += 1
+            if attempts[cell["key"]] > max_retries:
+                on_row(
+                    failed_row(
+                        cell,
+                        f"worker process lost on each of {attempts[cell['key']]} attempts",
+                    )
+                )
+            else:
+                todo.append(cell)
