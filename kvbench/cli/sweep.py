@@ -208,6 +208,10 @@ def sweep(
         raise KvbenchError(f"--jobs must be at least 1, got {jobs}")
     if max_retries < 0:
         raise KvbenchError(f"--max-retries must be at least 0, got {max_retries}")
+    if ray_address is not None:
+        from kvbench.sweep.ray_cluster import import_ray
+
+        import_ray()
     cells = grid.cells()
     store = SweepStore(Path(output), resume=resume)
     quiet = as_json or not sys.stderr.isatty()
