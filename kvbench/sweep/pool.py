@@ -4,13 +4,19 @@
 them (forkserver: workers start from a clean process with kvbench imported, not a fork of one
 that may hold threads); a worker that dies breaks the pool, so the cells it held are given to a
 new pool, each up to `max_retries` more times, then recorded as failed.
+
+Each worker is one core's job, so its BLAS runs one thread (as Ray's workers do), unless the
+user set the thread count: OpenBLAS's threads on the theory's small dot products cost a cell ten
+times its single-thread time on a busy 2-core machine (22 ms against 245 ms, measured), and N
+workers each starting N threads oversubscribe the cores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -18,6 +24,7 @@ from typing import Any
 from kvbench.sweep.cell import CellFunction, evaluate_cell, failed_row, guarded
 
 DEFAULT_RETRIES = 3
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def default_jobs() -> int:
@@ -37,6 +44,31 @@ def run_local(
         for cell in cells:
             on_row(guarded(fn, cell))
         return
+    with one_blas_thread():
+        _run_pool(cells, on_row, jobs=jobs, fn=fn, max_retries=max_retries)
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """The environment the pool's processes start with (the forkserver, and so its workers,
+    keep it): one BLAS thread each, where the user has not chosen."""
+    unset = [v for v in THREAD_VARIABLES if v not in os.environ]
+    os.environ.update(dict.fromkeys(unset, "1"))
+    try:
+        yield
+    finally:
+        for v in unset:
+            os.environ.pop(v, None)
+
+
+def _run_pool(
+    cells: list[dict[str, Any]],
+    on_row: Callable[[dict[str, Any]], None],
+    *,
+    jobs: int,
+    fn: CellFunction,
+    max_retries: int,
+) -> None:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["kvbench.sweep.cell"])
     attempts = dict.fromkeys((c["key"] for c in cells), 0)

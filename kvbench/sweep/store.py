@@ -1,7 +1,8 @@
 """A sweep's directory: rows appended as cells finish, and the table written at the end.
 
-`cells.jsonl` is the incremental record (one line per finished cell, flushed and synced as it
-is written), so a sweep stopped at any point keeps every cell that finished; `--resume` reads
+`cells.jsonl` is the incremental record (one line per finished cell, flushed as it is written:
+a killed kvbench loses none, only a crash of the machine can lose what the OS had not yet
+written), so a sweep stopped at any point keeps every cell that finished; `--resume` reads
 it back and skips those cells by key. At the end the rows of the grid (a re-run cell's latest
 row) become `cells.parquet` when pyarrow is installed, else `cells.csv`.
 """
@@ -9,7 +10,6 @@ row) become `cells.parquet` when pyarrow is installed, else `cells.csv`.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,6 @@ class SweepStore:
         line = json.dumps(to_jsonable(row), sort_keys=False, ensure_ascii=False)
         self._file.write(line + "\n")
         self._file.flush()
-        os.fsync(self._file.fileno())
         self.rows[row["key"]] = row
 
     def close(self) -> None:
