@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -104,7 +105,9 @@ def _replicas_plot(ok: pd.DataFrame, target: float | None, rho: float) -> go.Fig
     """G(λ) = ⌈λ / (ρ·λ*)⌉ with each configuration's measured λ* per replica (seed mean)."""
     fig = go.Figure()
     capacities = {
-        f"{_name(tuple(keys[:4]))} · M={keys[4]}": float(g["lambda_star_per_replica"].mean())
+        f"{_name(tuple(keys[:4]))} · M={_count(keys[4])}": float(
+            g["lambda_star_per_replica"].mean()
+        )
         for keys, g in ok.groupby([*_CURVE, "M"], sort=False)
     }
     top = target or 10 * max(capacities.values())
@@ -125,6 +128,15 @@ def _replicas_plot(ok: pd.DataFrame, target: float | None, rho: float) -> go.Fig
     return fig
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not math.isnan(value)
+
+
+def _count(value: Any) -> int | None:
+    """A token count or replica count that pandas may have made a float (NaN beside it)."""
+    return int(value) if _number(value) else None
+
+
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -137,11 +149,11 @@ def _rows(frame: pd.DataFrame) -> list[dict[str, str]]:
     rows = []
     for r in frame.to_dict("records"):
         lo, hi = r.get("lambda_lower"), r.get("lambda_upper")
-        bracket = (
-            f"[{lo:.4g}, {hi:.4g}]" if isinstance(lo, float) and isinstance(hi, float) else None
-        )
+        bracket = f"[{lo:.4g}, {hi:.4g}]" if _number(lo) and _number(hi) else None
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error']}"
-        values = {**r, "bracket": bracket, "status": status}
+        # a failed row has no profile to read M from; the grid's value, where it gave one
+        m = r.get("M") if _number(r.get("M")) else r.get("kv_tokens")
+        values = {**r, "bracket": bracket, "status": status, "M": _count(m)}
         rows.append(
             {key: _cell(values.get(key)) for key, _ in _COLUMNS} | {"_ok": r["status"] == "ok"}
         )
