@@ -76,10 +76,9 @@ def _run_pool(
     while todo:
         lost: list[dict[str, Any]] = []
         pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=context)
+        running: dict[Future, dict[str, Any]] = {}
         try:
-            running: dict[Future, dict[str, Any]] = {
-                pool.submit(guarded, fn, cell): cell for cell in todo
-            }
+            running.update({pool.submit(guarded, fn, cell): cell for cell in todo})
             while running:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -88,8 +87,15 @@ def _run_pool(
                         on_row(future.result())
                     except BrokenProcessPool:
                         lost.append(cell)
+        except KeyboardInterrupt:
+            # cells not started are dropped; those running finish (a Ctrl-C at a terminal
+            # stops them too) and what they computed is kept
+            pool.shutdown(wait=True, cancel_futures=True)
+            for future in running:
+                if not future.cancelled() and future.exception() is None:
+                    on_row(future.result())
+            raise
         finally:
-            # Ctrl-C: cells not started are dropped, those running are let finish their row
             pool.shutdown(wait=True, cancel_futures=True)
         todo = []
         for cell in lost:
