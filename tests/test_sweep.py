@@ -341,3 +341,8 @@ def test_ray_without_the_extra_is_one_line_naming_it(tmp_path, monkeypatch):
         result.output
         == "error: --ray needs Ray, which is not installed: pip install 'kvbench[ray]'\n"
     )
+
+
+def test_jobs_with_a_ray_address_is_refused(tmp_path):
+    result = run("sweep", *SMALL, "--output", str(tmp_path / "o"), "--ray", "h:6379", "--jobs", "2")
+    assert result.exit_code == 2 and "runs on its own CPUs" in result.output

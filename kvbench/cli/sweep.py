@@ -206,6 +206,11 @@ def sweep(
     grid = build_grid(file_values, flags, grid_file or "")
     if jobs is not None and jobs < 1:
         raise KvbenchError(f"--jobs must be at least 1, got {jobs}")
+    if ray_address and jobs is not None:
+        raise KvbenchError(
+            "--jobs sets the cores of a Ray cluster kvbench starts; a cluster at an address "
+            "runs on its own CPUs"
+        )
     if max_retries < 0:
         raise KvbenchError(f"--max-retries must be at least 0, got {max_retries}")
     if ray_address is not None:
