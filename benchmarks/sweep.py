@@ -5,7 +5,7 @@ on a 64-core cluster.
     python benchmarks/sweep.py [--jobs 2] [--out benchmarks/results/sweep.json]
 
 The grid: sim:vllm, sim:sglang, sim:trtllm, sim:ideal × M = 8192, 16384, 32768, 65536, 131072
-× seeds 0–9 on uniform:32-256,32-256 (the vidur-a100 preset, the default search to 1%): 200
+× seeds 0–9 on uniform:32-256,32-256 (the vidur-a100 preset, the default search to 0.5%): 200
 cells of ~0.1–1 s each, so the benchmark takes a few minutes. (On the embedded default
 uniform:1-32,1-32 at M ≤ 4096 a cell costs ~20 ms, where any executor's per-task cost shows;
 at the paper's setting, pd-1:1 with M = 131,000 to 5%, ~3 s.) Every executor writes its rows through the sweep's
@@ -43,7 +43,7 @@ GRID = {
     "workload": ["uniform:32-256,32-256"],
     "kv_tokens": ["8192", "16384", "32768", "65536", "131072"],
     "seed": [str(s) for s in range(10)],
-    "precision": 0.01,
+    "precision": 0.005,
 }
 NOOP_TASKS = 400
 
