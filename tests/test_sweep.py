@@ -346,3 +346,18 @@ def test_ray_without_the_extra_is_one_line_naming_it(tmp_path, monkeypatch):
 def test_jobs_with_a_ray_address_is_refused(tmp_path):
     result = run("sweep", *SMALL, "--output", str(tmp_path / "o"), "--ray", "h:6379", "--jobs", "2")
     assert result.exit_code == 2 and "runs on its own CPUs" in result.output
+
+
+def test_open_loop_cells_take_burstiness_and_bracket_the_same_boundary(tmp_path):
+    """The stability boundary is the engine's saturated rate whatever the arrivals' burstiness:
+    open-loop brackets at shape 1 (Poisson) and 4 both hold the backlog method's λ* (±5%)."""
+    flags = {"workload": ["uniform:1-32,1-32"], "kv_tokens": ["1024"]}
+    (backlog,) = build_grid({}, flags, "").cells()
+    star = evaluate_cell(backlog)["lambda_star"]
+    grid = build_grid(
+        {}, {**flags, "burstiness": ["1", "4"], "method": "open-loop", "precision": 0.1}, ""
+    )
+    for cell in grid.cells():
+        row = evaluate_cell(cell)
+        assert row["status"] == "ok" and row["method"] == "open-loop"
+        assert row["lambda_lower"] <= 1.05 * star and row["lambda_upper"] >= 0.95 * star, row

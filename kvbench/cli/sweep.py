@@ -20,13 +20,14 @@ from kvbench.sweep.pool import DEFAULT_RETRIES, default_jobs, run_local
 from kvbench.sweep.store import SweepStore
 
 
-def _axis(name: str, metavar: str, help_text: str):
+def _axis(name: str, metavar: str, help_text: str, *, commas: bool = True):
+    how = "Comma-separated or repeated" if commas else "Repeated (a spec has commas of its own)"
     return click.option(
         f"--{name.replace('_', '-')}",
         name,
         multiple=True,
         metavar=metavar,
-        help=help_text + " Comma-separated or repeated: one grid axis.",
+        help=f"{help_text} {how}: one grid axis.",
     )
 
 
@@ -57,7 +58,12 @@ Examples:
     "Simulated engines (rules vllm, sglang, trtllm, ideal), each optionally with profile "
     "settings, e.g. sim:vllm:token_budget=4096,max_running=128 (default: sim:vllm).",
 )
-@_axis("workload", "SPEC|FILE", f"Workloads: {options.WORKLOAD_HELP} (default: pd-1:1).")
+@_axis(
+    "workload",
+    "SPEC|FILE",
+    f"Workloads: {options.WORKLOAD_HELP} (default: pd-1:1).",
+    commas=False,
+)
 @_axis("kv_tokens", "M", "KV-cache capacities in tokens (default: the preset's).")
 @_axis(
     "profile",
