@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -361,3 +362,15 @@ def test_open_loop_cells_take_burstiness_and_bracket_the_same_boundary(tmp_path)
         row = evaluate_cell(cell)
         assert row["status"] == "ok" and row["method"] == "open-loop"
         assert row["lambda_lower"] <= 1.05 * star and row["lambda_upper"] >= 0.95 * star, row
+
+
+def test_an_unreachable_ray_address_is_one_line_at_once(tmp_path):
+    pytest.importorskip("ray")  # required under CI: tests/test_sweep_ray.py
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    result = run("sweep", *SMALL, "--output", str(tmp_path / "o"), "--ray", f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 2 and "cannot reach the Ray cluster's head" in result.output
+    assert not (tmp_path / "o").exists()

@@ -220,9 +220,11 @@ def sweep(
     if max_retries < 0:
         raise KvbenchError(f"--max-retries must be at least 0, got {max_retries}")
     if ray_address is not None:
-        from kvbench.sweep.ray_cluster import import_ray
+        from kvbench.sweep.ray_cluster import check_address, import_ray
 
         import_ray()
+        if ray_address:
+            check_address(ray_address)
     cells = grid.cells()
     store = SweepStore(Path(output), resume=resume)
     quiet = as_json or not sys.stderr.isatty()

@@ -9,6 +9,7 @@ already (kvbench.sweep.cell.guarded), so it is not retried: it would fail the sa
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,22 @@ def import_ray() -> Any:
     except ImportError:
         raise KvbenchError(f"--ray needs Ray, which is not installed: {EXTRA}") from None
     return ray
+
+
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """A cluster address kvbench can reach (a TCP connection to its head), checked before
+    `ray.init`, which otherwise retries an unreachable head for minutes."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise KvbenchError(f"--ray {address}: give HOST:PORT or ray://HOST:PORT (or nothing)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise KvbenchError(
+            f"--ray {address}: cannot reach the Ray cluster's head: {err.strerror or err}"
+        ) from None
 
 
 def run_ray(
