@@ -7,6 +7,8 @@ import sys
 import click
 
 from kvbench import interrupt
+from kvbench.backends import settings
+from kvbench.backends.amended import AmendedProfile
 from kvbench.backends.base import Backend
 from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.registry import resolve_backend
@@ -38,6 +40,7 @@ Examples:
 """
 )
 @backend_options
+@options.engine_settings()
 @options.workload()
 @click.option(
     "--precision",
@@ -91,6 +94,7 @@ def boundary(
     engine_python: str | None,
     engine_args: tuple[str, ...],
     engine_env: tuple[str, ...],
+    engine_settings: tuple[str, ...],
     profile_name: str | None,
     kv_tokens: int | None,
     chunk_size: int | None,
@@ -117,13 +121,22 @@ def boundary(
     reported."""
     workload = load_workload(workload_spec)
     launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
+    parsed = settings.parse_given(engine_settings)
+    if set(parsed) - {None}:
+        raise KvbenchError("--engine-setting: boundary measures one engine; give KEY=VALUE")
+    given = parsed.get(None, {})
+    if given and backend.startswith("sim:"):
+        raise KvbenchError(
+            "--engine-setting describes an engine over HTTP; a simulated engine's settings are "
+            "its --profile's, --kv-tokens and --chunk-size"
+        )
     opened: list[Backend] = []
 
     def backend_for_seed(s: int):
         # The simulator draws its noise from the seed, so each probe gets its own; a server is the
         # same server for every probe (launching one per probe would hold several at once).
         if opened and opened[0].kind != "simulated":
-            return opened[0]
+            return amended(opened[0])
         b = resolve_backend(
             backend,
             url=url,
@@ -139,7 +152,10 @@ def boundary(
             launch=launch,
         )
         opened.append(b)
-        return b
+        return amended(b)
+
+    def amended(b: Backend) -> Backend:
+        return AmendedProfile(b, settings=given) if given else b
 
     spent = [0.0]
     lines: list[str] = []

@@ -182,6 +182,7 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 @auth_options()[0]
 @auth_options()[1]
 @options.engine_launch(per_engine=True)
+@options.engine_settings(per_engine=True)
 @click.option(
     "--replicas",
     type=click.IntRange(min=1),
@@ -235,6 +236,7 @@ def compare(
     engine_python,
     engine_args,
     engine_env,
+    engine_settings,
     replicas,
     precision,
     confidence,
@@ -295,6 +297,7 @@ def compare(
         engine_python=list(engine_python),
         engine_args=list(engine_args),
         engine_env=list(engine_env),
+        engine_settings=list(engine_settings),
     )
     show = sys.stderr.isatty() if progress is None else progress
     # a SIGTERM (a job runner's timeout) stops like Ctrl-C (kvbench.interrupt): the engines

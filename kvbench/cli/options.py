@@ -118,6 +118,25 @@ def gpu_exporter():
     )
 
 
+def engine_settings(per_engine: bool = False):
+    """--engine-setting: a scheduler setting of an engine over HTTP that it does not expose."""
+    from kvbench.backends.settings import SETTINGS
+
+    prefix = "[LABEL:]" if per_engine else ""
+    only = " A LABEL: prefix gives it to that engine only." if per_engine else ""
+    return click.option(
+        "--engine-setting",
+        "engine_settings",
+        multiple=True,
+        metavar=f"{prefix}KEY=VALUE",
+        help="A setting the engine was started with but does not expose, for the engine-aware "
+        f"theory (repeatable); KEY is one of {', '.join(SETTINGS)}, e.g. "
+        "--engine-setting max_running=4 for vLLM's --max-num-seqs 4. Replaces what was read "
+        "or assumed; the report marks every setting as read, given, inferred (from the "
+        f"engine's gauges under saturation) or assumed (the engine's default).{only}",
+    )
+
+
 def engine_launch(per_engine: bool = False):
     """--engine-python, --engine-arg, --engine-env: how kvbench launches an engine (--model).
     With `per_engine` (compare), a value may start with `ENGINE=` to reach that engine only."""

@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from kvbench.backends.settings import unprefixed
 from kvbench.benchmark.failures import FAILING_FRACTION, percent
 from kvbench.report.build import Report
 from kvbench.report.schema import CompareResults, EngineResult
@@ -224,6 +225,10 @@ def _engine_detail(e: EngineResult) -> dict:
         "theory": e.theory,
         "profile": json.dumps(e.profile, indent=2) if e.profile else None,
         "sources": e.profile_sources,
+        "settings": [
+            {**s, "source": unprefixed(s["source"])} for s in e.settings if e.kind != "simulated"
+        ],
+        "settings_flags": e.settings_flags,
         "probes": probes,
         "failures": e.failures,
         "scrape_errors": e.scrape_errors,
@@ -311,6 +316,11 @@ binding: {{ d.theory.binding }}, iteration time from the {{ d.theory.iteration_m
 {% endfor %}</tbody></table>{% endif %}
 {% if d.scrape_errors %}<p>state scraper errors:
 {% for k, n in d.scrape_errors.items() %}{{ k }} ×{{ n }} {% endfor %}</p>{% endif %}
+{% if d.settings %}<table class="settings"><thead><tr><th>setting</th><th>value</th><th>known as</th>
+<th>from</th></tr></thead><tbody>{% for s in d.settings %}<tr><td>{{ s.setting }}</td>
+<td>{{ "{:,}".format(s.value) }}</td><td>{{ s.kind }}</td><td>{{ s.source }}</td></tr>{% endfor %}
+</tbody></table>{% endif %}
+{% for f in d.settings_flags %}<p class="warning"><b>{{ f }}</b></p>{% endfor %}
 {% if d.profile %}<details><summary>discovered profile</summary><pre>{{ d.profile }}</pre>
 {% if d.sources %}<table><thead><tr><th>field</th><th>read from</th></tr></thead><tbody>
 {% for k, v in d.sources.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</tbody></table>{% endif %}

@@ -135,6 +135,8 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
         error=eng.get("error"),
         profile=eng.get("profile"),
         profile_sources=dict(eng.get("profile_sources", {})),
+        settings=list(eng.get("settings", [])),
+        settings_flags=list(eng.get("settings_flags", [])),
         provenance=eng.get("provenance"),
     )
     if eng.get("batch_time"):

@@ -143,6 +143,9 @@ class EngineResult:
     error: str | None = None
     profile: dict[str, Any] | None = None
     profile_sources: dict[str, str] = field(default_factory=dict)
+    # each scheduler setting: {setting, value, kind (read/given/inferred/assumed), source}
+    settings: list[dict[str, Any]] = field(default_factory=list)
+    settings_flags: list[str] = field(default_factory=list)  # what the measurements contradict
     batch_time: BatchTime | None = None  # b̄ the theory uses
     batch_time_burst: BatchTime | None = None  # the calibration burst's b̄ (the search's start)
     theory: Theory | None = None
