@@ -185,7 +185,8 @@ def attainment(
         measured = values[completed & np.isfinite(values)]
         at[metric] = float(np.percentile(measured, slo.percentile)) if measured.size else None
     n_done, n_good = int(completed.sum()), int(good.sum())
-    met = n_done > 0 and all(v is None or v <= slo.targets[m] for m, v in at.items())
+    # no completion: nothing to judge the run by (None), never a met SLO
+    met = all(v is None or v <= slo.targets[m] for m, v in at.items()) if n_done else None
     return {
         **slo.to_dict(),
         "completed": n_done,
@@ -193,7 +194,7 @@ def attainment(
         "attainment": n_good / n_done if n_done else None,
         "goodput": n_good / span if span > 0 else None,
         "at_percentile": at,
-        "met": bool(met),
+        "met": met,
     }
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from kvbench.benchmark.failures import percent
 from kvbench.benchmark.slo import percentile_key
+from kvbench.output import economics
 from kvbench.output.terminal import block, highlight, number
 
 _LABEL = {"simulated": " (SIMULATED)", "emulated": " (EMULATED)", "real": ""}
@@ -282,6 +283,7 @@ def boundary_text(result: dict[str, Any]) -> str:
                 "departure rate of an overloaded run",
             )
         )
+    rows += economics.rows(result.get("slo"), result.get("economics"))
     for i, p in enumerate(result["probes"], start=1):
         verdict = highlight(p["verdict"], _COLOR.get(p["verdict"]))
         ev = p["evidence"]
@@ -294,6 +296,12 @@ def boundary_text(result: dict[str, Any]) -> str:
             limit = (p.get("failures") or {}).get("load_shedding")
             detail += f"; {ev.get('reason')}" + (
                 " (load shedding: the engine's limit)" if limit else ""
+            )
+        slo = p.get("slo")
+        if slo and slo["attainment"] is not None:
+            detail += (
+                f"; SLO {'met' if slo['met'] else 'missed'}, attainment {slo['attainment']:.1%}, "
+                f"goodput {number(slo['goodput'])} req/s"
             )
         rows.append((f"probe {i}", f"λ = {number(p['rate'])} req/s  {verdict}", detail))
     return block(
