@@ -3,7 +3,9 @@ the SLO rate) serves per GPU, and what it costs at a given GPU price.
 
 Every figure comes from one probe the search ran: the fastest judged STABLE (λ*'s lower end) or
 the fastest that also met the SLO (the SLO rate's lower end). Requests per second is that probe's
-rate; tokens per second are what its completed requests produced per second, as measured. Dollars
+rate λ, and tokens per second λ times the tokens per completed request measured in it: a stable
+engine serves what it is offered, while counting completions in a finite window misses the
+requests still in flight at its end (about 1/lives of them: 5% for a 20-life probe). Dollars
 assume the GPUs are paid for by the hour whatever they serve: $/hour = price × GPUs per replica ×
 replicas, and a million requests (output tokens) cost $/hour ÷ (3600 × the rate) × 10⁶.
 """
@@ -64,9 +66,12 @@ def at_rate(
     gpu_price: float | None,
 ) -> dict[str, Any]:
     """Tokens per second (total and per GPU) and dollars at `rate` requests/s over `gpus` GPUs,
-    with `throughput` the probe's measured figures (runner summary's `throughput`)."""
+    with `throughput` the probe's measured figures (runner summary's `throughput`): its tokens
+    per completed request."""
     t = throughput or {}
-    out, total = t.get("output_tokens_per_s"), t.get("total_tokens_per_s")
+    o, s = t.get("mean_output_tokens"), t.get("mean_prompt_tokens")
+    out = None if o is None else rate * o
+    total = None if o is None or s is None else rate * (o + s)
     per_hour = None if gpu_price is None else gpu_price * gpus
     return {
         "rate": rate,
@@ -116,8 +121,8 @@ def economics(
         f"at the lower end of each bracket (the fastest probe judged STABLE; for the SLO rate, "
         f"the fastest that also met the SLO); {per_replica} GPU{'s' if per_replica > 1 else ''} "
         f"per replica ({source}) × {replicas} replica{'s' if replicas > 1 else ''} = {gpus} "
-        f"GPU{'s' if gpus > 1 else ''}; {price}; tokens/s as measured over each probe's "
-        "completed requests"
+        f"GPU{'s' if gpus > 1 else ''}; {price}; tokens/s = λ × the tokens per completed "
+        "request measured in that probe"
     )
     return {
         "gpu_price": pricing.gpu_price,

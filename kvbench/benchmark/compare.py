@@ -47,6 +47,8 @@ from kvbench.benchmark.burst import (
     warm_up,
 )
 from kvbench.benchmark.search import DEFAULT_PRECISION, check_search_settings
+from kvbench.benchmark.slo import DEFAULT_PERCENTILES, Slo
+from kvbench.cost import Pricing
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel
@@ -123,6 +125,10 @@ class CompareConfig:
     engine_python: list[str] = field(default_factory=list)
     engine_args: list[str] = field(default_factory=list)
     engine_env: list[str] = field(default_factory=list)
+    # latency targets judged on every probe, and the percentiles reported (kvbench/benchmark/slo)
+    slo: Slo | None = None
+    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
+    pricing: Pricing = field(default_factory=Pricing)  # --gpu-price, --gpus-per-replica
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -205,6 +211,7 @@ class CompareConfig:
         if self.target_rate is not None:
             validate.positive_number(self.target_rate, "--target-rate")
         validate.in_range(self.target_utilization, "--target-utilization", 0, 1, low_open=True)
+        self.pricing.check()
         precision = self.with_defaults().precision
         assert precision is not None  # with_defaults fills it in
         check_search_settings(
@@ -719,6 +726,8 @@ def _search(
         output=engine.directory,
         progress=_Relay(None, observer, label),
         replicas=engine.data["replicas"],
+        slo=config.slo,
+        percentiles=config.percentiles,
     )
     search.update(
         lower=result.lower,

@@ -251,9 +251,12 @@ def summarize(
     span = end if config.get("duration") is not None else float(np.nanmax(fin, initial=end))
     prompt_tokens = np.array([r.prompt_len for r in records], dtype=np.float64)
     out_done = float(n_out[completed].sum())
+    n_done = int(completed.sum())
     throughput = {
         "span": span,
-        "requests_per_s": int(completed.sum()) / span if span > 0 else None,
+        "mean_output_tokens": out_done / n_done if n_done else None,
+        "mean_prompt_tokens": float(prompt_tokens[completed].mean()) if n_done else None,
+        "requests_per_s": n_done / span if span > 0 else None,
         "output_tokens_per_s": out_done / span if span > 0 else None,
         "total_tokens_per_s": (out_done + float(prompt_tokens[completed].sum())) / span
         if span > 0
