@@ -169,7 +169,7 @@ class _Greedy(click.Option):
     """An option that also takes the words after its value up to the next option, as vLLM's
     argparse `nargs="+"` does (`--goodput ttft:2000 tpot:100`); joined by spaces."""
 
-    def add_to_parser(self, parser, ctx):  # type: ignore[no-untyped-def]
+    def add_to_parser(self, parser, ctx):
         super().add_to_parser(parser, ctx)
         for name in self.opts:
             option = getattr(parser, "_long_opt", {}).get(name)
@@ -177,7 +177,7 @@ class _Greedy(click.Option):
                 continue
             take = option.process
 
-            def process(value, state, take=take):  # type: ignore[no-untyped-def]
+            def process(value, state, take=take):
                 words = [value]
                 while state.rargs and not state.rargs[0].startswith("-"):
                     words.append(state.rargs.pop(0))
@@ -237,7 +237,7 @@ def latency_targets(*, bracket: bool = False):
 
     def apply(f):
         @functools.wraps(f)
-        def wrapper(*args, slo, goodput, percentiles, **kwargs):  # type: ignore[no-untyped-def]
+        def wrapper(*args, slo, goodput, percentiles, **kwargs):
             kwargs["targets"] = LatencyTargets(
                 slo_from_options(slo, goodput), parse_percentiles(percentiles)
             )
@@ -271,7 +271,7 @@ def pricing():
 
     def apply(f):
         @functools.wraps(f)
-        def wrapper(*args, gpu_price, gpus_per_replica, **kwargs):  # type: ignore[no-untyped-def]
+        def wrapper(*args, gpu_price, gpus_per_replica, **kwargs):
             given = Pricing(gpu_price, gpus_per_replica)
             given.check()
             kwargs["pricing"] = given
