@@ -152,7 +152,10 @@ def provisioning_rows(results: CompareResults) -> list[dict[str, str]]:
                 "engine_aware": DASH
                 if p.replicas_engine_aware is None
                 else str(p.replicas_engine_aware),
-                "measured": DASH if p.replicas_measured is None else str(p.replicas_measured),
+                "measured": DASH
+                if p.replicas_measured is None
+                else str(p.replicas_measured)
+                + (" (SLO rate)" if p.basis == "SLO rate lower bound" else ""),
             }
         )
     return rows
