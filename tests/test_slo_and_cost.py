@@ -292,6 +292,8 @@ def test_compare_shows_slo_rate_tokens_and_cost(tmp_path):
     summary = (directory / "summary.md").read_text()
     assert "SLO rate (req/s)" in summary and "$2.5 per GPU-hour as given" in summary
     assert "2 GPUs per replica (--gpus-per-replica) × 2 replicas = 4 GPUs" in summary
+    html = (directory / "report.html").read_text()
+    assert 'id="economics"' in html and "SLO, attainment, goodput" in html
     shown = result.stdout
     for text in ("SLO rate:", "tokens at λ*:", "cost at λ*:", "assumptions:", "$10/hour"):
         assert text in shown, text
