@@ -302,3 +302,40 @@ def test_compare_shows_slo_rate_tokens_and_cost(tmp_path):
     again = CliRunner().invoke(cli, ["report", str(directory), "--json"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["engines"] == results["engines"]
+
+
+def test_a_merged_report_keeps_each_machines_price_and_flags_different_slos(tmp_path):
+    """Two machines, two GPU prices: each engine is priced at its own; a different SLO is
+    flagged."""
+    directories = []
+    for name, price, slo in (("h200", "3.5", "ttft:2s"), ("mi300", "2", "ttft:1s")):
+        out = tmp_path / name
+        result = CliRunner().invoke(
+            cli,
+            [
+                "compare",
+                "--backends",
+                f"{name}=sim:trtllm",
+                "--slo",
+                slo,
+                "--gpu-price",
+                price,
+                "--output-dir",
+                str(out),
+                "--no-progress",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        (directory,) = [p for p in out.iterdir() if p.is_dir()]
+        directories.append(directory)
+    merged = tmp_path / "merged"
+    result = CliRunner().invoke(
+        cli, ["report", "merge", *map(str, directories), "--output", str(merged), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    engines = {e["label"]: e for e in json.loads(result.stdout)["engines"]}
+    assert engines["h200"]["economics"]["gpu_price"] == 3.5
+    assert engines["mi300"]["economics"]["gpu_price"] == 2.0
+    assert engines["h200"]["slo_boundary"]["targets"] == {"ttft": 2.0}
+    assert engines["mi300"]["slo_boundary"]["targets"] == {"ttft": 1.0}
+    assert "the merged runs differ in SLOs" in result.stderr

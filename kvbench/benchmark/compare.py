@@ -515,6 +515,11 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
                 "replicas": replica_count(label, config),
                 "urls": [redact_url(u) for u in config.urls.get(label, [])],
                 "slug": f"{i}-{slug(label)}",
+                # what this engine's probes are judged against and priced at: a merged report
+                # keeps each machine's own (kvbench report merge)
+                "slo": None if config.slo is None else config.slo.to_dict(),
+                "percentiles": list(config.percentiles),
+                "pricing": asdict(config.pricing),
                 **(
                     {"engine_launch": options.record()} if (options := config.launch(label)) else {}
                 ),

@@ -248,7 +248,8 @@ def summarize(
     )
     # Throughput over the span the completions were counted in: the window of a --duration run
     # (later completions are not counted), else until the last completion.
-    span = end if config.get("duration") is not None else float(np.nanmax(fin, initial=end))
+    last = float(np.nanmax(np.where(completed, fin, np.nan), initial=end))
+    span = end if config.get("duration") is not None else last
     prompt_tokens = np.array([r.prompt_len for r in records], dtype=np.float64)
     out_done = float(n_out[completed].sum())
     n_done = int(completed.sum())

@@ -174,8 +174,10 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
     if result.profile and result.profile.get("kv_tokens"):
         kv_capacity = float(result.profile["kv_tokens"]) * replicas
 
-    slo = Slo.from_dict(config.get("slo"))
-    percentiles = tuple(config["percentiles"]) if config.get("percentiles") else None
+    # each engine's own SLO, percentiles and price (a merged report's engines keep theirs)
+    slo = Slo.from_dict(eng.get("slo", config.get("slo")))
+    asked = eng.get("percentiles", config.get("percentiles"))
+    percentiles = tuple(asked) if asked else None
     search = eng.get("search") or {}
     series = []
     for raw_probe in search.get("probes", []):
@@ -228,7 +230,9 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
         lambda_lower=result.boundary.lower if result.boundary else None,
         slo_lower=(result.slo_boundary or {}).get("lower"),
         replicas=replicas,
-        pricing=Pricing(**config["pricing"]) if config.get("pricing") else Pricing(),
+        pricing=Pricing(**pricing)
+        if (pricing := eng.get("pricing", config.get("pricing")))
+        else Pricing(),
         launch_args=servers[0].get("argv", []) if servers else [],
     )
     target = config.get("target_rate")
