@@ -170,19 +170,24 @@ def test_attainment_goodput_and_tokens_on_hand_built_requests():
 
 
 def test_slo_bracket_from_probes():
+    def probe(index, rate, verdict, met):
+        over = verdict == "UNSTABLE"
+        return dict(index=index, rate=rate, verdict=verdict, over_limit=over, slo={"met": met})
+
     probes = [
-        {"index": 0, "rate": 10.0, "verdict": "UNSTABLE", "over_limit": True, "met": False},
-        {"index": 1, "rate": 8.0, "verdict": "STABLE", "over_limit": False, "met": False},
-        {"index": 2, "rate": 6.0, "verdict": "STABLE", "over_limit": False, "met": True},
-        {"index": 3, "rate": 7.0, "verdict": "INCONCLUSIVE", "over_limit": False, "met": True},
+        probe(0, 10.0, "UNSTABLE", False),
+        probe(1, 8.0, "STABLE", False),
+        probe(2, 6.0, "STABLE", True),
+        probe(3, 7.0, "INCONCLUSIVE", True),  # not STABLE: meets nothing, misses nothing
+        dict(probe(4, 5.0, "STABLE", None), slo=None),  # judged without an SLO
     ]
     b = slo_bracket(probes, stability_upper=9.0)
     assert (b.lower, b.upper, b.lower_probe) == (6.0, 8.0, 2)
     # every stable probe met it: the SLO bracket is λ*'s
-    met = [dict(p, met=p["verdict"] != "UNSTABLE") for p in probes]
+    met = [dict(p, slo={"met": p["verdict"] != "UNSTABLE"}) for p in probes]
     assert (slo_bracket(met, 9.0).lower, slo_bracket(met, 9.0).upper) == (8.0, 9.0)
     # none met it: only an upper end, the slowest probe that missed
-    missed = [dict(p, met=False) for p in probes]
+    missed = [dict(p, slo={"met": False}) for p in probes if p["index"] != 4]
     b = slo_bracket(missed, 9.0)
     assert b.lower is None and b.upper == 6.0 and "below" in b.note
 

@@ -58,7 +58,6 @@ def lag_budget(rate: float) -> float:
     return max(LAG_FLOOR, 1.0 / rate)
 
 
-PERCENTILES = DEFAULT_PERCENTILES
 # always computed beside the asked ones: the report's fixed columns (p50, p99) read them
 REPORTED_PERCENTILES = (50.0, 99.0)
 
@@ -130,7 +129,7 @@ def build_schedule(
 
 
 def _percentiles(
-    values: np.ndarray, percentiles: tuple[float, ...] = PERCENTILES
+    values: np.ndarray, percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
 ) -> dict[str, float | int | None]:
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -193,7 +192,7 @@ def summarize(
     config = header["config"]
     if slo is None:
         slo = Slo.from_dict(header.get("slo"))
-    asked = tuple(percentiles or header.get("percentiles") or PERCENTILES)
+    asked = tuple(percentiles or header.get("percentiles") or DEFAULT_PERCENTILES)
     computed = tuple(sorted(set(asked) | set(REPORTED_PERCENTILES)))
     rate = float(config["request_rate"])
     planned_end = float(header["window_end"])
@@ -445,7 +444,7 @@ def execute_run(
             f"(seed {spec.seed}): raise --request-rate or --duration"
         )
     window_end = spec.duration if spec.duration is not None else requests[-1].intended_send
-    judged: dict[str, Any] = {"percentiles": list(percentiles or PERCENTILES)}
+    judged: dict[str, Any] = {"percentiles": list(percentiles or DEFAULT_PERCENTILES)}
     if slo is not None:
         judged["slo"] = slo.to_dict()
     header = run_header(backend, spec, requests, window_end, {**judged, **(header_extra or {})})

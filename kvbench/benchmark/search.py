@@ -46,7 +46,7 @@ from kvbench import validate
 from kvbench.backends.base import Backend, EventSink
 from kvbench.benchmark.burst import run_burst, warm_up
 from kvbench.benchmark.runner import RunSpec, execute_run
-from kvbench.benchmark.slo import Slo, slo_bracket
+from kvbench.benchmark.slo import Slo, slo_boundary
 from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, check_settings
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import ClientLagError, EngineError
@@ -383,24 +383,9 @@ def find_boundary(
     if not reached:
         stop = "engine-second budget spent" if not budget_left() else "could not close the bracket"
 
-    slo_result = None
-    if slo is not None:
-        bracket = slo_bracket(
-            [
-                {
-                    "index": i,
-                    "rate": p.rate,
-                    "verdict": p.verdict,
-                    "over_limit": p.over_limit,
-                    "met": None if p.slo is None else p.slo["met"],
-                }
-                for i, p in enumerate(probes)
-            ],
-            hi,
-        )
-        slo_result = {**slo.to_dict(), "describe": slo.describe(), **asdict(bracket)}
+    judged = [{**asdict(p), "index": i, "over_limit": p.over_limit} for i, p in enumerate(probes)]
     return BoundaryResult(
-        slo=slo_result,
+        slo=None if slo is None else slo_boundary(slo, judged, hi),
         lower=lo,
         upper=hi,
         precision=precision,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -206,17 +206,21 @@ class SloBracket:
     note: str
 
 
+def _met(probe: dict[str, Any]) -> bool | None:
+    return None if probe.get("slo") is None else probe["slo"]["met"]
+
+
 def slo_bracket(probes: list[dict[str, Any]], stability_upper: float | None) -> SloBracket:
-    """The SLO rate's bracket from probes given as {index, rate, verdict, over_limit, met}
-    (met: the probe's SLO verdict, None when it has none). A probe counts as meeting the SLO only
-    when judged STABLE too: a rate the engine cannot sustain meets no latency target for long."""
-    meeting = [p for p in probes if p["verdict"] == "STABLE" and p.get("met")]
+    """The SLO rate's bracket from probes given as {index, rate, verdict, over_limit, slo} (slo:
+    the run summary's, None without one). A probe counts as meeting the SLO only when judged
+    STABLE too: a rate the engine cannot sustain meets no latency target for long."""
+    meeting = [p for p in probes if p["verdict"] == "STABLE" and _met(p)]
     best = max(meeting, key=lambda p: p["rate"], default=None)
     lower = None if best is None else float(best["rate"])
     missed = [
         float(p["rate"])
         for p in probes
-        if (p.get("met") is False or p.get("over_limit")) and p["rate"] > (lower or 0.0)
+        if (_met(p) is False or p.get("over_limit")) and p["rate"] > (lower or 0.0)
     ]
     if stability_upper is not None and stability_upper > (lower or 0.0):
         missed.append(float(stability_upper))
@@ -230,3 +234,14 @@ def slo_bracket(probes: list[dict[str, Any]], stability_upper: float | None) -> 
     else:
         note = "between the probes either side (no probe was run for the SLO alone)"
     return SloBracket(lower, upper, None if best is None else int(best["index"]), note)
+
+
+def slo_boundary(
+    slo: Slo, probes: list[dict[str, Any]], stability_upper: float | None
+) -> dict[str, Any]:
+    """The SLO and its rate's bracket, as results record them."""
+    return {
+        **slo.to_dict(),
+        "describe": slo.describe(),
+        **asdict(slo_bracket(probes, stability_upper)),
+    }

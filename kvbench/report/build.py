@@ -16,7 +16,7 @@ import pandas as pd
 from kvbench.benchmark.failures import merge_failures
 from kvbench.benchmark.recorder import read_run
 from kvbench.benchmark.runner import summarize
-from kvbench.benchmark.slo import Slo, percentile_key, slo_bracket
+from kvbench.benchmark.slo import Slo, percentile_key, slo_boundary
 from kvbench.cost import Pricing, economics
 from kvbench.errors import KvbenchError
 from kvbench.report import raw
@@ -216,14 +216,10 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
     basis = "λ* lower bound"
     probes = [asdict(p) for p in result.probes]
     if slo is not None and result.boundary is not None:
-        bracket = slo_bracket(
-            [{**p, "met": None if p["slo"] is None else p["slo"]["met"]} for p in probes],
-            result.boundary.upper,
-        )
-        result.slo_boundary = {**slo.to_dict(), "describe": slo.describe(), **asdict(bracket)}
+        result.slo_boundary = slo_boundary(slo, probes, result.boundary.upper)
         # provisioning from the smaller of the two: the SLO rate is never above λ*, and with no
         # probe meeting the SLO there is no measured rate to provision from
-        lower, basis = bracket.lower, "SLO rate lower bound"
+        lower, basis = result.slo_boundary["lower"], "SLO rate lower bound"
     servers = eng.get("servers") or []
     result.economics = economics(
         probes,
