@@ -344,3 +344,46 @@ def test_a_merged_report_keeps_each_machines_price_and_flags_different_slos(tmp_
     assert engines["h200"]["slo_boundary"]["targets"] == {"ttft": 2.0}
     assert engines["mi300"]["slo_boundary"]["targets"] == {"ttft": 1.0}
     assert "the merged runs differ in SLOs" in result.stderr
+
+
+def test_slo_rate_between_probes_provisions_and_prices_a_launched_engine(tmp_path):
+    """The report's own path on a compare directory: a p90 E2E target met at 0.8·c and missed at
+    0.95·c (the fixture's FIFO server: queueing grows toward capacity c) brackets the SLO rate
+    strictly between those probes, below λ*'s; provisioning takes it (the smaller); and a
+    launch with --tensor-parallel-size 4 prices 4 GPUs a replica."""
+    from kvbench.report import raw
+    from kvbench.report.build import build_report
+    from tests.compare_fixture import make_compare_dir
+
+    directory = make_compare_dir(tmp_path / "cmp", labels=("trtllm",), capacities=(3.0,))
+    header = raw.read_json(directory / raw.COMPARE_FILE)
+    header["config"].update(
+        slo=parse_slo("e2e:3s@p90").to_dict(), pricing={"gpu_price": 2.0, "gpus_per_replica": None}
+    )
+    raw.write_json_atomic(directory / raw.COMPARE_FILE, header)
+    path = directory / raw.ENGINES_DIR / "0-engine" / raw.ENGINE_FILE
+    engine = raw.read_json(path)
+    engine["servers"] = [{"argv": ["trtllm-serve", "m", "--tensor-parallel-size", "4"]}]
+    raw.write_json_atomic(path, engine)
+
+    (e,) = build_report(directory).results.engines
+    by_rate = {round(p.rate, 6): p for p in e.probes}
+    low, near = by_rate[round(2.4, 6)], by_rate[round(2.85, 6)]
+    assert low.slo["met"] is True and near.slo["met"] is False
+    assert low.slo["at_percentile"]["e2e"] <= 3.0 < near.slo["at_percentile"]["e2e"]
+    assert e.boundary.lower == pytest.approx(2.85) and e.boundary.upper == pytest.approx(3.15)
+    assert e.slo_boundary["lower"] == pytest.approx(2.4)
+    assert e.slo_boundary["upper"] == pytest.approx(2.85)
+    assert e.provisioning.basis == "SLO rate lower bound"
+    assert e.provisioning.replicas_measured == math.ceil(20.0 / (0.9 * 2.4))  # 10, not 8 at λ*
+    econ = e.economics
+    assert (econ["gpus_per_replica"], econ["gpus"]) == (4, 4)
+    assert econ["gpus_per_replica_source"] == "the launch's tensor parallelism"
+    assert econ["at_lambda"]["usd_per_hour"] == 8.0
+    assert econ["at_lambda"]["usd_per_million_requests"] == pytest.approx(8.0 / (3600 * 2.85) * 1e6)
+    assert econ["at_slo"]["usd_per_million_requests"] == pytest.approx(8.0 / (3600 * 2.4) * 1e6)
+    out = 2.4 * low.throughput["mean_output_tokens"]
+    assert econ["at_slo"]["output_tokens_per_s_per_gpu"] == pytest.approx(out / 4)
+    assert econ["at_slo"]["usd_per_million_output_tokens"] == pytest.approx(
+        8.0 / (3600 * out) * 1e6
+    )
