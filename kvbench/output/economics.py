@@ -53,11 +53,12 @@ def dollars(at: dict[str, Any] | None) -> str:
 
 def rows(slo: dict[str, Any] | None, econ: dict[str, Any] | None) -> list[tuple[str, ...]]:
     """label, value, note rows: the SLO rate, then tokens and dollars at λ* and at the SLO rate,
-    then the assumptions."""
+    then the assumptions; none unless an SLO or a GPU price was given (tokens/s at λ* are in the
+    report's summary table whatever was given)."""
     out: list[tuple[str, ...]] = []
     if slo:
         out.append(("SLO rate", slo_bracket(slo), f"{slo['describe']}; {slo['note']}"))
-    if not econ:
+    if not econ or (not slo and econ.get("gpu_price") is None):
         return out
     for key, where in (("at_lambda", "at λ*"), ("at_slo", "at SLO rate")):
         at = econ.get(key)
