@@ -49,6 +49,8 @@ from kvbench.benchmark.burst import (
 )
 from kvbench.benchmark.recorder import RunRecorder, read_run, versions
 from kvbench.benchmark.search import DEFAULT_PRECISION, check_search_settings
+from kvbench.benchmark.slo import DEFAULT_PERCENTILES, Slo
+from kvbench.cost import Pricing
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel
@@ -127,6 +129,10 @@ class CompareConfig:
     engine_env: list[str] = field(default_factory=list)
     # --engine-setting as given: [LABEL:]KEY=VALUE
     engine_settings: list[str] = field(default_factory=list)
+    # latency targets judged on every probe, and the percentiles reported (kvbench/benchmark/slo)
+    slo: Slo | None = None
+    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
+    pricing: Pricing = field(default_factory=Pricing)  # --gpu-price, --gpus-per-replica
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -222,6 +228,7 @@ class CompareConfig:
         if self.target_rate is not None:
             validate.positive_number(self.target_rate, "--target-rate")
         validate.in_range(self.target_utilization, "--target-utilization", 0, 1, low_open=True)
+        self.pricing.check()
         precision = self.with_defaults().precision
         assert precision is not None  # with_defaults fills it in
         check_search_settings(
@@ -531,6 +538,11 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
                 "replicas": replica_count(label, config),
                 "urls": [redact_url(u) for u in config.urls.get(label, [])],
                 "slug": f"{i}-{slug(label)}",
+                # what this engine's probes are judged against and priced at: a merged report
+                # keeps each machine's own (kvbench report merge)
+                "slo": None if config.slo is None else config.slo.to_dict(),
+                "percentiles": list(config.percentiles),
+                "pricing": asdict(config.pricing),
                 **(
                     {"engine_launch": options.record()} if (options := config.launch(label)) else {}
                 ),
@@ -781,6 +793,8 @@ def _search(
         output=engine.directory,
         progress=_Relay(None, observer, label),
         replicas=engine.data["replicas"],
+        slo=config.slo,
+        percentiles=config.percentiles,
     )
     search.update(
         lower=result.lower,

@@ -8,7 +8,12 @@ from kvbench.backends.settings import unprefixed
 from kvbench.benchmark.failures import FAILING_FRACTION, percent
 from kvbench.report.schema import CompareResults
 from kvbench.report.system import SYSTEM_COLUMNS, absent_notes, metadata_notes, system_rows
-from kvbench.report.table import provisioning_rows, summary_columns, summary_row
+from kvbench.report.table import (
+    economics_notes,
+    provisioning_rows,
+    summary_columns,
+    summary_row,
+)
 
 _SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
@@ -86,6 +91,9 @@ def render(results: CompareResults) -> str:
             ],
         )
     lines += _settings(results)
+    notes = economics_notes(results)
+    if notes:
+        lines += ["", "SLO rate, tokens and cost:", ""] + [f"- {escape(n)}" for n in notes]
     workload = results.config.get("workload", "")
     lines += [
         "",
