@@ -103,7 +103,9 @@ def test_a_cell_agrees_with_theory_and_boundary_and_hand_computed_provisioning(t
     assert row["simulated"] is True and row["status"] == "ok"
     need = math.ceil(1000 / (0.9 * row["lambda_star"]))
     assert row["replicas_needed"] == need
-    assert row["gpus_needed"] == 2 * need and row["cost_per_hour"] == 2 * need * 2.5
+    assert row["gpus_needed"] == 2 * need and row["usd_per_hour"] == 2 * need * 2.5
+    # at 1000 req/s, a million requests take 1000 s of the fleet
+    assert row["usd_per_million_requests"] == pytest.approx(2 * need * 2.5 * 1000 / 3600)
     assert row["replicas_needed_paper"] == math.ceil(1000 / (0.9 * row["mu_paper"]))
 
 

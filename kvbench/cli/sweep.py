@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from kvbench.cli import options
+from kvbench.cost import Pricing
 from kvbench.errors import KvbenchError
 from kvbench.export import sweep_html
 from kvbench.export.json import write_json
@@ -110,20 +111,7 @@ Examples:
     metavar="ρ",
     help="Highest fraction of a replica's capacity to plan for (default 0.9).",
 )
-@click.option(
-    "--gpu-price",
-    type=float,
-    default=None,
-    metavar="USD",
-    help="USD per GPU-hour: the cost per hour of the replicas needed (with --target-rate).",
-)
-@click.option(
-    "--gpus-per-replica",
-    type=int,
-    default=None,
-    metavar="N",
-    help="GPUs one replica occupies, for the cost (default 1).",
-)
+@options.pricing()
 @click.option(
     "--output",
     type=click.Path(file_okay=False),
@@ -173,8 +161,7 @@ def sweep(
     confidence: float | None,
     target_rate: float | None,
     target_utilization: float | None,
-    gpu_price: float | None,
-    gpus_per_replica: int | None,
+    pricing: Pricing,
     output: str,
     resume: bool,
     jobs: int | None,
@@ -205,8 +192,8 @@ def sweep(
         "confidence": confidence,
         "target_rate": target_rate,
         "target_utilization": target_utilization,
-        "gpu_price": gpu_price,
-        "gpus_per_replica": gpus_per_replica,
+        "gpu_price": pricing.gpu_price,
+        "gpus_per_replica": pricing.gpus_per_replica,
     }
     file_values = load_grid_file(grid_file) if grid_file else {}
     grid = build_grid(file_values, flags, grid_file or "")

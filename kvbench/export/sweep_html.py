@@ -37,7 +37,8 @@ _COLUMNS = [
     ("lambda_star", "λ* (simulated)"),
     ("bracket", "bracket"),
     ("replicas_needed", "replicas for target"),
-    ("cost_per_hour", "USD / hour"),
+    ("usd_per_hour", "USD / hour"),
+    ("usd_per_million_requests", "USD / 10⁶ requests"),
     ("status", "status"),
 ]
 

@@ -15,6 +15,7 @@ from typing import Any
 from kvbench.backends.sim import SimBackend
 from kvbench.benchmark.saturated_rate import measure_saturated_rate
 from kvbench.benchmark.search import find_boundary
+from kvbench.cost import at_rate
 from kvbench.engine_theory import beside_paper
 from kvbench.errors import KvbenchError
 from kvbench.profile import build_profile
@@ -46,7 +47,8 @@ RESULT_FIELDS = (
     "replicas_needed_engine_aware",
     "replicas_needed_paper",
     "gpus_needed",
-    "cost_per_hour",
+    "usd_per_hour",
+    "usd_per_million_requests",
     "cell_seconds",
 )
 
@@ -123,7 +125,8 @@ def _provision(
     cell: dict[str, Any], per_replica: float | None, mu_engine: float, mu_paper: float
 ) -> dict[str, Any]:
     """Replicas for the target rate at the target utilisation, by the measured λ* and by each
-    theory (kvbench.theory.replicas_needed), and what the measured count costs per hour."""
+    theory (kvbench.theory.replicas_needed), and what the measured count costs (kvbench.cost:
+    per hour, and per million requests at the target rate)."""
     rate, rho = cell["target_rate"], cell["target_utilization"]
     out: dict[str, Any] = dict.fromkeys(
         (
@@ -131,7 +134,8 @@ def _provision(
             "replicas_needed_engine_aware",
             "replicas_needed_paper",
             "gpus_needed",
-            "cost_per_hour",
+            "usd_per_hour",
+            "usd_per_million_requests",
         )
     )
     if rate is None:
@@ -143,7 +147,9 @@ def _provision(
         out["replicas_needed"] = replicas
         out["gpus_needed"] = replicas * cell["gpus_per_replica"]
         if cell["gpu_price"] is not None:
-            out["cost_per_hour"] = out["gpus_needed"] * cell["gpu_price"]
+            cost = at_rate(rate, None, gpus=out["gpus_needed"], gpu_price=cell["gpu_price"])
+            out["usd_per_hour"] = cost["usd_per_hour"]
+            out["usd_per_million_requests"] = cost["usd_per_million_requests"]
     return out
 
 
