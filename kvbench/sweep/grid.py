@@ -90,27 +90,20 @@ def parse_engine(text: str) -> EngineEntry:
 
 
 def _setting(engine: str, key: str, value: str) -> Any:
+    """A setting's value as its field's type: counts (no default, or max_tokens_cap) positive
+    integers, flags true/false, ratios numbers."""
     default = next(f.default for f in dataclasses.fields(EngineProfile) if f.name == key)
-    kind = _SETTING_TYPES.get(key) or type(default)
+    kind = int if default is dataclasses.MISSING else _SETTING_TYPES.get(key, type(default))
     try:
         if kind is bool:
-            if value.lower() not in ("true", "false"):
+            return {"true": True, "false": False}[value.lower()]
+        if kind is int:
+            if int(value) < 1:
                 raise ValueError(value)
-            return value.lower() == "true"
-        if kind is int or default is dataclasses.MISSING:
-            number = int(value)
-            if number < 1:
-                raise ValueError(value)
-            return number
+            return int(value)
         return float(value)
-    except ValueError:
-        want = (
-            "true or false"
-            if kind is bool
-            else "a positive integer"
-            if kind is not float
-            else "a number"
-        )
+    except (KeyError, ValueError):
+        want = {bool: "true or false", int: "a positive integer"}.get(kind, "a number")
         raise KvbenchError(f"engine {engine!r}: {key} must be {want}, got {value!r}") from None
 
 
@@ -154,7 +147,7 @@ class Grid:
         for name in self.profile:
             if name not in HARDWARE:
                 raise KvbenchError(f"unknown profile {name!r}; choose one of {', '.join(HARDWARE)}")
-        for e in engines:  # settings the profile refuses (none today; build_profile is the judge)
+        for e in engines:  # a setting the rule's profile cannot take fails here, not in a cell
             build_profile(e.rule, self.profile[0], **e.settings)
         for g in self.replicas:
             validate.positive_int(g, "replicas")
