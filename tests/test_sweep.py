@@ -376,3 +376,30 @@ def test_an_unreachable_ray_address_is_one_line_at_once(tmp_path):
     assert time.monotonic() - started < 10
     assert result.exit_code == 2 and "cannot reach the Ray cluster's head" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_the_terminal_shows_each_cells_bracket_beside_both_theories():
+    from kvbench.output.sweep import MAX_SHOWN, cell_lines
+
+    ok = {
+        "engine": "sim:vllm", "workload": "pd-1:1", "M": 131000, "status": "ok", "replicas": 2,
+        "lambda_lower": 4.5, "lambda_upper": 4.7, "mu_engine_aware": 2.3, "binding": "memory",
+        "mu_paper": 3.263, "replicas_needed": 12, "usd_per_hour": 30.0,
+    }  # fmt: skip
+    failed = {"engine": "sim:sglang", "workload": "pd-1:1", "M": None, "status": "failed",
+              "error": "worker died 3 times"}  # fmt: skip
+    lines = cell_lines([ok, failed])
+    assert lines[0].split() == [
+        "engine", "workload", "M", "λ*", "(req/s)", "engine-aware", "μ", "paper", "μ",
+        "replicas", "USD/h",
+    ]  # fmt: skip
+    # per-replica theories times the replicas, beside the measured total
+    assert lines[1].split() == [
+        "sim:vllm", "pd-1:1", "131,000", "4.500", "–", "4.700", "4.600", "(memory)", "6.526",
+        "12", "30.00",
+    ]  # fmt: skip
+    assert lines[2].split()[:3] == ["sim:sglang", "pd-1:1", "preset"]
+    assert lines[2].endswith("FAILED: worker died 3 times")
+    # columns line up: every value starts where its header does
+    assert lines[1].index("4.500") == lines[0].index("λ*") == lines[2].index("FAILED")
+    assert cell_lines([ok] * (MAX_SHOWN + 1)) == []

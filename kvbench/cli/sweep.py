@@ -15,6 +15,7 @@ from kvbench.errors import KvbenchError
 from kvbench.export import sweep_html
 from kvbench.export.json import write_json
 from kvbench.output.progress import echo_progress
+from kvbench.output.sweep import cell_lines
 from kvbench.output.terminal import block, highlight, number
 from kvbench.sweep.grid import build_grid, load_grid_file, split_values
 from kvbench.sweep.pool import DEFAULT_RETRIES, default_jobs, run_local
@@ -280,6 +281,9 @@ def sweep(
             ("report", str(report)),
         ]
         click.echo(block("Sweep (SIMULATED)", rows))
+        shown = cell_lines(frame.to_dict("records"))
+        if shown:
+            click.echo("\n".join(["", *shown]))
     sys.exit(1 if failed else 0)
 
 

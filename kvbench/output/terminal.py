@@ -50,6 +50,24 @@ def aligned_lines(rows: Iterable[Row], *, indent: int = 2, gap: int = 2) -> list
     return lines
 
 
+def columns(rows: Iterable[list[str]], *, indent: int = 2, gap: int = 2) -> list[str]:
+    """Rows of cells as lines whose columns line up (the first row is the header); a row with
+    fewer cells leaves the rest of its line to its last cell."""
+    rows = list(rows)
+    width = [
+        max(display_width(row[i]) for row in rows if len(row) > i + 1)
+        for i in range(max(len(row) for row in rows) - 1)
+    ]
+    return [
+        (
+            " " * indent
+            + "".join(_pad(c, width[i] + gap) for i, c in enumerate(row[:-1]))
+            + row[-1]
+        ).rstrip()
+        for row in rows
+    ]
+
+
 def block(title: str, rows: Iterable[Row], *, indent: int = 2) -> str:
     """A bold title and its aligned rows, as one string ready for click.echo."""
     return "\n".join([click.style(title, bold=True), *aligned_lines(rows, indent=indent)])
