@@ -241,16 +241,24 @@ def _parse_trace(content: bytes, *, label: str, name: str, suffix: str = "") -> 
         is_jsonl = False
     else:
         is_jsonl = text.lstrip().startswith("{")
-    prompts, outputs, stamps_ns = (_read_jsonl if is_jsonl else _read_csv)(text, label)
-    if not prompts:
-        raise KvbenchError(f"{label}: no requests in the file")
-    timestamps = None
-    if stamps_ns is not None:
-        first = stamps_ns[0]
-        # Subtract in integer nanoseconds, so epoch-sized stamps keep their sub-microsecond gaps.
-        timestamps = np.array([(t - first) / 1e9 for t in stamps_ns], dtype=np.float64)
-    prompt_lens = np.array(prompts, dtype=np.int64)
-    output_lens = np.array(outputs, dtype=np.int64)
+    fast = None
+    if not is_jsonl and len(content) >= FAST_CSV_BYTES:
+        fast = _read_csv_fast(content)
+    if fast is not None:
+        prompt_lens, output_lens, stamps = fast
+        timestamps = None if stamps is None else (stamps - stamps[0]) / 1e9
+    else:
+        prompts, outputs, stamps_ns = (_read_jsonl if is_jsonl else _read_csv)(text, label)
+        if not prompts:
+            raise KvbenchError(f"{label}: no requests in the file")
+        timestamps = None
+        if stamps_ns is not None:
+            first = stamps_ns[0]
+            # Subtract in integer nanoseconds, so epoch-sized stamps keep their sub-microsecond
+            # gaps.
+            timestamps = np.array([(t - first) / 1e9 for t in stamps_ns], dtype=np.float64)
+        prompt_lens = np.array(prompts, dtype=np.int64)
+        output_lens = np.array(outputs, dtype=np.int64)
     # Read-only, so a workload can be shared (and cached) without one user changing another's.
     for array in (prompt_lens, output_lens, timestamps):
         if array is not None:
@@ -387,6 +395,60 @@ def _read_csv(text: str, label: str) -> tuple[list[int], list[int], list[int] | 
     if header is None:
         raise KvbenchError(f"{label}: empty file")
     return prompts, outputs, (stamps if time_col is not None else None)
+
+
+# Below this size the row-by-row reader is quicker than importing pandas (~0.3 s).
+FAST_CSV_BYTES = 1 << 20
+# The Azure trace's timestamp form, which pandas parses in C; any other form takes the exact
+# reader.
+_AZURE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+# Integer seconds beyond this overflow int64 nanoseconds.
+_MAX_INT_SECONDS = 9 * 10**9
+
+
+def _read_csv_fast(content: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """A well-formed CSV trace read by pandas' C parser: (prompt lens, output lens, int64
+    nanosecond timestamps or None). None when any row is one `_read_csv` might reject or read
+    differently (a missing, blank, fractional or out-of-range cell, a timestamp not in the Azure
+    form, stamps going backwards); that reader then reads the file again and names the line."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(io.BytesIO(content), encoding="utf-8-sig", low_memory=False)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    header = [str(name) for name in frame.columns]
+    prompt_col = _find_column(header, _PROMPT_COLUMNS)
+    output_col = _find_column(header, _OUTPUT_COLUMNS)
+    time_col = _find_column(header, _TIMESTAMP_COLUMNS)
+    if prompt_col is None or output_col is None or frame.empty:
+        return None
+    lengths = []
+    for col in (prompt_col, output_col):
+        values = frame.iloc[:, col].to_numpy()
+        if values.dtype != np.int64 or values.min() < 1 or values.max() > MAX_TOKENS:
+            return None
+        lengths.append(values)
+    stamps = None
+    if time_col is not None:
+        column = frame.iloc[:, time_col]
+        if column.dtype == np.int64:
+            if np.abs(column.to_numpy()).max() > _MAX_INT_SECONDS:
+                return None
+            stamps = column.to_numpy() * 10**9
+        elif column.dtype == np.float64:
+            return None  # fractional seconds: the exact reader keeps their decimal digits
+        else:
+            try:
+                parsed = pd.to_datetime(column, format=_AZURE_TIME_FORMAT)
+            except (ValueError, TypeError):
+                return None
+            if parsed.isna().any():
+                return None
+            stamps = parsed.to_numpy().astype("datetime64[ns]").view(np.int64)
+        if np.any(np.diff(stamps) < 0):
+            return None
+    return lengths[0], lengths[1], stamps
 
 
 def _read_jsonl(text: str, label: str) -> tuple[list[int], list[int], list[int] | None]:
