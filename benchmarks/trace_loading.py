@@ -64,7 +64,9 @@ def main() -> None:
         path = Path(tmp) / "trace.csv"
         write_trace(path, args.rows)
         size_mb = path.stat().st_size / 1e6
-        pairs = [(load_seconds(path, "old"), load_seconds(path, "new")) for _ in range(args.repeats)]
+        pairs = [
+            (load_seconds(path, "old"), load_seconds(path, "new")) for _ in range(args.repeats)
+        ]
     old = statistics.median(o for o, _ in pairs)
     new = statistics.median(n for _, n in pairs)
     ratio = statistics.median(o / n for o, n in pairs)
