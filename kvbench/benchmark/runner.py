@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from kvbench import _core, validate
-from kvbench.arrivals import arrival_times
+from kvbench.arrivals import arrival_times, replay_schedule, trace_rate
 from kvbench.backends.base import Backend, EventSink, QueueSample, RequestRecord, RequestSpec
 from kvbench.backends.launch import launched_servers
 from kvbench.benchmark.failures import failure_summary
@@ -66,6 +66,8 @@ class RunSpec:
     seed: int = 0
     confidence: float = DEFAULT_CONFIDENCE
     tolerance: float = DEFAULT_TOLERANCE
+    #: send the trace's rows in file order at its own timestamps, scaled to `request_rate`
+    replay: bool = False
 
     def __post_init__(self) -> None:
         if (self.duration is None) == (self.num_prompts is None):
@@ -87,6 +89,16 @@ class RunSpec:
         check_settings(self.confidence, self.tolerance)
 
 
+def replay_rate(workload: Workload) -> float:
+    """The mean rate of the workload's recorded timestamps (`--replay` at speed 1); KvbenchError
+    for a workload without them."""
+    if workload.timestamps is None:
+        raise KvbenchError(
+            f"--replay needs a trace with timestamps; workload {workload.name} has none"
+        )
+    return trace_rate(workload.timestamps)
+
+
 def build_schedule(
     workload: Workload,
     rate: float,
@@ -95,10 +107,24 @@ def build_schedule(
     seed: int = 0,
     duration: float | None = None,
     num_prompts: int | None = None,
+    replay: bool = False,
 ) -> list[RequestSpec]:
     """The open-loop schedule: arrival times at `rate` and lengths drawn from the workload, for
     `num_prompts` requests or every arrival before `duration`. A longer duration with the same
-    seed extends a shorter one (the same prefix), which is what lets a run be extended."""
+    seed extends a shorter one (the same prefix), which is what lets a run be extended. With
+    `replay`, the trace's own rows at its own timestamps, scaled to mean rate `rate`
+    (`arrivals.replay_schedule`); burstiness and seed then play no part."""
+    if replay:
+        replay_rate(workload)  # says what is wrong with a trace that cannot be replayed
+        assert workload.timestamps is not None
+        times, picks = replay_schedule(
+            workload.timestamps, rate, num_prompts=num_prompts, duration=duration
+        )
+        s, o = workload.rows()
+        return [
+            RequestSpec(i, float(t), int(s[k]), int(o[k]))
+            for i, (t, k) in enumerate(zip(times, picks, strict=True))
+        ]
     if num_prompts is not None:
         n = num_prompts
         times = arrival_times(rate, n, burstiness=burstiness, seed=seed)
@@ -384,6 +410,7 @@ def execute_run(
         seed=spec.seed,
         duration=spec.duration,
         num_prompts=spec.num_prompts,
+        replay=spec.replay,
     )
     if not requests:
         raise KvbenchError(

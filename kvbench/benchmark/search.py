@@ -172,6 +172,7 @@ def find_boundary(
     output: Path | None = None,
     progress: EventSink | None = None,
     replicas: int = 1,
+    replay: bool = False,
 ) -> BoundaryResult:
     """Bracket the backend's stability boundary. `backend_for_seed(seed)` gives the backend for
     one probe (probe k uses seed + k, so probes are independent and the search reproducible).
@@ -179,7 +180,8 @@ def find_boundary(
     probe-KK-xN for its N-th extension); `progress` receives every run's events as they happen
     and `on_probe_start(rate, duration)` is told when each run starts (kvbench compare's live
     view and report use these). `replicas`: how many replicas share the load behind the backend
-    (rates, start_rate included, are totals over them)."""
+    (rates, start_rate included, are totals over them). With `replay`, every probe replays the
+    trace's own timestamps, scaled to the probe's rate (RunSpec.replay)."""
     check_search_settings(precision, confidence, max_engine_seconds, tolerance)
     first = backend_for_seed(seed)
     profile = first.discover_profile().profile
@@ -242,6 +244,7 @@ def find_boundary(
                 seed=seed + k,
                 confidence=confidence,
                 tolerance=tolerance,
+                replay=replay,
             )
             run_dir = None
             if output is not None:

@@ -226,6 +226,7 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 @click.option(
     "--progress/--no-progress", default=None, help="Live progress view (default: on a terminal)."
 )
+@options.replay(searched=True)
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
 def compare(
     backends,
@@ -252,6 +253,7 @@ def compare(
     name,
     output_dir,
     progress,
+    replay,
     as_json,
 ) -> None:
     """Measure each engine's stability boundary on the same workload, set it beside the theory,
@@ -301,6 +303,7 @@ def compare(
         engine_python=list(engine_python),
         engine_args=list(engine_args),
         engine_env=list(engine_env),
+        replay=replay,
     )
     show = sys.stderr.isatty() if progress is None else progress
     # a SIGTERM (a job runner's timeout) stops like Ctrl-C (kvbench.interrupt): the engines
