@@ -121,10 +121,7 @@ def build_schedule(
             workload.timestamps, rate, num_prompts=num_prompts, duration=duration
         )
         s, o = workload.rows()
-        return [
-            RequestSpec(i, float(t), int(s[k]), int(o[k]))
-            for i, (t, k) in enumerate(zip(times, picks, strict=True))
-        ]
+        return _requests(workload, times, s[picks], o[picks], seed)
     if num_prompts is not None:
         n = num_prompts
         times = arrival_times(rate, n, burstiness=burstiness, seed=seed)
@@ -140,9 +137,23 @@ def build_schedule(
         n = int(np.searchsorted(times, duration, side="left"))
         times = times[:n]
     prompts, outputs = workload.draw(n, seed)
+    return _requests(workload, times, prompts, outputs, seed)
+
+
+def _requests(
+    workload: Workload, times: np.ndarray, prompts: np.ndarray, outputs: np.ndarray, seed: int
+) -> list[RequestSpec]:
+    ids = workload.prefix_ids(len(times), seed)
+    if ids is None:
+        return [
+            RequestSpec(i, float(t), int(s), int(o))
+            for i, (t, s, o) in enumerate(zip(times, prompts, outputs, strict=True))
+        ]
+    assert workload.prefix is not None
+    length = workload.prefix.length
     return [
-        RequestSpec(i, float(t), int(s), int(o))
-        for i, (t, s, o) in enumerate(zip(times, prompts, outputs, strict=True))
+        RequestSpec(i, float(t), int(s), int(o), prefix_id=int(p), prefix_len=length)
+        for i, (t, s, o, p) in enumerate(zip(times, prompts, outputs, ids, strict=True))
     ]
 
 

@@ -8,7 +8,9 @@ import click
 
 WORKLOAD_HELP = (
     "uniform:S_LO-S_HI,O_LO-O_HI, fixed:S,O, pd-1:1, pd-2:1, pd-1:2, azure-conv (the packaged "
-    "Azure conversation trace), or a trace file (.csv in the Azure schema, or .jsonl)"
+    "Azure conversation trace), a trace file (.csv in the Azure schema, or .jsonl), or "
+    "ShareGPT-style JSON conversations (FILE, or sharegpt:FILE,tokenizer=DIR to count tokens "
+    "with a local tokenizer)"
 )
 
 
