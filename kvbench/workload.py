@@ -34,6 +34,7 @@ import functools
 import io
 import json
 import re
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -201,14 +202,15 @@ def load_workload(spec_or_path: str) -> Workload:
     if text in _PACKAGED_TRACES:
         return _packaged_trace(text)
     tokenizer = None
-    if text.startswith(SHAREGPT_PREFIX):
+    sharegpt = text.startswith(SHAREGPT_PREFIX)
+    if sharegpt:
         spec_or_path, tokenizer = _parse_sharegpt_spec(text)
     path = Path(spec_or_path)
     try:
         content = validate.input_bytes(path)
     except FileNotFoundError:
         raise KvbenchError(f"no such workload or file: {spec_or_path!r} ({_SPEC_HELP})") from None
-    if tokenizer is not None or content.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+    if sharegpt or content.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
         return _parse_sharegpt(content, label=str(path), name=path.stem, tokenizer=tokenizer)
     return _parse_trace(content, label=str(path), name=path.stem, suffix=path.suffix.lower())
 
@@ -502,8 +504,14 @@ def _read_csv_fast(content: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray |
     import pandas as pd
 
     try:
-        frame = pd.read_csv(io.BytesIO(content), encoding="utf-8-sig", low_memory=False)
-    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        # index_col=False: a row one field longer than the header is no index; pandas warns of
+        # it (and of any other row it had to guess at), and a warning is a row to reject
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            frame = pd.read_csv(
+                io.BytesIO(content), encoding="utf-8-sig", low_memory=False, index_col=False
+            )
+    except (ValueError, Warning, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
     header = [str(name) for name in frame.columns]
     prompt_col = _find_column(header, _PROMPT_COLUMNS)
