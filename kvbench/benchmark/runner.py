@@ -430,6 +430,12 @@ def execute_run(
         )
     window_end = spec.duration if spec.duration is not None else requests[-1].intended_send
     header = run_header(backend, spec, requests, window_end, header_extra)
+    if workload.prefix is not None and backend.kind != "real":
+        header["notes"].append(
+            f"{workload.prefix.count} shared prefixes of {workload.prefix.length} tokens: "
+            "kvbench's simulator counts them as ordinary prompt tokens (no reuse across "
+            "requests), so its KV demand is an upper bound on an engine with prefix caching"
+        )
     recorder = RunRecorder(output, header)
     sink: EventSink = recorder if progress is None else _Tee(recorder, progress)
     status, error = "completed", None
