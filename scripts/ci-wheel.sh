@@ -36,7 +36,7 @@ if "$work/venv/bin/python" -c "import pyarrow" 2>/dev/null; then
     exit 1
 fi
 status=0
-err=$("$kvbench" simulate --request-rate 1 --num-prompts 5 --output "$work/sim" 2>&1) || status=$?
+err=$("$kvbench" simulate --engine vllm --request-rate 1 --num-prompts 5 --output "$work/sim" 2>&1) || status=$?
 if [[ $status -ne 2 || "$err" != "error: "*"kvbench[parquet]"* || "$err" == *$'\n'* ]]; then
     echo "error: simulate --output without pyarrow: exit $status, said: $err" >&2
     exit 1
