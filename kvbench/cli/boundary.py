@@ -7,6 +7,8 @@ import sys
 import click
 
 from kvbench import interrupt
+from kvbench.backends import settings
+from kvbench.backends.amended import AmendedProfile
 from kvbench.backends.base import Backend
 from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.registry import resolve_backend
@@ -20,6 +22,7 @@ from kvbench.benchmark.search import (
 from kvbench.benchmark.served_work import ServedRate
 from kvbench.cli import options
 from kvbench.cli.backend_options import backend_options, request_headers
+from kvbench.cost import Pricing, economics
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.progress import echo_progress, probe_line
@@ -35,9 +38,11 @@ Examples:
   kvbench boundary --backend sim:ideal --kv-tokens 65536 --batch-time 0.03 --seed 7
   kvbench boundary --backend sim:vllm --confirm
   kvbench boundary --backend sim:sglang --method open-loop
+  kvbench boundary --backend sim:vllm --slo ttft:500ms,tpot:50ms@p99 --gpu-price 2.5
 """
 )
 @backend_options
+@options.engine_settings()
 @options.workload()
 @click.option(
     "--precision",
@@ -83,6 +88,8 @@ Examples:
     help="After a backlog bracket, judge open-loop runs just below and above it"
     " (expect STABLE, UNSTABLE).",
 )
+@options.latency_targets(bracket=True)
+@options.pricing()
 @options.json_output()
 def boundary(
     backend: str,
@@ -91,6 +98,7 @@ def boundary(
     engine_python: str | None,
     engine_args: tuple[str, ...],
     engine_env: tuple[str, ...],
+    engine_settings: tuple[str, ...],
     profile_name: str | None,
     kv_tokens: int | None,
     chunk_size: int | None,
@@ -108,22 +116,34 @@ def boundary(
     method: str | None,
     backlog: int | None,
     confirm: bool,
+    targets: options.LatencyTargets,
+    pricing: Pricing,
     as_json: bool,
 ) -> None:
     """Bracket the rate λ* at which the engine's queue stops being stable. By default on a
     simulated engine: the saturated service rate measured with a bounded backlog (K requests
     kept waiting), estimated from served work to --precision. With --method open-loop: between
     the largest rate judged STABLE and the smallest judged UNSTABLE. Every probe and its cost is
-    reported."""
+    reported. With --slo the search is open-loop (the SLO is judged on its probes), and the SLO
+    rate's bracket is reported beside λ*'s."""
     workload = load_workload(workload_spec)
     launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
+    parsed = settings.parse_given(engine_settings)
+    if set(parsed) - {None}:
+        raise KvbenchError("--engine-setting: boundary measures one engine; give KEY=VALUE")
+    given = parsed.get(None, {})
+    if given and backend.startswith("sim:"):
+        raise KvbenchError(
+            "--engine-setting describes an engine over HTTP; a simulated engine's settings are "
+            "its --profile's, --kv-tokens and --chunk-size"
+        )
     opened: list[Backend] = []
 
     def backend_for_seed(s: int):
         # The simulator draws its noise from the seed, so each probe gets its own; a server is the
         # same server for every probe (launching one per probe would hold several at once).
         if opened and opened[0].kind != "simulated":
-            return opened[0]
+            return amended(opened[0])
         b = resolve_backend(
             backend,
             url=url,
@@ -139,7 +159,10 @@ def boundary(
             launch=launch,
         )
         opened.append(b)
-        return b
+        return amended(b)
+
+    def amended(b: Backend) -> Backend:
+        return AmendedProfile(b, settings=given) if given else b
 
     spent = [0.0]
     lines: list[str] = []
@@ -162,7 +185,11 @@ def boundary(
     try:
         first = backend_for_seed(seed)
         if method is None:
-            method = "backlog" if first.kind == "simulated" else "open-loop"
+            # an SLO is judged on open-loop probes' latencies, which a bounded backlog has none of
+            simulated = first.kind == "simulated" and targets.slo is None
+            method = "backlog" if simulated else "open-loop"
+        if method == "backlog" and targets.slo is not None:
+            raise KvbenchError("--slo and --goodput go with --method open-loop")
         if method == "open-loop" and (backlog is not None or confirm):
             raise KvbenchError("--backlog and --confirm go with --method backlog")
         if method == "backlog":
@@ -191,6 +218,8 @@ def boundary(
                 seed=seed,
                 burstiness=burstiness,
                 on_probe=on_probe,
+                slo=targets.slo,
+                percentiles=targets.percentiles,
             )
     except KeyboardInterrupt:
         # the finished probes are the measurement so far: keep them where the user sees them
@@ -207,6 +236,14 @@ def boundary(
         for b in opened:
             b.close()
     record = {**result.to_dict(), "workload": workload_spec, "seed": seed, "servers": servers}
+    record["economics"] = economics(
+        record["probes"],
+        lambda_lower=record["lower"],
+        slo_lower=(record.get("slo") or {}).get("lower"),
+        replicas=1,  # boundary measures one replica
+        pricing=pricing,
+        launch_args=engine_args,
+    )
     if as_json:
         write_json(record)
     else:

@@ -18,6 +18,7 @@ from kvbench.cli import options
 from kvbench.cli.backend_options import auth_options, request_headers
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
+from kvbench.output import economics
 from kvbench.output.compare_progress import CompareProgress
 from kvbench.output.terminal import block, highlight
 from kvbench.provenance import check_exporter_url, parse_metadata
@@ -95,6 +96,7 @@ def _engine_lines(e: EngineResult) -> list[tuple[str, str] | tuple[str, str, str
                 f"{len(e.probes)} probes, {e.engine_seconds:.0f} engine-s",
             )
         )
+    rows += economics.rows(e.slo_boundary, e.economics)
     if e.theory:
         rows.append(
             (
@@ -123,7 +125,8 @@ def _engine_lines(e: EngineResult) -> list[tuple[str, str] | tuple[str, str, str
                 "replicas needed",
                 f"{p.replicas_measured if p.replicas_measured else '—'} measured, "
                 f"{p.replicas_theory} paper{aware}",
-                f"for {p.target_rate:g} req/s at ρ = {p.utilization:g}",
+                f"for {p.target_rate:g} req/s at ρ = {p.utilization:g}, measured from the "
+                f"{p.basis}",
             )
         )
     if e.failures:
@@ -188,6 +191,7 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 @auth_options()[0]
 @auth_options()[1]
 @options.engine_launch(per_engine=True)
+@options.engine_settings(per_engine=True)
 @click.option(
     "--replicas",
     type=click.IntRange(min=1),
@@ -207,6 +211,8 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     "--target-rate", type=float, help="Also answer: replicas needed for this rate (req/s)."
 )
 @click.option("--target-utilization", type=float, default=0.9, show_default=True)
+@options.latency_targets(bracket=True)
+@options.pricing()
 @click.option(
     "--trim",
     type=float,
@@ -242,12 +248,15 @@ def compare(
     engine_python,
     engine_args,
     engine_env,
+    engine_settings,
     replicas,
     precision,
     confidence,
     max_engine_seconds,
     target_rate,
     target_utilization,
+    targets,
+    pricing,
     trim,
     seed,
     name,
@@ -274,6 +283,8 @@ def compare(
       kvbench compare --backends sim:trtllm,sim:sglang         # the same, simulated
       kvbench compare --backends trtllm --workload pd-1:1      # paper scale, emulated (slow)
       kvbench compare --backends vllm --url vllm=http://127.0.0.1:8000 --target-rate 50
+      kvbench compare --backends h200=vllm --url h200=http://10.0.0.5:8000 \\
+          --slo ttft:2s,tpot:100ms@p99 --gpu-price 3.5 --gpus-per-replica 8 --target-rate 40
       kvbench compare --backends h200-trt=trtllm --url h200-trt=http://10.0.0.5:8000 \\
           --metadata gpu_model="NVIDIA H200" --metadata gpu_count=8
     """
@@ -304,6 +315,10 @@ def compare(
         engine_args=list(engine_args),
         engine_env=list(engine_env),
         replay=replay,
+        engine_settings=list(engine_settings),
+        slo=targets.slo,
+        percentiles=targets.percentiles,
+        pricing=pricing,
     )
     show = sys.stderr.isatty() if progress is None else progress
     # a SIGTERM (a job runner's timeout) stops like Ctrl-C (kvbench.interrupt): the engines

@@ -26,6 +26,7 @@ Examples:
   kvbench run --backend sim:trtllm --request-rate 3 --num-prompts 5000 --output runs/trt-3
   kvbench run --backend vllm --url http://localhost:8000 --request-rate 1.5 --duration 600 --json
   kvbench run --backend sim:vllm --workload azure-conv --replay --replay-speed 2
+  kvbench run --backend sim:vllm --request-rate 2 --duration 600 --slo ttft:2s,tpot:100ms@p99
 """
 )
 @backend_options
@@ -59,6 +60,7 @@ Examples:
 )
 @options.metadata()
 @options.gpu_exporter()
+@options.latency_targets()
 @options.json_output()
 def run(
     backend: str,
@@ -87,6 +89,7 @@ def run(
     output: str | None,
     metadata: tuple[str, ...],
     gpu_exporter: str | None,
+    targets: options.LatencyTargets,
     as_json: bool,
 ) -> None:
     """Send requests open-loop at a fixed rate, record every event, and judge whether the
@@ -139,6 +142,8 @@ def run(
                 output=output,
                 progress=progress,
                 header_extra={"provenance": found},
+                slo=targets.slo,
+                percentiles=targets.percentiles,
             )
     except KeyboardInterrupt:
         where = f"; partial run in {output} (kvbench report {output})" if output else ""

@@ -52,6 +52,11 @@ def probes_frame(report: Report) -> pd.DataFrame:
                     "e2e_p50": p.latency.e2e_p50,
                     "e2e_p99": p.latency.e2e_p99,
                     "tpot_p50": p.latency.tpot_p50,
+                    "output_tokens_per_s": p.throughput.get("output_tokens_per_s"),
+                    "total_tokens_per_s": p.throughput.get("total_tokens_per_s"),
+                    "slo_met": None if p.slo is None else p.slo["met"],
+                    "slo_attainment": None if p.slo is None else p.slo["attainment"],
+                    "goodput": None if p.slo is None else p.slo["goodput"],
                     "run_dir": p.run_dir,
                 }
             )

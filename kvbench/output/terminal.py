@@ -37,7 +37,10 @@ def aligned_lines(rows: Iterable[Row], *, indent: int = 2, gap: int = 2) -> list
     if not rows:
         return []
     label_width = max(display_width(row[0]) for row in rows) + 1  # + the colon
-    value_width = max(display_width(row[1]) for row in rows)
+    # only values followed by a note need padding: a long value without one sets no column
+    value_width = max(
+        (display_width(row[1]) for row in rows if len(row) == 3 and row[2]), default=0
+    )
     lines = []
     for row in rows:
         line = " " * indent + _pad(row[0] + ":", label_width + gap) + row[1]
