@@ -362,6 +362,7 @@ class HttpBackend(Backend):
             specs = sorted(
                 (r for r in requests if r.intended_send < duration), key=lambda r: r.intended_send
             )
+            prefix_ids, prefix_lens = _prefixes(specs)
             driver = HttpDriver(
                 client.url("/v1/completions"),
                 np.array([s.intended_send for s in specs], dtype=np.float64),
@@ -373,6 +374,8 @@ class HttpBackend(Backend):
                 token_range=TOKEN_ID_RANGE,
                 headers=list(self.headers.items()),
                 request_timeout=self.request_timeout,
+                prefix_ids=prefix_ids,
+                prefix_lens=prefix_lens,
             )
             lead = 0.05  # time to start the scraper before the first send
             t0 = time.monotonic() + lead
@@ -579,3 +582,11 @@ def setting(
             return int(settings[key])
     sources[field_name] = assumed(default_source)
     return default
+
+
+def _prefixes(specs: list[RequestSpec]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The driver's prefix ids and lengths for a shared-prefix schedule (None otherwise)."""
+    if not any(s.prefix_id is not None for s in specs):
+        return None, None
+    ids = np.array([s.prefix_id or 0 for s in specs], dtype=np.int64)
+    return ids, np.array([s.prefix_len for s in specs], dtype=np.int64)

@@ -127,6 +127,8 @@ class CompareConfig:
     engine_python: list[str] = field(default_factory=list)
     engine_args: list[str] = field(default_factory=list)
     engine_env: list[str] = field(default_factory=list)
+    # --replay: every probe sends the trace's rows at its own timestamps, scaled to its rate
+    replay: bool = False
     # --engine-setting as given: [LABEL:]KEY=VALUE
     engine_settings: list[str] = field(default_factory=list)
     # latency targets judged on every probe, and the percentiles reported (kvbench/benchmark/slo)
@@ -519,6 +521,10 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
     config.check_launch()
     assert config.workload is not None  # with_defaults filled it
     workload = load_workload(config.workload)
+    if config.replay:
+        from kvbench.benchmark.runner import replay_rate
+
+        replay_rate(workload)  # a trace that cannot be replayed fails before any engine starts
     now = datetime.now(UTC)
     directory = report_directory(config, now)
     try:
@@ -793,6 +799,7 @@ def _search(
         output=engine.directory,
         progress=_Relay(None, observer, label),
         replicas=engine.data["replicas"],
+        replay=config.replay,
         slo=config.slo,
         percentiles=config.percentiles,
     )

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from kvbench import _core, validate
-from kvbench.arrivals import arrival_times
+from kvbench.arrivals import arrival_times, replay_schedule, trace_rate
 from kvbench.backends.base import Backend, EventSink, QueueSample, RequestRecord, RequestSpec
 from kvbench.backends.launch import launched_servers
 from kvbench.benchmark.failures import failure_summary
@@ -74,6 +74,8 @@ class RunSpec:
     seed: int = 0
     confidence: float = DEFAULT_CONFIDENCE
     tolerance: float = DEFAULT_TOLERANCE
+    #: send the trace's rows in file order at its own timestamps, scaled to `request_rate`
+    replay: bool = False
 
     def __post_init__(self) -> None:
         if (self.duration is None) == (self.num_prompts is None):
@@ -95,6 +97,16 @@ class RunSpec:
         check_settings(self.confidence, self.tolerance)
 
 
+def replay_rate(workload: Workload) -> float:
+    """The mean rate of the workload's recorded timestamps (`--replay` at speed 1); KvbenchError
+    for a workload without them."""
+    if workload.timestamps is None:
+        raise KvbenchError(
+            f"--replay needs a trace with timestamps; workload {workload.name} has none"
+        )
+    return trace_rate(workload.timestamps)
+
+
 def build_schedule(
     workload: Workload,
     rate: float,
@@ -103,10 +115,21 @@ def build_schedule(
     seed: int = 0,
     duration: float | None = None,
     num_prompts: int | None = None,
+    replay: bool = False,
 ) -> list[RequestSpec]:
     """The open-loop schedule: arrival times at `rate` and lengths drawn from the workload, for
     `num_prompts` requests or every arrival before `duration`. A longer duration with the same
-    seed extends a shorter one (the same prefix), which is what lets a run be extended."""
+    seed extends a shorter one (the same prefix), which is what lets a run be extended. With
+    `replay`, the trace's own rows at its own timestamps, scaled to mean rate `rate`
+    (`arrivals.replay_schedule`); burstiness and seed then play no part."""
+    if replay:
+        replay_rate(workload)  # says what is wrong with a trace that cannot be replayed
+        assert workload.timestamps is not None
+        times, picks = replay_schedule(
+            workload.timestamps, rate, num_prompts=num_prompts, duration=duration
+        )
+        s, o = workload.rows()
+        return _requests(workload, times, s[picks], o[picks], seed)
     if num_prompts is not None:
         n = num_prompts
         times = arrival_times(rate, n, burstiness=burstiness, seed=seed)
@@ -122,9 +145,23 @@ def build_schedule(
         n = int(np.searchsorted(times, duration, side="left"))
         times = times[:n]
     prompts, outputs = workload.draw(n, seed)
+    return _requests(workload, times, prompts, outputs, seed)
+
+
+def _requests(
+    workload: Workload, times: np.ndarray, prompts: np.ndarray, outputs: np.ndarray, seed: int
+) -> list[RequestSpec]:
+    ids = workload.prefix_ids(len(times), seed)
+    if ids is None:
+        return [
+            RequestSpec(i, float(t), int(s), int(o))
+            for i, (t, s, o) in enumerate(zip(times, prompts, outputs, strict=True))
+        ]
+    assert workload.prefix is not None
+    length = workload.prefix.length
     return [
-        RequestSpec(i, float(t), int(s), int(o))
-        for i, (t, s, o) in enumerate(zip(times, prompts, outputs, strict=True))
+        RequestSpec(i, float(t), int(s), int(o), prefix_id=int(p), prefix_len=length)
+        for i, (t, s, o, p) in enumerate(zip(times, prompts, outputs, ids, strict=True))
     ]
 
 
@@ -444,6 +481,7 @@ def execute_run(
         seed=spec.seed,
         duration=spec.duration,
         num_prompts=spec.num_prompts,
+        replay=spec.replay,
     )
     if not requests:
         raise KvbenchError(
@@ -455,6 +493,12 @@ def execute_run(
     if slo is not None:
         judged["slo"] = slo.to_dict()
     header = run_header(backend, spec, requests, window_end, {**judged, **(header_extra or {})})
+    if workload.prefix is not None and backend.kind != "real":
+        header["notes"].append(
+            f"{workload.prefix.count} shared prefixes of {workload.prefix.length} tokens: "
+            "kvbench's simulator counts them as ordinary prompt tokens (no reuse across "
+            "requests), so its KV demand is an upper bound on an engine with prefix caching"
+        )
     recorder = RunRecorder(output, header)
     sink: EventSink = recorder if progress is None else _Tee(recorder, progress)
     status, error = "completed", None

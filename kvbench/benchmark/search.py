@@ -178,6 +178,7 @@ def find_boundary(
     output: Path | None = None,
     progress: EventSink | None = None,
     replicas: int = 1,
+    replay: bool = False,
     slo: Slo | None = None,
     percentiles: tuple[float, ...] | None = None,
 ) -> BoundaryResult:
@@ -189,7 +190,8 @@ def find_boundary(
     view and report use these). `replicas`: how many replicas share the load behind the backend
     (rates, start_rate included, are totals over them). With `slo`, every probe is judged
     against it as well, and the SLO rate is bracketed from the same probes (no probe is run for
-    it): see kvbench.benchmark.slo."""
+    it): see kvbench.benchmark.slo. With `replay`, every probe replays the trace's own
+    timestamps, scaled to the probe's rate (RunSpec.replay)."""
     check_search_settings(precision, confidence, max_engine_seconds, tolerance)
     first = backend_for_seed(seed)
     profile = first.discover_profile().profile
@@ -252,6 +254,7 @@ def find_boundary(
                 seed=seed + k,
                 confidence=confidence,
                 tolerance=tolerance,
+                replay=replay,
             )
             run_dir = None
             if output is not None:

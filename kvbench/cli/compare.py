@@ -40,8 +40,8 @@ def _parse_urls(values: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 def _command_line(ctx: click.Context) -> str:
-    """The command as typed, up to option order: every option that differs from its default;
-    credentials in engine arguments and environment redacted."""
+    """The command as typed, up to option order: every option given on the command line (and
+    --backends, always); credentials in engine arguments and environment redacted."""
     words = ["kvbench", "compare"]
     labels = [b.strip() for b in ctx.params.get("backends", "").split(",")]
     redacted = {
@@ -50,14 +50,20 @@ def _command_line(ctx: click.Context) -> str:
     }
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        shown_always = param.name == "backends"
+        # click ≥ 8.2 gives an option without a default the default UNSET, never equal to its
+        # value: where a value came from is the test, not what it equals
+        typed = ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE
         if (
-            (value == param.default and not shown_always)
+            not (typed or param.name == "backends")
             or value in (None, ())
-            or (param.name == "progress")
+            or param.name == "progress"
         ):
             continue
         flag = param.opts[0]
+        if isinstance(param, click.Option) and param.is_flag and not value:
+            if not param.secondary_opts:
+                continue
+            flag = param.secondary_opts[0]
         if param.name == "metadata":  # a credential-like key's value is never written
             value = tuple(f"{k}={v}" for k, v in parse_metadata(value).items())
         if isinstance(param, click.Option) and param.is_flag:
@@ -226,6 +232,7 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 @click.option(
     "--progress/--no-progress", default=None, help="Live progress view (default: on a terminal)."
 )
+@options.replay(searched=True)
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
 def compare(
     backends,
@@ -255,6 +262,7 @@ def compare(
     name,
     output_dir,
     progress,
+    replay,
     as_json,
 ) -> None:
     """Measure each engine's stability boundary on the same workload, set it beside the theory,
@@ -306,6 +314,7 @@ def compare(
         engine_python=list(engine_python),
         engine_args=list(engine_args),
         engine_env=list(engine_env),
+        replay=replay,
         engine_settings=list(engine_settings),
         slo=targets.slo,
         percentiles=targets.percentiles,

@@ -14,7 +14,9 @@ from kvbench.cost import Pricing
 
 WORKLOAD_HELP = (
     "uniform:S_LO-S_HI,O_LO-O_HI, fixed:S,O, pd-1:1, pd-2:1, pd-1:2, azure-conv (the packaged "
-    "Azure conversation trace), or a trace file (.csv in the Azure schema, or .jsonl)"
+    "Azure conversation trace), a trace file (.csv in the Azure schema, or .jsonl), or "
+    "ShareGPT-style JSON conversations (FILE, or sharegpt:FILE,tokenizer=DIR to count tokens "
+    "with a local tokenizer)"
 )
 
 
@@ -182,6 +184,32 @@ def engine_launch(per_engine: bool = False):
         return f
 
     return apply
+
+
+def replay(searched: bool = False):
+    """--replay: a timed trace's own arrival pattern instead of a Poisson process."""
+    rate = (
+        "each probe's rate (its gaps scaled by one factor)"
+        if searched
+        else "--replay-speed, or scaled to --request-rate"
+    )
+    return click.option(
+        "--replay",
+        is_flag=True,
+        help="Send the trace's requests in file order at its own timestamps, at "
+        f"{rate}; past its end the trace starts over. Needs a trace with timestamps.",
+    )
+
+
+def replay_speed():
+    return click.option(
+        "--replay-speed",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="FACTOR",
+        help="With --replay: how much faster than recorded (2 = twice the trace's rate) "
+        "[default: 1, or the factor that gives --request-rate].",
+    )
 
 
 class _Greedy(click.Option):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 from kvbench.report.build import Report
 from kvbench.report.table import engine_name
@@ -14,6 +16,8 @@ SAMPLES_FILE = "samples.csv"
 
 
 def probes_frame(report: Report) -> pd.DataFrame:
+    import pandas as pd
+
     rows = []
     for e in report.results.engines:
         for p in e.probes:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 from kvbench.benchmark.failures import merge_failures
 from kvbench.benchmark.recorder import read_run
@@ -98,6 +99,8 @@ def _probe(
 ):
     """One probe's figures, recomputed from its run file with the runner's own summary, judged
     against the compare's SLO and percentiles."""
+    import pandas as pd
+
     run_dir = directory / raw_probe["run_dir"]
     run = read_run(run_dir)
     summary = summarize(
@@ -271,6 +274,8 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
 
 def build_report(directory: Path) -> Report:
     """Read a compare directory's raw files and compute every figure of its report."""
+    import pandas as pd
+
     header, raw_engines = raw.read_compare(directory)
     config = dict(header.get("config", {}))
     engines, boundary_series, sample_frames = [], [], []
