@@ -504,14 +504,16 @@ def _read_csv_fast(content: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray |
     import pandas as pd
 
     try:
-        # index_col=False: a row one field longer than the header is no index; pandas warns of
-        # it (and of any other row it had to guess at), and a warning is a row to reject
+        # a warning is a row pandas had to guess at: reject it
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            frame = pd.read_csv(
-                io.BytesIO(content), encoding="utf-8-sig", low_memory=False, index_col=False
-            )
+            frame = pd.read_csv(io.BytesIO(content), encoding="utf-8-sig", low_memory=False)
     except (ValueError, Warning, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    # A first row one field longer than the header makes pandas take the first column as an
+    # index (a later one is a ParserError); index_col=False instead dropped an extra field
+    # silently when it read as NaN. Either way the row reader must name the line.
+    if not isinstance(frame.index, pd.RangeIndex):
         return None
     header = [str(name) for name in frame.columns]
     prompt_col = _find_column(header, _PROMPT_COLUMNS)

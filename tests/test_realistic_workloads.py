@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 from emulator_helpers import ListSink, serving
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import kvbench.workload as workload_module
@@ -300,10 +300,16 @@ _cell = st.one_of(
 )
 
 
+# derandomized: CI runs the same 200 files every time; a new search is a deliberate change
 @settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(rows=st.lists(st.lists(_cell, min_size=2, max_size=4), max_size=6))
+# found by a random run: pandas with index_col=False dropped a fourth field that read as NaN
+@example(rows=[["0", "1", "1", "nan"]])
 def test_pandas_first_and_row_by_row_agree_on_any_file(tmp_path, rows):
     path = tmp_path / "fuzz.csv"
     path.write_text(AZURE_HEADER + "\n".join(",".join(row) for row in rows), encoding="utf-8")
