@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from kvbench.backends.launch import REDACTED, is_secret_variable
 from kvbench.errors import KvbenchError
+from kvbench.redact import REDACTED, is_secret_variable
 
 HARDWARE_FIELDS = (
     "host",

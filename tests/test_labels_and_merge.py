@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from kvbench.backends.labels import parse_backends
-from kvbench.backends.launch import REDACTED
 from kvbench.cli import cli
 from kvbench.errors import KvbenchError
+from kvbench.redact import REDACTED
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "kvbench" / "report" / "results.schema.json"
 FAST = ["--precision", "0.2", "--max-engine-seconds", "3000", "--no-progress"]

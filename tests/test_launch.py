@@ -20,11 +20,10 @@ from kvbench.backends.launch import (
     Recipe,
     free_port,
     launch,
-    redact_argv,
-    redact_env,
     redact_given,
 )
 from kvbench.errors import KvbenchError
+from kvbench.redact import redact_argv, redact_env
 
 ROOT = Path(__file__).resolve().parents[1]
 

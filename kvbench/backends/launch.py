@@ -42,49 +42,10 @@ from typing import Any
 from kvbench.backends.base import Backend
 from kvbench.backends.guard import stop_group
 from kvbench.errors import EngineError, KvbenchError
+from kvbench.redact import REDACTED, is_secret_variable, redact_argv, redact_env
 
 # backends/<engine>/recipe.toml in the repository; the build maps that folder into the package.
 RECIPES: Traversable = resources.files("kvbench") / "recipes"
-
-REDACTED = "<redacted>"
-# Words that mark a flag or an environment variable as holding a credential.
-_SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "credential"}
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether a flag (`--api-key`) or variable (`HF_TOKEN`) names a credential. Whole words
-    only, so `--max-num-batched-tokens` and `--tokenizer` stay readable."""
-    words = re.split(r"[^a-z0-9]+", name.lower())
-    return any(w in _SECRET_WORDS or w.endswith(("key", "token", "secret")) for w in words if w)
-
-
-def is_secret_variable(name: str) -> bool:
-    """Whether an environment variable may hold a credential: any of the words anywhere in its
-    name (`HF_TOKEN`, `OPENAI_API_KEY`, `MYSECRET`); hiding a harmless value costs nothing."""
-    return any(w.upper() in name.upper() for w in _SECRET_WORDS if w != "apikey")
-
-
-def redact_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: REDACTED if is_secret_variable(k) else v for k, v in env.items()}
-
-
-def redact_argv(argv: list[str]) -> list[str]:
-    """`argv` with the value of every credential flag (`--api-key X`, `--api-key=X`) hidden."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append(REDACTED)
-            hide_next = False
-            continue
-        flag, eq, _ = arg.partition("=")
-        secret = arg.startswith("-") and is_secret_name(flag)
-        if secret and eq:
-            out.append(f"{flag}={REDACTED}")
-        else:
-            out.append(arg)
-            hide_next = secret
-    return out
 
 
 def split_engine_prefix(value: str, labels: Iterable[str]) -> tuple[str | None, str]:
