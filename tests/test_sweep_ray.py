@@ -14,35 +14,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from ray_helpers import import_ray
 
 from kvbench.cli import cli
 from kvbench.sweep.cell import evaluate_cell
 from kvbench.sweep.grid import build_grid
 from kvbench.sweep.pool import run_local
 from kvbench.sweep.ray_cluster import run_ray
-
-
-def ray_required() -> bool:
-    return bool(os.environ.get("CI")) or os.environ.get("KVBENCH_REQUIRE_RAY") == "1"
-
-
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        reason = "Ray not installed (pip install 'kvbench[ray]')"
-        if ray_required():
-            pytest.fail(f"{reason}, and CI or KVBENCH_REQUIRE_RAY=1 requires it")
-        pytest.skip(f"{reason}; set KVBENCH_REQUIRE_RAY=1 to make this a failure")
-    return ray
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    ray = import_ray()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def without_time(rows: list[dict]) -> dict[str, dict]:

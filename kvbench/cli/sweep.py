@@ -208,7 +208,7 @@ def sweep(
     if max_retries < 0:
         raise KvbenchError(f"--max-retries must be at least 0, got {max_retries}")
     if ray_address is not None:
-        from kvbench.sweep.ray_cluster import check_address, import_ray
+        from kvbench.ray_session import check_address, import_ray
 
         import_ray()
         if ray_address:
