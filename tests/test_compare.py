@@ -110,7 +110,7 @@ class _StopAfter:
     def sample(self, *a): ...
     def engine_finished(self, *a): ...
 
-    def probe_finished(self, label, rate, verdict):
+    def probe_finished(self, label, rate, verdict, spent, budget):
         self.n -= 1
         if self.n == 0:
             raise KeyboardInterrupt

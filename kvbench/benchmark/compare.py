@@ -223,7 +223,11 @@ class CompareObserver(Protocol):
 
     def sample(self, label: str, sample: QueueSample) -> None: ...
 
-    def probe_finished(self, label: str, rate: float, verdict: str) -> None: ...
+    def probe_finished(
+        self, label: str, rate: float, verdict: str, spent: float, budget: float
+    ) -> None:
+        """`spent`: the engine's search so far, in engine seconds, of its `budget`
+        (--max-engine-seconds)."""
 
     def engine_finished(self, label: str, status: str, error: str | None) -> None: ...
 
@@ -702,16 +706,17 @@ def _search(
         search["upper"] = min((r for r in unstable if r > (search["lower"] or 0)), default=None)
         search["engine_seconds"] = sum(p["engine_seconds"] for p in search["probes"])
         engine.save()
-        observer.probe_finished(label, probe.rate, probe.verdict)
+        observer.probe_finished(label, probe.rate, probe.verdict, search["engine_seconds"], budget)
 
     assert config.workload is not None and config.precision is not None  # with_defaults
+    budget = config.max_engine_seconds or DEFAULT_MAX_ENGINE_SECONDS
     result = find_boundary(
         backend_for_seed,
         workload,
         config.workload,
         precision=config.precision,
         confidence=config.confidence,
-        max_engine_seconds=config.max_engine_seconds or DEFAULT_MAX_ENGINE_SECONDS,
+        max_engine_seconds=budget,
         seed=config.seed,
         start_rate=_start_rate(engine.data),
         on_probe=on_probe,

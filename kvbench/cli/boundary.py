@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from contextlib import nullcontext
 
 import click
 
@@ -22,7 +24,14 @@ from kvbench.cli import options
 from kvbench.cli.backend_options import backend_options, request_headers
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
-from kvbench.output.progress import echo_progress, probe_line
+from kvbench.output.progress import (
+    Heartbeat,
+    budget_text,
+    echo_progress,
+    elapsed,
+    on_terminal,
+    probe_line,
+)
 from kvbench.output.run import boundary_text
 from kvbench.workload import load_workload
 
@@ -143,69 +152,84 @@ def boundary(
 
     spent = [0.0]
     lines: list[str] = []
+    started = time.monotonic()
+    current = ["starting"]
 
     def on_probe(p: Probe) -> None:
         spent[0] += p.engine_seconds
-        lines.append(probe_line(p.rate, p.duration, p.verdict, spent[0]))
-        echo_progress(lines[-1], quiet=quiet)
+        lines.append(probe_line(p.rate, p.duration, p.verdict, spent[0], max_engine_seconds))
+        echo_progress(lines[-1], quiet=as_json)
+        current[0] = f"{len(lines)} probes judged"
 
-    quiet = as_json or not sys.stderr.isatty()
+    def on_probe_start(rate: float, duration: float) -> None:
+        current[0] = f"probe {len(lines) + 1} at λ = {rate:.3f} req/s for {duration:,.0f} s"
+
+    def heartbeat() -> None:
+        echo_progress(
+            f"  {elapsed(time.monotonic() - started)} elapsed: {current[0]}; "
+            f"{budget_text(spent[0], max_engine_seconds)}"
+        )
+
+    # off a terminal (a job's log) a line a minute, so a long search is never silent
+    beat = Heartbeat(heartbeat) if not as_json and not on_terminal() else nullcontext()
 
     def on_look(t: float, est: ServedRate | None) -> None:
         if est is not None:
             echo_progress(
                 f"  {t:,.0f} engine-s  λ̂ = {est.rate:.3f} req/s  [{est.lo:.3f}, {est.hi:.3f}]"
                 f"  width {est.width:.1%}",
-                quiet=quiet,
+                quiet=as_json,
             )
 
-    try:
-        first = backend_for_seed(seed)
-        if method is None:
-            method = "backlog" if first.kind == "simulated" else "open-loop"
-        if method == "open-loop" and (backlog is not None or confirm):
-            raise KvbenchError("--backlog and --confirm go with --method backlog")
-        if method == "backlog":
-            result = measure_saturated_rate(
-                first,
-                workload,
-                workload_spec,
-                precision=precision,
-                confidence=confidence,
-                max_engine_seconds=max_engine_seconds,
-                seed=seed,
-                backlog=backlog,
-                confirm=confirm,
-                confirm_backend=backend_for_seed,
-                on_look=on_look,
-                on_probe=on_probe,
+    with beat:
+        try:
+            first = backend_for_seed(seed)
+            if method is None:
+                method = "backlog" if first.kind == "simulated" else "open-loop"
+            if method == "open-loop" and (backlog is not None or confirm):
+                raise KvbenchError("--backlog and --confirm go with --method backlog")
+            if method == "backlog":
+                result = measure_saturated_rate(
+                    first,
+                    workload,
+                    workload_spec,
+                    precision=precision,
+                    confidence=confidence,
+                    max_engine_seconds=max_engine_seconds,
+                    seed=seed,
+                    backlog=backlog,
+                    confirm=confirm,
+                    confirm_backend=backend_for_seed,
+                    on_look=on_look,
+                    on_probe=on_probe,
+                )
+            else:
+                result = find_boundary(
+                    backend_for_seed,
+                    workload,
+                    workload_spec,
+                    precision=precision,
+                    confidence=confidence,
+                    max_engine_seconds=max_engine_seconds,
+                    seed=seed,
+                    burstiness=burstiness,
+                    on_probe=on_probe,
+                    on_probe_start=on_probe_start,
+                )
+        except KeyboardInterrupt:
+            # the finished probes are the measurement so far: keep them where the user sees them
+            done = (
+                "\n".join([f"finished probes ({len(lines)}):", *lines])
+                if lines
+                else "no probe finished"
             )
-        else:
-            result = find_boundary(
-                backend_for_seed,
-                workload,
-                workload_spec,
-                precision=precision,
-                confidence=confidence,
-                max_engine_seconds=max_engine_seconds,
-                seed=seed,
-                burstiness=burstiness,
-                on_probe=on_probe,
-            )
-    except KeyboardInterrupt:
-        # the finished probes are the measurement so far: keep them where the user sees them
-        done = (
-            "\n".join([f"finished probes ({len(lines)}):", *lines])
-            if lines
-            else "no probe finished"
-        )
-        echo_progress(f"stopped by {interrupt.stopped_by()}; {done}")
-        sys.exit(interrupt.exit_code())
-    finally:
-        # what kvbench started, as started (credentials redacted), before closing forgets it
-        servers = [s.record() for b in opened for s in launched_servers(b)]
-        for b in opened:
-            b.close()
+            echo_progress(f"stopped by {interrupt.stopped_by()}; {done}")
+            sys.exit(interrupt.exit_code())
+        finally:
+            # what kvbench started, as started (credentials redacted), before closing forgets it
+            servers = [s.record() for b in opened for s in launched_servers(b)]
+            for b in opened:
+                b.close()
     record = {**result.to_dict(), "workload": workload_spec, "seed": seed, "servers": servers}
     if as_json:
         write_json(record)

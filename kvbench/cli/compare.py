@@ -18,7 +18,8 @@ from kvbench.cli import options
 from kvbench.cli.backend_options import auth_options, request_headers
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
-from kvbench.output.compare_progress import CompareProgress
+from kvbench.output.compare_progress import CompareProgress, PlainCompareProgress
+from kvbench.output.progress import on_terminal
 from kvbench.output.terminal import block, highlight
 from kvbench.provenance import check_exporter_url, parse_metadata
 from kvbench.redact import redact_url
@@ -218,7 +219,10 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     help="The report goes to OUTPUT_DIR/<date>-<name>/.",
 )
 @click.option(
-    "--progress/--no-progress", default=None, help="Live progress view (default: on a terminal)."
+    "--progress/--no-progress",
+    default=None,
+    help="Progress on stderr [default: on; a live view on a terminal, else a plain line per "
+    "phase, per probe and per minute].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
 def compare(
@@ -296,10 +300,12 @@ def compare(
         engine_args=list(engine_args),
         engine_env=list(engine_env),
     )
-    show = sys.stderr.isatty() if progress is None else progress
+    # a live view on a terminal, plain lines in a log; --no-progress: neither
+    show = True if progress is None else progress
+    view = CompareProgress(enabled=show) if on_terminal() or not show else PlainCompareProgress()
     # a SIGTERM (a job runner's timeout) stops like Ctrl-C (kvbench.interrupt): the engines
     # kvbench started are stopped and what was measured is reported
-    with CompareProgress(enabled=show) as view:
+    with view:
         directory = run_compare(config, view)
     # measuring is over: a Ctrl-C (or SIGTERM) now would only lose the report, so let it finish
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
