@@ -31,6 +31,7 @@ from kvbench.backends.base import (
 )
 from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.replicas import RoundRobinBackend
+from kvbench.benchmark import resume as resume_compare
 from kvbench.benchmark.batch_time import (
     MIN_TIMINGS,
     PROBE_SOURCE,
@@ -249,10 +250,13 @@ def report_directory(config: CompareConfig, now: datetime) -> Path:
 class _Engine:
     """The raw record of one engine (engine.json), rewritten after every step."""
 
-    def __init__(self, directory: Path, asked: dict[str, Any]):
+    def __init__(
+        self, directory: Path, asked: dict[str, Any], previous: dict[str, Any] | None = None
+    ):
+        """`previous`: what an interrupted attempt recorded (resuming), kept and built on."""
         self.directory = directory / raw.ENGINES_DIR / asked["slug"]
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.data: dict[str, Any] = dict(asked, status="running", error=None)
+        self.data: dict[str, Any] = dict(previous or asked, status="running", error=None)
         self.save()
 
     def save(self) -> None:
@@ -484,59 +488,32 @@ def banner_for(kinds: set[str], time_scales: Iterable[float] = ()) -> str | None
     )
 
 
-def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
+def run_compare(
+    config: CompareConfig, observer: CompareObserver, resume: Path | None = None
+) -> Path:
     """Measure every engine; return the compare directory (raw files only: build the report
     with kvbench.report.write_report). KeyboardInterrupt stops after saving what was measured,
-    and the directory says so."""
+    and the directory says so. `resume`: the directory of an interrupted comparison of the same
+    configuration to continue (kvbench.benchmark.resume)."""
     config.check()
     config = config.with_defaults()
     config.check_launch()
     assert config.workload is not None  # with_defaults filled it
     workload = load_workload(config.workload)
-    now = datetime.now(UTC)
-    directory = report_directory(config, now)
-    try:
-        directory.mkdir(parents=True)
-    except OSError as err:
-        raise KvbenchError(
-            f"{directory}: cannot create the report directory: {err.strerror or err}"
-        ) from None
-    asked: list[dict[str, Any]] = []
-    for i, label in enumerate(config.backends):
-        spec = backend_spec(label, config)
-        asked.append(
-            {
-                "label": label,
-                "backend": spec,
-                "kind": _expected_kind(spec),
-                "replicas": replica_count(label, config),
-                "urls": [redact_url(u) for u in config.urls.get(label, [])],
-                "slug": f"{i}-{slug(label)}",
-                **(
-                    {"engine_launch": options.record()} if (options := config.launch(label)) else {}
-                ),
-            }
-        )
-    header = {
-        "kind": raw.RAW_KIND,
-        "version": raw.RAW_VERSION,
-        "name": config.name or " vs ".join(config.backends),
-        "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": config.command,
-        "kvbench_version": __version__,
-        "versions": _versions(),
-        "config": config.to_json(),
-        "banner": banner_for(
-            {a["kind"] for a in asked}, {config.time_scale} if config.time_scale else set()
-        ),
-        "interrupted": False,
-        "engines": asked,
-    }
-    raw.write_json_atomic(directory / raw.COMPARE_FILE, header)
+    if resume is None:
+        directory, header = _create(config)
+    else:
+        directory = resume
+        header = resume_compare.reopen(directory, config.to_json(), config.command)
+    asked = header["engines"]
 
     for index, a in enumerate(asked):
-        engine = _Engine(directory, a)
+        previous = resume_compare.previous_engine(directory, a) if resume else None
         observer.engine_started(a["label"], a["kind"], index, len(asked))
+        if previous is not None and previous["status"] in resume_compare.FINISHED:
+            observer.engine_finished(a["label"], previous["status"], previous["error"])
+            continue
+        engine = _Engine(directory, a, previous)
         backend = None
         try:
             backend = open_backend(a["label"], a["backend"], config, engine.directory / "server")
@@ -577,6 +554,51 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
     return directory
 
 
+def _create(config: CompareConfig) -> tuple[Path, dict[str, Any]]:
+    """A new compare directory and its compare.json."""
+    now = datetime.now(UTC)
+    directory = report_directory(config, now)
+    try:
+        directory.mkdir(parents=True)
+    except OSError as err:
+        raise KvbenchError(
+            f"{directory}: cannot create the report directory: {err.strerror or err}"
+        ) from None
+    asked: list[dict[str, Any]] = []
+    for i, label in enumerate(config.backends):
+        spec = backend_spec(label, config)
+        asked.append(
+            {
+                "label": label,
+                "backend": spec,
+                "kind": _expected_kind(spec),
+                "replicas": replica_count(label, config),
+                "urls": [redact_url(u) for u in config.urls.get(label, [])],
+                "slug": f"{i}-{slug(label)}",
+                **(
+                    {"engine_launch": options.record()} if (options := config.launch(label)) else {}
+                ),
+            }
+        )
+    header = {
+        "kind": raw.RAW_KIND,
+        "version": raw.RAW_VERSION,
+        "name": config.name or " vs ".join(config.backends),
+        "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": config.command,
+        "kvbench_version": __version__,
+        "versions": _versions(),
+        "config": config.to_json(),
+        "banner": banner_for(
+            {a["kind"] for a in asked}, {config.time_scale} if config.time_scale else set()
+        ),
+        "interrupted": False,
+        "engines": asked,
+    }
+    raw.write_json_atomic(directory / raw.COMPARE_FILE, header)
+    return directory, header
+
+
 def _servers(backend: Backend, root: Path) -> list[dict[str, Any]]:
     """The server processes kvbench started for this backend (one per replica): pid, URL,
     command line and environment (credentials redacted), and log (relative to the compare
@@ -615,9 +637,10 @@ def _measure(
     engine.data["profile_sources"] = dict(discovered.sources)
     engine.save()
 
-    batch = _calibrate(backend, engine, root, workload, profile, config, observer, label)
-    engine.data["theory"] = _theory(workload, profile, batch.value, engine.data["replicas"])
-    engine.save()
+    if not resume_compare.calibrated(engine.data):
+        batch = _calibrate(backend, engine, root, workload, profile, config, observer, label)
+        engine.data["theory"] = _theory(workload, profile, batch.value, engine.data["replicas"])
+        engine.save()
     _search(backend, engine, root, workload, config, observer, label)
     saturated = _saturated_batch_time(engine, root, config)
     if saturated is not None:
@@ -664,6 +687,8 @@ def _search(
     it is judged, so an interrupted search keeps its finished probes."""
     from kvbench.benchmark.search import DEFAULT_MAX_ENGINE_SECONDS, find_boundary
 
+    # a resumed search replays the probes judged before it was interrupted
+    replay = resume_compare.replayed_probes(root, engine.directory, engine.data)
     search: dict[str, Any] = {
         "lower": None,
         "upper": None,
@@ -724,6 +749,7 @@ def _search(
         output=engine.directory,
         progress=_Relay(None, observer, label),
         replicas=engine.data["replicas"],
+        replay=replay,
     )
     search.update(
         lower=result.lower,

@@ -54,7 +54,7 @@ def _command_line(ctx: click.Context) -> str:
         if (
             (value == param.default and not shown_always)
             or value in (None, ())
-            or (param.name == "progress")
+            or (param.name in ("progress", "resume"))
         ):
             continue
         flag = param.opts[0]
@@ -219,6 +219,13 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     help="The report goes to OUTPUT_DIR/<date>-<name>/.",
 )
 @click.option(
+    "--resume",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    metavar="DIR",
+    help="Continue the interrupted comparison in DIR (a directory compare wrote) with the same "
+    "settings: finished engines and judged probes are kept, not run again.",
+)
+@click.option(
     "--progress/--no-progress",
     default=None,
     help="Progress on stderr [default: on; a live view on a terminal, else a plain line per "
@@ -249,6 +256,7 @@ def compare(
     seed,
     name,
     output_dir,
+    resume,
     progress,
     as_json,
 ) -> None:
@@ -272,6 +280,7 @@ def compare(
       kvbench compare --backends vllm --url vllm=http://127.0.0.1:8000 --target-rate 50
       kvbench compare --backends h200-trt=trtllm --url h200-trt=http://10.0.0.5:8000 \\
           --metadata gpu_model="NVIDIA H200" --metadata gpu_count=8
+      kvbench compare --backends trtllm,sglang --resume reports/2026-11-30-trtllm-vs-sglang
     """
     labels, engines = parse_backends(backends)
     config = CompareConfig(
@@ -306,7 +315,7 @@ def compare(
     # a SIGTERM (a job runner's timeout) stops like Ctrl-C (kvbench.interrupt): the engines
     # kvbench started are stopped and what was measured is reported
     with view:
-        directory = run_compare(config, view)
+        directory = run_compare(config, view, resume=resume)
     # measuring is over: a Ctrl-C (or SIGTERM) now would only lose the report, so let it finish
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

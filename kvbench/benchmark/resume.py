@@ -1,0 +1,162 @@
+"""`kvbench compare --resume DIR`: continue an interrupted comparison from its raw files.
+
+Nothing finished is measured again. An engine whose engine.json says `ok` or `failed` is kept as
+it is. An engine stopped part-way keeps its calibration (b̄ and the theory at it: running the
+burst again would move the search's start) and every probe the search judged: the search is
+deterministic given its probes' verdicts (probe k runs with seed + k, its rate and length follow
+from the probes before it), so those probes are replayed, each verdict and its evidence read back
+from the judged run's summary.json, and the search goes on from the first probe it had not
+judged, taking the decisions an uninterrupted run would have taken. A run cut off mid-probe (and
+the extensions of that probe) is moved aside to `unfinished-N/`, kept but no longer part of the
+search, and the probe runs again from its start.
+
+The comparison must be the same one: the settings that steer the search or what it measures are
+checked against the directory's compare.json, and a difference is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kvbench import __version__
+from kvbench.benchmark.recorder import HEADER_FILE, SUMMARY_FILE
+from kvbench.benchmark.search import Probe
+from kvbench.errors import KvbenchError
+from kvbench.report import raw
+
+# The settings a resumed comparison must share with the interrupted one (compare.json's config
+# keys), by the flag that sets them. The search budget, target rate, URLs (a server may come
+# back on another port) and credentials may change.
+CHECKED = {
+    "backends": "--backends",
+    "engines": "--backends",
+    "workload": "--workload",
+    "seed": "--seed",
+    "precision": "--precision",
+    "confidence": "--confidence",
+    "kv_tokens": "--kv-tokens",
+    "time_scale": "--time-scale",
+    "replicas": "--replicas",
+    "model": "--model",
+    "trim": "--trim",
+}
+# An engine in one of these states is finished: resuming keeps it as it is.
+FINISHED = ("ok", "failed")
+
+
+def reopen(directory: Path, config_json: dict[str, Any], command: str) -> dict[str, Any]:
+    """compare.json of the interrupted comparison in `directory`, checked against this
+    command's configuration (CompareConfig.to_json() with its defaults filled in) and marked
+    resumed."""
+    if not raw.is_compare_dir(directory):
+        raise KvbenchError(
+            f"--resume {directory}: not a kvbench compare directory (no compare.json)"
+        )
+    header, _ = raw.read_compare(directory)
+    was = header.get("kvbench_version")
+    if was != __version__:
+        raise KvbenchError(
+            f"--resume {directory}: written by kvbench {was}, this is {__version__}; "
+            "resume it with that version"
+        )
+    stored = _engines_named(header.get("config", {}))
+    given = _engines_named(config_json)
+    ran = f", which ran: {header['command']}" if header.get("command") else ""
+    for key, flag in CHECKED.items():
+        if stored.get(key) != given.get(key):
+            raise KvbenchError(
+                f"--resume {directory}: {flag} differs ({key} {given.get(key)!r} here, "
+                f"{stored.get(key)!r} in the interrupted comparison{ran}); resume with the same "
+                "settings"
+            )
+    header["interrupted"] = False
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    header.setdefault("resumed", []).append({"at": now, "command": command})
+    raw.write_json_atomic(directory / raw.COMPARE_FILE, header)
+    return header
+
+
+def _engines_named(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with `engines` naming every label's engine (a label absent from it names its
+    own engine), so that two spellings of the same --backends compare equal."""
+    engines = config.get("engines") or {}
+    return {**config, "engines": {b: engines.get(b, b) for b in config.get("backends", [])}}
+
+
+def previous_engine(directory: Path, asked: dict[str, Any]) -> dict[str, Any] | None:
+    """What an earlier attempt recorded for this engine (engine.json), or None if it never
+    started."""
+    path = directory / raw.ENGINES_DIR / asked["slug"] / raw.ENGINE_FILE
+    return raw.read_json(path) if path.is_file() else None
+
+
+def calibrated(data: dict[str, Any]) -> bool:
+    """Whether the engine's calibration finished (b̄ and the theory at it were recorded)."""
+    return all(key in data for key in ("calibration", "batch_time", "theory"))
+
+
+def replayed_probes(root: Path, engine_dir: Path, data: dict[str, Any]) -> list[Probe]:
+    """The probes the earlier search judged, as the search saw them; the runs of a probe it had
+    not judged are moved aside (see the module's docstring)."""
+    probes = []
+    for record in data.get("search", {}).get("probes", []):
+        run_dir = root / record["run_dir"]
+        summary = _read(run_dir / SUMMARY_FILE)
+        header = _read(run_dir / HEADER_FILE)
+        verdict = summary.get("verdict") or "INCONCLUSIVE"
+        if verdict != record["verdict"]:
+            raise KvbenchError(
+                f"{run_dir / SUMMARY_FILE}: verdict {verdict} but engine.json says "
+                f"{record['verdict']}; the directory was changed since, cannot resume"
+            )
+        probes.append(
+            Probe(
+                rate=record["rate"],
+                duration=header["config"]["duration"],
+                engine_seconds=record["engine_seconds"],
+                verdict=verdict,
+                extensions=record["extensions"],
+                evidence=summary.get("evidence") or {},
+                client_kept_schedule=summary["client_kept_schedule"],
+                run_dir=str(run_dir),
+                failures=summary.get("failures") or {},
+            )
+        )
+    _set_aside(engine_dir, len(probes), keep_calibration=calibrated(data))
+    return probes
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KvbenchError(f"{path}: missing; cannot replay this probe") from None
+    except json.JSONDecodeError as err:
+        raise KvbenchError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+
+
+def _set_aside(engine_dir: Path, judged: int, *, keep_calibration: bool) -> None:
+    """Move the runs of probes from index `judged` on (and an unfinished calibration) into
+    engine_dir/unfinished-N/, so the search can write those runs afresh."""
+    stale = [
+        d
+        for d in sorted(engine_dir.iterdir())
+        if d.is_dir()
+        and (
+            (d.name.startswith("probe-") and int(d.name[6:].split("-")[0]) >= judged)
+            or (d.name == "calibration" and not keep_calibration)
+        )
+    ]
+    if not stale:
+        return
+    n = 1
+    while (engine_dir / f"unfinished-{n}").exists():
+        n += 1
+    aside = engine_dir / f"unfinished-{n}"
+    aside.mkdir()
+    for d in stale:
+        shutil.move(d, aside / d.name)
