@@ -8,7 +8,7 @@ from the probes before it), so those probes are replayed, each verdict and its e
 from the judged run's summary.json, and the search goes on from the first probe it had not
 judged, taking the decisions an uninterrupted run would have taken. A run cut off mid-probe (and
 the extensions of that probe) is moved aside to `unfinished-N/`, kept but no longer part of the
-search, and the probe runs again from its start.
+search, and the probe runs again from its start (the earlier servers' logs go there too).
 
 The comparison must be the same one: the settings that steer the search or what it measures are
 checked against the directory's compare.json, and a difference is refused before anything runs.
@@ -140,8 +140,9 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _set_aside(engine_dir: Path, judged: int, *, keep_calibration: bool) -> None:
-    """Move the runs of probes from index `judged` on (and an unfinished calibration) into
-    engine_dir/unfinished-N/, so the search can write those runs afresh."""
+    """Move the runs of probes from index `judged` on (and an unfinished calibration, and the
+    logs of the servers started before) into engine_dir/unfinished-N/, so the search can write
+    those afresh and nothing is overwritten."""
     stale = [
         d
         for d in sorted(engine_dir.iterdir())
@@ -149,6 +150,8 @@ def _set_aside(engine_dir: Path, judged: int, *, keep_calibration: bool) -> None
         and (
             (d.name.startswith("probe-") and int(d.name[6:].split("-")[0]) >= judged)
             or (d.name == "calibration" and not keep_calibration)
+            # the earlier servers' logs: a server started now writes its own there
+            or d.name == "server"
         )
     ]
     if not stale:
