@@ -154,7 +154,10 @@ def test_boundary_confirm_runs_open_loop_probes_either_side():
             ],
             "sim:*",
         ),
-        (["run", "--backend", "vllm", "--request-rate", "1", "--duration", "10"], "--model PATH"),
+        (
+            ["run", "--backend", "vllm", "--request-rate", "1", "--duration", "10"],
+            "--launch MODEL_PATH",
+        ),
         (
             [
                 "run",
@@ -162,36 +165,36 @@ def test_boundary_confirm_runs_open_loop_probes_either_side():
                 "vllm",
                 "--url",
                 "http://x",
-                "--model",
+                "--launch",
                 "/m",
                 "--request-rate",
                 "1",
                 "--duration",
                 "1",
             ],
-            "exactly one of --url (attach) or --model (launch)",
+            "exactly one of --url (attach) or --launch MODEL_PATH (launch)",
         ),
         (
             [
                 "run",
                 "--backend",
                 "sim:vllm",
-                "--model",
+                "--launch",
                 "/m",
                 "--request-rate",
                 "1",
                 "--duration",
                 "1",
             ],
-            "no --url or --model",
+            "no --url, --launch or --model",
         ),
-        # --model launches from backends/vllm/recipe.toml; an engine that dies at start is one line
+        # --launch starts vllm from backends/vllm/recipe.toml; an engine that dies at start is one line
         (
             [
                 "run",
                 "--backend",
                 "vllm",
-                "--model",
+                "--launch",
                 "/nonexistent-model",
                 "--request-rate",
                 "1",

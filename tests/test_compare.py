@@ -165,7 +165,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    """The default path: no --url, no --model, no --workload (the embedded default), with the
+    """The default path: no --url, no --launch, no --workload (the embedded default), with the
     TensorRT-LLM rule both emulated and simulated, and an SGLang emulator that cannot start.
     Coarse, so fast: a 40% bracket."""
     out = tmp_path_factory.mktemp("emulated")

@@ -55,14 +55,14 @@ from kvbench.redact import redact_url
 from kvbench.report import raw
 from kvbench.workload import Workload, load_workload
 
-# What an engine name means with no --url and no --model: kvbench's emulator of the engine,
+# What an engine name means with no --url and no --launch: kvbench's emulator of the engine,
 # started as a child process and measured over HTTP like a real engine.
 EMBEDDED_KIND = "emulate"
 
 
 @dataclass(frozen=True)
 class EmbeddedDefault:
-    """What `kvbench compare --backends trtllm,sglang` measures with no --url, no --model and no
+    """What `kvbench compare --backends trtllm,sglang` measures with no --url, no --launch and no
     --workload: each engine's emulator (its scheduler in kvbench's simulator, behind the engine's
     own HTTP API) on a scaled-down version of the paper's 1:1 setting, so that the whole
     comparison takes about a minute of a laptop's CPU while every figure is still measured
@@ -103,7 +103,8 @@ class CompareConfig:
     time_scale: float | None = None  # emulated engines' engine seconds per real second
     name: str | None = None
     urls: dict[str, list[str]] = field(default_factory=dict)
-    model: str | None = None
+    launch_model: str | None = None  # --launch MODEL_PATH: launch each engine from its recipe
+    served_model: str | None = None  # --model NAME: the model named in requests
     # sent on every request to an HTTP engine; only the names are ever recorded
     headers: dict[str, str] = field(default_factory=dict)
     replicas: int = 1
@@ -146,15 +147,17 @@ class CompareConfig:
     def check_launch(self) -> None:
         """Refuse launch options that cannot apply, before anything is measured."""
         for label in self.backends:
-            if self.launch(label) and (self.model is None or ":" in label or label in self.urls):
+            if self.launch(label) and (
+                self.launch_model is None or ":" in label or label in self.urls
+            ):
                 raise KvbenchError(
                     f"{label}: --engine-python, --engine-arg and --engine-env apply to engines "
-                    "kvbench launches (--model)"
+                    "kvbench launches (--launch)"
                 )
 
     @property
     def measures_real_engines(self) -> bool:
-        return bool(self.urls) or self.model is not None
+        return bool(self.urls) or self.launch_model is not None
 
     def with_defaults(self) -> CompareConfig:
         """The configuration with its defaults filled in. With no real engine and no --workload,
@@ -190,6 +193,11 @@ class CompareConfig:
                     f"unknown backend {label!r} in --backends; choose from trtllm, sglang, "
                     f"vllm or one of {', '.join(n for n in known if ':' in n)}"
                 )
+        if self.served_model is not None and not self.measures_real_engines:
+            raise KvbenchError(
+                "--model names the model served by a real engine (--url or --launch); the "
+                "emulated and simulated engines serve their own"
+            )
         unknown = set(self.urls) - set(self.backends)
         if unknown:
             raise KvbenchError(f"--url names {', '.join(sorted(unknown))}, not in --backends")
@@ -395,10 +403,10 @@ def _versions() -> dict[str, str]:
 
 
 def backend_spec(label: str, config: CompareConfig) -> str:
-    """The backend a label stands for: `--url label=URL` attaches and `--model` launches the
+    """The backend a label stands for: `--url label=URL` attaches and `--launch` launches the
     engine; with neither an engine name means its embedded form (EMBEDDED_KIND)."""
     engine = config.engines.get(label, label)
-    if ":" in engine or config.urls.get(label) or config.model:
+    if ":" in engine or config.urls.get(label) or config.launch_model:
         return engine
     return f"{EMBEDDED_KIND}:{engine}"
 
@@ -417,20 +425,26 @@ def open_backend(
 
     urls = config.urls.get(label, [])
     auth = config.headers
+    served = config.served_model
     if len(urls) > 1:
         return RoundRobinBackend(
-            [resolve_backend(spec, url=u, seed=config.seed, headers=auth) for u in urls]
+            [
+                resolve_backend(spec, url=u, seed=config.seed, headers=auth, served_model=served)
+                for u in urls
+            ]
         )
     if urls:
         if config.replicas > 1:
             raise KvbenchError(
                 f"{label}: --replicas {config.replicas} with one --url; give one --url per replica"
             )
-        return resolve_backend(spec, url=urls[0], seed=config.seed, headers=auth)
-    if config.model:
+        return resolve_backend(
+            spec, url=urls[0], seed=config.seed, headers=auth, served_model=served
+        )
+    if config.launch_model:
         if config.replicas > 1:
             raise KvbenchError(
-                f"{label}: --replicas with --model; launch one server per GPU and give each "
+                f"{label}: --replicas with --launch; launch one server per GPU and give each "
                 "with --url"
             )
         from kvbench.backends.engines import open_engine
@@ -438,7 +452,8 @@ def open_backend(
         options = config.launch(label)
         return open_engine(
             spec,
-            model=config.model,
+            model_path=config.launch_model,
+            served_model=served,
             seed=config.seed,
             engine_python=options.python,
             engine_args=list(options.args),
@@ -484,7 +499,7 @@ def banner_for(kinds: set[str], time_scales: Iterable[float] = ()) -> str | None
         )
     return (
         f"{what} engines: these figures come from {source}{clock} on this machine's CPU, not from "
-        "GPU measurements. Give --url engine=URL or --model to measure real engines."
+        "GPU measurements. Give --url engine=URL or --launch MODEL_PATH to measure real engines."
     )
 
 

@@ -41,7 +41,8 @@ CHECKED = {
     "kv_tokens": "--kv-tokens",
     "time_scale": "--time-scale",
     "replicas": "--replicas",
-    "model": "--model",
+    "launch_model": "--launch",
+    "served_model": "--model",
     "trim": "--trim",
 }
 # An engine in one of these states is finished: resuming keeps it as it is.

@@ -17,7 +17,7 @@ def backend_options(f):
                 metavar="NAME",
                 help="sim:vllm, sim:sglang, sim:trtllm, sim:ideal (simulated), emulate:vllm, "
                 "emulate:sglang, emulate:trtllm (kvbench's HTTP emulator, started and stopped "
-                "by kvbench), or vllm, sglang, trtllm with --url or --model.",
+                "by kvbench), or vllm, sglang, trtllm with --url or --launch.",
             ),
             click.option(
                 "--url",
@@ -25,13 +25,8 @@ def backend_options(f):
                 metavar="URL",
                 help="Base URL of a running engine (real backends).",
             ),
-            click.option(
-                "--model",
-                default=None,
-                metavar="PATH",
-                help="Launch the engine (real backends) with this model, from its recipe in "
-                "backends/<engine>/; kvbench stops it at the end.",
-            ),
+            options.served_model(),
+            options.launch_model(),
             options.engine_launch(),
             options.profile_preset(),
             options.kv_tokens("sim:* and emulate:* only; default: the profile's"),

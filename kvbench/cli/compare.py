@@ -153,7 +153,7 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 @click.option(
     "--workload",
     help=f"Workload spec (pd-1:1, uniform:S-S,O-O, fixed:S,O) or trace file [default: "
-    f"{EMBEDDED.workload} with no --url/--model (the embedded default), else "
+    f"{EMBEDDED.workload} with no --url/--launch (the embedded default), else "
     f"{REAL_ENGINE_WORKLOAD}].",
 )
 @click.option(
@@ -179,7 +179,8 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 )
 @options.metadata()
 @options.gpu_exporter()
-@click.option("--model", help="Launch each engine from its recipe with this model.")
+@options.served_model()
+@options.launch_model("each engine")
 @auth_options()[0]
 @auth_options()[1]
 @options.engine_launch(per_engine=True)
@@ -240,7 +241,8 @@ def compare(
     urls,
     metadata,
     gpu_exporter,
-    model,
+    served_model,
+    launch_model,
     api_key,
     headers,
     engine_python,
@@ -263,7 +265,7 @@ def compare(
     """Measure each engine's stability boundary on the same workload, set it beside the theory,
     and write a report (report.html, summary.md, results.json, CSVs).
 
-    With no --url and no --model each engine is kvbench's emulator of it (its scheduler in
+    With no --url and no --launch each engine is kvbench's emulator of it (its scheduler in
     kvbench's simulator, behind the engine's own HTTP API), started on a free local port, driven
     over HTTP exactly as a real engine is, and stopped at the end; the report says EMULATED on
     every row and plot. With no --workload either, the embedded default applies: s, o ~
@@ -293,7 +295,8 @@ def compare(
         time_scale=time_scale,
         name=name,
         urls=_parse_urls(urls),
-        model=model,
+        launch_model=launch_model,
+        served_model=served_model,
         headers=request_headers(api_key, headers),
         replicas=replicas,
         precision=precision,

@@ -118,8 +118,31 @@ def gpu_exporter():
     )
 
 
+def served_model():
+    # the meaning every other serving benchmark gives --model (vllm bench serve, genai-perf)
+    return click.option(
+        "--model",
+        "served_model",
+        default=None,
+        metavar="NAME",
+        help="The served model's name, sent in every request to a real engine [default: the "
+        "first of the engine's /v1/models].",
+    )
+
+
+def launch_model(what: str = "the engine"):
+    return click.option(
+        "--launch",
+        "launch_model",
+        default=None,
+        metavar="MODEL_PATH",
+        help=f"Launch {what} (real backends) with the model at MODEL_PATH, from its recipe in "
+        "backends/<engine>/; kvbench stops it at the end.",
+    )
+
+
 def engine_launch(per_engine: bool = False):
-    """--engine-python, --engine-arg, --engine-env: how kvbench launches an engine (--model).
+    """--engine-python, --engine-arg, --engine-env: how kvbench launches an engine (--launch).
     With `per_engine` (compare), a value may start with `ENGINE=` to reach that engine only."""
     prefix = "[ENGINE=]" if per_engine else ""
     only = " An ENGINE= prefix gives it to that engine only." if per_engine else ""
@@ -128,7 +151,7 @@ def engine_launch(per_engine: bool = False):
             "--engine-python",
             multiple=per_engine,
             metavar=f"{prefix}PATH",
-            help="The interpreter of the environment the engine is installed in (--model; "
+            help="The interpreter of the environment the engine is installed in (--launch; "
             f"default: kvbench's own).{only}",
         ),
         click.option(
@@ -136,7 +159,7 @@ def engine_launch(per_engine: bool = False):
             "engine_args",
             multiple=True,
             metavar=f"{prefix}ARG",
-            help="One more argument for the engine's command line (--model), after the "
+            help="One more argument for the engine's command line (--launch), after the "
             "recipe's; repeat, e.g. --engine-arg=--tensor-parallel-size --engine-arg=2. "
             f"A flag the recipe also sets replaces the recipe's.{only}",
         ),
@@ -145,7 +168,7 @@ def engine_launch(per_engine: bool = False):
             "engine_env",
             multiple=True,
             metavar=f"{prefix}KEY=VALUE",
-            help="An environment variable for the engine (--model); repeat. Recorded with the "
+            help="An environment variable for the engine (--launch); repeat. Recorded with the "
             f"run, with values of names that look like credentials (KEY, TOKEN, SECRET, "
             f"PASSWORD) redacted.{only}",
         ),

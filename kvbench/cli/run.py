@@ -60,7 +60,8 @@ Examples:
 def run(
     backend: str,
     url: str | None,
-    model: str | None,
+    served_model: str | None,
+    launch_model: str | None,
     engine_python: str | None,
     engine_args: tuple[str, ...],
     engine_env: tuple[str, ...],
@@ -104,7 +105,8 @@ def run(
     engine = resolve_backend(
         backend,
         url=url,
-        model=model,
+        launch_path=launch_model,
+        served_model=served_model,
         profile=profile_name,
         kv_tokens=kv_tokens,
         chunk_size=chunk_size,
