@@ -20,7 +20,7 @@ from kvbench.benchmark.search import (
     find_boundary,
 )
 from kvbench.benchmark.served_work import ServedRate
-from kvbench.cli import options
+from kvbench.cli import options, vllm_flags
 from kvbench.cli.backend_options import backend_options, request_headers
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
@@ -48,6 +48,7 @@ Examples:
 )
 @backend_options
 @options.workload()
+@vllm_flags.random_dataset("workload_spec")
 @click.option(
     "--precision",
     type=float,

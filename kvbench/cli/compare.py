@@ -14,7 +14,7 @@ from kvbench.backends.labels import parse_backends
 from kvbench.backends.launch import redact_given
 from kvbench.benchmark.compare import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig, run_compare
 from kvbench.benchmark.failures import describe
-from kvbench.cli import options
+from kvbench.cli import options, vllm_flags
 from kvbench.cli.backend_options import auth_options, request_headers
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
@@ -156,6 +156,7 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     f"{EMBEDDED.workload} with no --url/--launch (the embedded default), else "
     f"{REAL_ENGINE_WORKLOAD}].",
 )
+@vllm_flags.random_dataset("workload")
 @click.option(
     "--kv-tokens",
     type=click.IntRange(min=1),

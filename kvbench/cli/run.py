@@ -10,7 +10,7 @@ from kvbench import interrupt
 from kvbench.backends.launch import LaunchOptions
 from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.runner import RunSpec, execute_run
-from kvbench.cli import options
+from kvbench.cli import options, vllm_flags
 from kvbench.cli.backend_options import backend_options, request_headers
 from kvbench.export.json import write_json
 from kvbench.output.progress import RunProgress, echo_progress
@@ -29,6 +29,7 @@ Examples:
 )
 @backend_options
 @options.workload()
+@vllm_flags.random_dataset("workload_spec")
 @options.request_rate(required=True)
 @click.option(
     "--burstiness",

@@ -1,0 +1,83 @@
+"""`vllm bench serve` spellings: the random dataset's lengths map to kvbench's uniform workload
+exactly as vLLM draws them (vllm/benchmarks/datasets.py, RandomDataset), and a run spelled the
+vLLM way is the same run as one spelled kvbench's way."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from kvbench.cli import cli
+from kvbench.cli.vllm_flags import random_workload
+from kvbench.errors import KvbenchError
+
+
+@pytest.mark.parametrize(
+    "lengths, spec",
+    [
+        # floor(1000·0.9), ceil(1000·1.1); floor(200·0.9), and ceil(200·1.1) in floating point
+        # as vLLM computes it: 200 * 1.1 = 220.00000000000003, so 221
+        ((1000, 200, 0.1), "uniform:900-1100,180-221"),
+        # floor(3.5) = 3, ceil(10.5) = 11; floor(1.5) = 1, ceil(4.5) = 5
+        ((7, 3, 0.5), "uniform:3-11,1-5"),
+        # the lower ends never reach 0 tokens
+        ((1, 1, 0.99), "uniform:1-2,1-2"),
+        # vLLM's defaults: 1024 in, 128 out, ratio 0
+        ((1024, 128, 0.0), "uniform:1024-1024,128-128"),
+    ],
+)
+def test_random_dataset_maps_to_vllms_uniform_ranges(lengths, spec):
+    assert random_workload(*lengths) == spec
+
+
+@pytest.mark.parametrize(
+    "lengths, flag", [((0, 5, 0.0), "--random-input-len"), ((5, 5, 1.0), "--random-range-ratio")]
+)
+def test_bad_random_lengths_are_refused(lengths, flag):
+    with pytest.raises(KvbenchError, match=flag):
+        random_workload(*lengths)
+
+
+RUN = ["run", "--backend", "sim:vllm", "--request-rate", "3", "--num-prompts", "400", "--json"]
+
+
+def _run(*args: str) -> dict:
+    r = CliRunner().invoke(cli, [*RUN, *args])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def test_a_run_spelled_the_vllm_way_is_the_same_run():
+    vllm = _run(
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        "400",
+        "--random-output-len",
+        "100",
+        "--random-range-ratio",
+        "0.5",
+    )
+    ours = _run("--workload", "uniform:200-600,50-150")
+    assert vllm["workload"] == "uniform:200-600,50-150"
+    for key in ("verdict", "evidence", "latency", "achieved_rate"):
+        assert vllm[key] == ours[key], key
+    # only --dataset-name: vLLM's default lengths
+    assert _run("--dataset-name", "random")["workload"] == "uniform:1024-1024,128-128"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--dataset-name", "sharegpt"],
+            "error: --dataset-name sharegpt: kvbench generates only 'random'",
+        ),
+        (["--workload", "pd-1:1", "--random-input-len", "5"], "error: --workload and --dataset"),
+    ],
+)
+def test_conflicting_or_unknown_datasets_are_one_line_errors(args, message):
+    r = CliRunner().invoke(cli, [*RUN, *args])
+    assert r.exit_code == 2 and r.stderr.startswith(message) and r.stderr.count("\n") == 1
