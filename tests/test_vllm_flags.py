@@ -81,3 +81,29 @@ def test_a_run_spelled_the_vllm_way_is_the_same_run():
 def test_conflicting_or_unknown_datasets_are_one_line_errors(args, message):
     r = CliRunner().invoke(cli, [*RUN, *args])
     assert r.exit_code == 2 and r.stderr.startswith(message) and r.stderr.count("\n") == 1
+
+
+def test_result_dir_and_save_result_write_the_run(tmp_path, monkeypatch):
+    # --result-dir is --output-dir (and the older --output): the run directory
+    r = CliRunner().invoke(cli, [*RUN, "--result-dir", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["directory"] == str(tmp_path / "a")
+    assert (tmp_path / "a" / "summary.json").is_file()
+    # --save-result alone: a new directory named after backend, rate and time
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, [*RUN, "--save-result"])
+    assert r.exit_code == 0, r.output
+    (saved,) = tmp_path.glob("run-sim-vllm-3qps-*")
+    assert json.loads((saved / "summary.json").read_text())["requests"]["scheduled"] == 400
+
+
+def test_boundary_output_dir_holds_the_search_and_its_probes(tmp_path):
+    out = tmp_path / "search"
+    args = ["boundary", "--backend", "sim:vllm", "--method", "open-loop", "--precision", "0.2"]
+    r = CliRunner().invoke(cli, [*args, "--output-dir", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)
+    assert json.loads((out / "boundary.json").read_text()) == printed
+    assert {p.name for p in out.glob("probe-*")} >= {"probe-00", "probe-01"}
+    again = CliRunner().invoke(cli, [*args, "--output-dir", str(out)])
+    assert again.exit_code == 2 and "already holds a search" in again.stderr

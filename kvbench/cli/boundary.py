@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import click
 
@@ -43,7 +44,7 @@ Examples:
   kvbench boundary --backend sim:trtllm --workload azure-conv --precision 0.1 --json
   kvbench boundary --backend sim:ideal --kv-tokens 65536 --batch-time 0.03 --seed 7
   kvbench boundary --backend sim:vllm --confirm
-  kvbench boundary --backend sim:sglang --method open-loop
+  kvbench boundary --backend sim:sglang --method open-loop --output-dir runs/sg-boundary
 """
 )
 @backend_options
@@ -62,7 +63,8 @@ Examples:
     default=DEFAULT_MAX_ENGINE_SECONDS,
     show_default=True,
     metavar="S",
-    help="Stop once the probes have used this much engine time.",
+    help=f"Stop once the probes have used this much engine time (the default is "
+    f"{DEFAULT_MAX_ENGINE_SECONDS / 3600:g} h); progress lines show what is left.",
 )
 @click.option(
     "--burstiness",
@@ -93,6 +95,14 @@ Examples:
     help="After a backlog bracket, judge open-loop runs just below and above it"
     " (expect STABLE, UNSTABLE).",
 )
+@options.output_dir(
+    "Write the search to DIR: boundary.json (what --json prints) and, with --method "
+    "open-loop, every probe's run directory (probe-KK) as it goes."
+)
+@options.save_result(
+    "Write the search even without --output-dir, to boundary-BACKEND-TIME/ in the working "
+    "directory (vllm bench serve's spelling)."
+)
 @options.json_output()
 def boundary(
     backend: str,
@@ -119,6 +129,8 @@ def boundary(
     method: str | None,
     backlog: int | None,
     confirm: bool,
+    output_dir: Path | None,
+    save_result: bool,
     as_json: bool,
 ) -> None:
     """Bracket the rate λ* at which the engine's queue stops being stable. By default on a
@@ -127,6 +139,10 @@ def boundary(
     the largest rate judged STABLE and the smallest judged UNSTABLE. Every probe and its cost is
     reported."""
     workload = load_workload(workload_spec)
+    if output_dir is None and save_result:
+        output_dir = options.default_result_dir("boundary", backend)
+    if output_dir is not None:
+        output_dir = _writable(output_dir)
     launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
     opened: list[Backend] = []
 
@@ -218,6 +234,7 @@ def boundary(
                     burstiness=burstiness,
                     on_probe=on_probe,
                     on_probe_start=on_probe_start,
+                    output=output_dir,
                 )
         except KeyboardInterrupt:
             # the finished probes are the measurement so far: keep them where the user sees them
@@ -234,11 +251,25 @@ def boundary(
             for b in opened:
                 b.close()
     record = {**result.to_dict(), "workload": workload_spec, "seed": seed, "servers": servers}
+    if output_dir is not None:
+        write_json(record, output_dir / "boundary.json")
     if as_json:
         write_json(record)
     else:
         click.echo(boundary_text(record))
     sys.exit(boundary_exit_status(record))
+
+
+def _writable(directory: Path) -> Path:
+    """The output directory, created; refused in one line if it cannot be, or already holds a
+    search (a probe's run would refuse it later, after minutes of measuring)."""
+    if (directory / "boundary.json").exists() or (directory / "probe-00").exists():
+        raise KvbenchError(f"{directory}: already holds a search; choose a new --output-dir")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise KvbenchError(f"{directory}: cannot write: {err.strerror or err}") from None
+    return directory
 
 
 def boundary_exit_status(record: dict) -> int:

@@ -14,6 +14,7 @@ from kvbench.backends.labels import parse_backends
 from kvbench.backends.launch import redact_given
 from kvbench.benchmark.compare import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig, run_compare
 from kvbench.benchmark.failures import describe
+from kvbench.benchmark.search import DEFAULT_MAX_ENGINE_SECONDS
 from kvbench.cli import options, vllm_flags
 from kvbench.cli.backend_options import auth_options, request_headers
 from kvbench.errors import KvbenchError
@@ -54,7 +55,7 @@ def _command_line(ctx: click.Context) -> str:
         if (
             (value == param.default and not shown_always)
             or value in (None, ())
-            or (param.name in ("progress", "resume"))
+            or (param.name in ("progress", "resume", "save_result"))
         ):
             continue
         flag = param.opts[0]
@@ -198,12 +199,26 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     help=f"Relative width of the boundary bracket to reach [default: "
     f"{EMBEDDED.precision:g} in the embedded default, else 0.05].",
 )
-@click.option("--confidence", type=float, default=0.95, show_default=True)
-@click.option("--max-engine-seconds", type=float, help="Search budget per engine.")
+@click.option(
+    "--confidence", type=float, default=0.95, show_default=True, help="Confidence of every verdict."
+)
+@click.option(
+    "--max-engine-seconds",
+    type=float,
+    metavar="S",
+    help=f"Search budget per engine, in engine seconds [default: {DEFAULT_MAX_ENGINE_SECONDS:,.0f}"
+    f" = {DEFAULT_MAX_ENGINE_SECONDS / 3600:g} h]; progress lines show what is left.",
+)
 @click.option(
     "--target-rate", type=float, help="Also answer: replicas needed for this rate (req/s)."
 )
-@click.option("--target-utilization", type=float, default=0.9, show_default=True)
+@click.option(
+    "--target-utilization",
+    type=float,
+    default=0.9,
+    show_default=True,
+    help="Utilization ρ the replicas for --target-rate are sized to.",
+)
 @click.option(
     "--trim",
     type=float,
@@ -211,15 +226,16 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     show_default=True,
     help="b̄ as a trimmed mean cutting this fraction from each tail (0: the median).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--name", help="Report name (default: the engines).")
 @click.option(
-    "--output-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("reports"),
+    "--seed",
+    type=int,
+    default=0,
     show_default=True,
-    help="The report goes to OUTPUT_DIR/<date>-<name>/.",
+    help="Seeds arrivals, lengths and the simulator (probe k uses seed + k).",
 )
+@click.option("--name", help="Report name [default: the engines' labels].")
+@options.output_dir("The report goes to DIR/<date>-<name>/.", default=Path("reports"))
+@options.save_result("Accepted for vllm bench serve's spelling: compare always writes its report.")
 @click.option(
     "--resume",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
@@ -259,6 +275,7 @@ def compare(
     seed,
     name,
     output_dir,
+    save_result,
     resume,
     progress,
     as_json,

@@ -4,6 +4,8 @@ setting for `theory`, an engine preset elsewhere)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 WORKLOAD_HELP = (
@@ -180,3 +182,36 @@ def engine_launch(per_engine: bool = False):
         return f
 
     return apply
+
+
+def output_dir(help_text: str, *, aliases: tuple[str, ...] = (), default=None):
+    """--output-dir, the one spelling of run, boundary and compare for where results go, with
+    vllm bench serve's --result-dir (and a command's older spelling in `aliases`) beside it."""
+    return click.option(
+        "--output-dir",
+        "--result-dir",
+        *aliases,
+        "output_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=default,
+        show_default=default is not None,
+        metavar="DIR",
+        help=help_text,
+    )
+
+
+def save_result(help_text: str):
+    """vllm bench serve's --save-result."""
+    return click.option("--save-result", is_flag=True, help=help_text)
+
+
+def default_result_dir(command: str, backend: str, rate: float | None = None) -> Path:
+    """Where --save-result writes without --output-dir: a new directory in the working
+    directory named, as vllm bench serve names its result file, after the backend, the rate and
+    the time."""
+    import re
+    from datetime import datetime
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", backend)
+    rate_part = "" if rate is None else f"-{rate:g}qps"
+    return Path(f"{command}-{name}{rate_part}-{datetime.now():%Y%m%d-%H%M%S}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -23,7 +24,7 @@ from kvbench.workload import load_workload
     epilog="""\b
 Examples:
   kvbench run --backend sim:vllm --workload pd-1:1 --request-rate 2.0 --duration 1200
-  kvbench run --backend sim:trtllm --request-rate 3 --num-prompts 5000 --output runs/trt-3
+  kvbench run --backend sim:trtllm --request-rate 3 --num-prompts 5000 --output-dir runs/trt-3
   kvbench run --backend vllm --url http://localhost:8000 --request-rate 1.5 --duration 600 --json
 """
 )
@@ -48,12 +49,14 @@ Examples:
 @click.option(
     "--num-prompts", type=int, default=None, metavar="N", help="Requests to send (or --duration)."
 )
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False),
-    default=None,
-    metavar="DIR",
-    help="Write the run (header, every request and queue sample) here as it goes.",
+@options.output_dir(
+    "Write the run (header, every request and queue sample) to DIR as it goes (--output: "
+    "the older spelling).",
+    aliases=("--output",),
+)
+@options.save_result(
+    "Write the run even without --output-dir, to run-BACKEND-RATEqps-TIME/ in the working "
+    "directory (vllm bench serve's spelling)."
 )
 @options.metadata()
 @options.gpu_exporter()
@@ -81,7 +84,8 @@ def run(
     burstiness: float,
     duration: float | None,
     num_prompts: int | None,
-    output: str | None,
+    output_dir: Path | None,
+    save_result: bool,
     metadata: tuple[str, ...],
     gpu_exporter: str | None,
     as_json: bool,
@@ -100,6 +104,9 @@ def run(
         confidence=confidence,
     )
     workload = load_workload(workload_spec)
+    if output_dir is None and save_result:
+        output_dir = options.default_result_dir("run", backend, request_rate)
+    output = None if output_dir is None else str(output_dir)
     stated = parse_metadata(metadata)
     check_exporter_url(gpu_exporter)
     launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
