@@ -107,3 +107,26 @@ def test_boundary_output_dir_holds_the_search_and_its_probes(tmp_path):
     assert {p.name for p in out.glob("probe-*")} >= {"probe-00", "probe-01"}
     again = CliRunner().invoke(cli, [*args, "--output-dir", str(out)])
     assert again.exit_code == 2 and "already holds a search" in again.stderr
+
+
+def test_request_rate_inf_sends_every_request_at_once(tmp_path):
+    out = tmp_path / "burst"
+    args = ["run", "--backend", "sim:vllm", "--request-rate", "inf", "--num-prompts", "300"]
+    r = CliRunner().invoke(cli, [*args, "--output-dir", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    header = json.loads((out / "header.json").read_text())  # strict JSON: no Infinity
+    assert header["config"]["request_rate"] == "inf"
+    requests = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    assert len(requests) == 300 and {q["intended_send"] for q in requests} == {0.0}
+    # no stability verdict without an arrival rate; the window runs to the last completion
+    assert summary["verdict"] is None and "sent at once" in summary["evidence"]["reason"]
+    assert summary["requests"]["completed"] == 300
+    assert summary["window"] == pytest.approx(max(q["finished"] for q in requests))
+    # the engine saw them all at once: nearly all waiting at the start
+    assert summary["waiting"]["max"] >= 250, summary["waiting"]
+    rebuilt = CliRunner().invoke(cli, ["report", str(out), "--json"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert json.loads(rebuilt.stdout)["latency"] == summary["latency"]
+    refused = CliRunner().invoke(cli, [*args[:-2], "--duration", "10"])
+    assert refused.exit_code == 2 and "give --num-prompts" in refused.stderr
