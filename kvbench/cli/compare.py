@@ -287,7 +287,7 @@ def compare(
     kvbench's simulator, behind the engine's own HTTP API), started on a free local port, driven
     over HTTP exactly as a real engine is, and stopped at the end; the report says EMULATED on
     every row and plot. With no --workload either, the embedded default applies: s, o ~
-    U{1..32}, M = 2,048 tokens, the emulated engines run at 2.5 engine seconds per real second,
+    U{1..32}, M = 2,048 tokens, the emulated engines run at 1.25 engine seconds per real second,
     and the bracket is 10% wide (short requests and a small cache keep the comparison to about
     a minute of CPU; every figure is in the emulated engine's own seconds). sim:ENGINE runs the
     same configuration in the simulator, in virtual time.
