@@ -397,13 +397,13 @@ def test_lag_shorter_than_a_mean_gap_keeps_the_verdict():
 def test_an_engine_that_fails_mid_run_exits_1_with_its_run_kept(tmp_path, monkeypatch):
     """The engine, not the input, failed: exit 1 (2 is for bad input), one line, and the run
     directory closed as failed."""
-    from kvbench.cli import run as run_command
+    from kvbench.backends import registry
     from kvbench.errors import KvbenchError
 
     def failing(*args, **kwargs):
         return _FailAfter(resolve_backend("sim:vllm"), 50, KvbenchError("engine died"))
 
-    monkeypatch.setattr(run_command, "resolve_backend", failing)
+    monkeypatch.setattr(registry, "resolve_backend", failing)
     out = tmp_path / "run"
     r = _invoke("run", "--backend", "sim:vllm", "--request-rate", "2", "--duration", "600")
     assert r.exit_code == 1 and r.stderr == "error: engine died\n", r.output

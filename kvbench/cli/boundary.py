@@ -11,8 +11,7 @@ import click
 
 from kvbench import interrupt
 from kvbench.backends.base import Backend
-from kvbench.backends.launch import LaunchOptions, launched_servers
-from kvbench.backends.registry import resolve_backend
+from kvbench.backends.launch import launched_servers
 from kvbench.benchmark.saturated_rate import measure_saturated_rate
 from kvbench.benchmark.search import (
     DEFAULT_MAX_ENGINE_SECONDS,
@@ -22,7 +21,7 @@ from kvbench.benchmark.search import (
 )
 from kvbench.benchmark.served_work import ServedRate
 from kvbench.cli import options, vllm_flags
-from kvbench.cli.backend_options import backend_options, request_headers
+from kvbench.cli.backend_options import BackendArgs, backend_options
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.progress import (
@@ -50,6 +49,7 @@ Examples:
 @backend_options
 @options.workload()
 @vllm_flags.random_dataset("workload_spec")
+@options.burstiness()
 @click.option(
     "--precision",
     type=float,
@@ -65,13 +65,6 @@ Examples:
     metavar="S",
     help=f"Stop once the probes have used this much engine time (the default is "
     f"{DEFAULT_MAX_ENGINE_SECONDS / 3600:g} h); progress lines show what is left.",
-)
-@click.option(
-    "--burstiness",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Gamma shape of inter-arrival gaps (1 = Poisson).",
 )
 @click.option(
     "--method",
@@ -105,27 +98,13 @@ Examples:
 )
 @options.json_output()
 def boundary(
-    backend: str,
-    url: str | None,
-    served_model: str | None,
-    launch_model: str | None,
-    engine_python: str | None,
-    engine_args: tuple[str, ...],
-    engine_env: tuple[str, ...],
-    profile_name: str | None,
-    kv_tokens: int | None,
-    chunk_size: int | None,
-    batch_time: float | None,
-    time_scale: float | None,
-    api_key: str | None,
-    headers: tuple[str, ...],
-    wait_for_server: float,
+    backend: BackendArgs,
     seed: int,
     confidence: float,
+    burstiness: float,
     workload_spec: str,
     precision: float,
     max_engine_seconds: float,
-    burstiness: float,
     method: str | None,
     backlog: int | None,
     confirm: bool,
@@ -140,10 +119,9 @@ def boundary(
     reported."""
     workload = load_workload(workload_spec)
     if output_dir is None and save_result:
-        output_dir = options.default_result_dir("boundary", backend)
+        output_dir = options.default_result_dir("boundary", backend.name)
     if output_dir is not None:
         output_dir = _writable(output_dir)
-    launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
     opened: list[Backend] = []
 
     def backend_for_seed(s: int):
@@ -151,21 +129,7 @@ def boundary(
         # same server for every probe (launching one per probe would hold several at once).
         if opened and opened[0].kind != "simulated":
             return opened[0]
-        b = resolve_backend(
-            backend,
-            url=url,
-            launch_path=launch_model,
-            served_model=served_model,
-            profile=profile_name,
-            kv_tokens=kv_tokens,
-            chunk_size=chunk_size,
-            batch_time=batch_time,
-            time_scale=time_scale,
-            headers=request_headers(api_key, headers),
-            wait_for_server=wait_for_server,
-            seed=s,
-            launch=launch,
-        )
+        b = backend.open(s)
         opened.append(b)
         return b
 
@@ -173,9 +137,11 @@ def boundary(
     lines: list[str] = []
     started = time.monotonic()
     current = ["starting"]
+    running = [0.0]  # engine seconds of the bounded-backlog probe under way
 
     def on_probe(p: Probe) -> None:
         spent[0] += p.engine_seconds
+        running[0] = 0.0
         lines.append(probe_line(p.rate, p.duration, p.verdict, spent[0], max_engine_seconds))
         echo_progress(lines[-1], quiet=as_json)
         current[0] = f"{len(lines)} probes judged"
@@ -186,19 +152,21 @@ def boundary(
     def heartbeat() -> None:
         echo_progress(
             f"  {elapsed(time.monotonic() - started)} elapsed: {current[0]}; "
-            f"{budget_text(spent[0], max_engine_seconds)}"
+            f"{budget_text(spent[0] + running[0], max_engine_seconds)}"
         )
 
     # off a terminal (a job's log) a line a minute, so a long search is never silent
     beat = Heartbeat(heartbeat) if not as_json and not on_terminal() else nullcontext()
 
     def on_look(t: float, est: ServedRate | None) -> None:
-        if est is not None:
-            echo_progress(
-                f"  {t:,.0f} engine-s  λ̂ = {est.rate:.3f} req/s  [{est.lo:.3f}, {est.hi:.3f}]"
-                f"  width {est.width:.1%}",
-                quiet=as_json,
-            )
+        running[0] = t
+        if est is None:
+            return
+        look = f"λ̂ = {est.rate:.3f} req/s  [{est.lo:.3f}, {est.hi:.3f}]  width {est.width:.1%}"
+        # every look on a terminal; in a log, the latest in the minute's line
+        if on_terminal():
+            echo_progress(f"  {t:,.0f} engine-s  {look}", quiet=as_json)
+        current[0] = f"bounded-backlog probe at {t:,.0f} engine-s, {look}"
 
     with beat:
         try:

@@ -66,6 +66,16 @@ def request_rate(required: bool = False):
     )
 
 
+def burstiness():
+    return click.option(
+        "--burstiness",
+        type=float,
+        default=1.0,
+        show_default=True,
+        help="Gamma shape of inter-arrival gaps (1 = Poisson).",
+    )
+
+
 def exact_g():
     return click.option(
         "--exact",

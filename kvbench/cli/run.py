@@ -8,11 +8,9 @@ from pathlib import Path
 import click
 
 from kvbench import interrupt
-from kvbench.backends.launch import LaunchOptions
-from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.runner import RunSpec, execute_run
 from kvbench.cli import options, vllm_flags
-from kvbench.cli.backend_options import backend_options, request_headers
+from kvbench.cli.backend_options import BackendArgs, backend_options
 from kvbench.export.json import write_json
 from kvbench.output.progress import RunProgress, echo_progress
 from kvbench.output.run import run_summary_text
@@ -32,13 +30,7 @@ Examples:
 @options.workload()
 @vllm_flags.random_dataset("workload_spec")
 @options.request_rate(required=True)
-@click.option(
-    "--burstiness",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Gamma shape of inter-arrival gaps (1 = Poisson).",
-)
+@options.burstiness()
 @click.option(
     "--duration",
     type=float,
@@ -62,26 +54,12 @@ Examples:
 @options.gpu_exporter()
 @options.json_output()
 def run(
-    backend: str,
-    url: str | None,
-    served_model: str | None,
-    launch_model: str | None,
-    engine_python: str | None,
-    engine_args: tuple[str, ...],
-    engine_env: tuple[str, ...],
-    profile_name: str | None,
-    kv_tokens: int | None,
-    chunk_size: int | None,
-    batch_time: float | None,
-    time_scale: float | None,
-    api_key: str | None,
-    headers: tuple[str, ...],
-    wait_for_server: float,
+    backend: BackendArgs,
     seed: int,
     confidence: float,
+    burstiness: float,
     workload_spec: str,
     request_rate: float,
-    burstiness: float,
     duration: float | None,
     num_prompts: int | None,
     output_dir: Path | None,
@@ -105,29 +83,15 @@ def run(
     )
     workload = load_workload(workload_spec)
     if output_dir is None and save_result:
-        output_dir = options.default_result_dir("run", backend, request_rate)
+        output_dir = options.default_result_dir("run", backend.name, request_rate)
     output = None if output_dir is None else str(output_dir)
     stated = parse_metadata(metadata)
     check_exporter_url(gpu_exporter)
-    launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
-    engine = resolve_backend(
-        backend,
-        url=url,
-        launch_path=launch_model,
-        served_model=served_model,
-        profile=profile_name,
-        kv_tokens=kv_tokens,
-        chunk_size=chunk_size,
-        batch_time=batch_time,
-        time_scale=time_scale,
-        headers=request_headers(api_key, headers),
-        wait_for_server=wait_for_server,
-        seed=seed,
-        launch=launch,
-    )
+    engine = backend.open(seed)
     try:
-        found = for_backend(engine, backend, metadata=stated, gpu_exporter=gpu_exporter)
-        with RunProgress(f"{backend} λ={request_rate:g}", duration, quiet=as_json) as progress:
+        found = for_backend(engine, backend.name, metadata=stated, gpu_exporter=gpu_exporter)
+        label = f"{backend.name} λ={request_rate:g}"
+        with RunProgress(label, duration, quiet=as_json) as progress:
             result = execute_run(
                 engine,
                 workload,
