@@ -18,6 +18,7 @@ from kvbench.benchmark.search import DEFAULT_MAX_ENGINE_SECONDS
 from kvbench.cli import options, vllm_flags
 from kvbench.cli.backend_options import auth_options, request_headers
 from kvbench.errors import KvbenchError
+from kvbench.export import figures as static_figures
 from kvbench.export.json import write_json
 from kvbench.output.compare_progress import CompareProgress, PlainCompareProgress
 from kvbench.output.progress import on_terminal
@@ -249,6 +250,7 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     help="Progress on stderr [default: on; a live view on a terminal, else a plain line per "
     "phase, per probe and per minute].",
 )
+@options.static_figures()
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
 def compare(
     backends,
@@ -278,6 +280,7 @@ def compare(
     save_result,
     resume,
     progress,
+    figures,
     as_json,
 ) -> None:
     """Measure each engine's stability boundary on the same workload, set it beside the theory,
@@ -302,6 +305,8 @@ def compare(
           --metadata gpu_model="NVIDIA H200" --metadata gpu_count=8
       kvbench compare --backends trtllm,sglang --resume reports/2026-11-30-trtllm-vs-sglang
     """
+    if figures:
+        static_figures.check()
     labels, engines = parse_backends(backends)
     config = CompareConfig(
         backends=labels,
@@ -340,7 +345,7 @@ def compare(
     # measuring is over: a Ctrl-C (or SIGTERM) now would only lose the report, so let it finish
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        report, _ = write_report(directory)
+        report, _ = write_report(directory, figures=figures)
     finally:
         signal.signal(signal.SIGINT, previous)
     if as_json:
@@ -370,10 +375,11 @@ def failed_engines_status(results: CompareResults) -> int:
     return 0
 
 
-def rebuild_compare_report(directory: Path, as_json: bool) -> Report:
+def rebuild_compare_report(directory: Path, as_json: bool, figures: bool = False) -> Report:
     """`kvbench report DIR` for a compare directory: rebuild every report file from the raw
-    files and print the summary (or results.json with --json)."""
-    report, _ = write_report(directory)
+    files (with `figures`, the static figures too) and print the summary (or results.json with
+    --json)."""
+    report, _ = write_report(directory, figures=figures)
     if as_json:
         write_json(report.results.to_dict())
     else:

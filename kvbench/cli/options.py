@@ -215,6 +215,15 @@ def save_result(help_text: str):
     return click.option("--save-result", is_flag=True, help=help_text)
 
 
+def static_figures():
+    return click.option(
+        "--figures",
+        is_flag=True,
+        help="Also write each plot as PNG and SVG in figures/ beside report.html (needs "
+        "kvbench[figures], i.e. kaleido, and Chrome or Chromium).",
+    )
+
+
 def default_result_dir(command: str, backend: str, rate: float | None = None) -> Path:
     """Where --save-result writes without --output-dir: a new directory in the working
     directory named, as vllm bench serve names its result file, after the backend, the rate and
