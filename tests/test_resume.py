@@ -63,7 +63,9 @@ def _runs_written(monkeypatch) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
-    return run_compare(_config(tmp_path_factory.mktemp("full")), _Observer())
+    directory = run_compare(_config(tmp_path_factory.mktemp("full")), _Observer())
+    assert not list(directory.glob("engines/*/unfinished-*"))  # nothing set aside unresumed
+    return directory
 
 
 def test_resumed_compare_matches_an_uninterrupted_one(uninterrupted, tmp_path, monkeypatch):

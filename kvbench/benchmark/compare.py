@@ -529,6 +529,8 @@ def run_compare(
             observer.engine_finished(a["label"], previous["status"], previous["error"])
             continue
         engine = _Engine(directory, a, previous)
+        if previous is not None:
+            resume_compare.set_aside(engine.directory, previous)
         backend = None
         try:
             backend = open_backend(a["label"], a["backend"], config, engine.directory / "server")
@@ -703,7 +705,7 @@ def _search(
     from kvbench.benchmark.search import DEFAULT_MAX_ENGINE_SECONDS, find_boundary
 
     # a resumed search replays the probes judged before it was interrupted
-    replay = resume_compare.replayed_probes(root, engine.directory, engine.data)
+    replay = resume_compare.replayed_probes(root, engine.data)
     search: dict[str, Any] = {
         "lower": None,
         "upper": None,

@@ -100,9 +100,9 @@ def calibrated(data: dict[str, Any]) -> bool:
     return all(key in data for key in ("calibration", "batch_time", "theory"))
 
 
-def replayed_probes(root: Path, engine_dir: Path, data: dict[str, Any]) -> list[Probe]:
-    """The probes the earlier search judged, as the search saw them; the runs of a probe it had
-    not judged are moved aside (see the module's docstring)."""
+def replayed_probes(root: Path, data: dict[str, Any]) -> list[Probe]:
+    """The probes the earlier search judged (none for an engine measured afresh), as the search
+    saw them."""
     probes = []
     for record in data.get("search", {}).get("probes", []):
         run_dir = root / record["run_dir"]
@@ -127,7 +127,6 @@ def replayed_probes(root: Path, engine_dir: Path, data: dict[str, Any]) -> list[
                 failures=summary.get("failures") or {},
             )
         )
-    _set_aside(engine_dir, len(probes), keep_calibration=calibrated(data))
     return probes
 
 
@@ -140,10 +139,12 @@ def _read(path: Path) -> dict[str, Any]:
         raise KvbenchError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
 
 
-def _set_aside(engine_dir: Path, judged: int, *, keep_calibration: bool) -> None:
-    """Move the runs of probes from index `judged` on (and an unfinished calibration, and the
-    logs of the servers started before) into engine_dir/unfinished-N/, so the search can write
-    those afresh and nothing is overwritten."""
+def set_aside(engine_dir: Path, previous: dict[str, Any]) -> None:
+    """Before an interrupted engine is measured again: move the runs of the probes its search had
+    not judged (and an unfinished calibration, and the logs of the servers started before) into
+    engine_dir/unfinished-N/, so that they are written afresh and nothing is overwritten."""
+    judged = len(previous.get("search", {}).get("probes", []))
+    keep_calibration = calibrated(previous)
     stale = [
         d
         for d in sorted(engine_dir.iterdir())
