@@ -81,7 +81,10 @@ class HttpDriver:
     `duration` are dropped, and nothing is sent at or after it even by a client that fell
     behind; `duration = inf` runs until every request has ended. `headers` (name, value) go on
     every request; values are never echoed. `request_timeout` bounds a whole request (None: no
-    bound). Invalid input raises ValueError.
+    bound). `prefix_ids` and `prefix_lens` (together, one per request; a shared-prefix
+    workload's) make a prompt open with its prefix's ids, drawn by a generator seeded with
+    (`seed`, the prefix id), so requests naming one prefix send the same first tokens.
+    Invalid input raises ValueError.
     """
 
     def __init__(
@@ -98,6 +101,8 @@ class HttpDriver:
         headers: list[tuple[str, str]] = ...,
         request_timeout: float | None = None,
         workers: int = 2,
+        prefix_ids: npt.NDArray[np.int64] | None = None,
+        prefix_lens: npt.NDArray[np.int64] | None = None,
     ) -> None: ...
     def start(self, elapsed: float) -> None:
         """Start sending; `elapsed` = time.monotonic() − t0 (negative while t0 is ahead), so the

@@ -54,3 +54,44 @@ def replay_arrival_times(timestamps: np.ndarray, time_scale: float = 1.0) -> np.
         return _core.replay_arrivals(stamps, time_scale)
     except ValueError as err:
         raise KvbenchError(f"cannot replay trace: {err}") from None
+
+
+def trace_rate(timestamps: np.ndarray) -> float:
+    """A recorded schedule's mean rate in requests/s: (n − 1) requests over its span, the rate
+    at which `replay_schedule` replays it with speed 1. KvbenchError when it spans no time."""
+    stamps = np.asarray(timestamps, dtype=np.float64)
+    span = float(stamps[-1] - stamps[0]) if stamps.size else 0.0
+    if stamps.size < 2 or not span > 0:
+        raise KvbenchError("cannot replay a trace whose timestamps span no time")
+    return (stamps.size - 1) / span
+
+
+def replay_schedule(
+    timestamps: np.ndarray,
+    rate: float,
+    *,
+    num_prompts: int | None = None,
+    duration: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A recorded schedule replayed at mean rate `rate` (its own gaps, scaled by one factor):
+    (arrival times from 0, the trace row each arrival replays), for `num_prompts` arrivals or
+    every arrival before `duration`. Past its end the trace starts over, one mean gap after its
+    last request, so a run may be longer than the trace; a longer run extends a shorter one."""
+    rate = validate.positive_number(rate, "request rate")
+    base = trace_rate(timestamps)
+    stamps = np.asarray(timestamps, dtype=np.float64) - timestamps[0]
+    period = stamps[-1] + 1.0 / base  # one pass: n requests at the trace's mean rate
+    if num_prompts is not None:
+        n = validate.non_negative_int(num_prompts, "number of arrivals")
+    else:
+        assert duration is not None
+        # one pass lasts n_rows / rate seconds
+        n = stamps.size * (int(duration * rate // stamps.size) + 2)
+    passes = -(-n // stamps.size)
+    looped = (stamps[None, :] + period * np.arange(passes)[:, None]).ravel()[:n]
+    times = replay_arrival_times(looped, rate / base)
+    rows = np.arange(n, dtype=np.int64) % stamps.size
+    if duration is not None:
+        keep = int(np.searchsorted(times, duration, side="left"))
+        times, rows = times[:keep], rows[:keep]
+    return times, rows

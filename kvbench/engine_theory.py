@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kvbench import theory as paper_model
 from kvbench.calibration import IterationTimeFit
 from kvbench.errors import KvbenchError
 from kvbench.profile import UNLIMITED, EngineProfile, IterationTimeModel
@@ -592,6 +593,35 @@ def engine_aware_mu(
         bounds=tuple(bounds),
         iteration_model=model,
     )
+
+
+def beside_paper(
+    profile: EngineProfile,
+    workload: Workload,
+    *,
+    rate: float | None = None,
+    closed_form: bool = True,
+    iteration_fit: IterationTimeFit | None = None,
+    preemption_waste: float | None = None,
+) -> tuple[EngineAwarePrediction, paper_model.TheoryResult]:
+    """The engine-aware μ of one replica of `profile` and the paper's μ beside it, the paper's
+    b̄ taken as the iteration time at the engine-aware operating point (with the profile's M and
+    ŝ), so the two differ only by what the paper's model leaves out of the scheduler."""
+    prediction = engine_aware_mu(
+        profile,
+        LengthLaw.from_workload(workload),
+        iteration_fit=iteration_fit,
+        preemption_waste=preemption_waste,
+    )
+    paper = paper_model.evaluate(
+        workload,
+        kv_tokens=profile.kv_tokens,
+        chunk_size=profile.chunk_size,
+        batch_time=prediction.iteration_time,
+        rate=rate,
+        closed_form=closed_form,
+    )
+    return prediction, paper
 
 
 def _relative_variance(

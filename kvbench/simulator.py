@@ -13,9 +13,12 @@ g(s, o) counts; the difference is one iteration of s + o tokens, about 0.15% of 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from kvbench import _core
 from kvbench.errors import KvbenchError
@@ -67,6 +70,8 @@ def simulate(
       None drains every request. sample_interval: record the queue every Δt seconds instead of
       every iteration (far smaller for long runs). seed: the iteration-time noise (replica r uses
       seed + r); runs are reproducible for a seed."""
+    import pandas as pd
+
     if dispatch not in DISPATCH:
         raise KvbenchError(f"unknown dispatch {dispatch!r}; choose one of {', '.join(DISPATCH)}")
     if replicas < 1:

@@ -5,11 +5,20 @@ A workload is named by a spec or a file (`load_workload`):
 - `uniform:S_LO-S_HI,O_LO-O_HI`: s and o independent, discrete uniform on the inclusive ranges;
 - `fixed:S,O`: every request has prompt S and output O;
 - the paper's shorthands `pd-1:1`, `pd-2:1`, `pd-1:2` (prompt:decode ratios of the means);
+- `prefix:N,P,SPEC`: the workload SPEC (any of these) with a P-token prefix before every
+  prompt, one of N prefixes, drawn uniformly per request (`SharedPrefix`); requests naming the
+  same prefix send the same tokens, so an engine's prefix cache can reuse their KV;
 - `azure-conv`: the Azure LLM inference trace 2023, conversation service, shipped with kvbench
   (kvbench/data/, CC-BY 4.0);
 - a trace file: CSV in the Azure schema (`TIMESTAMP,ContextTokens,GeneratedTokens`; the
   columns `timestamp,prompt_len,output_len` are accepted too) or JSONL with one object per line
-  (`prompt_len`, `output_len`, optional `timestamp`).
+  (`prompt_len`, `output_len`, optional `timestamp`);
+- ShareGPT-style conversations: a JSON list of {"id", "conversations": [{"from": "human"|"gpt",
+  "value"}, …]} (`_parse_sharegpt`), as a path or `sharegpt:FILE[,tokenizer=DIR]`; lengths from
+  each turn's `num_tokens`, else counted by the local tokenizer DIR (needs `transformers`).
+
+CSV traces over FAST_CSV_BYTES are read by pandas' C parser; a file it cannot read exactly as
+the row-by-row reader would is read again by that reader, so errors always name the line.
 
 Trace timestamps are seconds (a number) or a date-time like `2023-11-16 18:15:46.6805900`
 (any number of fractional digits, optional `T`, optional `Z`/`±HH:MM`). They must not go
@@ -25,6 +34,7 @@ import functools
 import io
 import json
 import re
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -48,12 +58,23 @@ AZURE_CONV = "azure-conv"
 _PACKAGED_TRACES: dict[str, str] = {AZURE_CONV: "azure_llm_2023_conv.csv"}
 
 _SPEC_HELP = (
-    "expected uniform:S_LO-S_HI,O_LO-O_HI, fixed:S,O, "
+    "expected uniform:S_LO-S_HI,O_LO-O_HI, fixed:S,O, prefix:N,P,SPEC, "
     + ", ".join(PAPER_SHORTHANDS)
     + ", "
     + ", ".join(_PACKAGED_TRACES)
-    + ", or a .csv/.jsonl trace file"
+    + ", a .csv/.jsonl trace file, or ShareGPT JSON (sharegpt:FILE[,tokenizer=DIR])"
 )
+
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """`count` prefixes of `length` tokens; each request opens with one, drawn uniformly. Its
+    `length` is part of the request's prompt length everywhere (theory and simulator count it as
+    ordinary prompt tokens: neither models reuse across requests); HTTP engines are sent the
+    same tokens for the same prefix."""
+
+    count: int
+    length: int
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,16 @@ class Workload(ABC):
     name: str
     #: seconds from the first arrival, one per row; None for synthetic laws and untimed traces
     timestamps: np.ndarray | None = None
+    #: the prefixes its requests share (`prefix:N,P,SPEC`); None when prompts share nothing
+    prefix: SharedPrefix | None = None
+
+    def prefix_ids(self, n: int, seed: int) -> np.ndarray | None:
+        """Which prefix each of n requests opens with (uniform over the prefixes, reproducible
+        for a seed and independent of the lengths `draw` gives); None without prefixes."""
+        if self.prefix is None:
+            return None
+        rng = np.random.default_rng([validate.seed(seed), _PREFIX_STREAM])
+        return rng.integers(0, self.prefix.count, size=n, dtype=np.int64)
 
     @property
     @abstractmethod
@@ -105,6 +136,7 @@ class Workload(ABC):
 class SyntheticWorkload(Workload):
     name: str
     law: UniformLengths
+    prefix: SharedPrefix | None = None
 
     @property
     def is_trace(self) -> bool:
@@ -137,6 +169,7 @@ class TraceWorkload(Workload):
     output_lens: np.ndarray
     source: str
     timestamps: np.ndarray | None = None
+    prefix: SharedPrefix | None = None
 
     @property
     def is_trace(self) -> bool:
@@ -160,17 +193,25 @@ class TraceWorkload(Workload):
 def load_workload(spec_or_path: str) -> Workload:
     """The workload named by a spec, a shorthand, a packaged trace name or a trace file path."""
     text = spec_or_path.strip()
+    if text.startswith(PREFIX_SPEC):
+        return _with_prefix(text)
     if text in PAPER_SHORTHANDS:
         return SyntheticWorkload(text, _parse_spec(PAPER_SHORTHANDS[text]))
     if text.startswith(("uniform:", "fixed:")):
         return SyntheticWorkload(text, _parse_spec(text))
     if text in _PACKAGED_TRACES:
         return _packaged_trace(text)
+    tokenizer = None
+    sharegpt = text.startswith(SHAREGPT_PREFIX)
+    if sharegpt:
+        spec_or_path, tokenizer = _parse_sharegpt_spec(text)
     path = Path(spec_or_path)
     try:
         content = validate.input_bytes(path)
     except FileNotFoundError:
         raise KvbenchError(f"no such workload or file: {spec_or_path!r} ({_SPEC_HELP})") from None
+    if sharegpt or content.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+        return _parse_sharegpt(content, label=str(path), name=path.stem, tokenizer=tokenizer)
     return _parse_trace(content, label=str(path), name=path.stem, suffix=path.suffix.lower())
 
 
@@ -179,6 +220,55 @@ def _packaged_trace(name: str) -> TraceWorkload:
     """A trace shipped in kvbench/data, parsed once per process (its arrays are read-only)."""
     data = resources.files("kvbench").joinpath("data", _PACKAGED_TRACES[name])
     return _parse_trace(data.read_bytes(), label=f"{name} (kvbench/data/{data.name})", name=name)
+
+
+# --- shared prefixes ---------------------------------------------------------------------------
+
+PREFIX_SPEC = "prefix:"
+# the prefix draw's own random stream beside the lengths' (np.random.default_rng([seed, tag]))
+_PREFIX_STREAM = 0x70726566
+
+
+def _with_prefix(spec: str) -> Workload:
+    """`prefix:N,P,SPEC`: SPEC's workload with P tokens before every prompt, one of N prefixes."""
+    form = "prefix:N,P,SPEC (e.g. prefix:8,512,uniform:10-1600,10-1600)"
+    parts = spec[len(PREFIX_SPEC) :].split(",", 2)
+    if len(parts) != 3 or not all(part.strip() for part in parts):
+        raise KvbenchError(f"workload {spec!r}: expected {form}")
+    count_text, length_text, inner_spec = (part.strip() for part in parts)
+    if not (count_text.isascii() and count_text.isdigit() and int(count_text) >= 1):
+        raise KvbenchError(f"workload {spec!r}: the number of prefixes N must be an integer ≥ 1")
+    if not (length_text.isascii() and length_text.isdigit() and int(length_text) >= 1):
+        raise KvbenchError(f"workload {spec!r}: the prefix length P must be an integer ≥ 1")
+    prefix = SharedPrefix(int(count_text), int(length_text))
+    if inner_spec.startswith(PREFIX_SPEC):
+        raise KvbenchError(f"workload {spec!r}: one prefix: per workload")
+    inner = load_workload(inner_spec)
+    if inner.max_request_tokens + prefix.length > MAX_TOKENS:
+        raise KvbenchError(
+            f"workload {spec!r}: prefix {prefix.length} + the longest request "
+            f"{inner.max_request_tokens} exceeds {MAX_TOKENS} tokens"
+        )
+    if isinstance(inner, SyntheticWorkload):
+        law = inner.law
+        shifted = UniformLengths(
+            law.prompt_min + prefix.length,
+            law.prompt_max + prefix.length,
+            law.output_min,
+            law.output_max,
+        )
+        return SyntheticWorkload(spec, shifted, prefix=prefix)
+    assert isinstance(inner, TraceWorkload)
+    prompt_lens = inner.prompt_lens + prefix.length
+    prompt_lens.flags.writeable = False
+    return TraceWorkload(
+        name=spec,
+        prompt_lens=prompt_lens,
+        output_lens=inner.output_lens,
+        source=inner.source,
+        timestamps=inner.timestamps,
+        prefix=prefix,
+    )
 
 
 # --- synthetic specs --------------------------------------------------------------------------
@@ -241,16 +331,24 @@ def _parse_trace(content: bytes, *, label: str, name: str, suffix: str = "") -> 
         is_jsonl = False
     else:
         is_jsonl = text.lstrip().startswith("{")
-    prompts, outputs, stamps_ns = (_read_jsonl if is_jsonl else _read_csv)(text, label)
-    if not prompts:
-        raise KvbenchError(f"{label}: no requests in the file")
-    timestamps = None
-    if stamps_ns is not None:
-        first = stamps_ns[0]
-        # Subtract in integer nanoseconds, so epoch-sized stamps keep their sub-microsecond gaps.
-        timestamps = np.array([(t - first) / 1e9 for t in stamps_ns], dtype=np.float64)
-    prompt_lens = np.array(prompts, dtype=np.int64)
-    output_lens = np.array(outputs, dtype=np.int64)
+    fast = None
+    if not is_jsonl and len(content) >= FAST_CSV_BYTES:
+        fast = _read_csv_fast(content)
+    if fast is not None:
+        prompt_lens, output_lens, stamps = fast
+        timestamps = None if stamps is None else (stamps - stamps[0]) / 1e9
+    else:
+        prompts, outputs, stamps_ns = (_read_jsonl if is_jsonl else _read_csv)(text, label)
+        if not prompts:
+            raise KvbenchError(f"{label}: no requests in the file")
+        timestamps = None
+        if stamps_ns is not None:
+            first = stamps_ns[0]
+            # Subtract in integer nanoseconds, so epoch-sized stamps keep their sub-microsecond
+            # gaps.
+            timestamps = np.array([(t - first) / 1e9 for t in stamps_ns], dtype=np.float64)
+        prompt_lens = np.array(prompts, dtype=np.int64)
+        output_lens = np.array(outputs, dtype=np.int64)
     # Read-only, so a workload can be shared (and cached) without one user changing another's.
     for array in (prompt_lens, output_lens, timestamps):
         if array is not None:
@@ -389,6 +487,66 @@ def _read_csv(text: str, label: str) -> tuple[list[int], list[int], list[int] | 
     return prompts, outputs, (stamps if time_col is not None else None)
 
 
+# Below this size the row-by-row reader is quicker than importing pandas (~0.3 s).
+FAST_CSV_BYTES = 1 << 20
+# The Azure trace's timestamp form, which pandas parses in C; any other form takes the exact
+# reader.
+_AZURE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+# Integer seconds beyond this overflow int64 nanoseconds.
+_MAX_INT_SECONDS = 9 * 10**9
+
+
+def _read_csv_fast(content: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """A well-formed CSV trace read by pandas' C parser: (prompt lens, output lens, int64
+    nanosecond timestamps or None). None when any row is one `_read_csv` might reject or read
+    differently (a missing, blank, fractional or out-of-range cell, a timestamp not in the Azure
+    form, stamps going backwards); that reader then reads the file again and names the line."""
+    import pandas as pd
+
+    try:
+        # index_col=False: a row one field longer than the header is no index; pandas warns of
+        # it (and of any other row it had to guess at), and a warning is a row to reject
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            frame = pd.read_csv(
+                io.BytesIO(content), encoding="utf-8-sig", low_memory=False, index_col=False
+            )
+    except (ValueError, Warning, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    header = [str(name) for name in frame.columns]
+    prompt_col = _find_column(header, _PROMPT_COLUMNS)
+    output_col = _find_column(header, _OUTPUT_COLUMNS)
+    time_col = _find_column(header, _TIMESTAMP_COLUMNS)
+    if prompt_col is None or output_col is None or frame.empty:
+        return None
+    lengths = []
+    for col in (prompt_col, output_col):
+        values = frame.iloc[:, col].to_numpy()
+        if values.dtype != np.int64 or values.min() < 1 or values.max() > MAX_TOKENS:
+            return None
+        lengths.append(values)
+    stamps = None
+    if time_col is not None:
+        column = frame.iloc[:, time_col]
+        if column.dtype == np.int64:
+            if np.abs(column.to_numpy()).max() > _MAX_INT_SECONDS:
+                return None
+            stamps = column.to_numpy() * 10**9
+        elif column.dtype == np.float64:
+            return None  # fractional seconds: the exact reader keeps their decimal digits
+        else:
+            try:
+                parsed = pd.to_datetime(column, format=_AZURE_TIME_FORMAT)
+            except (ValueError, TypeError):
+                return None
+            if parsed.isna().any():
+                return None
+            stamps = parsed.to_numpy().astype("datetime64[ns]").view(np.int64)
+        if np.any(np.diff(stamps) < 0):
+            return None
+    return lengths[0], lengths[1], stamps
+
+
 def _read_jsonl(text: str, label: str) -> tuple[list[int], list[int], list[int] | None]:
     prompts: list[int] = []
     outputs: list[int] = []
@@ -422,3 +580,105 @@ def _read_jsonl(text: str, label: str) -> tuple[list[int], list[int], list[int] 
             stamps.append(_timestamp_ns(record["timestamp"], where))
             _check_order(stamps, where)
     return prompts, outputs, (stamps if timed else None)
+
+
+# --- ShareGPT conversations ---------------------------------------------------------------------
+
+SHAREGPT_PREFIX = "sharegpt:"
+_COUNT_KEY = "num_tokens"
+
+
+def _parse_sharegpt_spec(text: str) -> tuple[str, str | None]:
+    """`sharegpt:FILE[,tokenizer=DIR]` → (FILE, DIR or None)."""
+    body = text[len(SHAREGPT_PREFIX) :]
+    path, sep, option = body.rpartition(",tokenizer=")
+    if not sep:
+        return body, None
+    if not option:
+        raise KvbenchError(f"workload {text!r}: tokenizer= needs a local tokenizer directory")
+    return path, option
+
+
+def _token_counter(tokenizer: str | None, label: str):
+    """A function counting a turn's tokens with the local tokenizer `tokenizer` (transformers,
+    local files only: kvbench never downloads), or None without one."""
+    if tokenizer is None:
+        return None
+    try:
+        from transformers import AutoTokenizer  # type: ignore[import-not-found]
+    except ImportError:
+        raise KvbenchError(
+            f"{label}: counting tokens with tokenizer={tokenizer} needs transformers "
+            "(pip install transformers), or give each turn a num_tokens count"
+        ) from None
+    try:
+        loaded = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise KvbenchError(
+            f"tokenizer {tokenizer!r}: cannot load it from local files (kvbench never "
+            f"downloads one): {' '.join(str(err).split())}"
+        ) from None
+    return lambda text: len(loaded(text, add_special_tokens=False)["input_ids"])
+
+
+def _parse_sharegpt(
+    content: bytes, *, label: str, name: str, tokenizer: str | None
+) -> TraceWorkload:
+    """ShareGPT-style conversations (a JSON list of {"id", "conversations": [{"from", "value"},
+    …]}, the shape of ShareGPT_V3_unfiltered_cleaned_split.json): one request per conversation
+    that opens with a human turn answered by a gpt turn, the prompt the first turn and the output
+    the answer, as vLLM's benchmark samples them; other conversations are skipped. Lengths are
+    each turn's `num_tokens` where the file gives it, else counted by `tokenizer`."""
+    try:
+        data = json.loads(content.decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        line = content.count(b"\n", 0, err.start) + 1
+        raise KvbenchError(f"{label}:{line}: not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise KvbenchError(f"{label}:{err.lineno}: not JSON ({err.msg})") from None
+    except RecursionError:
+        raise KvbenchError(f"{label}: JSON nested too deeply") from None
+    if not isinstance(data, list):
+        raise KvbenchError(f"{label}: expected a JSON list of conversations")
+    count = _token_counter(tokenizer, label)
+    prompts: list[int] = []
+    outputs: list[int] = []
+    for index, item in enumerate(data):
+        ident = item.get("id") if isinstance(item, dict) else None
+        where = f"{label}: conversation {index}" + (f" (id {ident!r})" if ident else "")
+        turns = item.get("conversations") if isinstance(item, dict) else None
+        if not isinstance(turns, list):
+            raise KvbenchError(f"{where}: expected an object with a 'conversations' list")
+        if len(turns) < 2:
+            continue
+        pair = turns[:2]
+        if not all(isinstance(turn, dict) for turn in pair):
+            raise KvbenchError(f"{where}: a turn is not a JSON object")
+        if (pair[0].get("from"), pair[1].get("from")) != ("human", "gpt"):
+            continue
+        lengths = []
+        for turn, what in zip(pair, ("prompt", "output"), strict=True):
+            if _COUNT_KEY in turn:
+                lengths.append(_length(turn[_COUNT_KEY], where, f"{what} {_COUNT_KEY}"))
+            elif count is None:
+                raise KvbenchError(
+                    f"{where}: the {what} turn has no {_COUNT_KEY}; give a local tokenizer to "
+                    f"count it: --workload sharegpt:{label},tokenizer=DIR (needs transformers)"
+                )
+            elif not isinstance(turn.get("value"), str):
+                raise KvbenchError(f"{where}: the {what} turn has no text 'value'")
+            else:
+                lengths.append(count(turn["value"]))
+        if min(lengths) < 1:
+            continue  # an empty turn asks for nothing; vLLM's benchmark drops them too
+        if max(lengths) > MAX_TOKENS:
+            raise KvbenchError(f"{where}: a turn of {max(lengths)} tokens exceeds {MAX_TOKENS}")
+        prompts.append(lengths[0])
+        outputs.append(lengths[1])
+    if not prompts:
+        raise KvbenchError(f"{label}: no conversation opens with a human turn answered by gpt")
+    prompt_lens = np.array(prompts, dtype=np.int64)
+    output_lens = np.array(outputs, dtype=np.int64)
+    for array in (prompt_lens, output_lens):
+        array.flags.writeable = False
+    return TraceWorkload(name=name, prompt_lens=prompt_lens, output_lens=output_lens, source=label)

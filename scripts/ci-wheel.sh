@@ -28,4 +28,21 @@ if bad or len(engines) != 2:
 PY
 
 (cd "$(mktemp -d -p "$work")" && "$kvbench" theory)
+
+# The plain install has no pyarrow (the `parquet` extra): parquet export says what to install,
+# in one line, with exit status 2; and `kvbench --help` does not import pandas.
+if "$work/venv/bin/python" -c "import pyarrow" 2>/dev/null; then
+    echo "error: the plain wheel install pulled in pyarrow" >&2
+    exit 1
+fi
+status=0
+err=$("$kvbench" simulate --engine vllm --request-rate 1 --num-prompts 5 --output "$work/sim" 2>&1) || status=$?
+if [[ $status -ne 2 || "$err" != "error: "*"kvbench[parquet]"* || "$err" == *$'\n'* ]]; then
+    echo "error: simulate --output without pyarrow: exit $status, said: $err" >&2
+    exit 1
+fi
+if "$work/venv/bin/python" -X importtime -m kvbench --help 2>&1 >/dev/null | grep -q '| pandas$'; then
+    echo "error: kvbench --help imports pandas" >&2
+    exit 1
+fi
 echo "wheel: compare and theory pass from an installed wheel"

@@ -30,7 +30,7 @@ from kvbench.errors import KvbenchError
 from kvbench.output.run import run_summary_text
 from kvbench.redact import redact
 from kvbench.report import write_report
-from kvbench.report.schema import load_results
+from kvbench.report.schema import SCHEMA_VERSION, load_results
 from kvbench.workload import load_workload
 
 RATE, WINDOW, SERVICE = 10.0, 120.0, 0.2
@@ -360,7 +360,7 @@ def test_compare_report_shows_failing_probes_failures_and_engine_state(tmp_path)
     (edir / "engine.json").write_text(json.dumps(engine))
     _, files = write_report(directory)
     results = load_results(directory / "results.json")
-    assert results.schema_version == 2
+    assert results.schema_version == SCHEMA_VERSION
     # the published JSON Schema knows FAILING probes and their failures
     jsonschema.validate(
         json.loads((directory / "results.json").read_text()),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aiohttp import web
-from emulator_helpers import ListSink, serving
+from emulator_helpers import ListSink, emulator_process, serving
 
 from kvbench._core import OUTPUT_SLOT, PROMPT_SLOT, HttpDriver
 from kvbench.backends.base import QueueSample, RequestRecord, RequestSpec
@@ -47,34 +47,6 @@ def _kvbench(*args: str, env: dict[str, str] | None = None, timeout: float = 300
         env=full,
         cwd=cwd,
     )
-
-
-@contextlib.contextmanager
-def _emulator(*extra: str):
-    """`kvbench emulate` as a user starts it, on a free port; yields its URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kvbench", "emulate", "--port", str(port), *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                import urllib.request
-
-                urllib.request.urlopen(url + "/health", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the emulator did not start") from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _files_holding(root: Path, *needles: str) -> list[str]:
@@ -162,7 +134,7 @@ def test_num_prompts_runs_to_the_last_request_over_http(tmp_path):
 
 
 def test_a_key_reaches_completions_discovery_and_scrapes_and_is_never_written(tmp_path):
-    with _emulator("--engine", "vllm", "--kv-tokens", "1024", "--api-key", SECRET) as url:
+    with emulator_process("--engine", "vllm", "--kv-tokens", "1024", "--api-key", SECRET) as url:
         out = tmp_path / "run"
         r = _kvbench(
             "run",
@@ -351,7 +323,7 @@ def test_a_time_scale_the_user_gives_is_followed_and_bounded():
 def test_the_note_reaches_the_run_summary(tmp_path):
     """An emulator the user started at 0.5 engine seconds per real second, attached without
     --time-scale: measured in real seconds, and the run says why."""
-    with _emulator("--engine", "vllm", "--kv-tokens", "1024", "--time-scale", "0.5") as url:
+    with emulator_process("--engine", "vllm", "--kv-tokens", "1024", "--time-scale", "0.5") as url:
         out = tmp_path / "r"
         r = _kvbench("run", "--backend", "vllm", "--url", url, "--request-rate", "5",
                      "--duration", "2", "--workload", "fixed:4,2",
@@ -504,8 +476,80 @@ def test_memory_stays_flat_as_a_run_grows():
     zero-latency emulator: bodies are rendered as they come due, so the longer run costs no
     more memory. Built up front, the 4,500 extra bodies were ~130 MB more (measured: 260 MB
     peak for 20 s before, 97 MB for 20 s and for 60 s after)."""
-    with _emulator("--engine", "vllm", "--latency", "zero", "--max-model-len", "100000") as url:
+    with emulator_process(
+        "--engine", "vllm", "--latency", "zero", "--max-model-len", "100000"
+    ) as url:
         short, n_short = _peak_rss_of_run(url, 5.0)
         long, n_long = _peak_rss_of_run(url, 20.0)
     assert n_long > n_short + 3000
     assert long - short < 30e6, (short, long)
+
+
+def _draining_vllm(counts: list[int]) -> tuple[web.Application, list[int]]:
+    """vLLM's /metrics whose running + waiting gauges read `counts` in turn (then the last one
+    for ever); returns the app and the list of counts served."""
+    served: list[int] = []
+
+    async def metrics(request):
+        n = counts[min(len(served), len(counts) - 1)]
+        served.append(n)
+        text = (
+            f'vllm:num_requests_running{{engine="0"}} {min(n, 4)}.0\n'
+            f'vllm:num_requests_waiting{{engine="0"}} {max(n - 4, 0)}.0\n'
+        )
+        return web.Response(text=text)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    return app, served
+
+
+@pytest.mark.parametrize(
+    "counts, reads",
+    [
+        ([9, 7, 4, 2, 0], 5),  # drains: the run starts at the first idle reading
+        ([6, 6], None),  # other load, or stuck gauges: the count stops falling, start anyway
+    ],
+)
+def test_a_run_after_one_that_left_requests_waits_for_the_engine_to_drain(
+    counts, reads, monkeypatch
+):
+    import kvbench.backends.http as http
+    from kvbench.backends.client import ServerClient
+
+    monkeypatch.setattr(http, "DRAIN_STALL", 0.6)
+    app, served = _draining_vllm(counts)
+    with serving(app) as url:
+        backend = ENGINES["vllm"](url, scrape_period=0.05)
+
+        async def wait():
+            async with backend._session() as session:
+                await backend._wait_until_idle(ServerClient(session, url))
+
+        started = time.monotonic()
+        backend._run(wait())
+        waited = time.monotonic() - started
+    if reads is not None:
+        assert len(served) == reads and served[-1] == 0
+    else:
+        # 0.6 s without a fall, at one reading per 0.05 s
+        assert 0.6 <= waited < 3 and set(served) == {6}
+
+
+def test_only_requests_a_run_left_unfinished_make_the_next_one_wait():
+    backend = ENGINES["vllm"]("http://127.0.0.1:9")
+    spec = RequestSpec(0, 0.0, 4, 4)
+
+    class Done:  # the fields of the driver's DriverRecord that _deliver reads
+        index, sent, first_token, output_tokens, token_times, message = 0, 0.0, 0.1, 4, [], None
+        error = None
+        finished = 0.5
+
+    class Cut(Done):
+        finished = None
+
+    sink = ListSink()
+    backend._deliver([Done()], [spec], sink, [])
+    assert backend._cut_off == 0
+    backend._deliver([Cut(), Cut()], [spec], sink, [])
+    assert backend._cut_off == 2

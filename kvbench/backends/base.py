@@ -26,8 +26,12 @@ BackendKind = Literal["simulated", "emulated", "real"]
 class RequestSpec:
     request_id: int
     intended_send: float
-    prompt_len: int
+    prompt_len: int  # prefix included
     output_len: int
+    # a shared-prefix workload's request opens with prefix `prefix_id`'s `prefix_len` tokens,
+    # the same tokens in every request naming it (kvbench.workload.SharedPrefix)
+    prefix_id: int | None = None
+    prefix_len: int = 0
 
 
 @dataclass

@@ -46,6 +46,7 @@ from kvbench.backends.base import (
 )
 from kvbench.backends.client import ServerClient
 from kvbench.backends.registry import check_time_scale
+from kvbench.backends.settings import assumed
 from kvbench.benchmark.failures import MESSAGES_PER_KIND, server_message
 from kvbench.credentials import refuse_userinfo
 from kvbench.errors import KvbenchError
@@ -57,6 +58,10 @@ from kvbench.redact import redact_url
 TOKEN_ID_RANGE = (1000, 30000)
 EMULATED_HEADER = "X-Kvbench-Emulated"
 TIME_SCALE_HEADER = "X-Kvbench-Time-Scale"
+# Real seconds a run waits for the engine to finish what the last run left running, and for the
+# count of those requests to fall before it stops waiting.
+IDLE_WAIT = 120.0
+DRAIN_STALL = 5.0
 # How often a backend waiting for a server that is still starting asks again.
 _WAIT_RETRY = 1.0
 # How often finished records move from the Rust driver to the sink: results stay incremental,
@@ -196,6 +201,7 @@ class HttpBackend(Backend):
         self.schedule_lag: np.ndarray | None = None
         self._trusted_scale = time_scale
         self._time_scale: float | None = None  # settled at the server's first answer
+        self._cut_off = 0  # requests the last run left unfinished in the engine
 
     # ---- engine hooks ---------------------------------------------------------------------
 
@@ -350,9 +356,13 @@ class HttpBackend(Backend):
         async with self._session() as session:
             client = ServerClient(session, self.url, timeout=max(10.0, 4 * self.scrape_period))
             await self._prepare(client)
+            if self._cut_off:
+                await self._wait_until_idle(client)
+            self._cut_off = 0
             specs = sorted(
                 (r for r in requests if r.intended_send < duration), key=lambda r: r.intended_send
             )
+            prefix_ids, prefix_lens = _prefixes(specs)
             driver = HttpDriver(
                 client.url("/v1/completions"),
                 np.array([s.intended_send for s in specs], dtype=np.float64),
@@ -364,6 +374,8 @@ class HttpBackend(Backend):
                 token_range=TOKEN_ID_RANGE,
                 headers=list(self.headers.items()),
                 request_timeout=self.request_timeout,
+                prefix_ids=prefix_ids,
+                prefix_lens=prefix_lens,
             )
             lead = 0.05  # time to start the scraper before the first send
             t0 = time.monotonic() + lead
@@ -403,6 +415,8 @@ class HttpBackend(Backend):
             lags.append(d.sent - spec.intended_send)
             if d.error is not None:
                 self.failures[d.error] += 1
+            elif d.finished is None:
+                self._cut_off += 1
             sink.request(
                 RequestRecord(
                     request_id=spec.request_id,
@@ -418,6 +432,35 @@ class HttpBackend(Backend):
                     message=None if d.error is None else server_message(d.message),
                 )
             )
+
+    async def _wait_until_idle(self, client: ServerClient) -> None:
+        """After a run that left requests in the engine, wait until its own gauges show none
+        running or waiting: against a real vLLM a probe started while the engine still drained
+        the last one's overload saw first TTFTs 10–20× normal. Not waited for: an engine without
+        those gauges (or whose scrape fails: the run's scraper reports that), and one whose
+        count stops falling for DRAIN_STALL seconds (other clients' load, or stuck gauges)."""
+        started = last_fall = time.monotonic()
+        lowest = math.inf
+        while True:
+            try:
+                states = await self.scrape(client)
+            except KvbenchError:
+                return
+            gauges = [s for s in states if s.running is not None or s.waiting is not None]
+            busy = sum((s.running or 0) + (s.waiting or 0) for s in gauges[-1:])
+            now = time.monotonic()
+            if busy < lowest:
+                lowest, last_fall = busy, now
+            stalled = now - last_fall > DRAIN_STALL or now - started > IDLE_WAIT
+            if busy == 0 or stalled:
+                if now - started > 1.0:
+                    print(
+                        f"waited {now - started:.0f} s for {self.url} to finish the last run's "
+                        "requests" + ("" if busy == 0 else f"; {busy} still there, starting"),
+                        file=sys.stderr,
+                    )
+                return
+            await asyncio.sleep(self.scrape_period)
 
     async def _healthy(self, client: ServerClient) -> bool:
         try:
@@ -537,5 +580,13 @@ def setting(
         if settings.get(key) is not None:
             sources[field_name] = f"{source} ({key})"
             return int(settings[key])
-    sources[field_name] = default_source
+    sources[field_name] = assumed(default_source)
     return default
+
+
+def _prefixes(specs: list[RequestSpec]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The driver's prefix ids and lengths for a shared-prefix schedule (None otherwise)."""
+    if not any(s.prefix_id is not None for s in specs):
+        return None, None
+    ids = np.array([s.prefix_id or 0 for s in specs], dtype=np.int64)
+    return ids, np.array([s.prefix_len for s in specs], dtype=np.int64)

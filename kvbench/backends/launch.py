@@ -41,7 +41,7 @@ from typing import Any
 
 from kvbench.backends.base import Backend
 from kvbench.backends.guard import stop_group
-from kvbench.errors import KvbenchError
+from kvbench.errors import EngineError, KvbenchError
 
 # backends/<engine>/recipe.toml in the repository; the build maps that folder into the package.
 RECIPES: Traversable = resources.files("kvbench") / "recipes"
@@ -438,7 +438,7 @@ class LaunchedServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self.stop()  # the workers it started, if any
-                raise KvbenchError(
+                raise EngineError(
                     f"{self.recipe.engine} exited with code {self.process.returncode} before "
                     f"{url} answered; log {self.log_path}: {self.log_tail()}"
                 )
@@ -450,7 +450,7 @@ class LaunchedServer:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise KvbenchError(
+        raise EngineError(
             f"{url}: {self.recipe.engine} not healthy after {timeout:.0f} s; log {self.log_path}"
         )
 

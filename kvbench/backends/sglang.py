@@ -21,6 +21,7 @@ from kvbench.backends.base import DiscoveredProfile
 from kvbench.backends.client import ServerClient
 from kvbench.backends.http import HttpBackend, ServerState, discovered_profile, log_settings
 from kvbench.backends.prometheus import Metrics
+from kvbench.backends.settings import assumed
 from kvbench.errors import KvbenchError
 
 INFO_PATHS = ("/get_server_info", "/server_info")
@@ -127,7 +128,7 @@ def build_profile(
         )
     if running is None:
         running = min(4096, int(kv) // 2)
-        sources["max_running"] = "SGLang derived default, ≤ M/2 (not exposed)"
+        sources["max_running"] = assumed("SGLang derived default, ≤ M/2 (not exposed)")
     chunk = pick("chunked_prefill_size", args, f"{info_path} chunked_prefill_size", "chunk_size")
     if chunk is None:
         chunk = pick("chunked_prefill_size", log, "startup log chunked_prefill_size", "chunk_size")
@@ -141,9 +142,9 @@ def build_profile(
             )
             or 16384
         )
-        sources.setdefault("chunk_size", "SGLang default max_prefill_tokens (16384)")
+        sources.setdefault("chunk_size", assumed("SGLang default max_prefill_tokens (16384)"))
     page = pick("page_size", args, f"{info_path} page_size", "block_size") or 1
-    sources.setdefault("block_size", "SGLang default page size (1)")
+    sources.setdefault("block_size", assumed("SGLang default page size (1)"))
     policy = args.get("schedule_policy")
     sources["policy"] = (
         f"SGLang rule: reserve remaining output × new_token_ratio, retract on overflow; "

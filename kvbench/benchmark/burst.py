@@ -13,13 +13,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from kvbench.backends.base import (
     Backend,
-    DiscoveredProfile,
     EventSink,
     QueueSample,
     RequestRecord,
@@ -32,7 +30,7 @@ from kvbench.benchmark.batch_time import (
     estimate_batch_time,
     saturated_decode_times,
 )
-from kvbench.profile import EngineProfile, IterationTimeModel
+from kvbench.profile import EngineProfile
 from kvbench.workload import Workload
 
 # A calibration burst holds this many KV caches' worth of requests, so that the engine runs full
@@ -149,38 +147,3 @@ def run_burst(
         saturated_decode_times(keep.records), source=CLIENT_SOURCE, trim=trim
     )
     return Burst(estimate, burst_throughput(keep.records), elapsed, len(requests))
-
-
-class MeasuredIterationTime(Backend):
-    """A backend whose profile carries a measured b̄ where the engine reports no iteration
-    time: the search sizes its runs from the profile's iteration time."""
-
-    def __init__(self, backend: Backend, batch_time: float, source: str):
-        self.backend, self.batch_time, self.source = backend, batch_time, source
-        self.name, self.kind = backend.name, backend.kind
-        self.replays_prefix = getattr(backend, "replays_prefix", False)
-
-    @property
-    def time_scale(self) -> float:
-        return self.backend.time_scale
-
-    @property
-    def notes(self) -> list[str]:
-        return list(getattr(self.backend, "notes", []))
-
-    def discover_profile(self) -> DiscoveredProfile:
-        found = self.backend.discover_profile()
-        if found.profile.iteration_time.known:
-            return found
-        sources = dict(found.sources, iteration_time=self.source)
-        profile = found.profile.replace(iteration_time=IterationTimeModel.constant(self.batch_time))
-        return DiscoveredProfile(profile, sources)
-
-    def execute(self, requests: list[RequestSpec], sink, *, duration: float) -> None:
-        self.backend.execute(requests, sink, duration=duration)
-
-    def scrape_report(self) -> dict[str, Any] | None:
-        return self.backend.scrape_report()
-
-    def close(self) -> None:
-        self.backend.close()

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from kvbench import __version__, interrupt, provenance, theory, validate
+from kvbench.backends import settings
+from kvbench.backends.amended import AmendedProfile
 from kvbench.backends.base import (
     Backend,
     QueueSample,
@@ -41,13 +43,15 @@ from kvbench.benchmark.batch_time import (
     saturated_decode_times,
 )
 from kvbench.benchmark.burst import (
-    MeasuredIterationTime,
     burst_duration,
     calibration_requests,
     run_burst,
     warm_up,
 )
+from kvbench.benchmark.recorder import RunRecorder, read_run, versions
 from kvbench.benchmark.search import DEFAULT_PRECISION, check_search_settings
+from kvbench.benchmark.slo import DEFAULT_PERCENTILES, Slo
+from kvbench.cost import Pricing
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel
@@ -125,6 +129,14 @@ class CompareConfig:
     engine_python: list[str] = field(default_factory=list)
     engine_args: list[str] = field(default_factory=list)
     engine_env: list[str] = field(default_factory=list)
+    # --replay: every probe sends the trace's rows at its own timestamps, scaled to its rate
+    replay: bool = False
+    # --engine-setting as given: [LABEL:]KEY=VALUE
+    engine_settings: list[str] = field(default_factory=list)
+    # latency targets judged on every probe, and the percentiles reported (kvbench/benchmark/slo)
+    slo: Slo | None = None
+    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
+    pricing: Pricing = field(default_factory=Pricing)  # --gpu-price, --gpus-per-replica
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -201,6 +213,19 @@ class CompareConfig:
         unknown = set(self.urls) - set(self.backends)
         if unknown:
             raise KvbenchError(f"--url names {', '.join(sorted(unknown))}, not in --backends")
+        given = settings.parse_given(self.engine_settings)
+        named = set(given) - {None, *self.backends}
+        if named:
+            raise KvbenchError(
+                f"--engine-setting names {', '.join(sorted(map(str, named)))}, not in --backends"
+            )
+        for label in self.backends:
+            if backend_spec(label, self).startswith("sim:") and settings.for_label(given, label):
+                raise KvbenchError(
+                    f"--engine-setting reaches {label}, a simulated engine, whose settings are "
+                    "its preset's and --kv-tokens; prefix each setting with the LABEL: of an "
+                    "engine driven over HTTP"
+                )
         for urls in self.urls.values():
             for url in urls:
                 validate.url(url)
@@ -214,6 +239,7 @@ class CompareConfig:
         if self.target_rate is not None:
             validate.positive_number(self.target_rate, "--target-rate")
         validate.in_range(self.target_utilization, "--target-utilization", 0, 1, low_open=True)
+        self.pricing.check()
         precision = self.with_defaults().precision
         assert precision is not None  # with_defaults fills it in
         check_search_settings(
@@ -328,9 +354,8 @@ def _calibrate(
     config,
     observer,
     label: str,
-) -> BatchTimeEstimate:
-    from kvbench.benchmark.recorder import RunRecorder, versions
-
+) -> tuple[BatchTimeEstimate, list[QueueSample]]:
+    """b̄ from a saturating burst, and the engine's gauges during it."""
     requests = calibration_requests(workload, profile.kv_tokens, config.replicas, config.seed)
     run_dir = engine.directory / "calibration"
     recorder = RunRecorder(
@@ -374,7 +399,7 @@ def _calibrate(
     }
     engine.data["batch_time"] = asdict(burst.estimate)
     engine.save()
-    return burst.estimate
+    return burst.estimate, recorder.samples
 
 
 def _start_rate(data: dict[str, Any]) -> float:
@@ -385,7 +410,14 @@ def _start_rate(data: dict[str, Any]) -> float:
     runs prefill and decode as separate batches (SGLang: b̄ already holds the prefill batches
     the model counts again)."""
     theory_mu = data["theory"]["mu_engine_aware"] or data["theory"]["mu"]
-    return max(theory_mu, data["calibration"].get("throughput") or 0.0)
+    burst = data["calibration"].get("throughput") or 0.0
+    if burst <= 0:
+        return theory_mu
+    # ...but not past twice what the burst completed: the burst is all-at-once arrivals, which
+    # carry less than steady saturation, not half as much. A b̄ from token times a starved client
+    # read in bunches (0.19 ms for an engine that takes 13 ms) put the theory at 2,770 req/s and
+    # the first probe at 3,464, over a boundary near 160 that the burst's 150 req/s had shown.
+    return min(max(theory_mu, burst), 2.0 * burst)
 
 
 def _versions() -> dict[str, str]:
@@ -515,6 +547,10 @@ def run_compare(
     config.check_launch()
     assert config.workload is not None  # with_defaults filled it
     workload = load_workload(config.workload)
+    if config.replay:
+        from kvbench.benchmark.runner import replay_rate
+
+        replay_rate(workload)  # a trace that cannot be replayed fails before any engine starts
     if resume is None:
         directory, header = _create(config)
     else:
@@ -592,6 +628,11 @@ def _create(config: CompareConfig) -> tuple[Path, dict[str, Any]]:
                 "replicas": replica_count(label, config),
                 "urls": [redact_url(u) for u in config.urls.get(label, [])],
                 "slug": f"{i}-{slug(label)}",
+                # what this engine's probes are judged against and priced at: a merged report
+                # keeps each machine's own (kvbench report merge)
+                "slo": None if config.slo is None else config.slo.to_dict(),
+                "percentiles": list(config.percentiles),
+                "pricing": asdict(config.pricing),
                 **(
                     {"engine_launch": options.record()} if (options := config.launch(label)) else {}
                 ),
@@ -648,40 +689,77 @@ def _measure(
     # an iteration has run, and every engine's first request pays one-off start-up costs
     warm_up(backend)
     observer.phase(label, "discovering profile", None, None)
-    discovered = backend.discover_profile()
+    given = settings.for_label(settings.parse_given(config.engine_settings), label)
+    discovered = settings.apply_given(backend.discover_profile(), given)
     profile = discovered.profile
-    engine.data["profile"] = asdict(profile)
-    engine.data["profile_sources"] = dict(discovered.sources)
+    _record_profile(engine, discovered)
+
+    if resume_compare.calibrated(engine.data):
+        # resuming: the burst ran before the interruption; its b̄ and gauges are read back
+        batch, burst_samples = resume_compare.calibration(root, engine.data)
+    else:
+        batch, burst_samples = _calibrate(
+            backend, engine, root, workload, profile, config, observer, label
+        )
+    # A running cap that no endpoint exposes shows in the gauges of a saturated engine: first in
+    # the calibration burst's, before the theory sets where the search starts (with vLLM's
+    # assumed 256 against a real 4, the first probe went in 25 times over the boundary), then in
+    # the slowest overloaded probe's.
+    discovered, flags = settings.check_running_cap(
+        discovered, settings.pinned_running(burst_samples), "the calibration burst"
+    )
+    _record_profile(engine, discovered, flags)
+    profile = discovered.profile
+    engine.data["theory"] = _theory(workload, profile, batch.value, engine.data["replicas"])
+    engine.save()
+    _search(backend, engine, root, workload, config, observer, label, given)
+    saturated = _saturated_run(engine, root)
+    if saturated is None:
+        return
+    run, probe = saturated
+    discovered, more = settings.check_running_cap(
+        discovered, settings.pinned_running(run.samples), f"the probe at {probe['rate']:.4g} req/s"
+    )
+    _record_profile(engine, discovered, [*flags, *more])
+    # a client that fell behind read its streams late, bunching their tokens: its b̄ is not the
+    # engine's (an UNSTABLE verdict stands without it: kvbench.benchmark.runner)
+    kept = probe.get("client_kept_schedule", True)
+    b = (kept and _saturated_batch_time(run, probe, config)) or BatchTimeEstimate(
+        **engine.data["batch_time"]
+    )
+    if b.source != engine.data["batch_time"]["source"]:
+        engine.data["batch_time_burst"] = engine.data["batch_time"]
+        engine.data["batch_time"] = asdict(b)
+    engine.data["theory"] = _theory(workload, discovered.profile, b.value, engine.data["replicas"])
     engine.save()
 
-    if not resume_compare.calibrated(engine.data):
-        batch = _calibrate(backend, engine, root, workload, profile, config, observer, label)
-        engine.data["theory"] = _theory(workload, profile, batch.value, engine.data["replicas"])
-        engine.save()
-    _search(backend, engine, root, workload, config, observer, label)
-    saturated = _saturated_batch_time(engine, root, config)
-    if saturated is not None:
-        engine.data["batch_time_burst"] = engine.data["batch_time"]
-        engine.data["batch_time"] = asdict(saturated)
-        engine.data["theory"] = _theory(workload, profile, saturated.value, engine.data["replicas"])
-        engine.save()
+
+def _record_profile(engine: _Engine, found, flags: Iterable[str] = ()) -> None:
+    """The profile, where each value came from, and each setting as read, given, inferred or
+    assumed, with the contradictions the measurements showed."""
+    engine.data["profile"] = asdict(found.profile)
+    engine.data["profile_sources"] = dict(found.sources)
+    engine.data["settings"] = settings.table(found)
+    engine.data["settings_flags"] = list(flags)
+    engine.save()
 
 
-def _saturated_batch_time(
-    engine: _Engine, root: Path, config: CompareConfig
-) -> BatchTimeEstimate | None:
-    """b̄ as the paper measured it: in the open-loop run nearest saturation (the slowest probe
-    judged UNSTABLE, whose queue never drains after warm-up), rather than in the calibration
-    burst, whose all-at-once arrivals make it more prefill-heavy than steady saturation.
-    None when the search judged no probe UNSTABLE or the probe has too few timings."""
-    from kvbench.benchmark.recorder import read_run
-    from kvbench.benchmark.runner import summarize
-
+def _saturated_run(engine: _Engine, root: Path):
+    """The open-loop run nearest saturation (the slowest probe judged UNSTABLE, whose queue never
+    drains after warm-up) and its probe; None when the search judged no probe UNSTABLE."""
     unstable = [p for p in engine.data["search"]["probes"] if p["verdict"] == "UNSTABLE"]
     if not unstable:
         return None
     probe = min(unstable, key=lambda p: p["rate"])
-    run = read_run(root / probe["run_dir"])
+    return read_run(root / probe["run_dir"]), probe
+
+
+def _saturated_batch_time(run, probe: dict[str, Any], config: CompareConfig):
+    """b̄ as the paper measured it: in the run nearest saturation rather than in the
+    calibration burst, whose all-at-once arrivals make it more prefill-heavy than steady
+    saturation. None when the run has too few timings."""
+    from kvbench.benchmark.runner import summarize
+
     evidence = summarize(run.header, run.records, run.samples, status=run.status)["evidence"]
     timings = saturated_decode_times(run.records, after=(evidence or {}).get("warmup_end", 0.0))
     if timings.size < MIN_TIMINGS:
@@ -699,13 +777,14 @@ def _search(
     config: CompareConfig,
     observer: CompareObserver,
     label: str,
+    given: dict[str, int],
 ) -> None:
     """The boundary search from the theory's μ; each probe is recorded in engine.json as soon as
     it is judged, so an interrupted search keeps its finished probes."""
     from kvbench.benchmark.search import DEFAULT_MAX_ENGINE_SECONDS, find_boundary
 
     # a resumed search replays the probes judged before it was interrupted
-    replay = resume_compare.replayed_probes(root, engine.data)
+    resumed = resume_compare.replayed_probes(root, engine.data)
     search: dict[str, Any] = {
         "lower": None,
         "upper": None,
@@ -716,8 +795,11 @@ def _search(
     }
     engine.data["search"] = search
 
-    measured = MeasuredIterationTime(
-        backend, engine.data["batch_time"]["value"], "b̄ measured by kvbench compare"
+    measured = AmendedProfile(
+        backend,
+        batch_time=engine.data["batch_time"]["value"],
+        batch_source="b̄ measured by kvbench compare",
+        settings=given,
     )
 
     def backend_for_seed(seed: int) -> Backend:
@@ -738,6 +820,7 @@ def _search(
                 "engine_seconds": probe.engine_seconds,
                 "verdict": probe.verdict,
                 "over_limit": probe.over_limit,
+                "client_kept_schedule": probe.client_kept_schedule,
                 "extensions": probe.extensions,
                 "run_dir": engine.relative(Path(probe.run_dir), root),
             }
@@ -766,7 +849,10 @@ def _search(
         output=engine.directory,
         progress=_Relay(None, observer, label),
         replicas=engine.data["replicas"],
-        replay=replay,
+        replay=config.replay,
+        slo=config.slo,
+        percentiles=config.percentiles,
+        resumed=resumed,
     )
     search.update(
         lower=result.lower,

@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from kvbench import __version__
-from kvbench.benchmark.recorder import HEADER_FILE, SUMMARY_FILE
+from kvbench.backends.base import QueueSample
+from kvbench.benchmark.batch_time import BatchTimeEstimate
+from kvbench.benchmark.recorder import HEADER_FILE, SUMMARY_FILE, read_run
 from kvbench.benchmark.search import Probe
 from kvbench.errors import KvbenchError
+from kvbench.export.json import dumps
 from kvbench.report import raw
 
 # The settings a resumed comparison must share with the interrupted one (compare.json's config
@@ -44,6 +47,9 @@ CHECKED = {
     "launch_model": "--launch",
     "served_model": "--model",
     "trim": "--trim",
+    "replay": "--replay",
+    "engine_settings": "--engine-setting",
+    "slo": "--slo",
 }
 # An engine in one of these states is finished: resuming keeps it as it is.
 FINISHED = ("ok", "failed")
@@ -65,7 +71,8 @@ def reopen(directory: Path, config_json: dict[str, Any], command: str) -> dict[s
             "resume it with that version"
         )
     stored = _engines_named(header.get("config", {}))
-    given = _engines_named(config_json)
+    # as written to compare.json (tuples become lists), so that equal settings compare equal
+    given = _engines_named(json.loads(dumps(config_json)))
     ran = f", which ran: {header['command']}" if header.get("command") else ""
     for key, flag in CHECKED.items():
         if stored.get(key) != given.get(key):
@@ -100,6 +107,12 @@ def calibrated(data: dict[str, Any]) -> bool:
     return all(key in data for key in ("calibration", "batch_time", "theory"))
 
 
+def calibration(root: Path, data: dict[str, Any]) -> tuple[BatchTimeEstimate, list[QueueSample]]:
+    """The finished calibration burst, read back: its b̄ and the engine's gauges during it."""
+    run = read_run(root / data["calibration"]["run_dir"])
+    return BatchTimeEstimate(**data["batch_time"]), run.samples
+
+
 def replayed_probes(root: Path, data: dict[str, Any]) -> list[Probe]:
     """The probes the earlier search judged (none for an engine measured afresh), as the search
     saw them."""
@@ -125,6 +138,9 @@ def replayed_probes(root: Path, data: dict[str, Any]) -> list[Probe]:
                 client_kept_schedule=summary["client_kept_schedule"],
                 run_dir=str(run_dir),
                 failures=summary.get("failures") or {},
+                throughput=summary.get("throughput") or {},
+                slo=summary.get("slo"),
+                latency=summary.get("latency") or {},
             )
         )
     return probes

@@ -22,11 +22,18 @@ from typing import Any
 import numpy as np
 
 from kvbench import _core, validate
-from kvbench.arrivals import arrival_times
+from kvbench.arrivals import arrival_times, replay_schedule, trace_rate
 from kvbench.backends.base import Backend, EventSink, QueueSample, RequestRecord, RequestSpec
 from kvbench.backends.launch import launched_servers
 from kvbench.benchmark.failures import failure_summary
 from kvbench.benchmark.recorder import RunRecorder, versions
+from kvbench.benchmark.slo import (
+    DEFAULT_PERCENTILES,
+    Slo,
+    attainment,
+    percentile_key,
+    request_latencies,
+)
 from kvbench.benchmark.stability import (
     DEFAULT_CONFIDENCE,
     DEFAULT_TOLERANCE,
@@ -51,7 +58,8 @@ def lag_budget(rate: float) -> float:
     return max(LAG_FLOOR, 1.0 / rate)
 
 
-PERCENTILES = (50, 90, 99)
+# always computed beside the asked ones: the report's fixed columns (p50, p99) read them
+REPORTED_PERCENTILES = (50.0, 99.0)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,8 @@ class RunSpec:
     seed: int = 0
     confidence: float = DEFAULT_CONFIDENCE
     tolerance: float = DEFAULT_TOLERANCE
+    #: send the trace's rows in file order at its own timestamps, scaled to `request_rate`
+    replay: bool = False
 
     def __post_init__(self) -> None:
         if (self.duration is None) == (self.num_prompts is None):
@@ -91,6 +101,16 @@ class RunSpec:
         check_settings(self.confidence, self.tolerance)
 
 
+def replay_rate(workload: Workload) -> float:
+    """The mean rate of the workload's recorded timestamps (`--replay` at speed 1); KvbenchError
+    for a workload without them."""
+    if workload.timestamps is None:
+        raise KvbenchError(
+            f"--replay needs a trace with timestamps; workload {workload.name} has none"
+        )
+    return trace_rate(workload.timestamps)
+
+
 def build_schedule(
     workload: Workload,
     rate: float,
@@ -99,10 +119,21 @@ def build_schedule(
     seed: int = 0,
     duration: float | None = None,
     num_prompts: int | None = None,
+    replay: bool = False,
 ) -> list[RequestSpec]:
     """The open-loop schedule: arrival times at `rate` and lengths drawn from the workload, for
     `num_prompts` requests or every arrival before `duration`. A longer duration with the same
-    seed extends a shorter one (the same prefix), which is what lets a run be extended."""
+    seed extends a shorter one (the same prefix), which is what lets a run be extended. With
+    `replay`, the trace's own rows at its own timestamps, scaled to mean rate `rate`
+    (`arrivals.replay_schedule`); burstiness and seed then play no part."""
+    if replay:
+        replay_rate(workload)  # says what is wrong with a trace that cannot be replayed
+        assert workload.timestamps is not None
+        times, picks = replay_schedule(
+            workload.timestamps, rate, num_prompts=num_prompts, duration=duration
+        )
+        s, o = workload.rows()
+        return _requests(workload, times, s[picks], o[picks], seed)
     if num_prompts is not None:
         n = num_prompts
         times = arrival_times(rate, n, burstiness=burstiness, seed=seed)
@@ -118,21 +149,37 @@ def build_schedule(
         n = int(np.searchsorted(times, duration, side="left"))
         times = times[:n]
     prompts, outputs = workload.draw(n, seed)
+    return _requests(workload, times, prompts, outputs, seed)
+
+
+def _requests(
+    workload: Workload, times: np.ndarray, prompts: np.ndarray, outputs: np.ndarray, seed: int
+) -> list[RequestSpec]:
+    ids = workload.prefix_ids(len(times), seed)
+    if ids is None:
+        return [
+            RequestSpec(i, float(t), int(s), int(o))
+            for i, (t, s, o) in enumerate(zip(times, prompts, outputs, strict=True))
+        ]
+    assert workload.prefix is not None
+    length = workload.prefix.length
     return [
-        RequestSpec(i, float(t), int(s), int(o))
-        for i, (t, s, o) in enumerate(zip(times, prompts, outputs, strict=True))
+        RequestSpec(i, float(t), int(s), int(o), prefix_id=int(p), prefix_len=length)
+        for i, (t, s, o, p) in enumerate(zip(times, prompts, outputs, ids, strict=True))
     ]
 
 
-def _percentiles(values: np.ndarray) -> dict[str, float | int | None]:
+def _percentiles(
+    values: np.ndarray, percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
+) -> dict[str, float | int | None]:
     values = values[np.isfinite(values)]
     if values.size == 0:
-        return {"n": 0, "mean": None, **{f"p{p}": None for p in PERCENTILES}}
-    q = np.percentile(values, PERCENTILES)
+        return {"n": 0, "mean": None, **{percentile_key(p): None for p in percentiles}}
+    q = np.percentile(values, percentiles)
     return {
         "n": int(values.size),
         "mean": float(values.mean()),
-        **{f"p{p}": float(v) for p, v in zip(PERCENTILES, q, strict=True)},
+        **{percentile_key(p): float(v) for p, v in zip(percentiles, q, strict=True)},
     }
 
 
@@ -173,11 +220,21 @@ def summarize(
     *,
     status: str,
     scrape: dict[str, Any] | None = None,
+    slo: Slo | None = None,
+    percentiles: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
     """The run's summary from its header, records and samples alone (what `kvbench report DIR`
     rebuilds), with `scrape`, what the state scraper reported (end.json keeps it). For a run
-    cut short, the verdict window ends at the last event observed."""
+    cut short, the verdict window ends at the last event observed. `slo` and `percentiles`
+    default to the header's (what the run was started with).
+
+    Latency percentiles, SLO attainment and throughput count completed requests only: a failed
+    request's latency is not a service time, and one still in flight has none yet."""
     config = header["config"]
+    if slo is None:
+        slo = Slo.from_dict(header.get("slo"))
+    asked = tuple(percentiles or header.get("percentiles") or DEFAULT_PERCENTILES)
+    computed = tuple(sorted(set(asked) | set(REPORTED_PERCENTILES)))
     rate = float(config["request_rate"])
     planned_end = float(header["window_end"])
     records = sorted(records, key=lambda r: r.request_id)
@@ -217,16 +274,49 @@ def summarize(
         scheduled_in_window if status == "completed" else int(np.count_nonzero(intended < end))
     )
     budget = lag_budget(rate)
-    kept = lag_p99 is not None and lag_p99 <= budget and n_sent >= expected_sent
+    # a request due within one lag budget of a --duration window's end may be late past it, and
+    # the driver sends nothing after the end: not sending it is lateness within the budget
+    late_at_end = (
+        int(np.count_nonzero((intended >= end - budget) & (intended < end)))
+        if config.get("duration") is not None
+        else 0
+    )
+    kept = lag_p99 is not None and lag_p99 <= budget and n_sent + late_at_end >= expected_sent
     n_out = np.array(
         [r.output_tokens if r.output_tokens is not None else r.output_len for r in records],
         dtype=np.float64,
     )
-    decode = n_out - 1
-    decode[decode <= 0] = np.nan
+    completed = np.isfinite(fin) & ~failed
+    latencies = request_latencies(sent, first, fin, n_out)
     itl = np.concatenate(
-        [np.diff(r.token_times) for r in records if len(r.token_times) > 1] or [np.empty(0)]
+        [
+            np.diff(r.token_times)
+            for r, done in zip(records, completed, strict=True)
+            if done and len(r.token_times) > 1
+        ]
+        or [np.empty(0)]
     )
+    # Throughput over the span the completions were counted in: the window of a --duration run
+    # (later completions are not counted), else until the last completion.
+    last = float(np.nanmax(np.where(completed, fin, np.nan), initial=end))
+    span = end if config.get("duration") is not None else last
+    prompt_tokens = np.array([r.prompt_len for r in records], dtype=np.float64)
+    out_done = float(n_out[completed].sum())
+    n_done = int(completed.sum())
+    throughput = {
+        "span": span,
+        "mean_output_tokens": out_done / n_done if n_done else None,
+        "mean_prompt_tokens": float(prompt_tokens[completed].mean()) if n_done else None,
+        "requests_per_s": n_done / span if span > 0 else None,
+        "output_tokens_per_s": out_done / span if span > 0 else None,
+        "total_tokens_per_s": (out_done + float(prompt_tokens[completed].sum())) / span
+        if span > 0
+        else None,
+    }
+
+    def done(values: np.ndarray) -> dict[str, float | int | None]:
+        return _percentiles(np.where(completed, values, np.nan), computed)
+
     # A failed request leaves the system when its failure is known: the last time seen for it.
     leave = fin.copy()
     leave[failed] = np.fmax(np.fmax(fin, first), sent)[failed]
@@ -245,7 +335,8 @@ def summarize(
         preemptions = sum(r.preemptions or 0 for r in records if r.sent is not None)
     summary: dict[str, Any] = {
         # 2: the verdict may be FAILING; failures, preemptions and scrape were added
-        "format": "kvbench-run-summary/2",
+        # 3: latency over completed requests only, at the asked percentiles; slo, throughput
+        "format": "kvbench-run-summary/3",
         "kind": header["kind"],
         "simulated": header["kind"] == "simulated",
         "emulated": header["kind"] == "emulated",
@@ -263,13 +354,16 @@ def summarize(
         "achieved_rate": n_sent / send_span if send_span > 0 and math.isfinite(rate) else None,
         "schedule_lag": {"p50": lag_p50, "p99": lag_p99, "budget": budget},
         "client_kept_schedule": bool(kept),
+        "percentiles": list(asked),
         "latency": {
-            "ttft": _percentiles(first - sent),
-            "tpot": _percentiles((fin - first) / decode),
-            "itl": _percentiles(itl),
-            "e2e": _percentiles(fin - sent),
-            "queueing_delay": _percentiles(admitted - sent),
+            "ttft": done(latencies["ttft"]),
+            "tpot": done(latencies["tpot"]),
+            "itl": _percentiles(itl, computed),
+            "e2e": done(latencies["e2e"]),
+            "queueing_delay": done(admitted - sent),
         },
+        "throughput": throughput,
+        "slo": None if slo is None else attainment(latencies, completed, slo, span),
         "failures": failures,
         "waiting": _step_stats(samples, "waiting", 0.0, end),
         "kv_usage": _step_stats(samples, "kv_usage", 0.0, end),
@@ -392,10 +486,13 @@ def execute_run(
     output: Path | str | None = None,
     progress: EventSink | None = None,
     header_extra: dict[str, Any] | None = None,
+    slo: Slo | None = None,
+    percentiles: tuple[float, ...] | None = None,
 ) -> RunResult:
     """Run `spec` on `backend`, writing to `output` (if given) as it goes. On Ctrl-C or an engine
     error the run directory is closed with that status and a summary of what was measured, then
-    the exception propagates."""
+    the exception propagates. `slo` and `percentiles` are recorded in the header, so a rebuilt
+    summary judges the run as it was judged."""
     requests = build_schedule(
         workload,
         spec.request_rate,
@@ -403,6 +500,7 @@ def execute_run(
         seed=spec.seed,
         duration=spec.duration,
         num_prompts=spec.num_prompts,
+        replay=spec.replay,
     )
     if not requests:
         raise KvbenchError(
@@ -410,7 +508,16 @@ def execute_run(
             f"(seed {spec.seed}): raise --request-rate or --duration"
         )
     window_end = spec.duration if spec.duration is not None else requests[-1].intended_send
-    header = run_header(backend, spec, requests, window_end, header_extra)
+    judged: dict[str, Any] = {"percentiles": list(percentiles or DEFAULT_PERCENTILES)}
+    if slo is not None:
+        judged["slo"] = slo.to_dict()
+    header = run_header(backend, spec, requests, window_end, {**judged, **(header_extra or {})})
+    if workload.prefix is not None and backend.kind != "real":
+        header["notes"].append(
+            f"{workload.prefix.count} shared prefixes of {workload.prefix.length} tokens: "
+            "kvbench's simulator counts them as ordinary prompt tokens (no reuse across "
+            "requests), so its KV demand is an upper bound on an engine with prefix caching"
+        )
     recorder = RunRecorder(output, header)
     sink: EventSink = recorder if progress is None else _Tee(recorder, progress)
     status, error = "completed", None

@@ -46,6 +46,7 @@ from kvbench import validate
 from kvbench.backends.base import Backend, EventSink
 from kvbench.benchmark.burst import run_burst, warm_up
 from kvbench.benchmark.runner import RunSpec, execute_run
+from kvbench.benchmark.slo import Slo, slo_boundary
 from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, check_settings
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import ClientLagError, EngineError, KvbenchError
@@ -84,6 +85,9 @@ class Probe:
     client_kept_schedule: bool
     run_dir: str | None = None  # the judged run's directory, when the search writes them
     failures: dict[str, Any] = field(default_factory=dict)  # the run summary's `failures`
+    throughput: dict[str, Any] = field(default_factory=dict)  # the run summary's `throughput`
+    slo: dict[str, Any] | None = None  # the run summary's `slo` (with --slo)
+    latency: dict[str, Any] = field(default_factory=dict)  # the run summary's `latency`
 
     @property
     def over_limit(self) -> bool:
@@ -109,6 +113,8 @@ class BoundaryResult:
     kind: str
     backend: str
     extras: dict[str, Any] = field(default_factory=dict)
+    # with an SLO: its targets and the SLO rate's bracket from the same probes (benchmark/slo.py)
+    slo: dict[str, Any] | None = None
 
     @property
     def width(self) -> float | None:
@@ -182,7 +188,10 @@ def find_boundary(
     output: Path | None = None,
     progress: EventSink | None = None,
     replicas: int = 1,
-    replay: Sequence[Probe] = (),
+    replay: bool = False,
+    slo: Slo | None = None,
+    percentiles: tuple[float, ...] | None = None,
+    resumed: Sequence[Probe] = (),
 ) -> BoundaryResult:
     """Bracket the backend's stability boundary. `backend_for_seed(seed)` gives the backend for
     one probe (probe k uses seed + k, so probes are independent and the search reproducible).
@@ -190,9 +199,12 @@ def find_boundary(
     probe-KK-xN for its N-th extension); `progress` receives every run's events as they happen
     and `on_probe_start(rate, duration)` is told when each run starts (kvbench compare's live
     view and report use these). `replicas`: how many replicas share the load behind the backend
-    (rates, start_rate included, are totals over them). `replay`: probes an interrupted search
-    judged (kvbench.benchmark.resume), taken in place of running the first len(replay) probes;
-    each is passed to `on_probe` as a run one would be."""
+    (rates, start_rate included, are totals over them). With `slo`, every probe is judged
+    against it as well, and the SLO rate is bracketed from the same probes (no probe is run for
+    it): see kvbench.benchmark.slo. With `replay`, every probe replays the trace's own
+    timestamps, scaled to the probe's rate (RunSpec.replay). `resumed`: probes an interrupted
+    search judged (kvbench.benchmark.resume), taken in place of running the first len(resumed)
+    probes; each is passed to `on_probe` as a run one would be."""
     check_search_settings(precision, confidence, max_engine_seconds, tolerance)
     first = backend_for_seed(seed)
     profile = first.discover_profile().profile
@@ -241,11 +253,11 @@ def find_boundary(
         interval is wider than `until_capacity_width`)."""
         nonlocal spent
         k = len(probes)
-        if k < len(replay):
-            p = replay[k]
+        if k < len(resumed):
+            p = resumed[k]
             check_replayed(p, k, rate)
             spent += p.engine_seconds
-            return judged(p)
+            return record(p)
         backend = first if k == 0 else backend_for_seed(seed + k)
         duration = duration_for(rate)
         cost = previous = 0.0
@@ -260,13 +272,22 @@ def find_boundary(
                 seed=seed + k,
                 confidence=confidence,
                 tolerance=tolerance,
+                replay=replay,
             )
             run_dir = None
             if output is not None:
                 run_dir = output / (f"probe-{k:02d}" + (f"-x{extensions}" if extensions else ""))
             if on_probe_start is not None:
                 on_probe_start(rate, duration)
-            result = execute_run(backend, workload, spec, output=run_dir, progress=progress)
+            result = execute_run(
+                backend,
+                workload,
+                spec,
+                output=run_dir,
+                progress=progress,
+                slo=slo,
+                percentiles=percentiles,
+            )
             step = duration - previous if backend.replays_prefix else duration
             cost += step
             spent += step
@@ -304,10 +325,13 @@ def find_boundary(
             result.summary["client_kept_schedule"],
             None if run_dir is None else str(run_dir),
             result.summary["failures"],
+            result.summary["throughput"],
+            result.summary["slo"],
+            result.summary["latency"],
         )
-        return judged(p)
+        return record(p)
 
-    def judged(p: Probe) -> Probe:
+    def record(p: Probe) -> Probe:
         probes.append(p)
         if on_probe is not None:
             on_probe(p)
@@ -383,7 +407,9 @@ def find_boundary(
     if not reached:
         stop = "engine-second budget spent" if not budget_left() else "could not close the bracket"
 
+    judged = [{**asdict(p), "index": i, "over_limit": p.over_limit} for i, p in enumerate(probes)]
     return BoundaryResult(
+        slo=None if slo is None else slo_boundary(slo, judged, hi),
         lower=lo,
         upper=hi,
         precision=precision,

@@ -75,7 +75,17 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from kvbench.cli import boundary, calibrate, compare, emulate, report, run, simulate, theory
+    from kvbench.cli import (
+        boundary,
+        calibrate,
+        compare,
+        emulate,
+        report,
+        run,
+        simulate,
+        sweep,
+        theory,
+    )
 
     cli.add_command(theory.theory)
     cli.add_command(emulate.emulate)
@@ -86,6 +96,7 @@ def _register() -> None:
     cli.add_command(boundary.boundary)
     cli.add_command(compare.compare)
     cli.add_command(report.report)
+    cli.add_command(sweep.sweep)
 
 
 _register()

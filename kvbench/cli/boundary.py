@@ -10,6 +10,8 @@ from pathlib import Path
 import click
 
 from kvbench import interrupt
+from kvbench.backends import settings
+from kvbench.backends.amended import AmendedProfile
 from kvbench.backends.base import Backend
 from kvbench.backends.launch import launched_servers
 from kvbench.benchmark.saturated_rate import measure_saturated_rate
@@ -22,6 +24,7 @@ from kvbench.benchmark.search import (
 from kvbench.benchmark.served_work import ServedRate
 from kvbench.cli import options, vllm_flags
 from kvbench.cli.backend_options import BackendArgs, backend_options
+from kvbench.cost import Pricing, economics
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.progress import (
@@ -44,9 +47,11 @@ Examples:
   kvbench boundary --backend sim:ideal --kv-tokens 65536 --batch-time 0.03 --seed 7
   kvbench boundary --backend sim:vllm --confirm
   kvbench boundary --backend sim:sglang --method open-loop --output-dir runs/sg-boundary
+  kvbench boundary --backend sim:vllm --slo ttft:500ms,tpot:50ms@p99 --gpu-price 2.5
 """
 )
 @backend_options
+@options.engine_settings()
 @options.workload()
 @vllm_flags.random_dataset("workload_spec")
 @options.burstiness()
@@ -96,9 +101,12 @@ Examples:
     "Write the search even without --output-dir, to boundary-BACKEND-TIME/ in the working "
     "directory (vllm bench serve's spelling)."
 )
+@options.latency_targets(bracket=True)
+@options.pricing()
 @options.json_output()
 def boundary(
     backend: BackendArgs,
+    engine_settings: tuple[str, ...],
     seed: int,
     confidence: float,
     burstiness: float,
@@ -110,28 +118,43 @@ def boundary(
     confirm: bool,
     output_dir: Path | None,
     save_result: bool,
+    targets: options.LatencyTargets,
+    pricing: Pricing,
     as_json: bool,
 ) -> None:
     """Bracket the rate λ* at which the engine's queue stops being stable. By default on a
     simulated engine: the saturated service rate measured with a bounded backlog (K requests
     kept waiting), estimated from served work to --precision. With --method open-loop: between
     the largest rate judged STABLE and the smallest judged UNSTABLE. Every probe and its cost is
-    reported."""
+    reported. With --slo the search is open-loop (the SLO is judged on its probes), and the SLO
+    rate's bracket is reported beside λ*'s."""
     workload = load_workload(workload_spec)
     if output_dir is None and save_result:
         output_dir = options.default_result_dir("boundary", backend.name)
     if output_dir is not None:
         output_dir = _writable(output_dir)
+    parsed = settings.parse_given(engine_settings)
+    if set(parsed) - {None}:
+        raise KvbenchError("--engine-setting: boundary measures one engine; give KEY=VALUE")
+    given = parsed.get(None, {})
+    if given and backend.name.startswith("sim:"):
+        raise KvbenchError(
+            "--engine-setting describes an engine over HTTP; a simulated engine's settings are "
+            "its --profile's, --kv-tokens and --chunk-size"
+        )
     opened: list[Backend] = []
 
     def backend_for_seed(s: int):
         # The simulator draws its noise from the seed, so each probe gets its own; a server is the
         # same server for every probe (launching one per probe would hold several at once).
         if opened and opened[0].kind != "simulated":
-            return opened[0]
+            return amended(opened[0])
         b = backend.open(s)
         opened.append(b)
-        return b
+        return amended(b)
+
+    def amended(b: Backend) -> Backend:
+        return AmendedProfile(b, settings=given) if given else b
 
     spent = [0.0]
     lines: list[str] = []
@@ -172,7 +195,12 @@ def boundary(
         try:
             first = backend_for_seed(seed)
             if method is None:
-                method = "backlog" if first.kind == "simulated" else "open-loop"
+                # an SLO is judged on open-loop probes' latencies, which a bounded backlog has
+                # none of
+                simulated = first.kind == "simulated" and targets.slo is None
+                method = "backlog" if simulated else "open-loop"
+            if method == "backlog" and targets.slo is not None:
+                raise KvbenchError("--slo and --goodput go with --method open-loop")
             if method == "open-loop" and (backlog is not None or confirm):
                 raise KvbenchError("--backlog and --confirm go with --method backlog")
             if method == "backlog":
@@ -203,6 +231,8 @@ def boundary(
                     on_probe=on_probe,
                     on_probe_start=on_probe_start,
                     output=output_dir,
+                    slo=targets.slo,
+                    percentiles=targets.percentiles,
                 )
         except KeyboardInterrupt:
             # the finished probes are the measurement so far: keep them where the user sees them
@@ -219,6 +249,14 @@ def boundary(
             for b in opened:
                 b.close()
     record = {**result.to_dict(), "workload": workload_spec, "seed": seed, "servers": servers}
+    record["economics"] = economics(
+        record["probes"],
+        lambda_lower=record["lower"],
+        slo_lower=(record.get("slo") or {}).get("lower"),
+        replicas=1,  # boundary measures one replica
+        pricing=pricing,
+        launch_args=backend.launch.args,
+    )
     if output_dir is not None:
         write_json(record, output_dir / "boundary.json")
     if as_json:

@@ -20,6 +20,7 @@ from kvbench.cli.backend_options import auth_options, request_headers
 from kvbench.errors import KvbenchError
 from kvbench.export import figures as static_figures
 from kvbench.export.json import write_json
+from kvbench.output import economics
 from kvbench.output.compare_progress import CompareProgress, PlainCompareProgress
 from kvbench.output.progress import on_terminal
 from kvbench.output.terminal import block, highlight
@@ -42,8 +43,8 @@ def _parse_urls(values: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 def _command_line(ctx: click.Context) -> str:
-    """The command as typed, up to option order: every option that differs from its default;
-    credentials in engine arguments and environment redacted."""
+    """The command as typed, up to option order: every option given on the command line (and
+    --backends, always); credentials in engine arguments and environment redacted."""
     words = ["kvbench", "compare"]
     labels = [b.strip() for b in ctx.params.get("backends", "").split(",")]
     redacted = {
@@ -52,14 +53,20 @@ def _command_line(ctx: click.Context) -> str:
     }
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        shown_always = param.name == "backends"
+        # click ≥ 8.2 gives an option without a default the default UNSET, never equal to its
+        # value: where a value came from is the test, not what it equals
+        typed = ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE
         if (
-            (value == param.default and not shown_always)
+            not (typed or param.name == "backends")
             or value in (None, ())
             or (param.name in ("progress", "resume", "save_result"))
         ):
             continue
         flag = param.opts[0]
+        if isinstance(param, click.Option) and param.is_flag and not value:
+            if not param.secondary_opts:
+                continue
+            flag = param.secondary_opts[0]
         if param.name == "metadata":  # a credential-like key's value is never written
             value = tuple(f"{k}={v}" for k, v in parse_metadata(value).items())
         if isinstance(param, click.Option) and param.is_flag:
@@ -92,6 +99,7 @@ def _engine_lines(e: EngineResult) -> list[tuple[str, str] | tuple[str, str, str
                 f"{len(e.probes)} probes, {e.engine_seconds:.0f} engine-s",
             )
         )
+    rows += economics.rows(e.slo_boundary, e.economics)
     if e.theory:
         rows.append(
             (
@@ -120,7 +128,8 @@ def _engine_lines(e: EngineResult) -> list[tuple[str, str] | tuple[str, str, str
                 "replicas needed",
                 f"{p.replicas_measured if p.replicas_measured else '—'} measured, "
                 f"{p.replicas_theory} paper{aware}",
-                f"for {p.target_rate:g} req/s at ρ = {p.utilization:g}",
+                f"for {p.target_rate:g} req/s at ρ = {p.utilization:g}, measured from the "
+                f"{p.basis}",
             )
         )
     if e.failures:
@@ -187,6 +196,7 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 @auth_options()[0]
 @auth_options()[1]
 @options.engine_launch(per_engine=True)
+@options.engine_settings(per_engine=True)
 @click.option(
     "--replicas",
     type=click.IntRange(min=1),
@@ -220,6 +230,8 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     show_default=True,
     help="Utilization ρ the replicas for --target-rate are sized to.",
 )
+@options.latency_targets(bracket=True)
+@options.pricing()
 @click.option(
     "--trim",
     type=float,
@@ -251,6 +263,7 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     "phase, per probe and per minute].",
 )
 @options.static_figures()
+@options.replay(searched=True)
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
 def compare(
     backends,
@@ -267,12 +280,15 @@ def compare(
     engine_python,
     engine_args,
     engine_env,
+    engine_settings,
     replicas,
     precision,
     confidence,
     max_engine_seconds,
     target_rate,
     target_utilization,
+    targets,
+    pricing,
     trim,
     seed,
     name,
@@ -281,6 +297,7 @@ def compare(
     resume,
     progress,
     figures,
+    replay,
     as_json,
 ) -> None:
     """Measure each engine's stability boundary on the same workload, set it beside the theory,
@@ -301,6 +318,8 @@ def compare(
       kvbench compare --backends sim:trtllm,sim:sglang         # the same, simulated
       kvbench compare --backends trtllm --workload pd-1:1      # paper scale, emulated (slow)
       kvbench compare --backends vllm --url vllm=http://127.0.0.1:8000 --target-rate 50
+      kvbench compare --backends h200=vllm --url h200=http://10.0.0.5:8000 \\
+          --slo ttft:2s,tpot:100ms@p99 --gpu-price 3.5 --gpus-per-replica 8 --target-rate 40
       kvbench compare --backends h200-trt=trtllm --url h200-trt=http://10.0.0.5:8000 \\
           --metadata gpu_model="NVIDIA H200" --metadata gpu_count=8
       kvbench compare --backends trtllm,sglang --resume reports/2026-11-30-trtllm-vs-sglang
@@ -334,6 +353,11 @@ def compare(
         engine_python=list(engine_python),
         engine_args=list(engine_args),
         engine_env=list(engine_env),
+        replay=replay,
+        engine_settings=list(engine_settings),
+        slo=targets.slo,
+        percentiles=targets.percentiles,
+        pricing=pricing,
     )
     # a live view on a terminal, plain lines in a log; --no-progress: neither
     show = True if progress is None else progress

@@ -4,13 +4,20 @@ setting for `theory`, an engine preset elsewhere)."""
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
+from kvbench.benchmark.slo import Slo, parse_percentiles, slo_from_options
+from kvbench.cost import Pricing
+
 WORKLOAD_HELP = (
     "uniform:S_LO-S_HI,O_LO-O_HI, fixed:S,O, pd-1:1, pd-2:1, pd-1:2, azure-conv (the packaged "
-    "Azure conversation trace), or a trace file (.csv in the Azure schema, or .jsonl)"
+    "Azure conversation trace), a trace file (.csv in the Azure schema, or .jsonl), or "
+    "ShareGPT-style JSON conversations (FILE, or sharegpt:FILE,tokenizer=DIR to count tokens "
+    "with a local tokenizer)"
 )
 
 
@@ -153,6 +160,25 @@ def launch_model(what: str = "the engine"):
     )
 
 
+def engine_settings(per_engine: bool = False):
+    """--engine-setting: a scheduler setting of an engine over HTTP that it does not expose."""
+    from kvbench.backends.settings import SETTINGS
+
+    prefix = "[LABEL:]" if per_engine else ""
+    only = " A LABEL: prefix gives it to that engine only." if per_engine else ""
+    return click.option(
+        "--engine-setting",
+        "engine_settings",
+        multiple=True,
+        metavar=f"{prefix}KEY=VALUE",
+        help="A setting the engine was started with but does not expose, for the engine-aware "
+        f"theory (repeatable); KEY is one of {', '.join(SETTINGS)}, e.g. "
+        "--engine-setting max_running=4 for vLLM's --max-num-seqs 4. Replaces what was read "
+        "or assumed; the report marks every setting as read, given, inferred (from the "
+        f"engine's gauges under saturation) or assumed (the engine's default).{only}",
+    )
+
+
 def engine_launch(per_engine: bool = False):
     """--engine-python, --engine-arg, --engine-env: how kvbench launches an engine (--launch).
     With `per_engine` (compare), a value may start with `ENGINE=` to reach that engine only."""
@@ -190,6 +216,151 @@ def engine_launch(per_engine: bool = False):
         for decorator in reversed(decorators):
             f = decorator(f)
         return f
+
+    return apply
+
+
+def replay(searched: bool = False):
+    """--replay: a timed trace's own arrival pattern instead of a Poisson process."""
+    rate = (
+        "each probe's rate (its gaps scaled by one factor)"
+        if searched
+        else "--replay-speed, or scaled to --request-rate"
+    )
+    return click.option(
+        "--replay",
+        is_flag=True,
+        help="Send the trace's requests in file order at its own timestamps, at "
+        f"{rate}; past its end the trace starts over. Needs a trace with timestamps.",
+    )
+
+
+def replay_speed():
+    return click.option(
+        "--replay-speed",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="FACTOR",
+        help="With --replay: how much faster than recorded (2 = twice the trace's rate) "
+        "[default: 1, or the factor that gives --request-rate].",
+    )
+
+
+class _Greedy(click.Option):
+    """An option that also takes the words after its value up to the next option, as vLLM's
+    argparse `nargs="+"` does (`--goodput ttft:2000 tpot:100`); joined by spaces."""
+
+    def add_to_parser(self, parser, ctx):
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            option = getattr(parser, "_long_opt", {}).get(name)
+            if option is None:
+                continue
+            take = option.process
+
+            def process(value, state, take=take):
+                words = [value]
+                while state.rargs and not state.rargs[0].startswith("-"):
+                    words.append(state.rargs.pop(0))
+                take(" ".join(words), state)
+
+            option.process = process
+
+
+@dataclass(frozen=True)
+class LatencyTargets:
+    """--slo/--goodput and --percentiles/--metric-percentiles, parsed."""
+
+    slo: Slo | None
+    percentiles: tuple[float, ...]
+
+
+def latency_targets(*, bracket: bool = False):
+    """--slo (or vLLM's --goodput) and --percentiles (or --metric-percentiles); the command
+    receives them parsed as `targets: LatencyTargets`. `bracket`: the command searches, so the
+    help says how the SLO rate is bracketed."""
+    how = (
+        " Each probe of the stability search is judged against it too, and the SLO rate (the "
+        "fastest probe judged STABLE that met the SLO, up to the slowest above it that missed "
+        "it or λ*'s upper end) is bracketed from those probes alone: no probe is run for the "
+        "SLO, so the bracket is as tight as the search's probes make it."
+        if bracket
+        else ""
+    )
+    decorators = [
+        click.option(
+            "--slo",
+            metavar="METRIC:TIME,…[@pP]",
+            help="Latency targets, e.g. ttft:2s,tpot:100ms,e2e:30s@p99 (units s or ms; "
+            "percentile default p99). Reported: SLO attainment (completed requests within "
+            "every target) and goodput (those per second); met when each metric's percentile "
+            f"over completed requests is within its target.{how}",
+        ),
+        click.option(
+            "--goodput",
+            cls=_Greedy,
+            multiple=True,
+            metavar="KEY:MS …",
+            help="vLLM's spelling of --slo: KEY:VALUE pairs in milliseconds, KEY one of ttft, "
+            "tpot, e2el (e.g. --goodput ttft:2000 tpot:100), judged at p99.",
+        ),
+        click.option(
+            "--percentiles",
+            "--metric-percentiles",
+            "percentiles",
+            default="50,90,99",
+            show_default=True,
+            metavar="P,…",
+            help="Latency percentiles to report (TTFT, TPOT, ITL, E2E), over completed "
+            "requests only.",
+        ),
+    ]
+
+    def apply(f):
+        @functools.wraps(f)
+        def wrapper(*args, slo, goodput, percentiles, **kwargs):
+            kwargs["targets"] = LatencyTargets(
+                slo_from_options(slo, goodput), parse_percentiles(percentiles)
+            )
+            return f(*args, **kwargs)
+
+        for decorator in reversed(decorators):
+            wrapper = decorator(wrapper)
+        return wrapper
+
+    return apply
+
+
+def pricing():
+    """--gpu-price and --gpus-per-replica; the command receives `pricing: Pricing`."""
+    decorators = [
+        click.option(
+            "--gpu-price",
+            type=float,
+            metavar="USD_PER_HOUR",
+            help="Price of one GPU-hour: gives $/hour, $ per million requests and per million "
+            "output tokens at λ* and at the SLO rate (the assumptions are printed).",
+        ),
+        click.option(
+            "--gpus-per-replica",
+            type=int,
+            metavar="N",
+            help="GPUs one replica runs on, for tokens/s per GPU and cost [default: the "
+            "launch's --tensor-parallel-size/--tp engine argument, else 1].",
+        ),
+    ]
+
+    def apply(f):
+        @functools.wraps(f)
+        def wrapper(*args, gpu_price, gpus_per_replica, **kwargs):
+            given = Pricing(gpu_price, gpus_per_replica)
+            given.check()
+            kwargs["pricing"] = given
+            return f(*args, **kwargs)
+
+        for decorator in reversed(decorators):
+            wrapper = decorator(wrapper)
+        return wrapper
 
     return apply
 

@@ -4,17 +4,20 @@ throughput, the queue and latencies, all labelled SIMULATED."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from kvbench.arrivals import arrival_times
 from kvbench.benchmark.stability import stability_verdict
 from kvbench.cli import options
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
-from kvbench.export.parquet import write_frames
+from kvbench.export.parquet import require_pyarrow, write_frames
 from kvbench.output.terminal import block, estimate, highlight, number
 from kvbench.profile import DEFAULT_HARDWARE, UNLIMITED, IterationTimeModel, build_profile
 from kvbench.simulator import DISPATCH, SimulationResult
@@ -142,6 +145,8 @@ def simulate(
         raise KvbenchError(f"--duration must be positive, got {duration}")
     if max_tokens_cap is not None and max_tokens_cap < 1:
         raise KvbenchError(f"--max-tokens must be at least 1, got {max_tokens_cap}")
+    if output_dir is not None:
+        require_pyarrow()
     overrides: dict = dict(
         kv_tokens=kv_tokens, chunk_size=chunk_size, max_tokens_cap=max_tokens_cap
     )

@@ -9,7 +9,7 @@ import click
 from kvbench import theory as model
 from kvbench.calibration import IterationTimeFit, load_calibration
 from kvbench.cli import options
-from kvbench.engine_theory import LengthLaw, engine_aware_mu
+from kvbench.engine_theory import beside_paper
 from kvbench.export.json import write_json
 from kvbench.output.terminal import block, estimate, highlight, number
 from kvbench.profile import (
@@ -223,21 +223,15 @@ def _engine_theory(
         iteration = profile.iteration_time
         b_source = f"preset model of {profile.name}"
     workload = load_workload(workload_spec)
-    prediction = engine_aware_mu(
+    prediction, paper = beside_paper(
         profile.replace(iteration_time=iteration),
-        LengthLaw.from_workload(workload),
+        workload,
+        rate=rate,
+        closed_form=not exact,
         iteration_fit=fit,
         preemption_waste=preemption_waste,
     )
     b_paper = prediction.iteration_time
-    paper = model.evaluate(
-        workload,
-        kv_tokens=profile.kv_tokens,
-        chunk_size=profile.chunk_size,
-        batch_time=b_paper,
-        rate=rate,
-        closed_form=not exact,
-    )
     record = paper.as_record()
     record.update(
         {

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 from kvbench.report.build import Report
 from kvbench.report.table import engine_name
@@ -14,6 +16,8 @@ SAMPLES_FILE = "samples.csv"
 
 
 def probes_frame(report: Report) -> pd.DataFrame:
+    import pandas as pd
+
     rows = []
     for e in report.results.engines:
         for p in e.probes:
@@ -48,6 +52,11 @@ def probes_frame(report: Report) -> pd.DataFrame:
                     "e2e_p50": p.latency.e2e_p50,
                     "e2e_p99": p.latency.e2e_p99,
                     "tpot_p50": p.latency.tpot_p50,
+                    "output_tokens_per_s": p.throughput.get("output_tokens_per_s"),
+                    "total_tokens_per_s": p.throughput.get("total_tokens_per_s"),
+                    "slo_met": None if p.slo is None else p.slo["met"],
+                    "slo_attainment": None if p.slo is None else p.slo["attainment"],
+                    "goodput": None if p.slo is None else p.slo["goodput"],
                     "run_dir": p.run_dir,
                 }
             )

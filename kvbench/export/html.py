@@ -16,12 +16,14 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from kvbench.backends.settings import unprefixed
 from kvbench.benchmark.failures import FAILING_FRACTION, percent
 from kvbench.report.build import Report
 from kvbench.report.schema import CompareResults, EngineResult
 from kvbench.report.system import SYSTEM_COLUMNS, absent_notes, metadata_notes, system_rows
 from kvbench.report.table import (
     DASH,
+    economics_notes,
     engine_name,
     provisioning_rows,
     status_text,
@@ -207,6 +209,11 @@ def _engine_detail(e: EngineResult) -> dict:
             "ttft_p99": _fmt(p.latency.ttft_p99),
             "e2e_p50": _fmt(p.latency.e2e_p50),
             "e2e_p99": _fmt(p.latency.e2e_p99),
+            "output_tps": _fmt(p.throughput.get("output_tokens_per_s")),
+            "slo": DASH
+            if p.slo is None or p.slo["attainment"] is None
+            else f"{'met' if p.slo['met'] else 'missed'}, {p.slo['attainment']:.1%}, "
+            f"{p.slo['goodput']:.3f} req/s",
             "client": "ok" if p.client_ok else "LAGGED",
         }
         for p in sorted(e.probes, key=lambda p: p.index)
@@ -224,6 +231,10 @@ def _engine_detail(e: EngineResult) -> dict:
         "theory": e.theory,
         "profile": json.dumps(e.profile, indent=2) if e.profile else None,
         "sources": e.profile_sources,
+        "settings": [
+            {**s, "source": unprefixed(s["source"])} for s in e.settings if e.kind != "simulated"
+        ],
+        "settings_flags": e.settings_flags,
         "probes": probes,
         "failures": e.failures,
         "scrape_errors": e.scrape_errors,
@@ -273,13 +284,16 @@ before the stop.</div>{% endif %}
 stable, smallest judged unstable). μ theory is the paper's M / (b̄·E[g]) times the replicas;
 the band below it reaches μ(1−δ). Probes S/U/I/F: stable, unstable, inconclusive and failing
 runs (FAILING: more than {{ failing_limit }} of a run's requests failed).</p>
+{% if economics %}<h2>SLO rate, tokens and cost</h2>
+<ul id="economics">{% for n in economics %}<li>{{ n }}</li>{% endfor %}</ul>{% endif %}
 {% if provisioning %}<h2>Provisioning</h2>
 <table id="provisioning"><thead><tr><th>engine</th><th>target</th><th>replicas (paper μ)</th>
 <th>replicas (engine-aware μ)</th><th>replicas (measured λ*)</th></tr></thead><tbody>
 {% for p in provisioning %}<tr><td>{{ p.engine }}</td><td>{{ p.target }}</td><td>{{ p.theory }}</td>
 <td>{{ p.engine_aware }}</td><td>{{ p.measured }}</td></tr>{% endfor %}</tbody></table>
 <p>Replicas G = ⌈λ / (ρ·μ)⌉ with μ per replica from the paper's model, the engine-aware model,
-or the measured bracket's lower end (the largest rate judged stable).</p>{% endif %}
+or the measured bracket's lower end (the largest rate judged stable; with an SLO, the SLO
+rate's lower end when that is smaller).</p>{% endif %}
 <h2>Plots</h2>
 {% for div in plots %}<div class="plot">{{ div | safe }}</div>{% endfor %}
 <h2>Engines</h2>
@@ -297,12 +311,12 @@ binding: {{ d.theory.binding }}, iteration time from the {{ d.theory.iteration_m
 <th>verdict</th><th>departures (req/s)</th><th>slope (req/s)</th><th>slope CI</th><th>sent</th>
 <th>finished</th><th>failed</th><th>mean in system</th><th>engine waiting max</th>
 <th>KV usage max</th><th>preemptions</th><th>TTFT p99 (s)</th><th>E2E p50 (s)</th>
-<th>E2E p99 (s)</th><th>client</th></tr></thead><tbody>{% for p in d.probes %}<tr><td>{{ p.index }}</td>
+<th>E2E p99 (s)</th><th>output tok/s</th><th>SLO, attainment, goodput</th><th>client</th></tr></thead><tbody>{% for p in d.probes %}<tr><td>{{ p.index }}</td>
 <td>{{ p.rate }}</td><td>{{ p.duration }}</td><td>{{ p.verdict }}</td><td>{{ p.departure }}</td>
 <td>{{ p.slope }}</td><td>{{ p.slope_ci }}</td><td>{{ p.sent }}</td><td>{{ p.finished }}</td>
 <td>{{ p.failed }}</td><td>{{ p.mean_in_system }}</td><td>{{ p.waiting_max }}</td>
 <td>{{ p.kv_usage_max }}</td><td>{{ p.preemptions }}</td><td>{{ p.ttft_p99 }}</td><td>{{ p.e2e_p50 }}</td>
-<td>{{ p.e2e_p99 }}</td><td>{{ p.client }}</td></tr>{% endfor %}</tbody></table>{% endif %}
+<td>{{ p.e2e_p99 }}</td><td>{{ p.output_tps }}</td><td>{{ p.slo }}</td><td>{{ p.client }}</td></tr>{% endfor %}</tbody></table>{% endif %}
 {% if d.failures %}<table class="failures"><thead><tr><th>failure</th><th>requests</th>
 <th>what the server said (first distinct messages)</th></tr></thead><tbody>{% for f in d.failures %}
 <tr><td>{{ f.kind }}</td><td>{{ f.count }}</td><td>{% if f.get("hint") %}<b>{{ f.hint }}</b><br>{% endif %}
@@ -311,6 +325,11 @@ binding: {{ d.theory.binding }}, iteration time from the {{ d.theory.iteration_m
 {% endfor %}</tbody></table>{% endif %}
 {% if d.scrape_errors %}<p>state scraper errors:
 {% for k, n in d.scrape_errors.items() %}{{ k }} ×{{ n }} {% endfor %}</p>{% endif %}
+{% if d.settings %}<table class="settings"><thead><tr><th>setting</th><th>value</th><th>known as</th>
+<th>from</th></tr></thead><tbody>{% for s in d.settings %}<tr><td>{{ s.setting }}</td>
+<td>{{ "{:,}".format(s.value) }}</td><td>{{ s.kind }}</td><td>{{ s.source }}</td></tr>{% endfor %}
+</tbody></table>{% endif %}
+{% for f in d.settings_flags %}<p class="warning"><b>{{ f }}</b></p>{% endfor %}
 {% if d.profile %}<details><summary>discovered profile</summary><pre>{{ d.profile }}</pre>
 {% if d.sources %}<table><thead><tr><th>field</th><th>read from</th></tr></thead><tbody>
 {% for k, v in d.sources.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</tbody></table>{% endif %}
@@ -365,6 +384,7 @@ def render(report: Report) -> str:
         columns=columns,
         rows=[(summary_row(e), e) for e in r.engines],
         provisioning=provisioning_rows(r),
+        economics=economics_notes(r),
         plots=plots,
         details=[_engine_detail(e) for e in r.engines],
         failing_limit=percent(FAILING_FRACTION),

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import re
 
+from kvbench.backends.settings import unprefixed
 from kvbench.benchmark.failures import FAILING_FRACTION, percent
 from kvbench.report.schema import CompareResults
 from kvbench.report.system import SYSTEM_COLUMNS, absent_notes, metadata_notes, system_rows
-from kvbench.report.table import provisioning_rows, summary_columns, summary_row
+from kvbench.report.table import (
+    economics_notes,
+    provisioning_rows,
+    summary_columns,
+    summary_row,
+)
 
 _SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
@@ -34,6 +40,25 @@ def _system(results: CompareResults) -> list[str]:
     if notes:
         lines += [""] + [f"- {escape(n)}" for n in notes]
     return lines + ["", "## Summary", ""]
+
+
+def _settings(results: CompareResults) -> list[str]:
+    """The scheduler settings of the engines kvbench drove over HTTP (a simulated engine's are
+    its configuration), each as read, given, inferred or assumed, and what contradicts them."""
+    engines = [e for e in results.engines if e.kind != "simulated" and e.settings]
+    if not engines:
+        return []
+    lines = ["", "Engine settings the engine-aware μ used:", ""]
+    lines += _table(
+        ["engine", "setting", "value", "known as", "from"],
+        [
+            [e.label, s["setting"], f"{s['value']:,}", s["kind"], unprefixed(s["source"])]
+            for e in engines
+            for s in e.settings
+        ],
+    )
+    lines += [f"\n> **{escape(e.label)}: {escape(f)}**" for e in engines for f in e.settings_flags]
+    return lines
 
 
 def render(results: CompareResults) -> str:
@@ -65,6 +90,10 @@ def render(results: CompareResults) -> str:
                 for r in provisioning
             ],
         )
+    lines += _settings(results)
+    notes = economics_notes(results)
+    if notes:
+        lines += ["", "SLO rate, tokens and cost:", ""] + [f"- {escape(n)}" for n in notes]
     workload = results.config.get("workload", "")
     lines += [
         "",

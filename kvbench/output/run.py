@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from kvbench.benchmark.failures import percent
+from kvbench.benchmark.slo import percentile_key
+from kvbench.output import economics
 from kvbench.output.terminal import block, highlight, number
 
 _LABEL = {"simulated": " (SIMULATED)", "emulated": " (EMULATED)", "real": ""}
@@ -15,10 +17,47 @@ def _ms(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 1e3:,.1f}"
 
 
-def _latency(stats: dict[str, Any]) -> str:
+def _latency(stats: dict[str, Any], percentiles: list[float]) -> str:
     if not stats["n"]:
         return "n/a"
-    return f"p50 {_ms(stats['p50'])}  p90 {_ms(stats['p90'])}  p99 {_ms(stats['p99'])} ms"
+    keys = [percentile_key(p) for p in percentiles]
+    return "  ".join(f"{k} {_ms(stats.get(k))}" for k in keys) + " ms"
+
+
+def _seconds(x: float) -> str:
+    return f"{x * 1e3:,.4g} ms" if x < 1 else f"{x:,.4g} s"
+
+
+def throughput_text(t: dict[str, Any] | None) -> str:
+    if not t or t.get("output_tokens_per_s") is None:
+        return "n/a"
+    return (
+        f"{number(t['output_tokens_per_s'], 1)} output tok/s  "
+        f"{number(t['total_tokens_per_s'], 1)} total tok/s"
+    )
+
+
+def slo_rows(slo: dict[str, Any] | None) -> list[tuple[str, ...]]:
+    """A run's SLO attainment and goodput, and each target's metric at the SLO's percentile."""
+    if not slo:
+        return []
+    at = slo["at_percentile"]
+    key = percentile_key(slo["percentile"])
+    measured = "  ".join(
+        f"{m.upper()} {key} {'n/a' if at[m] is None else _seconds(at[m])} (≤ {_seconds(t)})"
+        for m, t in slo["targets"].items()
+    )
+    share = "n/a" if slo["attainment"] is None else f"{slo['attainment']:.1%}"
+    goodput = "n/a" if slo["goodput"] is None else f"{number(slo['goodput'])} req/s"
+    verdict = highlight("MET", "green") if slo["met"] else highlight("MISSED", "red")
+    return [
+        ("SLO", verdict, measured),
+        (
+            "SLO attainment",
+            f"{share}  ({slo['attained']:,} of {slo['completed']:,} completed)",
+            f"goodput {goodput}",
+        ),
+    ]
 
 
 def _interval(est: float | None, lo: float | None, hi: float | None, unit: str) -> str:
@@ -160,7 +199,10 @@ def run_summary_text(summary: dict[str, Any], directory: str | None = None) -> s
         ("queueing_delay", "queueing delay"),
     ):
         stats = summary["latency"][key]
-        rows.append((label, _latency(stats), "" if stats["n"] else unmeasured.get(key, "")))
+        shown = summary.get("percentiles") or [50, 90, 99]
+        rows.append((label, _latency(stats, shown), "" if stats["n"] else unmeasured.get(key, "")))
+    rows.append(("throughput", throughput_text(summary.get("throughput")), "completed requests"))
+    rows += slo_rows(summary.get("slo"))
     rows += _engine_state_rows(summary)
     for note in summary.get("notes") or []:
         rows.append(("note", note))
@@ -241,6 +283,7 @@ def boundary_text(result: dict[str, Any]) -> str:
                 "departure rate of an overloaded run",
             )
         )
+    rows += economics.rows(result.get("slo"), result.get("economics"))
     for i, p in enumerate(result["probes"], start=1):
         verdict = highlight(p["verdict"], _COLOR.get(p["verdict"]))
         ev = p["evidence"]
@@ -253,6 +296,12 @@ def boundary_text(result: dict[str, Any]) -> str:
             limit = (p.get("failures") or {}).get("load_shedding")
             detail += f"; {ev.get('reason')}" + (
                 " (load shedding: the engine's limit)" if limit else ""
+            )
+        slo = p.get("slo")
+        if slo and slo["attainment"] is not None:
+            detail += (
+                f"; SLO {'met' if slo['met'] else 'missed'}, attainment {slo['attainment']:.1%}, "
+                f"goodput {number(slo['goodput'])} req/s"
             )
         rows.append((f"probe {i}", f"λ = {number(p['rate'])} req/s  {verdict}", detail))
     return block(

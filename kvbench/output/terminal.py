@@ -37,7 +37,10 @@ def aligned_lines(rows: Iterable[Row], *, indent: int = 2, gap: int = 2) -> list
     if not rows:
         return []
     label_width = max(display_width(row[0]) for row in rows) + 1  # + the colon
-    value_width = max(display_width(row[1]) for row in rows)
+    # only values followed by a note need padding: a long value without one sets no column
+    value_width = max(
+        (display_width(row[1]) for row in rows if len(row) == 3 and row[2]), default=0
+    )
     lines = []
     for row in rows:
         line = " " * indent + _pad(row[0] + ":", label_width + gap) + row[1]
@@ -45,6 +48,24 @@ def aligned_lines(rows: Iterable[Row], *, indent: int = 2, gap: int = 2) -> list
             line = _pad(line, indent + label_width + gap + value_width + gap) + row[2]
         lines.append(line.rstrip())
     return lines
+
+
+def columns(rows: Iterable[list[str]], *, indent: int = 2, gap: int = 2) -> list[str]:
+    """Rows of cells as lines whose columns line up (the first row is the header); a row with
+    fewer cells leaves the rest of its line to its last cell."""
+    rows = list(rows)
+    width = [
+        max(display_width(row[i]) for row in rows if len(row) > i + 1)
+        for i in range(max(len(row) for row in rows) - 1)
+    ]
+    return [
+        (
+            " " * indent
+            + "".join(_pad(c, width[i] + gap) for i, c in enumerate(row[:-1]))
+            + row[-1]
+        ).rstrip()
+        for row in rows
+    ]
 
 
 def block(title: str, rows: Iterable[Row], *, indent: int = 2) -> str:

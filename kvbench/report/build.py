@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 from kvbench.benchmark.failures import merge_failures
 from kvbench.benchmark.recorder import read_run
 from kvbench.benchmark.runner import summarize
+from kvbench.benchmark.slo import Slo, percentile_key, slo_boundary
+from kvbench.cost import Pricing, economics
 from kvbench.errors import KvbenchError
 from kvbench.report import raw
 from kvbench.report.schema import (
@@ -80,11 +83,35 @@ def _latency(summary: dict[str, Any]) -> LatencySummary:
     )
 
 
-def _probe(directory: Path, raw_probe: dict[str, Any], kv_capacity: float | None):
-    """One probe's figures, recomputed from its run file with the runner's own summary."""
+def _asked_percentiles(summary: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    keys = ["n", "mean", *(percentile_key(p) for p in summary["percentiles"])]
+    return {
+        m: {k: summary["latency"][m].get(k) for k in keys} for m in ("ttft", "tpot", "itl", "e2e")
+    }
+
+
+def _probe(
+    directory: Path,
+    raw_probe: dict[str, Any],
+    kv_capacity: float | None,
+    slo: Slo | None,
+    percentiles: tuple[float, ...] | None,
+):
+    """One probe's figures, recomputed from its run file with the runner's own summary, judged
+    against the compare's SLO and percentiles."""
+    import pandas as pd
+
     run_dir = directory / raw_probe["run_dir"]
     run = read_run(run_dir)
-    summary = summarize(run.header, run.records, run.samples, status=run.status, scrape=run.scrape)
+    summary = summarize(
+        run.header,
+        run.records,
+        run.samples,
+        status=run.status,
+        scrape=run.scrape,
+        slo=slo,
+        percentiles=percentiles,
+    )
     evidence = summary["evidence"] or {}
     counts = summary["requests"]
     failures = summary["failures"]
@@ -117,6 +144,9 @@ def _probe(directory: Path, raw_probe: dict[str, Any], kv_capacity: float | None
         kv_usage_mean=summary["kv_usage"]["mean"],
         kv_usage_max=summary["kv_usage"]["max"],
         scrape_errors=dict((summary["scrape"] or {}).get("errors", {})),
+        percentiles=_asked_percentiles(summary),
+        throughput=dict(summary["throughput"]),
+        slo=summary["slo"],
     )
     if probe.verdict not in VERDICTS:
         raise KvbenchError(f"{run_dir}: unknown verdict {probe.verdict!r}")
@@ -135,6 +165,8 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
         error=eng.get("error"),
         profile=eng.get("profile"),
         profile_sources=dict(eng.get("profile_sources", {})),
+        settings=list(eng.get("settings", [])),
+        settings_flags=list(eng.get("settings_flags", [])),
         provenance=eng.get("provenance"),
     )
     if eng.get("batch_time"):
@@ -147,10 +179,14 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
     if result.profile and result.profile.get("kv_tokens"):
         kv_capacity = float(result.profile["kv_tokens"]) * replicas
 
+    # each engine's own SLO, percentiles and price (a merged report's engines keep theirs)
+    slo = Slo.from_dict(eng.get("slo", config.get("slo")))
+    asked = eng.get("percentiles", config.get("percentiles"))
+    percentiles = tuple(asked) if asked else None
     search = eng.get("search") or {}
     series = []
     for raw_probe in search.get("probes", []):
-        probe, samples = _probe(directory, raw_probe, kv_capacity)
+        probe, samples = _probe(directory, raw_probe, kv_capacity, slo, percentiles)
         result.probes.append(probe)
         series.append((probe, samples))
     if search:
@@ -181,11 +217,30 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
             result.gap_engine_aware_percent = (
                 100 * (result.theory.mu_engine_aware - measured) / measured
             )
+    lower = result.boundary.lower if result.boundary else None
+    basis = "λ* lower bound"
+    probes = [asdict(p) for p in result.probes]
+    if slo is not None and result.boundary is not None:
+        result.slo_boundary = slo_boundary(slo, probes, result.boundary.upper)
+        # provisioning from the smaller of the two: the SLO rate is never above λ*, and with no
+        # probe meeting the SLO there is no measured rate to provision from
+        lower, basis = result.slo_boundary["lower"], "SLO rate lower bound"
+    servers = eng.get("servers") or []
+    result.economics = economics(
+        probes,
+        lambda_lower=result.boundary.lower if result.boundary else None,
+        slo_lower=(result.slo_boundary or {}).get("lower"),
+        replicas=replicas,
+        pricing=Pricing(**pricing)
+        if (pricing := eng.get("pricing", config.get("pricing")))
+        else Pricing(),
+        launch_args=servers[0].get("argv", []) if servers else [],
+    )
     target = config.get("target_rate")
     if target and result.theory:
         rho = float(config.get("target_utilization", 0.9))
-        lower = result.boundary.lower if result.boundary else None
         result.provisioning = Provisioning(
+            basis=basis,
             target_rate=float(target),
             utilization=rho,
             replicas_theory=replicas_needed(target, result.theory.mu_replica, rho),
@@ -219,6 +274,8 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
 
 def build_report(directory: Path) -> Report:
     """Read a compare directory's raw files and compute every figure of its report."""
+    import pandas as pd
+
     header, raw_engines = raw.read_compare(directory)
     config = dict(header.get("config", {}))
     engines, boundary_series, sample_frames = [], [], []

@@ -23,7 +23,7 @@ from kvbench.report import raw
 from kvbench.report.system import hardware_of
 
 # configuration keys whose difference makes rows incomparable, with how a warning names them
-COMPARED = (("workload", "workloads"), ("seed", "seeds"))
+COMPARED = (("workload", "workloads"), ("seed", "seeds"), ("slo", "SLOs"))
 
 
 def _relocate(value: Any, old: str, new: str) -> Any:

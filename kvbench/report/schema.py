@@ -21,9 +21,12 @@ SCHEMA = "kvbench.compare.results"
 # 2: verdicts gained FAILING (a reader that knew three values would misread a fourth), probes
 # and engines gained failures by kind and the engine's reported state, engines their provenance,
 # and the file warnings and merged_from (kvbench report merge).
-SCHEMA_VERSION = 2
-# Versions this kvbench reads: a version-1 file lacks only optional fields.
-READABLE_VERSIONS = (1, 2)
+# 3: latency percentiles count completed requests only; provisioning's measured replicas come
+# from the smaller of λ* and the SLO rate; probes gained percentiles, throughput and slo, engines
+# slo_boundary and economics (tokens and cost).
+SCHEMA_VERSION = 3
+# Versions this kvbench reads: a version-1 or -2 file lacks only optional fields.
+READABLE_VERSIONS = (1, 2, 3)
 
 VERDICTS = ("STABLE", "UNSTABLE", "INCONCLUSIVE", "FAILING")
 ENGINE_STATUSES = ("ok", "failed", "interrupted")
@@ -76,6 +79,13 @@ class Probe:
     kv_usage_mean: float | None = None  # engine's KV usage, 0..1, time-weighted
     kv_usage_max: float | None = None
     scrape_errors: dict[str, int] = field(default_factory=dict)  # state scraper errors by kind
+    # metric (ttft, tpot, itl, e2e) → {"n", "mean", "p50", …} at the asked percentiles, seconds
+    percentiles: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # span (s), requests_per_s, output_tokens_per_s, total_tokens_per_s over completed requests
+    throughput: dict[str, float | None] = field(default_factory=dict)
+    # with an SLO: targets, percentile, completed, attained, attainment, goodput, at_percentile,
+    # met (kvbench/benchmark/slo.py)
+    slo: dict[str, Any] | None = None
 
 
 @dataclass
@@ -130,6 +140,8 @@ class Provisioning:
     replicas_theory: int  # ⌈λ / (ρ·μ_replica)⌉
     replicas_measured: int | None  # ⌈λ / (ρ·λ*_replica)⌉ from the bracket's lower end
     replicas_engine_aware: int | None = None  # ⌈λ / (ρ·μ_engine_aware per replica)⌉
+    # what replicas_measured is from: "λ* lower bound" or "SLO rate lower bound" (the smaller)
+    basis: str = "λ* lower bound"
 
 
 @dataclass
@@ -143,6 +155,9 @@ class EngineResult:
     error: str | None = None
     profile: dict[str, Any] | None = None
     profile_sources: dict[str, str] = field(default_factory=dict)
+    # each scheduler setting: {setting, value, kind (read/given/inferred/assumed), source}
+    settings: list[dict[str, Any]] = field(default_factory=list)
+    settings_flags: list[str] = field(default_factory=list)  # what the measurements contradict
     batch_time: BatchTime | None = None  # b̄ the theory uses
     batch_time_burst: BatchTime | None = None  # the calibration burst's b̄ (the search's start)
     theory: Theory | None = None
@@ -160,6 +175,11 @@ class EngineResult:
     # model, engine version, launch command and hardware (kvbench/provenance.py); None for a
     # compare directory written before provenance was recorded
     provenance: dict[str, Any] | None = None
+    # with an SLO: its targets and the SLO rate's bracket from the search's probes: targets,
+    # percentile, describe, lower, upper, lower_probe, note (kvbench/benchmark/slo.py)
+    slo_boundary: dict[str, Any] | None = None
+    # tokens/s and cost at λ*'s and the SLO rate's lower ends, with assumptions (kvbench/cost.py)
+    economics: dict[str, Any] | None = None
 
     @property
     def marked(self) -> bool:

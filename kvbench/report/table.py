@@ -7,6 +7,7 @@ Markdown.
 from __future__ import annotations
 
 from kvbench.benchmark.failures import describe
+from kvbench.output import economics
 from kvbench.report.schema import VERDICTS, CompareResults, EngineResult
 
 DASH = "—"
@@ -20,6 +21,9 @@ SUMMARY_COLUMNS = [
     ("mu", "μ theory (req/s)"),
     ("mu_engine_aware", "μ engine-aware (req/s)"),
     ("bracket", "λ* measured (req/s)"),
+    ("slo_rate", "SLO rate (req/s)"),
+    ("tokens", "output tok/s at λ* (per GPU)"),
+    ("cost", "$ per M output tokens at λ* / SLO rate"),
     ("gap", "gap (paper μ)"),
     ("gap_engine_aware", "gap (engine-aware μ)"),
     ("engine_seconds", "engine-s"),
@@ -77,6 +81,9 @@ def summary_row(engine: EngineResult) -> dict[str, str]:
         "mu": DASH if t is None else fmt_rate(t.mu),
         "mu_engine_aware": DASH if t is None else fmt_rate(t.mu_engine_aware),
         "bracket": fmt_bracket(engine),
+        "slo_rate": economics.slo_bracket(engine.slo_boundary).removesuffix(" req/s"),
+        "tokens": _tokens(engine),
+        "cost": _cost(engine),
         "gap": fmt_gap(engine.gap_percent),
         "gap_engine_aware": fmt_gap(engine.gap_engine_aware_percent),
         "engine_seconds": f"{engine.engine_seconds:.0f}",
@@ -87,14 +94,48 @@ def summary_row(engine: EngineResult) -> dict[str, str]:
     }
 
 
+def _tokens(engine: EngineResult) -> str:
+    at = (engine.economics or {}).get("at_lambda")
+    if not at or at.get("output_tokens_per_s") is None:
+        return DASH
+    return f"{at['output_tokens_per_s']:,.1f} ({at['output_tokens_per_s_per_gpu']:,.1f})"
+
+
+def _cost(engine: EngineResult) -> str:
+    econ = engine.economics or {}
+
+    def usd(at: dict | None) -> str:
+        x = (at or {}).get("usd_per_million_output_tokens")
+        return DASH if x is None else f"${x:,.4g}"
+
+    return f"{usd(econ.get('at_lambda'))} / {usd(econ.get('at_slo'))}"
+
+
 def summary_columns(results: CompareResults) -> list[tuple[str, str]]:
-    """The columns worth showing: engine-aware μ only when some engine has it."""
-    has_aware = any(e.theory and e.theory.mu_engine_aware is not None for e in results.engines)
-    return [
-        c
-        for c in SUMMARY_COLUMNS
-        if c[0] not in ("mu_engine_aware", "gap_engine_aware") or has_aware
-    ]
+    """The columns worth showing: engine-aware μ only when some engine has it; the SLO rate
+    with an SLO; cost with a GPU price."""
+    engines = results.engines
+    has = {
+        "mu_engine_aware": any(e.theory and e.theory.mu_engine_aware is not None for e in engines),
+        "slo_rate": any(e.slo_boundary for e in engines),
+        "cost": any((e.economics or {}).get("gpu_price") is not None for e in engines),
+    }
+    has["gap_engine_aware"] = has["mu_engine_aware"]
+    return [c for c in SUMMARY_COLUMNS if has.get(c[0], True)]
+
+
+def economics_notes(results: CompareResults) -> list[str]:
+    """One line per engine: the SLO, tokens and cost with their assumptions."""
+    lines = []
+    for e in results.engines:
+        parts = [
+            f"{label}: {value}" + (f" ({note})" if note else "")
+            for label, value, *rest in economics.rows(e.slo_boundary, e.economics)
+            for note in [rest[0] if rest else ""]
+        ]
+        if parts:
+            lines.append(f"{engine_name(e)} — " + "; ".join(parts))
+    return lines
 
 
 def provisioning_rows(results: CompareResults) -> list[dict[str, str]]:
@@ -111,7 +152,10 @@ def provisioning_rows(results: CompareResults) -> list[dict[str, str]]:
                 "engine_aware": DASH
                 if p.replicas_engine_aware is None
                 else str(p.replicas_engine_aware),
-                "measured": DASH if p.replicas_measured is None else str(p.replicas_measured),
+                "measured": DASH
+                if p.replicas_measured is None
+                else str(p.replicas_measured)
+                + (" (SLO rate)" if p.basis == "SLO rate lower bound" else ""),
             }
         )
     return rows

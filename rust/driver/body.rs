@@ -5,7 +5,10 @@
 //! The engine adapter's body is given once as a template: its JSON with the prompt written as
 //! `[PROMPT_SLOT]` and the output length as `OUTPUT_SLOT` (integers no request uses). Each request
 //! gets fresh random prompt ids drawn from its own generator, seeded by the run's seed and the
-//! request's index, so a body is the same whenever and in whatever order it is rendered.
+//! request's index, so a body is the same whenever and in whatever order it is rendered. A request
+//! of a shared-prefix workload starts with its prefix's ids, drawn from a generator seeded by the
+//! run's seed and the prefix's id, so every request naming that prefix sends the same tokens and
+//! an engine's prefix cache can reuse their KV.
 
 use std::io::Write;
 
@@ -66,10 +69,23 @@ impl BodyTemplate {
         })
     }
 
-    /// The body of request `index`: `prompt_len` fresh ids and `output_len` tokens asked for.
-    pub fn render(&self, index: usize, prompt_len: usize, output_len: i64) -> Vec<u8> {
-        let mut rng =
+    /// The body of request `index`: `prompt_len` ids and `output_len` tokens asked for. With
+    /// `prefix` = (id, length), the first `length` ids are prefix `id`'s, the same in every
+    /// request that names it; the rest are the request's own.
+    pub fn render(
+        &self,
+        index: usize,
+        prompt_len: usize,
+        output_len: i64,
+        prefix: Option<(u64, usize)>,
+    ) -> Vec<u8> {
+        let mut own =
             Pcg64Mcg::seed_from_u64(self.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let (prefix_id, prefix_len) = prefix.unwrap_or((0, 0));
+        // a different odd multiplier and an offset keep prefix streams apart from request streams
+        let mut shared = Pcg64Mcg::seed_from_u64(
+            !self.seed ^ (prefix_id.wrapping_add(1)).wrapping_mul(0xD1B5_4A32_D192_ED03),
+        );
         let mut out = Vec::with_capacity(64 + prompt_len * 6);
         for part in &self.parts {
             match part {
@@ -81,6 +97,11 @@ impl BodyTemplate {
                         if k > 0 {
                             out.push(b',');
                         }
+                        let rng = if k < prefix_len {
+                            &mut shared
+                        } else {
+                            &mut own
+                        };
                         let id = rng.random_range(self.lo..self.hi);
                         write!(out, "{id}").expect("writing to a Vec");
                     }
@@ -105,7 +126,7 @@ mod tests {
     #[test]
     fn renders_valid_json_with_the_lengths_asked_for() {
         let t = BodyTemplate::new(&template(), 7, 1000, 30000).unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&t.render(3, 5, 12)).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&t.render(3, 5, 12, None)).unwrap();
         let prompt = body["prompt"].as_array().unwrap();
         assert_eq!(prompt.len(), 5);
         assert!(prompt
@@ -119,10 +140,10 @@ mod tests {
     #[test]
     fn a_request_renders_the_same_whenever_and_requests_differ() {
         let t = BodyTemplate::new(&template(), 7, 1000, 30000).unwrap();
-        assert_eq!(t.render(3, 50, 2), t.render(3, 50, 2));
-        assert_ne!(t.render(3, 50, 2), t.render(4, 50, 2));
+        assert_eq!(t.render(3, 50, 2, None), t.render(3, 50, 2, None));
+        assert_ne!(t.render(3, 50, 2, None), t.render(4, 50, 2, None));
         let other_seed = BodyTemplate::new(&template(), 8, 1000, 30000).unwrap();
-        assert_ne!(t.render(3, 50, 2), other_seed.render(3, 50, 2));
+        assert_ne!(t.render(3, 50, 2, None), other_seed.render(3, 50, 2, None));
     }
 
     #[test]
@@ -131,5 +152,25 @@ mod tests {
         let no_output = format!(r#"{{"prompt":[{PROMPT_SLOT}]}}"#);
         assert!(BodyTemplate::new(&no_output, 0, 1, 2).is_err());
         assert!(BodyTemplate::new(&template(), 0, 5, 5).is_err());
+    }
+
+    #[test]
+    fn requests_naming_a_prefix_share_its_ids_and_differ_after_it() {
+        let t = BodyTemplate::new(&template(), 7, 1000, 30000).unwrap();
+        let ids = |index, prefix| -> Vec<i64> {
+            let body: serde_json::Value =
+                serde_json::from_slice(&t.render(index, 40, 2, prefix)).unwrap();
+            let prompt = body["prompt"].as_array().unwrap();
+            prompt.iter().map(|id| id.as_i64().unwrap()).collect()
+        };
+        let (a, b) = (ids(3, Some((5, 16))), ids(9, Some((5, 16))));
+        assert_eq!(a.len(), 40);
+        assert_eq!(a[..16], b[..16]);
+        assert_ne!(a[16..], b[16..]);
+        // another prefix, and no prefix, start differently; the request's own ids are its own
+        let other = ids(3, Some((6, 16)));
+        assert_ne!(a[..16], other[..16]);
+        assert_eq!(a[16..], other[16..]);
+        assert_ne!(a[..16], ids(3, None)[..16]);
     }
 }

@@ -133,6 +133,7 @@ fn schedule(shared: Arc<Shared>, runtime: Handle, plan: Plan) {
             index,
             plan.prompt_lens[index],
             shared.output_lens[index],
+            plan.prefixes.get(index).copied(),
         ));
         if !sleep_until(&shared, at.checked_sub(LEAD).unwrap_or(at)) {
             break;
@@ -204,6 +205,8 @@ impl DriverRecord {
 struct Plan {
     times: Vec<f64>,
     prompt_lens: Vec<usize>,
+    /// (prefix id, prefix length) per request of a shared-prefix workload; empty otherwise
+    prefixes: Vec<(u64, usize)>,
     template: body::BodyTemplate,
 }
 
@@ -225,7 +228,8 @@ impl HttpDriver {
     #[new]
     #[pyo3(signature = (
         url, send_times, prompt_lens, output_lens, body_template, duration, *, seed=0,
-        token_range=(1000, 30000), headers=Vec::new(), request_timeout=None, workers=2
+        token_range=(1000, 30000), headers=Vec::new(), request_timeout=None, workers=2,
+        prefix_ids=None, prefix_lens=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -240,6 +244,8 @@ impl HttpDriver {
         headers: Vec<(String, String)>,
         request_timeout: Option<f64>,
         workers: usize,
+        prefix_ids: Option<PyReadonlyArray1<'_, i64>>,
+        prefix_lens: Option<PyReadonlyArray1<'_, i64>>,
     ) -> PyResult<Self> {
         let uri: Uri = url
             .parse()
@@ -266,6 +272,38 @@ impl HttpDriver {
                 prompt_lens[i]
             )));
         }
+        let prefixes = match (prefix_ids, prefix_lens) {
+            (None, None) => Vec::new(),
+            (Some(ids), Some(lens)) => {
+                let (ids, lens) = (ids.as_slice()?, lens.as_slice()?);
+                if ids.len() != times.len() || lens.len() != times.len() {
+                    return Err(PyValueError::new_err(format!(
+                        "{} prefix ids and {} prefix lengths for {} requests: one of each per request",
+                        ids.len(),
+                        lens.len(),
+                        times.len()
+                    )));
+                }
+                let bad =
+                    (0..ids.len()).find(|&i| ids[i] < 0 || lens[i] < 0 || lens[i] > prompt_lens[i]);
+                if let Some(i) = bad {
+                    return Err(PyValueError::new_err(format!(
+                        "prefix {} of {} tokens in request {i} of {} prompt tokens: ids and \
+                         lengths must be ≥ 0 and a prefix no longer than its prompt",
+                        ids[i], lens[i], prompt_lens[i]
+                    )));
+                }
+                ids.iter()
+                    .zip(lens)
+                    .map(|(&id, &len)| (id as u64, len as usize))
+                    .collect()
+            }
+            _ => {
+                return Err(PyValueError::new_err(
+                    "prefix_ids and prefix_lens go together",
+                ))
+            }
+        };
         let template = body::BodyTemplate::new(body_template, seed, token_range.0, token_range.1)
             .map_err(PyValueError::new_err)?;
         let headers = headers
@@ -331,6 +369,7 @@ impl HttpDriver {
             plan: Some(Plan {
                 times: times[..n].to_vec(),
                 prompt_lens: prompt_lens[..n].iter().map(|&p| p as usize).collect(),
+                prefixes: prefixes[..prefixes.len().min(n)].to_vec(),
                 template,
             }),
             runtime: Some(runtime),
