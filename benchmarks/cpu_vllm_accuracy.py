@@ -146,7 +146,7 @@ def case(python: str, model: Path, kv_tokens: int, raw_dir: Path | None = None) 
     ]
     backend = open_engine(
         "vllm",
-        model=str(model),
+        model_path=str(model),
         engine_python=python,
         engine_args=args,
         engine_env={"VLLM_CPU_KVCACHE_SPACE": "1"},

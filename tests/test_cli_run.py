@@ -154,7 +154,10 @@ def test_boundary_confirm_runs_open_loop_probes_either_side():
             ],
             "sim:*",
         ),
-        (["run", "--backend", "vllm", "--request-rate", "1", "--duration", "10"], "--model PATH"),
+        (
+            ["run", "--backend", "vllm", "--request-rate", "1", "--duration", "10"],
+            "--launch MODEL_PATH",
+        ),
         (
             [
                 "run",
@@ -162,28 +165,28 @@ def test_boundary_confirm_runs_open_loop_probes_either_side():
                 "vllm",
                 "--url",
                 "http://x",
-                "--model",
+                "--launch",
                 "/m",
                 "--request-rate",
                 "1",
                 "--duration",
                 "1",
             ],
-            "exactly one of --url (attach) or --model (launch)",
+            "exactly one of --url (attach) or --launch MODEL_PATH (launch)",
         ),
         (
             [
                 "run",
                 "--backend",
                 "sim:vllm",
-                "--model",
+                "--launch",
                 "/m",
                 "--request-rate",
                 "1",
                 "--duration",
                 "1",
             ],
-            "no --url or --model",
+            "no --url, --launch or --model",
         ),
         (["boundary", "--backend", "sim:vllm", "--precision", "0"], "--precision"),
         (["boundary", "--backend", "sim:vllm", "--backlog", "0"], "--backlog"),
@@ -221,10 +224,10 @@ def test_malformed_options_get_one_line_errors(args, message):
 
 
 def test_an_engine_that_dies_at_start_is_one_line_and_exit_1():
-    # --model launches from the vllm recipe; with no vLLM installed here it exits at once: the
+    # --launch starts vllm from its recipe; with no vLLM installed here it exits at once: the
     # engine failed, not the user's input (exit 2)
     r = _invoke(
-        "run", "--backend", "vllm", "--model", "/nonexistent-model", "--request-rate", "1",
+        "run", "--backend", "vllm", "--launch", "/nonexistent-model", "--request-rate", "1",
         "--duration", "1",
     )  # fmt: skip
     assert r.exit_code == 1
@@ -406,13 +409,13 @@ def test_lag_shorter_than_a_mean_gap_keeps_the_verdict():
 def test_an_engine_that_fails_mid_run_exits_1_with_its_run_kept(tmp_path, monkeypatch):
     """The engine, not the input, failed: exit 1 (2 is for bad input), one line, and the run
     directory closed as failed."""
-    from kvbench.cli import run as run_command
+    from kvbench.backends import registry
     from kvbench.errors import KvbenchError
 
     def failing(*args, **kwargs):
         return _FailAfter(resolve_backend("sim:vllm"), 50, KvbenchError("engine died"))
 
-    monkeypatch.setattr(run_command, "resolve_backend", failing)
+    monkeypatch.setattr(registry, "resolve_backend", failing)
     out = tmp_path / "run"
     r = _invoke("run", "--backend", "sim:vllm", "--request-rate", "2", "--duration", "600")
     assert r.exit_code == 1 and r.stderr == "error: engine died\n", r.output

@@ -111,7 +111,7 @@ class _StopAfter:
     def sample(self, *a): ...
     def engine_finished(self, *a): ...
 
-    def probe_finished(self, label, rate, verdict):
+    def probe_finished(self, label, rate, verdict, spent, budget):
         self.n -= 1
         if self.n == 0:
             raise KeyboardInterrupt
@@ -166,7 +166,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    """The default path: no --url, no --model, no --workload (the embedded default), with the
+    """The default path: no --url, no --launch, no --workload (the embedded default), with the
     TensorRT-LLM rule both emulated and simulated, and an SGLang emulator that cannot start.
     Coarse, so fast: a 40% bracket."""
     out = tmp_path_factory.mktemp("emulated")

@@ -437,7 +437,7 @@ def test_run_launches_with_engine_python_args_and_env_and_records_them(tmp_path)
     python = fake_engine_python(tmp_path, serve=True)
     out = tmp_path / "run"
     proc = subprocess.run(
-        [*kvbench_command(), "run", "--backend", "vllm", "--model", "/models/m"]
+        [*kvbench_command(), "run", "--backend", "vllm", "--launch", "/models/m"]
         + ["--engine-python", str(python), "--engine-arg=--max-num-seqs", "--engine-arg=8"]
         + ["--engine-arg=--api-key", "--engine-arg=sk-do-not-write"]
         + ["--engine-env", "HF_TOKEN=hf_do_not_write", "--engine-env", "VLLM_X=1"]
@@ -478,7 +478,7 @@ def test_run_launches_with_engine_python_args_and_env_and_records_them(tmp_path)
 def test_compare_gives_each_engine_its_own_launch_options_and_records_them(tmp_path):
     python = fake_engine_python(tmp_path, serve=False)
     proc = subprocess.run(
-        [*kvbench_command(), "compare", "--backends", "vllm", "--model", "/models/m"]
+        [*kvbench_command(), "compare", "--backends", "vllm", "--launch", "/models/m"]
         + ["--engine-python", f"vllm={python}", "--engine-arg", "vllm=--max-num-seqs=8"]
         + ["--engine-env", "vllm=SECRET_KEY=do_not_write"]
         + ["--no-progress", "--output-dir", str(tmp_path / "reports")],

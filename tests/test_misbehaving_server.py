@@ -86,6 +86,7 @@ class MisbehavingServer:
     def __init__(self, mode: str, every: int = 1, metrics_fail_after: int | None = None):
         self.mode, self.every, self.metrics_fail_after = mode, every, metrics_fail_after
         self.completions = 0
+        self.models_asked: set[str] = set()
         self.metrics_reads = 0
         self.loop = asyncio.new_event_loop()
         self.server: asyncio.base_events.Server | None = None
@@ -193,6 +194,7 @@ class MisbehavingServer:
 
     async def complete(self, writer, request: dict) -> None:
         self.completions += 1
+        self.models_asked.add(request["model"])
         mode = self.mode if self.completions % self.every == 0 else "ok"
         wanted = int(request["max_tokens"])
         prompt = len(request["prompt"])
@@ -395,3 +397,15 @@ def test_the_installed_command_exits_1_and_prints_one_json_object(tmp_path):
     assert p.returncode == 1, p.stderr
     summary = json.loads(p.stdout)
     assert summary["verdict"] == "FAILING" and summary["failures"]["kinds"][0]["kind"] == "http_500"
+
+
+@pytest.mark.parametrize(
+    "given, sent", [((), MODEL), (("--model", "my-served-name"), "my-served-name")]
+)
+def test_model_names_the_served_model_as_in_vllm_bench_serve(given, sent, tmp_path):
+    """--model is the served model's name (default: the first of /v1/models), not a path to
+    launch (that is --launch)."""
+    with MisbehavingServer("ok") as server:
+        r = _run(server, tmp_path / "run", *given)
+    assert r.exit_code == 0, r.output
+    assert server.models_asked == {sent}

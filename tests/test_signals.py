@@ -198,3 +198,35 @@ def test_compare_writes_its_report_and_stops_its_emulators_on_sigterm(tmp_path):
     assert (directory / "report.html").is_file()
     for pid in servers:
         _wait_for(lambda pid=pid: not _alive(pid), f"emulator {pid} to exit", timeout=30)
+
+
+def test_compare_killed_by_sigterm_resumes_without_rerunning_judged_probes(tmp_path):
+    args = ("compare", "--backends", "trtllm", "--no-progress")
+    p = _start(tmp_path, *args)
+    engine = lambda: next(iter((tmp_path / "reports").glob("*/engines/0-trtllm/engine.json")), None)  # noqa: E731
+    _wait_for(lambda: engine() is not None, "the compare directory")
+    _wait_for(
+        lambda: json.loads(engine().read_text()).get("search", {}).get("probes"),
+        "a finished probe",
+        timeout=240,
+    )
+    rc, _, err = _stop(p)
+    assert rc == 143, err
+    directory = engine().parents[2]
+    judged = json.loads(engine().read_text())["search"]["probes"]
+    kept = {f: f.read_bytes() for r in judged for f in (directory / r["run_dir"]).iterdir()}
+    resumed = subprocess.run(
+        [sys.executable, "-m", "kvbench", *args, "--resume", str(directory)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    results = json.loads((directory / "results.json").read_text())
+    assert results["interrupted"] is False
+    (e,) = results["engines"]
+    assert e["status"] == "ok" and e["boundary"]["lower"] and e["boundary"]["upper"]
+    # the probes judged before the SIGTERM are the search's first probes, their runs untouched
+    assert [p["run_dir"] for p in e["probes"][: len(judged)]] == [r["run_dir"] for r in judged]
+    assert all(f.read_bytes() == b for f, b in kept.items())

@@ -1,5 +1,5 @@
 """The HTTP engine backends by name: attach to a running server (`url`), launch one from its
-recipe (`model`), or launch kvbench's emulator of the engine (`open_emulator`). The backend
+recipe (`model_path`), or launch kvbench's emulator of the engine (`open_emulator`). The backend
 registry resolves `vllm`, `sglang`, `trtllm` and `emulate:ENGINE` through here."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def open_engine(
     engine: str,
     *,
     url: str | None = None,
-    model: str | None = None,
+    model_path: str | None = None,
     engine_python: str | None = None,
     engine_args: list[str] | None = None,
     engine_env: dict[str, str] | None = None,
@@ -39,8 +39,9 @@ def open_engine(
     time_scale: float | None = None,
     wait_for_server: float = 0.0,
 ) -> HttpBackend:
-    """A backend for `engine`: attached to `url`, or launched with the model at `model`
-    (the backend owns the launched server and stops it on close()). `headers` go on every
+    """A backend for `engine`: attached to `url`, or launched with the model at `model_path`
+    (the backend owns the launched server and stops it on close()). `served_model` names the
+    model in requests (default: the first of the server's /v1/models). `headers` go on every
     request; `time_scale` is the user's word for an attached emulator's scale; an attached server
     still starting is waited for up to `wait_for_server` seconds (a launched one is waited for
     by the launcher)."""
@@ -50,8 +51,10 @@ def open_engine(
         raise KvbenchError(
             f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}"
         ) from None
-    if (url is None) == (model is None):
-        raise KvbenchError(f"{engine}: give exactly one of --url (attach) or --model (launch)")
+    if (url is None) == (model_path is None):
+        raise KvbenchError(
+            f"{engine}: give exactly one of --url (attach) or --launch MODEL_PATH (launch)"
+        )
     options: dict[str, Any] = dict(
         model=served_model,
         scrape_period=scrape_period,
@@ -67,10 +70,10 @@ def open_engine(
             wait_for_server=wait_for_server,
             **options,
         )
-    assert model is not None  # exactly one of the two, checked above
+    assert model_path is not None  # exactly one of the two, checked above
     server = launch(
         engine,
-        model,
+        model_path,
         python=engine_python,
         extra_args=engine_args,
         env=engine_env,

@@ -1,7 +1,7 @@
 """Backends by name: `sim:ENGINE` (the simulator, in-process), `emulate:ENGINE` (kvbench's HTTP
 emulator of the engine, started as a child process and driven over HTTP) and the HTTP engines
 `vllm`, `sglang`, `trtllm` (attached with --url, or launched from backends/<engine>/recipe.toml
-with --model). One place maps a name and its options to a `Backend`,
+with --launch). One place maps a name and its options to a `Backend`,
 so the CLI commands and the search share it and new kinds plug in here."""
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def resolve_backend(
     name: str,
     *,
     url: str | None = None,
-    model: str | None = None,
+    launch_path: str | None = None,
+    served_model: str | None = None,
     profile: str | None = None,
     kv_tokens: int | None = None,
     chunk_size: int | None = None,
@@ -72,13 +73,14 @@ def resolve_backend(
     real engine reports its own profile, so they are refused there. An emulated engine with
     replicas > 1 is that many emulator processes behind round-robin dispatch; `log_dir` keeps
     their logs. `launch` (--engine-python, --engine-arg, --engine-env) applies only where
-    kvbench launches a real engine (--model). `headers` (API key, --header) go on every request
+    kvbench launches a real engine (--launch MODEL_PATH); `served_model` (--model) names the
+    model in requests to a real engine (default: the first of its /v1/models). `headers` (API key, --header) go on every request
     to an HTTP engine; `time_scale` with --url states the scale of an emulator the user started;
     an attached server still starting is waited for up to `wait_for_server` seconds."""
-    if launch and model is None:
+    if launch and launch_path is None:
         raise KvbenchError(
             f"{name}: --engine-python, --engine-arg and --engine-env apply when kvbench launches "
-            "the engine (a real backend with --model)"
+            "the engine (a real backend with --launch)"
         )
     if time_scale is not None:
         check_time_scale(time_scale)
@@ -101,8 +103,10 @@ def resolve_backend(
             raise KvbenchError(
                 f"unknown backend {name!r}; choose one of {', '.join(backend_names())}"
             )
-        if url is not None or model is not None:
-            raise KvbenchError(f"{name} is simulated in-process and takes no --url or --model")
+        if url is not None or launch_path is not None or served_model is not None:
+            raise KvbenchError(
+                f"{name} is simulated in-process and takes no --url, --launch or --model"
+            )
         _check_shape(kv_tokens, chunk_size, batch_time, replicas)
         overrides = dict(
             kv_tokens=kv_tokens,
@@ -125,8 +129,10 @@ def resolve_backend(
             raise KvbenchError(
                 f"unknown backend {name!r}; choose one of {', '.join(backend_names())}"
             )
-        if url is not None or model is not None:
-            raise KvbenchError(f"{name} starts its own emulator and takes no --url or --model")
+        if url is not None or launch_path is not None or served_model is not None:
+            raise KvbenchError(
+                f"{name} starts its own emulator and takes no --url, --launch or --model"
+            )
         given = [
             f for f, v in (("--profile", profile), ("--chunk-size", chunk_size)) if v is not None
         ]
@@ -172,13 +178,16 @@ def resolve_backend(
         raise KvbenchError(
             f"{name}: {', '.join(given)} apply to sim:* backends; a real engine reports its own profile"
         )
-    if url is None and model is None:
-        raise KvbenchError(f"{name}: give --url of a running server, or --model PATH to launch one")
+    if url is None and launch_path is None:
+        raise KvbenchError(
+            f"{name}: give --url of a running server, or --launch MODEL_PATH to launch one"
+        )
     launch = launch or LaunchOptions()
     return open_engine(
         name,
         url=url,
-        model=model,
+        model_path=launch_path,
+        served_model=served_model,
         seed=seed,
         headers=headers,
         time_scale=time_scale,

@@ -33,6 +33,7 @@ from kvbench.backends.base import (
 )
 from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.replicas import RoundRobinBackend
+from kvbench.benchmark import resume as resume_compare
 from kvbench.benchmark.batch_time import (
     MIN_TIMINGS,
     PROBE_SOURCE,
@@ -58,14 +59,14 @@ from kvbench.redact import redact_url
 from kvbench.report import raw
 from kvbench.workload import Workload, load_workload
 
-# What an engine name means with no --url and no --model: kvbench's emulator of the engine,
+# What an engine name means with no --url and no --launch: kvbench's emulator of the engine,
 # started as a child process and measured over HTTP like a real engine.
 EMBEDDED_KIND = "emulate"
 
 
 @dataclass(frozen=True)
 class EmbeddedDefault:
-    """What `kvbench compare --backends trtllm,sglang` measures with no --url, no --model and no
+    """What `kvbench compare --backends trtllm,sglang` measures with no --url, no --launch and no
     --workload: each engine's emulator (its scheduler in kvbench's simulator, behind the engine's
     own HTTP API) on a scaled-down version of the paper's 1:1 setting, so that the whole
     comparison takes about a minute of a laptop's CPU while every figure is still measured
@@ -106,7 +107,8 @@ class CompareConfig:
     time_scale: float | None = None  # emulated engines' engine seconds per real second
     name: str | None = None
     urls: dict[str, list[str]] = field(default_factory=dict)
-    model: str | None = None
+    launch_model: str | None = None  # --launch MODEL_PATH: launch each engine from its recipe
+    served_model: str | None = None  # --model NAME: the model named in requests
     # sent on every request to an HTTP engine; only the names are ever recorded
     headers: dict[str, str] = field(default_factory=dict)
     replicas: int = 1
@@ -157,15 +159,17 @@ class CompareConfig:
     def check_launch(self) -> None:
         """Refuse launch options that cannot apply, before anything is measured."""
         for label in self.backends:
-            if self.launch(label) and (self.model is None or ":" in label or label in self.urls):
+            if self.launch(label) and (
+                self.launch_model is None or ":" in label or label in self.urls
+            ):
                 raise KvbenchError(
                     f"{label}: --engine-python, --engine-arg and --engine-env apply to engines "
-                    "kvbench launches (--model)"
+                    "kvbench launches (--launch)"
                 )
 
     @property
     def measures_real_engines(self) -> bool:
-        return bool(self.urls) or self.model is not None
+        return bool(self.urls) or self.launch_model is not None
 
     def with_defaults(self) -> CompareConfig:
         """The configuration with its defaults filled in. With no real engine and no --workload,
@@ -201,6 +205,11 @@ class CompareConfig:
                     f"unknown backend {label!r} in --backends; choose from trtllm, sglang, "
                     f"vllm or one of {', '.join(n for n in known if ':' in n)}"
                 )
+        if self.served_model is not None and not self.measures_real_engines:
+            raise KvbenchError(
+                "--model names the model served by a real engine (--url or --launch); the "
+                "emulated and simulated engines serve their own"
+            )
         unknown = set(self.urls) - set(self.backends)
         if unknown:
             raise KvbenchError(f"--url names {', '.join(sorted(unknown))}, not in --backends")
@@ -249,7 +258,11 @@ class CompareObserver(Protocol):
 
     def sample(self, label: str, sample: QueueSample) -> None: ...
 
-    def probe_finished(self, label: str, rate: float, verdict: str) -> None: ...
+    def probe_finished(
+        self, label: str, rate: float, verdict: str, spent: float, budget: float
+    ) -> None:
+        """`spent`: the engine's search so far, in engine seconds, of its `budget`
+        (--max-engine-seconds)."""
 
     def engine_finished(self, label: str, status: str, error: str | None) -> None: ...
 
@@ -271,10 +284,13 @@ def report_directory(config: CompareConfig, now: datetime) -> Path:
 class _Engine:
     """The raw record of one engine (engine.json), rewritten after every step."""
 
-    def __init__(self, directory: Path, asked: dict[str, Any]):
+    def __init__(
+        self, directory: Path, asked: dict[str, Any], previous: dict[str, Any] | None = None
+    ):
+        """`previous`: what an interrupted attempt recorded (resuming), kept and built on."""
         self.directory = directory / raw.ENGINES_DIR / asked["slug"]
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.data: dict[str, Any] = dict(asked, status="running", error=None)
+        self.data: dict[str, Any] = dict(previous or asked, status="running", error=None)
         self.save()
 
     def save(self) -> None:
@@ -419,10 +435,10 @@ def _versions() -> dict[str, str]:
 
 
 def backend_spec(label: str, config: CompareConfig) -> str:
-    """The backend a label stands for: `--url label=URL` attaches and `--model` launches the
+    """The backend a label stands for: `--url label=URL` attaches and `--launch` launches the
     engine; with neither an engine name means its embedded form (EMBEDDED_KIND)."""
     engine = config.engines.get(label, label)
-    if ":" in engine or config.urls.get(label) or config.model:
+    if ":" in engine or config.urls.get(label) or config.launch_model:
         return engine
     return f"{EMBEDDED_KIND}:{engine}"
 
@@ -441,20 +457,26 @@ def open_backend(
 
     urls = config.urls.get(label, [])
     auth = config.headers
+    served = config.served_model
     if len(urls) > 1:
         return RoundRobinBackend(
-            [resolve_backend(spec, url=u, seed=config.seed, headers=auth) for u in urls]
+            [
+                resolve_backend(spec, url=u, seed=config.seed, headers=auth, served_model=served)
+                for u in urls
+            ]
         )
     if urls:
         if config.replicas > 1:
             raise KvbenchError(
                 f"{label}: --replicas {config.replicas} with one --url; give one --url per replica"
             )
-        return resolve_backend(spec, url=urls[0], seed=config.seed, headers=auth)
-    if config.model:
+        return resolve_backend(
+            spec, url=urls[0], seed=config.seed, headers=auth, served_model=served
+        )
+    if config.launch_model:
         if config.replicas > 1:
             raise KvbenchError(
-                f"{label}: --replicas with --model; launch one server per GPU and give each "
+                f"{label}: --replicas with --launch; launch one server per GPU and give each "
                 "with --url"
             )
         from kvbench.backends.engines import open_engine
@@ -462,7 +484,8 @@ def open_backend(
         options = config.launch(label)
         return open_engine(
             spec,
-            model=config.model,
+            model_path=config.launch_model,
+            served_model=served,
             seed=config.seed,
             engine_python=options.python,
             engine_args=list(options.args),
@@ -508,14 +531,17 @@ def banner_for(kinds: set[str], time_scales: Iterable[float] = ()) -> str | None
         )
     return (
         f"{what} engines: these figures come from {source}{clock} on this machine's CPU, not from "
-        "GPU measurements. Give --url engine=URL or --model to measure real engines."
+        "GPU measurements. Give --url engine=URL or --launch MODEL_PATH to measure real engines."
     )
 
 
-def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
+def run_compare(
+    config: CompareConfig, observer: CompareObserver, resume: Path | None = None
+) -> Path:
     """Measure every engine; return the compare directory (raw files only: build the report
     with kvbench.report.write_report). KeyboardInterrupt stops after saving what was measured,
-    and the directory says so."""
+    and the directory says so. `resume`: the directory of an interrupted comparison of the same
+    configuration to continue (kvbench.benchmark.resume)."""
     config.check()
     config = config.with_defaults()
     config.check_launch()
@@ -525,6 +551,64 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         from kvbench.benchmark.runner import replay_rate
 
         replay_rate(workload)  # a trace that cannot be replayed fails before any engine starts
+    if resume is None:
+        directory, header = _create(config)
+    else:
+        directory = resume
+        header = resume_compare.reopen(directory, config.to_json(), config.command)
+    asked = header["engines"]
+
+    for index, a in enumerate(asked):
+        previous = resume_compare.previous_engine(directory, a) if resume else None
+        observer.engine_started(a["label"], a["kind"], index, len(asked))
+        if previous is not None and previous["status"] in resume_compare.FINISHED:
+            observer.engine_finished(a["label"], previous["status"], previous["error"])
+            continue
+        engine = _Engine(directory, a, previous)
+        if previous is not None:
+            resume_compare.set_aside(engine.directory, previous)
+        backend = None
+        try:
+            backend = open_backend(a["label"], a["backend"], config, engine.directory / "server")
+            engine.data["time_scale"] = backend.time_scale
+            engine.data["servers"] = _servers(backend, directory)
+            engine.data["provenance"] = provenance.for_backend(
+                backend, a["backend"], metadata=config.metadata, gpu_exporter=config.gpu_exporter
+            )
+            engine.save()
+            _measure(backend, engine, directory, workload, config, observer, a["label"])
+            engine.data["status"] = "ok"
+        except KeyboardInterrupt:
+            engine.data["status"] = "interrupted"
+            engine.data["error"] = f"stopped by {interrupt.stopped_by()}; finished probes are kept"
+            header["interrupted"] = True
+        except KvbenchError as err:
+            engine.data["status"], engine.data["error"] = "failed", str(err)
+        finally:
+            if backend is not None:
+                engine.data["kind"] = backend.kind  # an attached server may be an emulator
+                engine.data["notes"] = list(getattr(backend, "notes", []))
+                backend.close()
+            engine.save()
+            observer.engine_finished(a["label"], engine.data["status"], engine.data["error"])
+        if header["interrupted"]:
+            break
+    # the banner states what actually ran (an attached server may turn out to be an emulator)
+    kinds: set[str] = set()
+    scales: set[float] = set()
+    for a in asked:
+        path = directory / raw.ENGINES_DIR / a["slug"] / raw.ENGINE_FILE
+        data = raw.read_json(path) if path.is_file() else a
+        kinds.add(data["kind"])
+        if data["kind"] == "emulated" and data.get("time_scale") is not None:
+            scales.add(data["time_scale"])
+    header["banner"] = banner_for(kinds, scales)
+    raw.write_json_atomic(directory / raw.COMPARE_FILE, header)
+    return directory
+
+
+def _create(config: CompareConfig) -> tuple[Path, dict[str, Any]]:
+    """A new compare directory and its compare.json."""
     now = datetime.now(UTC)
     directory = report_directory(config, now)
     try:
@@ -570,48 +654,7 @@ def run_compare(config: CompareConfig, observer: CompareObserver) -> Path:
         "engines": asked,
     }
     raw.write_json_atomic(directory / raw.COMPARE_FILE, header)
-
-    for index, a in enumerate(asked):
-        engine = _Engine(directory, a)
-        observer.engine_started(a["label"], a["kind"], index, len(asked))
-        backend = None
-        try:
-            backend = open_backend(a["label"], a["backend"], config, engine.directory / "server")
-            engine.data["time_scale"] = backend.time_scale
-            engine.data["servers"] = _servers(backend, directory)
-            engine.data["provenance"] = provenance.for_backend(
-                backend, a["backend"], metadata=config.metadata, gpu_exporter=config.gpu_exporter
-            )
-            engine.save()
-            _measure(backend, engine, directory, workload, config, observer, a["label"])
-            engine.data["status"] = "ok"
-        except KeyboardInterrupt:
-            engine.data["status"] = "interrupted"
-            engine.data["error"] = f"stopped by {interrupt.stopped_by()}; finished probes are kept"
-            header["interrupted"] = True
-        except KvbenchError as err:
-            engine.data["status"], engine.data["error"] = "failed", str(err)
-        finally:
-            if backend is not None:
-                engine.data["kind"] = backend.kind  # an attached server may be an emulator
-                engine.data["notes"] = list(getattr(backend, "notes", []))
-                backend.close()
-            engine.save()
-            observer.engine_finished(a["label"], engine.data["status"], engine.data["error"])
-        if header["interrupted"]:
-            break
-    # the banner states what actually ran (an attached server may turn out to be an emulator)
-    kinds: set[str] = set()
-    scales: set[float] = set()
-    for a in asked:
-        path = directory / raw.ENGINES_DIR / a["slug"] / raw.ENGINE_FILE
-        data = raw.read_json(path) if path.is_file() else a
-        kinds.add(data["kind"])
-        if data["kind"] == "emulated" and data.get("time_scale") is not None:
-            scales.add(data["time_scale"])
-    header["banner"] = banner_for(kinds, scales)
-    raw.write_json_atomic(directory / raw.COMPARE_FILE, header)
-    return directory
+    return directory, header
 
 
 def _servers(backend: Backend, root: Path) -> list[dict[str, Any]]:
@@ -651,9 +694,13 @@ def _measure(
     profile = discovered.profile
     _record_profile(engine, discovered)
 
-    batch, burst_samples = _calibrate(
-        backend, engine, root, workload, profile, config, observer, label
-    )
+    if resume_compare.calibrated(engine.data):
+        # resuming: the burst ran before the interruption; its b̄ and gauges are read back
+        batch, burst_samples = resume_compare.calibration(root, engine.data)
+    else:
+        batch, burst_samples = _calibrate(
+            backend, engine, root, workload, profile, config, observer, label
+        )
     # A running cap that no endpoint exposes shows in the gauges of a saturated engine: first in
     # the calibration burst's, before the theory sets where the search starts (with vLLM's
     # assumed 256 against a real 4, the first probe went in 25 times over the boundary), then in
@@ -736,6 +783,8 @@ def _search(
     it is judged, so an interrupted search keeps its finished probes."""
     from kvbench.benchmark.search import DEFAULT_MAX_ENGINE_SECONDS, find_boundary
 
+    # a resumed search replays the probes judged before it was interrupted
+    resumed = resume_compare.replayed_probes(root, engine.data)
     search: dict[str, Any] = {
         "lower": None,
         "upper": None,
@@ -782,16 +831,17 @@ def _search(
         search["upper"] = min((r for r in unstable if r > (search["lower"] or 0)), default=None)
         search["engine_seconds"] = sum(p["engine_seconds"] for p in search["probes"])
         engine.save()
-        observer.probe_finished(label, probe.rate, probe.verdict)
+        observer.probe_finished(label, probe.rate, probe.verdict, search["engine_seconds"], budget)
 
     assert config.workload is not None and config.precision is not None  # with_defaults
+    budget = config.max_engine_seconds or DEFAULT_MAX_ENGINE_SECONDS
     result = find_boundary(
         backend_for_seed,
         workload,
         config.workload,
         precision=config.precision,
         confidence=config.confidence,
-        max_engine_seconds=config.max_engine_seconds or DEFAULT_MAX_ENGINE_SECONDS,
+        max_engine_seconds=budget,
         seed=config.seed,
         start_rate=_start_rate(engine.data),
         on_probe=on_probe,
@@ -802,6 +852,7 @@ def _search(
         replay=config.replay,
         slo=config.slo,
         percentiles=config.percentiles,
+        resumed=resumed,
     )
     search.update(
         lower=result.lower,

@@ -243,7 +243,8 @@ def _check_header(header: Any, path: Path) -> dict[str, Any]:
         if not isinstance(header.get(key), str):
             raise KvbenchError(f"{path}: {key} {header.get(key)!r:.40} is not a string")
     rate: Any = config.get("request_rate")
-    validate.positive_number(rate, f"{path}: config.request_rate")
+    if rate != "inf":  # --request-rate inf, recorded as typed
+        validate.positive_number(rate, f"{path}: config.request_rate")
     window_end = header.get("window_end")
     if not _is(window_end, float) or window_end is None or not math.isfinite(window_end):
         raise KvbenchError(f"{path}: window_end {window_end!r:.40} is not a number")

@@ -80,8 +80,12 @@ class RunSpec:
     def __post_init__(self) -> None:
         if (self.duration is None) == (self.num_prompts is None):
             raise KvbenchError("give exactly one of --duration and --num-prompts")
-        if not (self.request_rate > 0 and math.isfinite(self.request_rate)):
+        if not self.request_rate > 0:
             raise KvbenchError(f"--request-rate must be a positive number, got {self.request_rate}")
+        if math.isinf(self.request_rate) and self.num_prompts is None:
+            raise KvbenchError(
+                "--request-rate inf sends every request at once: give --num-prompts, not --duration"
+            )
         if self.duration is not None and not (self.duration > 0 and math.isfinite(self.duration)):
             raise KvbenchError(
                 f"--duration must be a positive number of seconds, got {self.duration}"
@@ -241,14 +245,17 @@ def summarize(
     admitted = _col(records, "admitted")
     failed = np.array([r.error is not None for r in records], dtype=bool)
     end = planned_end
-    if status != "completed":
+    if status != "completed" or math.isinf(rate):
+        # all at once (--request-rate inf): the window is the run, to its last event
         observed = [
             x
             for x in (np.nanmax(sent, initial=0.0), np.nanmax(fin, initial=0.0))
             if math.isfinite(x)
         ]
         observed += [s.time for s in samples[-1:]]
-        end = min(planned_end, max(observed, default=0.0))
+        last = max(observed, default=0.0)
+        # (just past the last event, so that the request ending the run ends inside it)
+        end = float(np.nextafter(last, math.inf)) if math.isinf(rate) else min(planned_end, last)
     scheduled_in_window = int(header.get("scheduled_in_window", len(records)))
     # A --duration run's figures are its window's: a completion after the window is not counted
     # (the HTTP driver reports those requests unfinished; this holds for every backend). A
@@ -344,7 +351,7 @@ def summarize(
             "failed": int(failed.sum()),
             "unfinished": int(np.count_nonzero(~np.isfinite(fin) & ~failed)),
         },
-        "achieved_rate": n_sent / send_span if send_span > 0 else None,
+        "achieved_rate": n_sent / send_span if send_span > 0 and math.isfinite(rate) else None,
         "schedule_lag": {"p50": lag_p50, "p99": lag_p99, "budget": budget},
         "client_kept_schedule": bool(kept),
         "percentiles": list(asked),
@@ -369,7 +376,13 @@ def summarize(
     # Failed requests are left out of the queue: they are not departures, and the verdict is
     # about the requests the engine served; `failures` judges the rest.
     judged = (sent < end) & ~failed
-    if end > 0 and judged.any():
+    if math.isinf(rate):
+        # vllm bench serve's --request-rate inf: a queue that only drains has no arrival rate
+        # to judge stability at; the latencies and throughput are the run's figures
+        summary["evidence"] = {
+            "reason": "no verdict: every request was sent at once (--request-rate inf)"
+        }
+    elif end > 0 and judged.any():
         result = stability_verdict(
             sent[judged],
             leave[judged],
@@ -425,15 +438,21 @@ def run_header(
 ) -> dict[str, Any]:
     discovered = backend.discover_profile()
     profile = dataclasses.asdict(discovered.profile)
+    config = dataclasses.asdict(spec)
+    all_at_once = math.isinf(spec.request_rate)
+    if all_at_once:
+        config["request_rate"] = "inf"  # as typed: JSON has no infinity
     return {
         "kind": backend.kind,
         "backend": backend.name,
         # engine seconds per real second (times are the engine's); a wrapper may not say
         "time_scale": getattr(backend, "time_scale", 1.0),
-        "config": dataclasses.asdict(spec),
+        "config": config,
         "seed": spec.seed,
         "window_end": window_end,
-        "scheduled_in_window": sum(1 for r in requests if r.intended_send < window_end),
+        "scheduled_in_window": len(requests)
+        if all_at_once
+        else sum(1 for r in requests if r.intended_send < window_end),
         "profile": profile,
         "profile_sources": discovered.sources,
         # what kvbench started, as started (credentials redacted): command line and environment

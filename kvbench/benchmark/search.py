@@ -35,7 +35,7 @@ would. Every probe is recorded with its rate, duration, verdict, evidence and co
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from kvbench.benchmark.runner import RunSpec, execute_run
 from kvbench.benchmark.slo import Slo, slo_boundary
 from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, check_settings
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
-from kvbench.errors import ClientLagError, EngineError
+from kvbench.errors import ClientLagError, EngineError, KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel
 from kvbench.workload import Workload
 
@@ -161,6 +161,16 @@ def check_search_settings(
     validate.positive_number(max_engine_seconds, "--max-engine-seconds", allow_inf=True)
 
 
+def check_replayed(probe: Probe, index: int, rate: float) -> None:
+    """A replayed probe must be the one the search asks for now: the same rate (to rounding),
+    or the decisions have diverged and resuming would mix two different searches."""
+    if not math.isclose(probe.rate, rate, rel_tol=1e-9):
+        raise KvbenchError(
+            f"cannot resume: probe {index + 1} ran at λ = {probe.rate:.6g} req/s, but the search "
+            f"now asks for λ = {rate:.6g} req/s (the engine's calibration or settings changed)"
+        )
+
+
 def find_boundary(
     backend_for_seed: Callable[[int], Backend],
     workload: Workload,
@@ -181,6 +191,7 @@ def find_boundary(
     replay: bool = False,
     slo: Slo | None = None,
     percentiles: tuple[float, ...] | None = None,
+    resumed: Sequence[Probe] = (),
 ) -> BoundaryResult:
     """Bracket the backend's stability boundary. `backend_for_seed(seed)` gives the backend for
     one probe (probe k uses seed + k, so probes are independent and the search reproducible).
@@ -191,7 +202,9 @@ def find_boundary(
     (rates, start_rate included, are totals over them). With `slo`, every probe is judged
     against it as well, and the SLO rate is bracketed from the same probes (no probe is run for
     it): see kvbench.benchmark.slo. With `replay`, every probe replays the trace's own
-    timestamps, scaled to the probe's rate (RunSpec.replay)."""
+    timestamps, scaled to the probe's rate (RunSpec.replay). `resumed`: probes an interrupted
+    search judged (kvbench.benchmark.resume), taken in place of running the first len(resumed)
+    probes; each is passed to `on_probe` as a run one would be."""
     check_search_settings(precision, confidence, max_engine_seconds, tolerance)
     first = backend_for_seed(seed)
     profile = first.discover_profile().profile
@@ -240,6 +253,11 @@ def find_boundary(
         interval is wider than `until_capacity_width`)."""
         nonlocal spent
         k = len(probes)
+        if k < len(resumed):
+            p = resumed[k]
+            check_replayed(p, k, rate)
+            spent += p.engine_seconds
+            return record(p)
         backend = first if k == 0 else backend_for_seed(seed + k)
         duration = duration_for(rate)
         cost = previous = 0.0
@@ -311,12 +329,15 @@ def find_boundary(
             result.summary["slo"],
             result.summary["latency"],
         )
+        return record(p)
+
+    def record(p: Probe) -> Probe:
         probes.append(p)
         if on_probe is not None:
             on_probe(p)
-        if verdict == "FAILING" and not p.over_limit:
+        if p.verdict == "FAILING" and not p.over_limit:
             raise EngineError(
-                f"probe at λ = {rate:.4g} req/s: FAILING, {ev['reason']}; the search stops: "
+                f"probe at λ = {p.rate:.4g} req/s: FAILING, {p.evidence['reason']}; the search stops: "
                 "these failures are a fault of the engine or its configuration, not load "
                 "shedding (HTTP 429/502/503/504, timeouts, reset connections)"
             )

@@ -14,12 +14,15 @@ from kvbench.backends.labels import parse_backends
 from kvbench.backends.launch import redact_given
 from kvbench.benchmark.compare import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig, run_compare
 from kvbench.benchmark.failures import describe
-from kvbench.cli import options
+from kvbench.benchmark.search import DEFAULT_MAX_ENGINE_SECONDS
+from kvbench.cli import options, vllm_flags
 from kvbench.cli.backend_options import auth_options, request_headers
 from kvbench.errors import KvbenchError
+from kvbench.export import figures as static_figures
 from kvbench.export.json import write_json
 from kvbench.output import economics
-from kvbench.output.compare_progress import CompareProgress
+from kvbench.output.compare_progress import CompareProgress, PlainCompareProgress
+from kvbench.output.progress import on_terminal
 from kvbench.output.terminal import block, highlight
 from kvbench.provenance import check_exporter_url, parse_metadata
 from kvbench.redact import redact_url
@@ -56,7 +59,7 @@ def _command_line(ctx: click.Context) -> str:
         if (
             not (typed or param.name == "backends")
             or value in (None, ())
-            or param.name == "progress"
+            or (param.name in ("progress", "resume", "save_result"))
         ):
             continue
         flag = param.opts[0]
@@ -161,9 +164,10 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 @click.option(
     "--workload",
     help=f"Workload spec (pd-1:1, uniform:S-S,O-O, fixed:S,O) or trace file [default: "
-    f"{EMBEDDED.workload} with no --url/--model (the embedded default), else "
+    f"{EMBEDDED.workload} with no --url/--launch (the embedded default), else "
     f"{REAL_ENGINE_WORKLOAD}].",
 )
+@vllm_flags.random_dataset("workload")
 @click.option(
     "--kv-tokens",
     type=click.IntRange(min=1),
@@ -187,7 +191,8 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 )
 @options.metadata()
 @options.gpu_exporter()
-@click.option("--model", help="Launch each engine from its recipe with this model.")
+@options.served_model()
+@options.launch_model("each engine")
 @auth_options()[0]
 @auth_options()[1]
 @options.engine_launch(per_engine=True)
@@ -205,12 +210,26 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     help=f"Relative width of the boundary bracket to reach [default: "
     f"{EMBEDDED.precision:g} in the embedded default, else 0.05].",
 )
-@click.option("--confidence", type=float, default=0.95, show_default=True)
-@click.option("--max-engine-seconds", type=float, help="Search budget per engine.")
+@click.option(
+    "--confidence", type=float, default=0.95, show_default=True, help="Confidence of every verdict."
+)
+@click.option(
+    "--max-engine-seconds",
+    type=float,
+    metavar="S",
+    help=f"Search budget per engine, in engine seconds [default: {DEFAULT_MAX_ENGINE_SECONDS:,.0f}"
+    f" = {DEFAULT_MAX_ENGINE_SECONDS / 3600:g} h]; progress lines show what is left.",
+)
 @click.option(
     "--target-rate", type=float, help="Also answer: replicas needed for this rate (req/s)."
 )
-@click.option("--target-utilization", type=float, default=0.9, show_default=True)
+@click.option(
+    "--target-utilization",
+    type=float,
+    default=0.9,
+    show_default=True,
+    help="Utilization ρ the replicas for --target-rate are sized to.",
+)
 @options.latency_targets(bracket=True)
 @options.pricing()
 @click.option(
@@ -220,18 +239,30 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     show_default=True,
     help="b̄ as a trimmed mean cutting this fraction from each tail (0: the median).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--name", help="Report name (default: the engines).")
 @click.option(
-    "--output-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("reports"),
+    "--seed",
+    type=int,
+    default=0,
     show_default=True,
-    help="The report goes to OUTPUT_DIR/<date>-<name>/.",
+    help="Seeds arrivals, lengths and the simulator (probe k uses seed + k).",
+)
+@click.option("--name", help="Report name [default: the engines' labels].")
+@options.output_dir("The report goes to DIR/<date>-<name>/.", default=Path("reports"))
+@options.save_result("Accepted for vllm bench serve's spelling: compare always writes its report.")
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    metavar="DIR",
+    help="Continue the interrupted comparison in DIR (a directory compare wrote) with the same "
+    "settings: finished engines and judged probes are kept, not run again.",
 )
 @click.option(
-    "--progress/--no-progress", default=None, help="Live progress view (default: on a terminal)."
+    "--progress/--no-progress",
+    default=None,
+    help="Progress on stderr [default: on; a live view on a terminal, else a plain line per "
+    "phase, per probe and per minute].",
 )
+@options.static_figures()
 @options.replay(searched=True)
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
 def compare(
@@ -242,7 +273,8 @@ def compare(
     urls,
     metadata,
     gpu_exporter,
-    model,
+    served_model,
+    launch_model,
     api_key,
     headers,
     engine_python,
@@ -261,14 +293,17 @@ def compare(
     seed,
     name,
     output_dir,
+    save_result,
+    resume,
     progress,
+    figures,
     replay,
     as_json,
 ) -> None:
     """Measure each engine's stability boundary on the same workload, set it beside the theory,
     and write a report (report.html, summary.md, results.json, CSVs).
 
-    With no --url and no --model each engine is kvbench's emulator of it (its scheduler in
+    With no --url and no --launch each engine is kvbench's emulator of it (its scheduler in
     kvbench's simulator, behind the engine's own HTTP API), started on a free local port, driven
     over HTTP exactly as a real engine is, and stopped at the end; the report says EMULATED on
     every row and plot. With no --workload either, the embedded default applies: s, o ~
@@ -287,7 +322,10 @@ def compare(
           --slo ttft:2s,tpot:100ms@p99 --gpu-price 3.5 --gpus-per-replica 8 --target-rate 40
       kvbench compare --backends h200-trt=trtllm --url h200-trt=http://10.0.0.5:8000 \\
           --metadata gpu_model="NVIDIA H200" --metadata gpu_count=8
+      kvbench compare --backends trtllm,sglang --resume reports/2026-11-30-trtllm-vs-sglang
     """
+    if figures:
+        static_figures.check()
     labels, engines = parse_backends(backends)
     config = CompareConfig(
         backends=labels,
@@ -299,7 +337,8 @@ def compare(
         time_scale=time_scale,
         name=name,
         urls=_parse_urls(urls),
-        model=model,
+        launch_model=launch_model,
+        served_model=served_model,
         headers=request_headers(api_key, headers),
         replicas=replicas,
         precision=precision,
@@ -320,15 +359,17 @@ def compare(
         percentiles=targets.percentiles,
         pricing=pricing,
     )
-    show = sys.stderr.isatty() if progress is None else progress
+    # a live view on a terminal, plain lines in a log; --no-progress: neither
+    show = True if progress is None else progress
+    view = CompareProgress(enabled=show) if on_terminal() or not show else PlainCompareProgress()
     # a SIGTERM (a job runner's timeout) stops like Ctrl-C (kvbench.interrupt): the engines
     # kvbench started are stopped and what was measured is reported
-    with CompareProgress(enabled=show) as view:
-        directory = run_compare(config, view)
+    with view:
+        directory = run_compare(config, view, resume=resume)
     # measuring is over: a Ctrl-C (or SIGTERM) now would only lose the report, so let it finish
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        report, _ = write_report(directory)
+        report, _ = write_report(directory, figures=figures)
     finally:
         signal.signal(signal.SIGINT, previous)
     if as_json:
@@ -358,10 +399,11 @@ def failed_engines_status(results: CompareResults) -> int:
     return 0
 
 
-def rebuild_compare_report(directory: Path, as_json: bool) -> Report:
+def rebuild_compare_report(directory: Path, as_json: bool, figures: bool = False) -> Report:
     """`kvbench report DIR` for a compare directory: rebuild every report file from the raw
-    files and print the summary (or results.json with --json)."""
-    report, _ = write_report(directory)
+    files (with `figures`, the static figures too) and print the summary (or results.json with
+    --json)."""
+    report, _ = write_report(directory, figures=figures)
     if as_json:
         write_json(report.results.to_dict())
     else:

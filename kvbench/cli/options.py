@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -72,6 +73,16 @@ def request_rate(required: bool = False):
     )
 
 
+def burstiness():
+    return click.option(
+        "--burstiness",
+        type=float,
+        default=1.0,
+        show_default=True,
+        help="Gamma shape of inter-arrival gaps (1 = Poisson).",
+    )
+
+
 def exact_g():
     return click.option(
         "--exact",
@@ -126,6 +137,29 @@ def gpu_exporter():
     )
 
 
+def served_model():
+    # the meaning every other serving benchmark gives --model (vllm bench serve, genai-perf)
+    return click.option(
+        "--model",
+        "served_model",
+        default=None,
+        metavar="NAME",
+        help="The served model's name, sent in every request to a real engine [default: the "
+        "first of the engine's /v1/models].",
+    )
+
+
+def launch_model(what: str = "the engine"):
+    return click.option(
+        "--launch",
+        "launch_model",
+        default=None,
+        metavar="MODEL_PATH",
+        help=f"Launch {what} (real backends) with the model at MODEL_PATH, from its recipe in "
+        "backends/<engine>/; kvbench stops it at the end.",
+    )
+
+
 def engine_settings(per_engine: bool = False):
     """--engine-setting: a scheduler setting of an engine over HTTP that it does not expose."""
     from kvbench.backends.settings import SETTINGS
@@ -146,7 +180,7 @@ def engine_settings(per_engine: bool = False):
 
 
 def engine_launch(per_engine: bool = False):
-    """--engine-python, --engine-arg, --engine-env: how kvbench launches an engine (--model).
+    """--engine-python, --engine-arg, --engine-env: how kvbench launches an engine (--launch).
     With `per_engine` (compare), a value may start with `ENGINE=` to reach that engine only."""
     prefix = "[ENGINE=]" if per_engine else ""
     only = " An ENGINE= prefix gives it to that engine only." if per_engine else ""
@@ -155,7 +189,7 @@ def engine_launch(per_engine: bool = False):
             "--engine-python",
             multiple=per_engine,
             metavar=f"{prefix}PATH",
-            help="The interpreter of the environment the engine is installed in (--model; "
+            help="The interpreter of the environment the engine is installed in (--launch; "
             f"default: kvbench's own).{only}",
         ),
         click.option(
@@ -163,7 +197,7 @@ def engine_launch(per_engine: bool = False):
             "engine_args",
             multiple=True,
             metavar=f"{prefix}ARG",
-            help="One more argument for the engine's command line (--model), after the "
+            help="One more argument for the engine's command line (--launch), after the "
             "recipe's; repeat, e.g. --engine-arg=--tensor-parallel-size --engine-arg=2. "
             f"A flag the recipe also sets replaces the recipe's.{only}",
         ),
@@ -172,7 +206,7 @@ def engine_launch(per_engine: bool = False):
             "engine_env",
             multiple=True,
             metavar=f"{prefix}KEY=VALUE",
-            help="An environment variable for the engine (--model); repeat. Recorded with the "
+            help="An environment variable for the engine (--launch); repeat. Recorded with the "
             f"run, with values of names that look like credentials (KEY, TOKEN, SECRET, "
             f"PASSWORD) redacted.{only}",
         ),
@@ -329,3 +363,45 @@ def pricing():
         return wrapper
 
     return apply
+
+
+def output_dir(help_text: str, *, aliases: tuple[str, ...] = (), default=None):
+    """--output-dir, the one spelling of run, boundary and compare for where results go, with
+    vllm bench serve's --result-dir (and a command's older spelling in `aliases`) beside it."""
+    return click.option(
+        "--output-dir",
+        "--result-dir",
+        *aliases,
+        "output_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=default,
+        show_default=default is not None,
+        metavar="DIR",
+        help=help_text,
+    )
+
+
+def save_result(help_text: str):
+    """vllm bench serve's --save-result."""
+    return click.option("--save-result", is_flag=True, help=help_text)
+
+
+def static_figures():
+    return click.option(
+        "--figures",
+        is_flag=True,
+        help="Also write each plot as PNG and SVG in figures/ beside report.html (needs "
+        "kvbench[figures], i.e. kaleido, and Chrome or Chromium).",
+    )
+
+
+def default_result_dir(command: str, backend: str, rate: float | None = None) -> Path:
+    """Where --save-result writes without --output-dir: a new directory in the working
+    directory named, as vllm bench serve names its result file, after the backend, the rate and
+    the time."""
+    import re
+    from datetime import datetime
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", backend)
+    rate_part = "" if rate is None else f"-{rate:g}qps"
+    return Path(f"{command}-{name}{rate_part}-{datetime.now():%Y%m%d-%H%M%S}")

@@ -12,7 +12,9 @@ import click
 
 from kvbench.benchmark.recorder import read_run, write_summary
 from kvbench.benchmark.runner import summarize
+from kvbench.cli import options
 from kvbench.cli.run import run_exit_status
+from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.run import run_summary_text
 from kvbench.report.raw import is_compare_dir
@@ -40,15 +42,20 @@ Examples:
 )
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def rebuild(directory: str, as_json: bool) -> None:
+@options.static_figures()
+def rebuild(directory: str, as_json: bool, figures: bool) -> None:
     """Rebuild the summary of the run in DIRECTORY from its header, request records and queue
     samples, and write it to DIRECTORY/summary.json. For a `kvbench compare` directory, rebuild
     its whole report (results.json, summary.md, report.html, CSVs) from the raw files."""
     if is_compare_dir(Path(directory)):
         from kvbench.cli.compare import failed_engines_status, rebuild_compare_report
 
-        report = rebuild_compare_report(Path(directory), as_json)
+        report = rebuild_compare_report(Path(directory), as_json, figures)
         sys.exit(failed_engines_status(report.results))
+    if figures:
+        raise KvbenchError(
+            f"{directory}: --figures draws a compare directory's plots; a run has none"
+        )
     data = read_run(directory)
     summary = summarize(
         data.header, data.records, data.samples, status=data.status, scrape=data.scrape

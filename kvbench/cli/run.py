@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from kvbench import interrupt
-from kvbench.backends.launch import LaunchOptions
-from kvbench.backends.registry import resolve_backend
 from kvbench.benchmark.runner import RunSpec, execute_run, replay_rate
-from kvbench.cli import options
-from kvbench.cli.backend_options import backend_options, request_headers
+from kvbench.cli import options, vllm_flags
+from kvbench.cli.backend_options import BackendArgs, backend_options
 from kvbench.export.json import write_json
 from kvbench.output.progress import RunProgress, echo_progress
 from kvbench.output.run import run_summary_text
@@ -23,7 +22,7 @@ from kvbench.workload import Workload, load_workload
     epilog="""\b
 Examples:
   kvbench run --backend sim:vllm --workload pd-1:1 --request-rate 2.0 --duration 1200
-  kvbench run --backend sim:trtllm --request-rate 3 --num-prompts 5000 --output runs/trt-3
+  kvbench run --backend sim:trtllm --request-rate 3 --num-prompts 5000 --output-dir runs/trt-3
   kvbench run --backend vllm --url http://localhost:8000 --request-rate 1.5 --duration 600 --json
   kvbench run --backend sim:vllm --workload azure-conv --replay --replay-speed 2
   kvbench run --backend sim:vllm --request-rate 2 --duration 600 --slo ttft:2s,tpot:100ms@p99
@@ -31,16 +30,11 @@ Examples:
 )
 @backend_options
 @options.workload()
+@vllm_flags.random_dataset("workload_spec")
 @options.request_rate()
 @options.replay()
 @options.replay_speed()
-@click.option(
-    "--burstiness",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Gamma shape of inter-arrival gaps (1 = Poisson).",
-)
+@options.burstiness()
 @click.option(
     "--duration",
     type=float,
@@ -51,42 +45,32 @@ Examples:
 @click.option(
     "--num-prompts", type=int, default=None, metavar="N", help="Requests to send (or --duration)."
 )
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False),
-    default=None,
-    metavar="DIR",
-    help="Write the run (header, every request and queue sample) here as it goes.",
+@options.output_dir(
+    "Write the run (header, every request and queue sample) to DIR as it goes (--output: "
+    "the older spelling).",
+    aliases=("--output",),
+)
+@options.save_result(
+    "Write the run even without --output-dir, to run-BACKEND-RATEqps-TIME/ in the working "
+    "directory (vllm bench serve's spelling)."
 )
 @options.metadata()
 @options.gpu_exporter()
 @options.latency_targets()
 @options.json_output()
 def run(
-    backend: str,
-    url: str | None,
-    model: str | None,
-    engine_python: str | None,
-    engine_args: tuple[str, ...],
-    engine_env: tuple[str, ...],
-    profile_name: str | None,
-    kv_tokens: int | None,
-    chunk_size: int | None,
-    batch_time: float | None,
-    time_scale: float | None,
-    api_key: str | None,
-    headers: tuple[str, ...],
-    wait_for_server: float,
+    backend: BackendArgs,
     seed: int,
     confidence: float,
+    burstiness: float,
     workload_spec: str,
     request_rate: float | None,
     replay: bool,
     replay_speed: float | None,
-    burstiness: float,
     duration: float | None,
     num_prompts: int | None,
-    output: str | None,
+    output_dir: Path | None,
+    save_result: bool,
     metadata: tuple[str, ...],
     gpu_exporter: str | None,
     targets: options.LatencyTargets,
@@ -115,26 +99,16 @@ def run(
         confidence=confidence,
         replay=replay,
     )
+    if output_dir is None and save_result:
+        output_dir = options.default_result_dir("run", backend.name, request_rate)
+    output = None if output_dir is None else str(output_dir)
     stated = parse_metadata(metadata)
     check_exporter_url(gpu_exporter)
-    launch = LaunchOptions.parse(engine_python, engine_args, engine_env)
-    engine = resolve_backend(
-        backend,
-        url=url,
-        model=model,
-        profile=profile_name,
-        kv_tokens=kv_tokens,
-        chunk_size=chunk_size,
-        batch_time=batch_time,
-        time_scale=time_scale,
-        headers=request_headers(api_key, headers),
-        wait_for_server=wait_for_server,
-        seed=seed,
-        launch=launch,
-    )
+    engine = backend.open(seed)
     try:
-        found = for_backend(engine, backend, metadata=stated, gpu_exporter=gpu_exporter)
-        with RunProgress(f"{backend} λ={request_rate:g}", duration, quiet=as_json) as progress:
+        found = for_backend(engine, backend.name, metadata=stated, gpu_exporter=gpu_exporter)
+        label = f"{backend.name} λ={request_rate:g}"
+        with RunProgress(label, duration, quiet=as_json) as progress:
             result = execute_run(
                 engine,
                 workload,

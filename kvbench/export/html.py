@@ -344,32 +344,39 @@ binding: {{ d.theory.binding }}, iteration time from the {{ d.theory.iteration_m
 )
 
 
-def render(report: Report) -> str:
+def figures(report: Report) -> list[tuple[str, go.Figure]]:
+    """The report's plots, each with its id (the HTML's div id; the static figures' name)."""
     r = report.results
-    plots = [_div(_boundary_plot(r), "plot-boundary")]
+    plots = [("plot-boundary", _boundary_plot(r))]
     if report.boundary_series:
         plots.append(
-            _div(
+            (
+                "plot-queue",
                 _series_plot(
                     report,
                     "in_flight",
                     "Requests in system at each bracket's ends (dotted: stable, solid: unstable)",
                     "requests",
                 ),
-                "plot-queue",
             )
         )
         if report.samples["kv_usage"].notna().any():
             plots.append(
-                _div(
+                (
+                    "plot-kv",
                     _series_plot(
                         report, "kv_usage", "KV-cache usage at each bracket's ends", "fraction of M"
                     ),
-                    "plot-kv",
                 )
             )
     if any(e.probes for e in r.engines):
-        plots.append(_div(_latency_plot(r), "plot-latency"))
+        plots.append(("plot-latency", _latency_plot(r)))
+    return plots
+
+
+def render(report: Report) -> str:
+    r = report.results
+    plots = [_div(fig, div_id) for div_id, fig in figures(report)]
     columns = summary_columns(r)
     return _TEMPLATE.render(
         r=r,

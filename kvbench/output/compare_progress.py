@@ -1,10 +1,15 @@
-"""The live view of `kvbench compare`: one line per engine, refreshed while it is measured.
+"""What `kvbench compare` shows while it measures, on stderr. On a terminal, a live view: one
+line per engine, refreshed while it is measured.
 
 ● trtllm (simulated)   2/2  probe λ=3.412  12.3 s / ~20 s  in system 87  waiting 12  S2 U1 I0
+
+Off a terminal (a job runner's log), plain lines instead: one per phase and per probe, and one a
+minute, each with the engine-second budget left, so an unattended comparison is never silent.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -14,6 +19,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from kvbench.backends.base import QueueSample
+from kvbench.output.progress import (
+    HEARTBEAT_SECONDS,
+    Heartbeat,
+    budget_text,
+    echo_progress,
+    elapsed,
+)
 
 
 @dataclass
@@ -33,6 +45,8 @@ class _Row:
     )
     status: str | None = None
     error: str | None = None
+    spent: float = 0.0  # engine seconds the search has used
+    budget: float | None = None  # of --max-engine-seconds, known from the first probe on
 
 
 class CompareProgress:
@@ -84,6 +98,8 @@ class CompareProgress:
                     else (f"[red]{r.status.upper()}[/]: {escape(r.error or '')}")
                 )
             v = r.verdicts
+            if r.budget is not None:
+                queue += f"  {r.spent:,.0f}/{r.budget:,.0f} engine-s"
             table.add_row(
                 f"[bold]{name}[/]",
                 f"{r.index + 1}/{r.total}",
@@ -117,9 +133,88 @@ class CompareProgress:
         row = self.rows[label]
         row.in_flight, row.waiting = sample.in_flight, sample.waiting
 
-    def probe_finished(self, label: str, rate: float, verdict: str) -> None:
-        self.rows[label].verdicts[verdict] = self.rows[label].verdicts.get(verdict, 0) + 1
+    def probe_finished(
+        self, label: str, rate: float, verdict: str, spent: float, budget: float
+    ) -> None:
+        row = self.rows[label]
+        row.verdicts[verdict] = row.verdicts.get(verdict, 0) + 1
+        row.spent, row.budget = spent, budget
 
     def engine_finished(self, label: str, status: str, error: str | None) -> None:
         row = self.rows[label]
         row.status, row.error = status, error
+
+
+class PlainCompareProgress(CompareProgress):
+    """A `CompareObserver` for a log: the live view's rows as plain, time-stamped lines on
+    stderr, one per phase and per probe, and the engine being measured once every `interval`
+    seconds (a minute)."""
+
+    def __init__(self, interval: float = HEARTBEAT_SECONDS):
+        super().__init__(enabled=False)
+        self._lock = threading.Lock()  # the heartbeat thread reads the rows too
+        self._current: str | None = None
+        self._heartbeat = Heartbeat(self._beat, interval)
+
+    def __enter__(self) -> PlainCompareProgress:
+        self._heartbeat.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._heartbeat.__exit__()
+
+    def _say(self, label: str, text: str) -> None:
+        row = self.rows[label]
+        stamp = elapsed(time.monotonic() - self.started)
+        echo_progress(f"[{stamp}] {label} ({row.index + 1}/{row.total}): {text}")
+
+    def _budget(self, row: _Row) -> str:
+        return "" if row.budget is None else f"; {budget_text(row.spent, row.budget)}"
+
+    def _beat(self) -> None:
+        with self._lock:
+            if self._current is None or self.rows[self._current].status is not None:
+                return
+            r = self.rows[self._current]
+            what = r.phase + ("" if r.rate is None else f" λ = {r.rate:.3f} req/s")
+            timing = f"{time.monotonic() - r.phase_started:,.0f} s" + (
+                f" of ~{r.planned:,.0f} s" if r.planned else ""
+            )
+            queue = "" if r.in_flight is None else f", {r.in_flight} in system"
+            if r.waiting is not None:
+                queue += f", {r.waiting} waiting"
+            self._say(r.label, f"{what}, {timing}{queue}{self._budget(r)}")
+
+    def engine_started(self, label: str, kind: str, index: int, total: int) -> None:
+        with self._lock:
+            super().engine_started(label, kind, index, total)
+            self._current = label
+            self._say(label, "starting" + ("" if kind == "real" else f" ({kind})"))
+
+    def phase(self, label: str, what: str, rate: float | None, planned: float | None) -> None:
+        with self._lock:
+            super().phase(label, what, rate, planned)
+            if what != "probe":  # a probe gets its line when it is judged
+                self._say(label, what)
+
+    def sample(self, label: str, sample: QueueSample) -> None:
+        with self._lock:
+            super().sample(label, sample)
+
+    def probe_finished(
+        self, label: str, rate: float, verdict: str, spent: float, budget: float
+    ) -> None:
+        with self._lock:
+            super().probe_finished(label, rate, verdict, spent, budget)
+            row = self.rows[label]
+            n = sum(row.verdicts.values())
+            self._say(label, f"probe {n} λ = {rate:.3f} req/s {verdict}{self._budget(row)}")
+
+    def engine_finished(self, label: str, status: str, error: str | None) -> None:
+        with self._lock:
+            super().engine_finished(label, status, error)
+            row = self.rows[label]
+            self._say(
+                label,
+                ("done" if status == "ok" else f"{status.upper()}: {error}") + self._budget(row),
+            )

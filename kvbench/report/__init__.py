@@ -14,14 +14,17 @@ RESULTS_FILE = "results.json"
 SUMMARY_FILE = "summary.md"
 
 
-def write_report(directory: Path) -> tuple[Report, list[Path]]:
+def write_report(directory: Path, *, figures: bool = False) -> tuple[Report, list[Path]]:
     """(Re)build results.json, summary.md, report.html, probes.csv and samples.csv in
-    `directory` from its raw files; returns the report and the files written."""
+    `directory` from its raw files, and with `figures` each plot as PNG and SVG in figures/;
+    returns the report and the files written."""
     from kvbench.export import csv, html, markdown
+    from kvbench.export import figures as static
 
     report = build_report(directory)
     results = directory / RESULTS_FILE
     report.results.write(results)
     summary = directory / SUMMARY_FILE
     summary.write_text(markdown.render(report.results), encoding="utf-8")
-    return report, [results, summary, html.write(report, directory), *csv.write(report, directory)]
+    written = [results, summary, html.write(report, directory), *csv.write(report, directory)]
+    return report, written + (static.write(report, directory) if figures else [])

@@ -76,7 +76,7 @@ def backend(tmp_path_factory):
     )
     b = open_engine(
         "vllm",
-        model=str(model),
+        model_path=str(model),
         engine_python=python,
         engine_args=ENGINE_ARGS,
         # Lower priority too, for whatever the pinning below does not separate.
