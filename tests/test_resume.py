@@ -53,9 +53,9 @@ def _runs_written(monkeypatch) -> list[Path]:
     written: list[Path] = []
     real = search.execute_run
 
-    def counting(backend, workload, spec, *, output=None, progress=None):
-        written.append(Path(output))
-        return real(backend, workload, spec, output=output, progress=progress)
+    def counting(backend, workload, spec, **options):
+        written.append(Path(options["output"]))
+        return real(backend, workload, spec, **options)
 
     monkeypatch.setattr(search, "execute_run", counting)
     return written

@@ -268,6 +268,13 @@ def _check_end(end: Any, path: Path) -> dict[str, Any]:
     return end
 
 
+def read_samples(directory: Path | str) -> list[QueueSample]:
+    """A run directory's engine-state samples alone, in time order: what a burst (whose header
+    is not a run's) recorded of the engine's gauges."""
+    samples, _ = _read_jsonl(Path(directory) / SAMPLES_FILE, QueueSample)
+    return sorted(samples, key=lambda s: s.time)
+
+
 def read_run(directory: Path | str) -> RunData:
     """Rebuild records and samples from a run directory, complete or cut off."""
     directory = Path(directory)

@@ -25,7 +25,7 @@ from typing import Any
 from kvbench import __version__
 from kvbench.backends.base import QueueSample
 from kvbench.benchmark.batch_time import BatchTimeEstimate
-from kvbench.benchmark.recorder import HEADER_FILE, SUMMARY_FILE, read_run
+from kvbench.benchmark.recorder import HEADER_FILE, SUMMARY_FILE, read_samples
 from kvbench.benchmark.search import Probe
 from kvbench.errors import KvbenchError
 from kvbench.export.json import dumps
@@ -109,8 +109,8 @@ def calibrated(data: dict[str, Any]) -> bool:
 
 def calibration(root: Path, data: dict[str, Any]) -> tuple[BatchTimeEstimate, list[QueueSample]]:
     """The finished calibration burst, read back: its b̄ and the engine's gauges during it."""
-    run = read_run(root / data["calibration"]["run_dir"])
-    return BatchTimeEstimate(**data["batch_time"]), run.samples
+    samples = read_samples(root / data["calibration"]["run_dir"])
+    return BatchTimeEstimate(**data["batch_time"]), samples
 
 
 def replayed_probes(root: Path, data: dict[str, Any]) -> list[Probe]:
