@@ -18,8 +18,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -48,6 +49,7 @@ from kvbench.benchmark.burst import (
     run_burst,
     warm_up,
 )
+from kvbench.benchmark.compare_ray import RayPlacement, measure_on_ray, placement_session
 from kvbench.benchmark.recorder import RunRecorder, read_run, versions
 from kvbench.benchmark.search import DEFAULT_PRECISION, check_search_settings
 from kvbench.benchmark.slo import DEFAULT_PERCENTILES, Slo
@@ -137,6 +139,8 @@ class CompareConfig:
     slo: Slo | None = None
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
     pricing: Pricing = field(default_factory=Pricing)  # --gpu-price, --gpus-per-replica
+    # --ray: each engine measured as a Ray task on a node with its GPUs (compare_ray)
+    ray: RayPlacement | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -545,6 +549,18 @@ def run_compare(
     config.check()
     config = config.with_defaults()
     config.check_launch()
+    if config.ray is None:
+        return _run_compare(config, observer, resume)
+    if resume is not None:
+        raise KvbenchError(
+            "--resume continues a comparison here; with --ray each engine is measured afresh on "
+            "its node, so start a new comparison"
+        )
+    with placement_session(config.ray):
+        return _run_compare(config, observer, None)
+
+
+def _run_compare(config: CompareConfig, observer: CompareObserver, resume: Path | None) -> Path:
     assert config.workload is not None  # with_defaults filled it
     workload = load_workload(config.workload)
     if config.replay:
@@ -557,42 +573,25 @@ def run_compare(
         directory = resume
         header = resume_compare.reopen(directory, config.to_json(), config.command)
     asked = header["engines"]
-
+    todo = []
     for index, a in enumerate(asked):
         previous = resume_compare.previous_engine(directory, a) if resume else None
-        observer.engine_started(a["label"], a["kind"], index, len(asked))
         if previous is not None and previous["status"] in resume_compare.FINISHED:
+            observer.engine_started(a["label"], a["kind"], index, len(asked))
             observer.engine_finished(a["label"], previous["status"], previous["error"])
-            continue
-        engine = _Engine(directory, a, previous)
-        if previous is not None:
-            resume_compare.set_aside(engine.directory, previous)
-        backend = None
-        try:
-            backend = open_backend(a["label"], a["backend"], config, engine.directory / "server")
-            engine.data["time_scale"] = backend.time_scale
-            engine.data["servers"] = _servers(backend, directory)
-            engine.data["provenance"] = provenance.for_backend(
-                backend, a["backend"], metadata=config.metadata, gpu_exporter=config.gpu_exporter
-            )
-            engine.save()
-            _measure(backend, engine, directory, workload, config, observer, a["label"])
-            engine.data["status"] = "ok"
-        except KeyboardInterrupt:
-            engine.data["status"] = "interrupted"
-            engine.data["error"] = f"stopped by {interrupt.stopped_by()}; finished probes are kept"
-            header["interrupted"] = True
-        except KvbenchError as err:
-            engine.data["status"], engine.data["error"] = "failed", str(err)
-        finally:
-            if backend is not None:
-                engine.data["kind"] = backend.kind  # an attached server may be an emulator
-                engine.data["notes"] = list(getattr(backend, "notes", []))
-                backend.close()
-            engine.save()
-            observer.engine_finished(a["label"], engine.data["status"], engine.data["error"])
-        if header["interrupted"]:
-            break
+        else:
+            todo.append((index, a, previous))
+    measure = partial(measure_engine, config=config, workload=workload)
+    if config.ray is not None:
+        header["interrupted"] = measure_on_ray(
+            directory, header, [a for _, a, _ in todo], config.ray, measure, observer
+        )
+    else:
+        for index, a, previous in todo:
+            observer.engine_started(a["label"], a["kind"], index, len(asked))
+            if measure(directory, a, observer, previous=previous):
+                header["interrupted"] = True
+                break
     # the banner states what actually ran (an attached server may turn out to be an emulator)
     kinds: set[str] = set()
     scales: set[float] = set()
@@ -605,6 +604,57 @@ def run_compare(
     header["banner"] = banner_for(kinds, scales)
     raw.write_json_atomic(directory / raw.COMPARE_FILE, header)
     return directory
+
+
+class _Silent:
+    """The observer of an engine measured where nobody watches (a Ray node)."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def measure_engine(
+    directory: Path,
+    a: dict[str, Any],
+    observer: CompareObserver | None,
+    *,
+    config: CompareConfig,
+    workload: Workload,
+    previous: dict[str, Any] | None = None,
+) -> bool:
+    """Open and measure one engine of the comparison at `directory` (its entry `a` of
+    compare.json), recording everything in its engine.json; whether it was interrupted.
+    `previous`: its record from an interrupted comparison being resumed."""
+    observer = observer or cast(CompareObserver, _Silent())
+    engine = _Engine(directory, a, previous)
+    if previous is not None:
+        resume_compare.set_aside(engine.directory, previous)
+    backend = None
+    interrupted = False
+    try:
+        backend = open_backend(a["label"], a["backend"], config, engine.directory / "server")
+        engine.data["time_scale"] = backend.time_scale
+        engine.data["servers"] = _servers(backend, directory)
+        engine.data["provenance"] = provenance.for_backend(
+            backend, a["backend"], metadata=config.metadata, gpu_exporter=config.gpu_exporter
+        )
+        engine.save()
+        _measure(backend, engine, directory, workload, config, observer, a["label"])
+        engine.data["status"] = "ok"
+    except KeyboardInterrupt:
+        engine.data["status"] = "interrupted"
+        engine.data["error"] = f"stopped by {interrupt.stopped_by()}; finished probes are kept"
+        interrupted = True
+    except KvbenchError as err:
+        engine.data["status"], engine.data["error"] = "failed", str(err)
+    finally:
+        if backend is not None:
+            engine.data["kind"] = backend.kind  # an attached server may be an emulator
+            engine.data["notes"] = list(getattr(backend, "notes", []))
+            backend.close()
+        engine.save()
+        observer.engine_finished(a["label"], engine.data["status"], engine.data["error"])
+    return interrupted
 
 
 def _create(config: CompareConfig) -> tuple[Path, dict[str, Any]]:

@@ -13,6 +13,7 @@ from kvbench import interrupt
 from kvbench.backends.labels import parse_backends
 from kvbench.backends.launch import redact_given
 from kvbench.benchmark.compare import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig, run_compare
+from kvbench.benchmark.compare_ray import RayPlacement
 from kvbench.benchmark.failures import describe
 from kvbench.benchmark.search import DEFAULT_MAX_ENGINE_SECONDS
 from kvbench.cli import options, vllm_flags
@@ -264,6 +265,34 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 )
 @options.static_figures()
 @options.replay(searched=True)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Measure the engines side by side, each as a Ray task on a node with the GPUs it "
+    "needs (the kvbench[ray] extra): the engine is launched (or its emulator started) there, "
+    "kvbench's client runs beside it, and its raw folder comes back for this report. On a Ray "
+    "cluster started here, or the one at ADDRESS (its nodes need kvbench and the engines).",
+)
+@click.option(
+    "--gpus-per-engine",
+    type=float,
+    default=None,
+    metavar="N",
+    help="GPUs each engine's Ray task holds (with --ray) [default: 1 with --launch, else 0: "
+    "an emulator or an attached engine needs none].",
+)
+@click.option(
+    "--gpu-resource",
+    default="GPU",
+    show_default=True,
+    metavar="NAME",
+    help="The Ray resource --gpus-per-engine counts, for clusters that name accelerators "
+    "otherwise.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
 def compare(
     backends,
@@ -298,6 +327,9 @@ def compare(
     progress,
     figures,
     replay,
+    ray_address,
+    gpus_per_engine,
+    gpu_resource,
     as_json,
 ) -> None:
     """Measure each engine's stability boundary on the same workload, set it beside the theory,
@@ -326,6 +358,13 @@ def compare(
     """
     if figures:
         static_figures.check()
+    placement = None
+    if ray_address is not None:
+        gpus = gpus_per_engine if gpus_per_engine is not None else (1.0 if launch_model else 0.0)
+        placement = RayPlacement(ray_address or None, gpus, gpu_resource)
+        placement.check()
+    elif gpus_per_engine is not None or gpu_resource != "GPU":
+        raise KvbenchError("--gpus-per-engine and --gpu-resource go with --ray")
     labels, engines = parse_backends(backends)
     config = CompareConfig(
         backends=labels,
@@ -358,6 +397,7 @@ def compare(
         slo=targets.slo,
         percentiles=targets.percentiles,
         pricing=pricing,
+        ray=placement,
     )
     # a live view on a terminal, plain lines in a log; --no-progress: neither
     show = True if progress is None else progress
