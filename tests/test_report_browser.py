@@ -39,3 +39,25 @@ def test_report_renders_offline_without_console_errors(tmp_path):
     cell = re.search(r'data-engine="[^"]*">\s*<td>(.*?)<span', page.dom, re.S)
     assert cell
     assert "&lt;script&gt;" in page.dom and "<b>bold</b>" not in page.dom
+
+
+def test_reports_sharing_one_plotlyjs_render_offline_and_stay_small(tmp_path):
+    """--shared-plotlyjs: plotly.js once in the directory the reports go into; each report.html
+    loads it from there (offline, from a file:// page) and is a few hundred KB lighter per MB."""
+    from kvbench.export.html import SHARED_PLOTLYJS
+
+    first = make_compare_dir(tmp_path / "reports" / "a", labels=("trtllm",))
+    second = make_compare_dir(tmp_path / "reports" / "b", labels=("sglang",))
+    write_report(first)
+    inline = (first / "report.html").stat().st_size
+    for d in (first, second):
+        write_report(d, shared_plotlyjs=True)
+    library = tmp_path / "reports" / SHARED_PLOTLYJS
+    assert library.is_file() and library.stat().st_size > 3_000_000
+    for d in (first, second):
+        page_file = d / "report.html"
+        assert page_file.stat().st_size < inline - 3_000_000
+        assert f'<script src="../{SHARED_PLOTLYJS}"></script>' in page_file.read_text()
+        page = load(page_file, tmp_path)
+        assert page.console == []
+        assert 'class="main-svg"' in page.dom  # the plots drew with the shared library

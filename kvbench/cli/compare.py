@@ -264,6 +264,7 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     "phase, per probe and per minute].",
 )
 @options.static_figures()
+@options.shared_plotlyjs()
 @options.replay(searched=True)
 @click.option(
     "--ray",
@@ -326,6 +327,7 @@ def compare(
     resume,
     progress,
     figures,
+    shared_plotlyjs,
     replay,
     ray_address,
     gpus_per_engine,
@@ -409,7 +411,7 @@ def compare(
     # measuring is over: a Ctrl-C (or SIGTERM) now would only lose the report, so let it finish
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        report, _ = write_report(directory, figures=figures)
+        report, _ = write_report(directory, figures=figures, shared_plotlyjs=shared_plotlyjs)
     finally:
         signal.signal(signal.SIGINT, previous)
     if as_json:
@@ -439,11 +441,13 @@ def failed_engines_status(results: CompareResults) -> int:
     return 0
 
 
-def rebuild_compare_report(directory: Path, as_json: bool, figures: bool = False) -> Report:
+def rebuild_compare_report(
+    directory: Path, as_json: bool, figures: bool = False, shared_plotlyjs: bool = False
+) -> Report:
     """`kvbench report DIR` for a compare directory: rebuild every report file from the raw
     files (with `figures`, the static figures too) and print the summary (or results.json with
     --json)."""
-    report, _ = write_report(directory, figures=figures)
+    report, _ = write_report(directory, figures=figures, shared_plotlyjs=shared_plotlyjs)
     if as_json:
         write_json(report.results.to_dict())
     else:

@@ -395,6 +395,16 @@ def static_figures():
     )
 
 
+def shared_plotlyjs():
+    return click.option(
+        "--shared-plotlyjs",
+        is_flag=True,
+        help="report.html loads plotly.js from plotly.min.js in the directory above it, written "
+        "there once for every report in it, instead of carrying its 4.6 MB itself (the report "
+        "is then no longer one self-contained file).",
+    )
+
+
 def default_result_dir(command: str, backend: str, rate: float | None = None) -> Path:
     """Where --save-result writes without --output-dir: a new directory in the working
     directory named, as vllm bench serve names its result file, after the backend, the rate and

@@ -43,18 +43,20 @@ Examples:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @options.static_figures()
-def rebuild(directory: str, as_json: bool, figures: bool) -> None:
+@options.shared_plotlyjs()
+def rebuild(directory: str, as_json: bool, figures: bool, shared_plotlyjs: bool) -> None:
     """Rebuild the summary of the run in DIRECTORY from its header, request records and queue
     samples, and write it to DIRECTORY/summary.json. For a `kvbench compare` directory, rebuild
     its whole report (results.json, summary.md, report.html, CSVs) from the raw files."""
     if is_compare_dir(Path(directory)):
         from kvbench.cli.compare import failed_engines_status, rebuild_compare_report
 
-        report = rebuild_compare_report(Path(directory), as_json, figures)
+        report = rebuild_compare_report(Path(directory), as_json, figures, shared_plotlyjs)
         sys.exit(failed_engines_status(report.results))
-    if figures:
+    if figures or shared_plotlyjs:
         raise KvbenchError(
-            f"{directory}: --figures draws a compare directory's plots; a run has none"
+            f"{directory}: --figures and --shared-plotlyjs are for a compare directory's "
+            "report.html; a run has none"
         )
     data = read_run(directory)
     summary = summarize(
@@ -84,7 +86,8 @@ Examples:
     help="The merged report's directory (new, or empty).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
-def merge(directories: tuple[str, ...], output: Path, as_json: bool) -> None:
+@options.shared_plotlyjs()
+def merge(directories: tuple[str, ...], output: Path, as_json: bool, shared_plotlyjs: bool) -> None:
     """Build one report from compare directories made on different machines: every engine of
     every directory becomes a row, grouped by hardware. Directories that differ in workload,
     seed or kvbench version are merged with a warning (in the report and on stderr)."""
@@ -93,7 +96,7 @@ def merge(directories: tuple[str, ...], output: Path, as_json: bool) -> None:
 
     command = shlex.join(["kvbench", "report", "merge", *directories, "--output", str(output)])
     merged = merge_directories([Path(d) for d in directories], output, command)
-    report = rebuild_compare_report(merged, as_json)
+    report = rebuild_compare_report(merged, as_json, shared_plotlyjs=shared_plotlyjs)
     for warning in report.results.warnings:
         click.echo(f"warning: {warning}", err=True)
 

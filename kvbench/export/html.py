@@ -259,7 +259,7 @@ td:last-child{text-align:left}
 pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:12px}
 .plot{min-height:450px}
 </style>
-<script>{{ plotlyjs | safe }}</script>
+{% if shared_plotlyjs %}<script src="{{ shared_plotlyjs }}"></script>{% else %}<script>{{ plotlyjs | safe }}</script>{% endif %}
 </head><body>
 <h1>kvbench compare: {{ r.name }}</h1>
 {% if r.banner %}<div class="banner" id="banner">{{ r.banner }}</div>{% endif %}
@@ -374,13 +374,21 @@ def figures(report: Report) -> list[tuple[str, go.Figure]]:
     return plots
 
 
-def render(report: Report) -> str:
+# With a shared plotly.js, where it is written and how report.html finds it: once in the
+# directory every report goes into (compare's --output-dir), for all the reports there.
+SHARED_PLOTLYJS = "plotly.min.js"
+
+
+def render(report: Report, shared_plotlyjs: str | None = None) -> str:
+    """The self-contained page, or with `shared_plotlyjs` (a URL relative to the page) one
+    that loads plotly.js from there instead of carrying its 4.6 MB itself."""
     r = report.results
     plots = [_div(fig, div_id) for div_id, fig in figures(report)]
     columns = summary_columns(r)
     return _TEMPLATE.render(
         r=r,
-        plotlyjs=get_plotlyjs(),
+        plotlyjs="" if shared_plotlyjs else get_plotlyjs(),
+        shared_plotlyjs=shared_plotlyjs,
         columns=columns,
         rows=[(summary_row(e), e) for e in r.engines],
         provisioning=provisioning_rows(r),
@@ -396,7 +404,15 @@ def render(report: Report) -> str:
     )
 
 
-def write(report: Report, directory: Path) -> Path:
+def write(report: Report, directory: Path, *, shared_plotlyjs: bool = False) -> Path:
+    """report.html in `directory`; with `shared_plotlyjs`, plotly.js once in the directory above
+    it (written if missing or stale), loaded from there."""
     path = directory / REPORT_FILE
-    path.write_text(render(report), encoding="utf-8")
+    src = None
+    if shared_plotlyjs:
+        library, code = directory.parent / SHARED_PLOTLYJS, get_plotlyjs()
+        if not library.is_file() or library.read_text(encoding="utf-8") != code:
+            library.write_text(code, encoding="utf-8")
+        src = f"../{SHARED_PLOTLYJS}"
+    path.write_text(render(report, src), encoding="utf-8")
     return path

@@ -14,10 +14,13 @@ RESULTS_FILE = "results.json"
 SUMMARY_FILE = "summary.md"
 
 
-def write_report(directory: Path, *, figures: bool = False) -> tuple[Report, list[Path]]:
+def write_report(
+    directory: Path, *, figures: bool = False, shared_plotlyjs: bool = False
+) -> tuple[Report, list[Path]]:
     """(Re)build results.json, summary.md, report.html, probes.csv and samples.csv in
     `directory` from its raw files, and with `figures` each plot as PNG and SVG in figures/;
-    returns the report and the files written."""
+    with `shared_plotlyjs` report.html loads plotly.js from the directory above instead of
+    carrying it. Returns the report and the files written."""
     from kvbench.export import csv, html, markdown
     from kvbench.export import figures as static
 
@@ -26,5 +29,10 @@ def write_report(directory: Path, *, figures: bool = False) -> tuple[Report, lis
     report.results.write(results)
     summary = directory / SUMMARY_FILE
     summary.write_text(markdown.render(report.results), encoding="utf-8")
-    written = [results, summary, html.write(report, directory), *csv.write(report, directory)]
+    written = [
+        results,
+        summary,
+        html.write(report, directory, shared_plotlyjs=shared_plotlyjs),
+        *csv.write(report, directory),
+    ]
     return report, written + (static.write(report, directory) if figures else [])
