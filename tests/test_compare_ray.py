@@ -63,12 +63,12 @@ def test_simulated_engines_on_ray_give_the_local_compares_figures(ray_cluster, t
 
 
 def test_emulated_engines_start_on_the_nodes_that_hold_their_gpus(ray_cluster, tmp_path):
-    """Each emulator is launched inside its engine's Ray task (on the node holding the custom
-    GPU resource), measured over HTTP there, and stopped there."""
+    """The emulator is launched inside its engine's Ray task (on a node holding the custom GPU
+    resource), measured over HTTP there, and stopped there, beside a simulated engine's task."""
     r = _compare(
         tmp_path,
         "--backends",
-        "trtllm,sglang",
+        "trtllm,sim:sglang",
         "--precision",
         "0.4",
         "--ray",
@@ -81,15 +81,14 @@ def test_emulated_engines_start_on_the_nodes_that_hold_their_gpus(ray_cluster, t
     assert r.exit_code == 0, [e.get("error") for e in results["engines"]]
     assert [(e["label"], e["kind"], e["status"]) for e in results["engines"]] == [
         ("trtllm", "emulated", "ok"),
-        ("sglang", "emulated", "ok"),
+        ("sim:sglang", "simulated", "ok"),
     ]
-    assert "EMULATED" in results["banner"]
+    assert "EMULATED" in results["banner"] and "SIMULATED" in results["banner"]
     for e in results["engines"]:
         assert e["boundary"]["lower"] is not None and e["boundary"]["upper"] is not None
     (directory,) = tmp_path.iterdir()
-    for engine in _engines(directory).values():
-        (server,) = engine["servers"]
-        assert (directory / server["log"]).is_file()  # the emulator's log came back too
+    (server,) = _engines(directory)["trtllm"]["servers"]
+    assert (directory / server["log"]).is_file()  # the emulator's log came back too
 
 
 def test_an_engine_that_fails_on_its_node_is_a_failed_row_and_exit_1(ray_cluster, tmp_path):
