@@ -266,14 +266,8 @@ def print_summary(results: CompareResults, directory: Path) -> None:
 @options.static_figures()
 @options.shared_plotlyjs()
 @options.replay(searched=True)
-@click.option(
-    "--ray",
-    "ray_address",
-    is_flag=False,
-    flag_value="",
-    default=None,
-    metavar="[ADDRESS]",
-    help="Measure the engines side by side, each as a Ray task on a node with the GPUs it "
+@options.ray_address(
+    "Measure the engines side by side, each as a Ray task on a node with the GPUs it "
     "needs (the kvbench[ray] extra): the engine is launched (or its emulator started) there, "
     "kvbench's client runs beside it, and its raw folder comes back for this report. On a Ray "
     "cluster started here, or the one at ADDRESS (its nodes need kvbench and the engines).",

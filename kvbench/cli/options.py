@@ -395,6 +395,19 @@ def static_figures():
     )
 
 
+def ray_address(help: str):
+    """--ray [ADDRESS]: a Ray cluster started here (no address) or the one at ADDRESS."""
+    return click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value="",
+        default=None,
+        metavar="[ADDRESS]",
+        help=help,
+    )
+
+
 def shared_plotlyjs():
     return click.option(
         "--shared-plotlyjs",

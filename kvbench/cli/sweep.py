@@ -129,14 +129,8 @@ Examples:
     metavar="N",
     help="Local processes (default: every core; 1 runs the cells in this process).",
 )
-@click.option(
-    "--ray",
-    "ray_address",
-    is_flag=False,
-    flag_value="",
-    default=None,
-    metavar="[ADDRESS]",
-    help="Run the cells as Ray tasks (the kvbench[ray] extra): on a Ray cluster started here "
+@options.ray_address(
+    "Run the cells as Ray tasks (the kvbench[ray] extra): on a Ray cluster started here "
     "over --jobs cores, or on the cluster at ADDRESS (its nodes need kvbench installed).",
 )
 @click.option(

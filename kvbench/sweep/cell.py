@@ -24,6 +24,15 @@ from kvbench.workload import load_workload
 
 CellFunction = Callable[[dict[str, Any]], dict[str, Any]]
 
+# What provisioning adds to a row (empty without a target rate).
+PROVISIONING_FIELDS = (
+    "replicas_needed",
+    "replicas_needed_engine_aware",
+    "replicas_needed_paper",
+    "gpus_needed",
+    "usd_per_hour",
+    "usd_per_million_requests",
+)
 # What a cell's row adds to its parameters, in order; a failed row has them empty.
 RESULT_FIELDS = (
     "status",
@@ -43,12 +52,7 @@ RESULT_FIELDS = (
     "reached",
     "stop_reason",
     "engine_seconds",
-    "replicas_needed",
-    "replicas_needed_engine_aware",
-    "replicas_needed_paper",
-    "gpus_needed",
-    "usd_per_hour",
-    "usd_per_million_requests",
+    *PROVISIONING_FIELDS,
     "cell_seconds",
 )
 
@@ -128,16 +132,7 @@ def _provision(
     theory (kvbench.theory.replicas_needed), and what the measured count costs (kvbench.cost:
     per hour, and per million requests at the target rate)."""
     rate, rho = cell["target_rate"], cell["target_utilization"]
-    out: dict[str, Any] = dict.fromkeys(
-        (
-            "replicas_needed",
-            "replicas_needed_engine_aware",
-            "replicas_needed_paper",
-            "gpus_needed",
-            "usd_per_hour",
-            "usd_per_million_requests",
-        )
-    )
+    out: dict[str, Any] = dict.fromkeys(PROVISIONING_FIELDS)
     if rate is None:
         return out
     out["replicas_needed_engine_aware"] = replicas_needed(rate, mu_engine, rho)
