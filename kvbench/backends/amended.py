@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvbench.backends.backlog import BacklogRun
 from kvbench.backends.base import Backend, DiscoveredProfile, RequestSpec
 from kvbench.backends.settings import apply_given
 from kvbench.profile import IterationTimeModel
+from kvbench.workload import Workload
 
 
 class AmendedProfile(Backend):
@@ -43,6 +45,9 @@ class AmendedProfile(Backend):
 
     def execute(self, requests: list[RequestSpec], sink, *, duration: float) -> None:
         self.backend.execute(requests, sink, duration=duration)
+
+    def bounded_backlog(self, workload: Workload, *, backlog: int, seed: int) -> BacklogRun:
+        return self.backend.bounded_backlog(workload, backlog=backlog, seed=seed)
 
     def scrape_report(self) -> dict[str, Any] | None:
         return self.backend.scrape_report()

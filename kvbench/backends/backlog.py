@@ -52,16 +52,31 @@ class BacklogRun(Protocol):
     def close(self) -> None: ...
 
 
-# Requests drawn per extension of the simulator's stream, and the stretch of engine time one
-# Rust call may run: the stream is topped up between stretches so it never runs out.
-_DRAW = 4096
+# Requests drawn per extension of a probe's stream, and the stretch of engine time one Rust call
+# of the simulator may run: the stream is topped up between stretches so it never runs out.
+DRAW = 4096
 _STRETCH = 30.0
 
 
+class RequestStream:
+    """A probe's request stream, drawn in chunks of DRAW, each from its own seed, so a run is
+    reproducible for a seed however far it is extended."""
+
+    def __init__(self, workload: Workload, seed: int) -> None:
+        self.workload = workload
+        self.seed = seed
+        self._chunks = 0
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next DRAW requests' (prompt lengths, output lengths)."""
+        chunk_seed = int(np.random.SeedSequence([self.seed, self._chunks]).generate_state(1)[0])
+        self._chunks += 1
+        return self.workload.draw(DRAW, chunk_seed)
+
+
 class SimBacklogRun:
-    """The bounded-backlog probe on the simulator, in virtual time (results SIMULATED). The
-    request stream is drawn in chunks, each from its own seed, so a run is reproducible for a
-    seed however it is advanced."""
+    """The bounded-backlog probe on the simulator, in virtual time (results SIMULATED),
+    reproducible for a seed however it is advanced."""
 
     def __init__(
         self,
@@ -74,11 +89,9 @@ class SimBacklogRun:
         bin_width: float = BIN_WIDTH,
     ) -> None:
         self.backlog = backlog
-        self.workload = workload
-        self.seed = seed
         self.bin_width = bin_width
-        self._chunks = 0
-        s, o = self._draw()
+        self._stream = RequestStream(workload, seed)
+        s, o = self._stream.draw()
         try:
             self._sim = _core.BacklogSim(
                 profile,
@@ -92,18 +105,13 @@ class SimBacklogRun:
         except ValueError as err:
             raise KvbenchError(f"simulator: {err}") from None
         # the stream must outlast a stretch at the most starts a stretch can see
-        self._reserve = 2 * _DRAW
-
-    def _draw(self) -> tuple[np.ndarray, np.ndarray]:
-        chunk_seed = int(np.random.SeedSequence([self.seed, self._chunks]).generate_state(1)[0])
-        self._chunks += 1
-        return self.workload.draw(_DRAW, chunk_seed)
+        self._reserve = 2 * DRAW
 
     def advance(self, until: float) -> BacklogBins:
         parts = []
         while True:
             while self._sim.remaining < self._reserve:
-                self._sim.extend(*self._draw())
+                self._sim.extend(*self._stream.draw())
             step = min(until, self._sim.clock + _STRETCH)
             try:
                 parts.append(self._sim.advance(step))

@@ -45,6 +45,7 @@ from kvbench.backends.base import (
     RequestSpec,
 )
 from kvbench.backends.client import ServerClient
+from kvbench.backends.http_backlog import HttpBacklogRun
 from kvbench.backends.registry import check_time_scale
 from kvbench.backends.settings import assumed
 from kvbench.benchmark.failures import MESSAGES_PER_KIND, server_message
@@ -52,6 +53,7 @@ from kvbench.credentials import refuse_userinfo
 from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel, Policy
 from kvbench.redact import redact_url
+from kvbench.workload import Workload
 
 # Prompt token ids are drawn fresh per request from this range: valid in every common vocabulary
 # of ≥ 32k ids and clear of special ids, so prefix caching never shares work (engines.md §4 #1).
@@ -432,6 +434,40 @@ class HttpBackend(Backend):
                     message=None if d.error is None else server_message(d.message),
                 )
             )
+
+    def bounded_backlog(self, workload: Workload, *, backlog: int, seed: int) -> HttpBacklogRun:
+        return HttpBacklogRun(self, workload, backlog=backlog, seed=seed)
+
+    def backlog_driver(self, prompt_lens: np.ndarray, output_lens: np.ndarray, *, backlog: int):
+        """The Rust driver in bounded-backlog mode, sending this backend's bodies and headers
+        (`time_scale` read first: it settles the model id)."""
+        return HttpDriver.backlog(
+            self.url + "/v1/completions",
+            np.asarray(prompt_lens, np.int64),
+            np.asarray(output_lens, np.int64),
+            self.body_template(),
+            backlog=backlog,
+            seed=self.seed,
+            token_range=TOKEN_ID_RANGE,
+            headers=list(self.headers.items()),
+            request_timeout=self.request_timeout,
+        )
+
+    def left_running(self, requests: int) -> None:
+        """A run ended with `requests` still in the engine: the next waits for them first."""
+        self._cut_off = requests
+
+    def wait_until_idle(self) -> None:
+        """Before a run: wait for what the last one left in the engine (see _wait_until_idle)."""
+        if not self._cut_off:
+            return
+
+        async def go():
+            async with self._session() as session:
+                await self._wait_until_idle(ServerClient(session, self.url))
+
+        self._run(go())
+        self._cut_off = 0
 
     async def _wait_until_idle(self, client: ServerClient) -> None:
         """After a run that left requests in the engine, wait until its own gauges show none

@@ -12,6 +12,7 @@ import threading
 from collections import Counter
 from typing import Any, TypeVar
 
+from kvbench.backends.backlog import BacklogRun
 from kvbench.backends.base import (
     Backend,
     DiscoveredProfile,
@@ -22,6 +23,7 @@ from kvbench.backends.base import (
 )
 from kvbench.benchmark.failures import MESSAGES_PER_KIND
 from kvbench.errors import KvbenchError
+from kvbench.workload import Workload
 
 N = TypeVar("N", int, float)
 
@@ -94,6 +96,14 @@ class RoundRobinBackend(Backend):
     @property
     def notes(self) -> list[str]:
         return [n for r in self.replicas for n in getattr(r, "notes", [])]
+
+    def bounded_backlog(self, workload: Workload, *, backlog: int, seed: int) -> BacklogRun:
+        # K per replica needs the dispatcher to top up the replica whose request started, which
+        # round-robin over independent drivers cannot do
+        raise KvbenchError(
+            f"{self.name}: the bounded-backlog probe runs against one replica over HTTP, not "
+            f"{len(self.replicas)} behind round-robin dispatch; use --method open-loop"
+        )
 
     def execute(self, requests: list[RequestSpec], sink: EventSink, *, duration: float) -> None:
         g = len(self.replicas)

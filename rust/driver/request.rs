@@ -38,7 +38,7 @@ fn failed(kind: impl Into<String>, message: impl Into<String>) -> Ending {
 
 /// Sends request `index` at `at` (spinning until then: the worker is awake and the send is
 /// on time) and reports its record to `shared`.
-pub(super) async fn run(shared: Arc<Shared>, index: usize, at: Instant, body: Bytes) {
+pub(super) async fn run(shared: Arc<Shared>, index: usize, at: Instant, body: Bytes, wanted: i64) {
     while Instant::now() < at {
         std::hint::spin_loop();
     }
@@ -51,12 +51,13 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, at: Instant, body: By
         return;
     }
     let mut record = DriverRecord::new(index, shared.secs(sent_at));
+    shared.progress(|p| p.sent.push((index as i64, record.sent)));
     let mut leftover: Option<Incoming> = None;
     let mut state = shared.state.subscribe();
     let timeout = shared.timeout;
     let ending = tokio::select! {
         biased;
-        ending = exchange(&shared, body, &mut record, &mut leftover) => ending,
+        ending = exchange(&shared, body, wanted, &mut record, &mut leftover) => ending,
         run = async { state.wait_for(|s| *s != RunState::Sending).await.map(|s| *s) } => {
             match run {
                 Ok(RunState::EngineDown) => {
@@ -85,6 +86,12 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, at: Instant, body: By
             record.message = Some(message);
         }
     }
+    if record.first_token.is_none() {
+        // ended without starting: for the bounded backlog, a place to fill as a start is
+        let now = shared.secs(Instant::now());
+        shared.progress(|p| p.unstarted.push((index as i64, now)));
+        shared.started();
+    }
     shared.report(record);
     // Read what follows `[DONE]` (the chunked-encoding terminator) so the connection goes back
     // to the pool; a server that keeps the stream open after it loses the connection instead.
@@ -97,8 +104,9 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, at: Instant, body: By
 /// The request itself: everything it learns goes on `record`; the body is left in `leftover`
 /// when the stream ended at `[DONE]` before the response did.
 async fn exchange(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     body: Bytes,
+    wanted: i64,
     record: &mut DriverRecord,
     leftover: &mut Option<Incoming>,
 ) -> Ending {
@@ -133,6 +141,7 @@ async fn exchange(
     }
     let mut result = StreamResult::default();
     let mut lines = LineBuffer::default();
+    let mut counted = 0i64; // output tokens the chunks so far carried, as the driver counts them
     while !result.done {
         let Some(frame) = body.frame().await else {
             break;
@@ -150,7 +159,16 @@ async fn exchange(
                 return Ok(()); // after [DONE]: nothing more belongs to the request
             }
             if let Line::Chunk(tokens) = result.feed_line(line)? {
-                record.tokens_arrived(now, tokens);
+                if tokens > 0 {
+                    let first = record.first_token.is_none();
+                    record.tokens_arrived(now, tokens);
+                    counted += tokens as i64;
+                    let index = record.index as i64;
+                    shared.progress(|p| p.chunks.push((index, now, counted)));
+                    if first {
+                        shared.started();
+                    }
+                }
             }
             Ok(())
         });
@@ -171,11 +189,16 @@ async fn exchange(
             return failed("bad_stream", message);
         }
     }
-    finish(shared, record, &result)
+    finish(shared, record, &result, wanted)
 }
 
 /// Counts from the server's final usage chunk, checked against the requested output length.
-fn finish(shared: &Shared, record: &mut DriverRecord, result: &StreamResult) -> Ending {
+fn finish(
+    shared: &Shared,
+    record: &mut DriverRecord,
+    result: &StreamResult,
+    wanted: i64,
+) -> Ending {
     if !result.done {
         return failed("truncated_stream", "stream ended without data: [DONE]");
     }
@@ -188,7 +211,6 @@ fn finish(shared: &Shared, record: &mut DriverRecord, result: &StreamResult) -> 
     record.finished = Some(shared.secs(Instant::now()));
     record.output_tokens = Some(tokens);
     record.prompt_tokens = result.prompt_tokens;
-    let wanted = shared.output_lens[record.index];
     if tokens < wanted {
         let reason = result.finish_reason.as_deref().unwrap_or("None");
         record.error = Some("short_output".into());
