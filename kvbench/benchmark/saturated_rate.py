@@ -34,6 +34,7 @@ from kvbench.benchmark.search import (
     Probe,
     request_life,
     theory_rate,
+    timed_profile,
 )
 from kvbench.benchmark.served_work import ServedRate, mean_work, served_rate
 from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, check_settings
@@ -72,13 +73,15 @@ def measure_saturated_rate(
     check_settings(confidence, tolerance)
     if not max_engine_seconds > 0:
         raise KvbenchError(f"--max-engine-seconds must be positive, got {max_engine_seconds}")
-    profile = backend.discover_profile().profile
+    timing: dict[str, Any] = {}
+    profile, burst_capacity = timed_profile(backend, workload, timing, replicas=replicas, seed=seed)
     mu = (
         start_rate
         if start_rate is not None
         else replicas * theory_rate(profile, workload, seed=seed)
     )
-    life = request_life(profile, workload, mu / replicas, seed=seed)
+    # near saturation from the burst's capacity when higher, as the open-loop search starts
+    life = request_life(profile, workload, max(mu, burst_capacity) / replicas, seed=seed)
     if backlog is None:
         backlog = BACKLOG_MIN[backend.kind]
     elif backlog < 1:
@@ -120,7 +123,7 @@ def measure_saturated_rate(
                 break
     finally:
         run.close()
-    spent = t
+    spent = t + timing.get("calibration", {}).get("engine_seconds", 0.0)
     kept = np.concatenate(backlog_seen) if backlog_seen else np.zeros(0, np.int64)
     in_window = slice(int(est.start / bins.bin_width), None) if est is not None else slice(0)
     gauge = np.concatenate(waiting) if waiting else None
@@ -146,6 +149,7 @@ def measure_saturated_rate(
                 on_probe(p)
     reached = est is not None and est.width <= precision
     extras: dict[str, Any] = {
+        **timing,
         "method": "backlog",
         "label": LABEL,
         "request_life": life,

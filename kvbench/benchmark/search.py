@@ -149,6 +149,34 @@ def request_life(profile: EngineProfile, workload: Workload, mu: float, *, seed:
     return iterations * b
 
 
+def timed_profile(
+    backend: Backend,
+    workload: Workload,
+    extras: dict[str, Any],
+    *,
+    replicas: int = 1,
+    seed: int = 0,
+) -> tuple[EngineProfile, float]:
+    """The backend's profile with an iteration time, and the capacity a burst measured (0 when
+    none ran). An engine over HTTP reports no iteration time: b̄ is measured in a short
+    saturating burst (kvbench.benchmark.burst, as `compare` does) after a warm-up request, and
+    the burst is recorded in `extras` (batch_time, calibration)."""
+    profile = backend.discover_profile().profile
+    if profile.iteration_time.known:
+        return profile, 0.0
+    warm_up(backend)
+    profile = backend.discover_profile().profile
+    burst = run_burst(backend, workload, profile, replicas=replicas, seed=seed)
+    extras["batch_time"] = asdict(burst.estimate)
+    extras["calibration"] = {
+        "engine_seconds": burst.engine_seconds,
+        "requests": burst.requests,
+        "throughput": burst.throughput,
+    }
+    timed = profile.replace(iteration_time=IterationTimeModel.constant(burst.estimate.value))
+    return timed, burst.throughput or 0.0
+
+
 def check_search_settings(
     precision: float,
     confidence: float,
@@ -207,21 +235,8 @@ def find_boundary(
     probes; each is passed to `on_probe` as a run one would be."""
     check_search_settings(precision, confidence, max_engine_seconds, tolerance)
     first = backend_for_seed(seed)
-    profile = first.discover_profile().profile
     extras: dict[str, Any] = {}
-    burst_capacity = 0.0
-    if not profile.iteration_time.known:
-        warm_up(first)
-        profile = first.discover_profile().profile
-        burst = run_burst(first, workload, profile, replicas=replicas, seed=seed)
-        profile = profile.replace(iteration_time=IterationTimeModel.constant(burst.estimate.value))
-        burst_capacity = burst.throughput or 0.0
-        extras["batch_time"] = asdict(burst.estimate)
-        extras["calibration"] = {
-            "engine_seconds": burst.engine_seconds,
-            "requests": burst.requests,
-            "throughput": burst.throughput,
-        }
+    profile, burst_capacity = timed_profile(first, workload, extras, replicas=replicas, seed=seed)
     if start_rate is not None:
         theory_mu = mu = start_rate
     else:
