@@ -68,6 +68,8 @@ def test_boundary_against_an_emulated_http_engine_brackets_the_boundary():
         "boundary",
         "--backend",
         "emulate:trtllm",
+        "--method",
+        "open-loop",
         "--workload",
         "uniform:1-32,1-32",
         "--kv-tokens",

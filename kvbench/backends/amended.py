@@ -26,6 +26,7 @@ class AmendedProfile(Backend):
         self.settings = dict(settings or {})
         self.name, self.kind = backend.name, backend.kind
         self.replays_prefix = getattr(backend, "replays_prefix", False)
+        self.has_backlog_probe = backend.has_backlog_probe
 
     @property
     def time_scale(self) -> float:

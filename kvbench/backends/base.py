@@ -92,6 +92,8 @@ class Backend(ABC):
     #: True when executing a longer schedule with the same seed repeats a shorter one exactly
     #: (the simulator), so the search can extend a run and pay only for the added seconds.
     replays_prefix: bool = False
+    #: True when `bounded_backlog` runs the bounded-backlog probe (boundary's default then).
+    has_backlog_probe: bool = False
 
     @property
     def time_scale(self) -> float:

@@ -157,6 +157,7 @@ class HttpBackend(Backend):
     """An engine reached over HTTP at `url` (attached, or launched by kvbench.backends.launch)."""
 
     kind: BackendKind = "real"
+    has_backlog_probe = True
 
     def __init__(
         self,

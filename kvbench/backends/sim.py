@@ -43,6 +43,7 @@ def _optional(values: np.ndarray) -> list[float | None]:
 class SimBackend(Backend):
     kind = "simulated"
     replays_prefix = True
+    has_backlog_probe = True
 
     def __init__(
         self,

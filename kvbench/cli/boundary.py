@@ -46,6 +46,7 @@ Examples:
   kvbench boundary --backend sim:trtllm --workload azure-conv --precision 0.1 --json
   kvbench boundary --backend sim:ideal --kv-tokens 65536 --batch-time 0.03 --seed 7
   kvbench boundary --backend sim:vllm --confirm
+  kvbench boundary --backend emulate:trtllm --workload uniform:1-32,1-32 --kv-tokens 2048
   kvbench boundary --backend sim:sglang --method open-loop --output-dir runs/sg-boundary
   kvbench boundary --backend sim:vllm --slo ttft:500ms,tpot:50ms@p99 --gpu-price 2.5
 """
@@ -76,16 +77,19 @@ Examples:
     type=click.Choice(["backlog", "open-loop"]),
     default=None,
     help="backlog: the saturated service rate measured with a bounded backlog, from served work"
-    " (the default where the backend can run it: sim:*); open-loop: bracket between open-loop"
-    " runs judged STABLE and UNSTABLE (the default elsewhere).",
+    " (the default where the backend can run it: sim:*, and one engine or emulator over HTTP);"
+    " open-loop: bracket between open-loop runs judged STABLE and UNSTABLE (the default with"
+    " --slo, and for replicas behind round-robin dispatch).",
 )
 @click.option(
     "--backlog",
     type=int,
     default=None,
     metavar="K",
-    help="Requests kept sent but not started, per replica (backlog method; default by rule: 8"
-    " simulated, 32 over HTTP).",
+    help="Requests kept sent but not started (first token not yet streamed), per replica"
+    " (backlog method). Default by rule: the smallest queue at which the engine serves no faster"
+    " than a deeper one (8 on the simulator, where a top-up is instant), and 32 over HTTP, where"
+    " a top-up lags a round trip and engines admit requests in batches.",
 )
 @click.option(
     "--confirm",
@@ -122,9 +126,10 @@ def boundary(
     pricing: Pricing,
     as_json: bool,
 ) -> None:
-    """Bracket the rate λ* at which the engine's queue stops being stable. By default on a
-    simulated engine: the saturated service rate measured with a bounded backlog (K requests
-    kept waiting), estimated from served work to --precision. With --method open-loop: between
+    """Bracket the rate λ* at which the engine's queue stops being stable. By default: the
+    saturated service rate measured with a bounded backlog (K requests kept waiting, topped up
+    the moment one starts; over HTTP by the Rust driver, from each streamed chunk's running
+    token count), estimated from served work to --precision. With --method open-loop: between
     the largest rate judged STABLE and the smallest judged UNSTABLE. Every probe and its cost is
     reported. With --slo the search is open-loop (the SLO is judged on its probes), and the SLO
     rate's bracket is reported beside λ*'s."""
@@ -197,8 +202,8 @@ def boundary(
             if method is None:
                 # an SLO is judged on open-loop probes' latencies, which a bounded backlog has
                 # none of
-                simulated = first.kind == "simulated" and targets.slo is None
-                method = "backlog" if simulated else "open-loop"
+                probe = first.has_backlog_probe and targets.slo is None
+                method = "backlog" if probe else "open-loop"
             if method == "backlog" and targets.slo is not None:
                 raise KvbenchError("--slo and --goodput go with --method open-loop")
             if method == "open-loop" and (backlog is not None or confirm):

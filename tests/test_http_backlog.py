@@ -1,0 +1,155 @@
+"""The bounded-backlog probe over HTTP: the Rust driver keeps K requests sent and not started
+against each emulator (measured from the driver's own events), `kvbench boundary` brackets the
+same rate over HTTP as on the simulator, and an engine that merges tokens into chunks without a
+running count is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from aiohttp import web
+from emulator_helpers import serving
+
+from kvbench.backends.backlog import BIN_WIDTH
+from kvbench.backends.engines import open_emulator
+from kvbench.backends.vllm import VllmBackend
+from kvbench.benchmark.compare import EMBEDDED
+from kvbench.errors import KvbenchError
+from kvbench.workload import load_workload
+
+K = 32
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang", "trtllm"])
+def test_the_driver_keeps_k_sent_and_not_started_against_each_emulator(engine):
+    backend = open_emulator(engine, kv_tokens=EMBEDDED.kv_tokens, time_scale=EMBEDDED.time_scale)
+    try:
+        run = backend.bounded_backlog(load_workload(EMBEDDED.workload), backlog=K, seed=3)
+        try:
+            parts = [run.advance(t) for t in (4.0, 8.0)]
+        finally:
+            run.close()
+    finally:
+        backend.close()
+    assert backend.kind == "emulated"
+    assert [p.first for p in parts] == [0, int(4.0 / BIN_WIDTH)]
+    backlog = np.concatenate([p.backlog for p in parts])
+    starts = np.concatenate([p.starts for p in parts])
+    work = np.concatenate([p.work for p in parts])
+    assert backlog.size == int(8.0 / BIN_WIDTH)
+    # after the first bin, every bin end: K sent and not started, within one top-up
+    assert np.abs(backlog[1:] - K).max() <= 1, backlog
+    # the engine ran saturated throughout: every bin served work and started requests, and
+    # the requests that started are the ones the client sent beyond its first K
+    assert (work > 0).all() and (starts[1:] > 0).all()
+    finishes = np.concatenate([p.finishes for p in parts])
+    assert 0 < finishes.sum() <= starts.sum()
+    # the engine's own waiting gauge saw the backlog (each emulator serves one)
+    waiting = np.concatenate([p.waiting for p in parts if p.waiting is not None])
+    assert waiting.size == backlog.size and waiting[8:].max() >= K // 2, waiting
+
+
+def _boundary(backend: str, *extra: str) -> dict:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kvbench",
+            "boundary",
+            "--backend",
+            backend,
+            "--workload",
+            EMBEDDED.workload,
+            "--kv-tokens",
+            str(EMBEDDED.kv_tokens),
+            "--precision",
+            "0.1",
+            "--seed",
+            "5",
+            "--json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang", "trtllm"])
+def test_boundary_over_http_brackets_what_the_simulator_does(engine):
+    """The default method over HTTP is the bounded backlog, and its bracket overlaps the
+    simulated engine's (same scheduler, A100 iteration model, M and workload)."""
+    emulated = _boundary(f"emulate:{engine}", "--time-scale", str(EMBEDDED.time_scale))
+    simulated = _boundary(f"sim:{engine}")
+    for r in (emulated, simulated):
+        assert r["extras"]["method"] == "backlog" and r["reached"], r
+    assert emulated["emulated"] is True and emulated["extras"]["backlog"] == K
+    # the client kept K at every bin end of the run (one top-up of slack)
+    lo, hi = emulated["extras"]["backlog_kept"]
+    assert K - 1 <= lo <= hi <= K + 1
+    # b̄ measured in a burst first: an HTTP engine reports no iteration time
+    assert 0.003 < emulated["extras"]["batch_time"]["value"] < 0.2
+    (elo, ehi), (slo, shi) = [(r["lower"], r["upper"]) for r in (emulated, simulated)]
+    assert elo < shi and slo < ehi, (emulated["lower"], emulated["upper"], slo, shi)
+    # minutes of an engine, not an hour: the burst plus a few looks
+    assert emulated["engine_seconds"] < 60
+
+
+async def _merged_chunks(request: web.Request) -> web.StreamResponse:
+    """Two tokens per chunk and no running count: the final usage says 2n tokens, the chunks
+    alone would say n."""
+    body = await request.json()
+    n = int(body["max_tokens"])
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for k in range(0, n, 2):
+        await asyncio.sleep(0.005)
+        chunk = {"choices": [{"index": 0, "text": "ab", "finish_reason": None}]}
+        await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+    usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": n}
+    await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+def _merging_engine() -> web.Application:
+    app = web.Application()
+    metrics = (
+        'vllm:cache_config_info{block_size="16",num_gpu_blocks="128"} 1.0\n'
+        'vllm:num_requests_waiting{model_name="m"} 0.0\n'
+        'vllm:num_requests_running{model_name="m"} 0.0\n'
+    )
+
+    async def models(_):
+        return web.json_response({"data": [{"id": "m"}]})
+
+    async def prom(_):
+        return web.Response(text=metrics)
+
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/metrics", prom)
+    app.router.add_post("/v1/completions", _merged_chunks)
+    return app
+
+
+def test_several_tokens_per_chunk_without_a_count_are_refused():
+    with serving(_merging_engine()) as url:
+        backend = VllmBackend(url)
+        run = backend.bounded_backlog(load_workload("fixed:8,4"), backlog=4, seed=0)
+        try:
+            with pytest.raises(KvbenchError) as err:
+                run.advance(1.0)
+        finally:
+            run.close()
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(url)
+    assert "several tokens per chunk without saying how many" in message
+    assert "its chunks counted 2, its usage 4 tokens" in message
+    assert "--method open-loop" in message
