@@ -64,6 +64,24 @@ class DriverRecord:
     # failures takes its JSON message, trims and masks it), a stream error naming the payload, ...
     message: str | None
 
+class DriverProgress:
+    """A bounded-backlog run's events since the last `HttpDriver.poll_progress()`, as arrays
+    (int64 request indexes, float64 seconds since t0, int64 counts)."""
+
+    @property
+    def sent(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """(index, time) per request sent."""
+    @property
+    def chunks(
+        self,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """(index, arrival, output tokens so far) per chunk that carried output, in arrival
+        order per request; the count grows by the chunk's running usage count (by 1 where the
+        engine gives none, so a final usage above the last count means merged chunks)."""
+    @property
+    def unstarted(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """(index, time) per request that ended without a first token (failed or cut off)."""
+
 PROMPT_SLOT: int
 """Where a body template holds the prompt: `[PROMPT_SLOT]`, exactly once."""
 OUTPUT_SLOT: int
@@ -104,6 +122,38 @@ class HttpDriver:
         prefix_ids: npt.NDArray[np.int64] | None = None,
         prefix_lens: npt.NDArray[np.int64] | None = None,
     ) -> None: ...
+    @staticmethod
+    def backlog(
+        url: str,
+        prompt_lens: npt.NDArray[np.int64],
+        output_lens: npt.NDArray[np.int64],
+        body_template: str,
+        *,
+        backlog: int,
+        seed: int = 0,
+        token_range: tuple[int, int] = (1000, 30000),
+        headers: list[tuple[str, str]] = ...,
+        request_timeout: float | None = None,
+        workers: int = 2,
+    ) -> HttpDriver:
+        """A bounded-backlog run instead of a schedule: from `start()` on, `backlog` requests
+        are kept sent and not started (no first token). The first `backlog` of the stream
+        (`prompt_lens`, `output_lens`, one pair per request, in order; `extend` appends) are
+        sent at once; then the task that reads a request's first chunk, or sees it end without
+        one, sends the next itself, so a top-up follows a start by microseconds. When the stream
+        runs dry the places owed are sent on `extend`. It runs until `stop()`; records and
+        failure kinds are as for a schedule (index = position in the stream), and
+        `poll_progress()` gives its events. Invalid input raises ValueError."""
+    def extend(
+        self, prompt_lens: npt.NDArray[np.int64], output_lens: npt.NDArray[np.int64]
+    ) -> None:
+        """Append requests to a bounded-backlog run's stream (RuntimeError on a schedule)."""
+    @property
+    def remaining(self) -> int:
+        """Requests of a bounded-backlog run's stream not yet sent (0 for a schedule)."""
+    def poll_progress(self) -> DriverProgress:
+        """A bounded-backlog run's events since the last call (empty for a schedule); poll()
+        first, and every chunk of a request it reports is in this."""
     def start(self, elapsed: float) -> None:
         """Start sending; `elapsed` = time.monotonic() − t0 (negative while t0 is ahead), so the
         driver's times line up with Python's monotonic clock. Once only (RuntimeError after)."""

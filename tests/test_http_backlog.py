@@ -109,7 +109,7 @@ async def _merged_chunks(request: web.Request) -> web.StreamResponse:
     n = int(body["max_tokens"])
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
-    for k in range(0, n, 2):
+    for _ in range(0, n, 2):
         await asyncio.sleep(0.005)
         chunk = {"choices": [{"index": 0, "text": "ab", "finish_reason": None}]}
         await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
