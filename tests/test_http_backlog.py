@@ -16,7 +16,7 @@ from aiohttp import web
 from emulator_helpers import serving
 
 from kvbench.backends.backlog import BIN_WIDTH
-from kvbench.backends.engines import open_emulator
+from kvbench.backends.registry import resolve_backend
 from kvbench.backends.vllm import VllmBackend
 from kvbench.benchmark.compare import EMBEDDED
 from kvbench.errors import KvbenchError
@@ -25,25 +25,38 @@ from kvbench.workload import load_workload
 K = 32
 
 
-@pytest.mark.parametrize("engine", ["vllm", "sglang", "trtllm"])
-def test_the_driver_keeps_k_sent_and_not_started_against_each_emulator(engine):
-    backend = open_emulator(engine, kv_tokens=EMBEDDED.kv_tokens, time_scale=EMBEDDED.time_scale)
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_the_driver_keeps_k_sent_and_not_started_per_replica(replicas):
+    """Against the vLLM emulator (the boundary tests below check the other two the same way,
+    over whole probes): one, and two behind round-robin dispatch, each kept at K."""
+    k = K // replicas  # the same client load either way on a 2-core machine
+    backend = resolve_backend(
+        "emulate:vllm",
+        kv_tokens=EMBEDDED.kv_tokens,
+        time_scale=EMBEDDED.time_scale,
+        replicas=replicas,
+    )
     try:
-        run = backend.bounded_backlog(load_workload(EMBEDDED.workload), backlog=K, seed=3)
+        chunk = backend.discover_profile().profile.chunk_size  # as the search does first
+        run = backend.bounded_backlog(load_workload(EMBEDDED.workload), backlog=k, seed=3)
         try:
             parts = [run.advance(t) for t in (4.0, 8.0)]
         finally:
             run.close()
     finally:
         backend.close()
-    assert backend.kind == "emulated"
+    assert backend.kind == "emulated" and chunk >= 32
     assert [p.first for p in parts] == [0, int(4.0 / BIN_WIDTH)]
     backlog = np.concatenate([p.backlog for p in parts])
     starts = np.concatenate([p.starts for p in parts])
     work = np.concatenate([p.work for p in parts])
     assert backlog.size == int(8.0 / BIN_WIDTH)
-    # after the first bin, every bin end: K sent and not started, within one top-up
-    assert np.abs(backlog[1:] - K).max() <= 1, backlog
+    # after the first bin, every bin end: K per replica sent and not started, within one
+    # top-up each
+    assert np.abs(backlog[1:] - k * replicas).max() <= replicas, backlog
+    if replicas > 1:
+        per_replica = [np.count_nonzero(~np.isnan(r._start)) for r in run.runs]
+        assert min(per_replica) > 0.8 * max(per_replica), per_replica
     # the engine ran saturated throughout: every bin served work and started requests, and
     # the requests that started are the ones the client sent beyond its first K
     assert (work > 0).all() and (starts[1:] > 0).all()
@@ -52,6 +65,7 @@ def test_the_driver_keeps_k_sent_and_not_started_against_each_emulator(engine):
     # the engine's own waiting gauge saw the backlog (each emulator serves one)
     waiting = np.concatenate([p.waiting for p in parts if p.waiting is not None])
     assert waiting.size == backlog.size and waiting[8:].max() >= K // 2, waiting
+    assert backend.has_backlog_probe
 
 
 def _boundary(backend: str, *extra: str) -> dict:

@@ -52,6 +52,34 @@ class BacklogRun(Protocol):
     def close(self) -> None: ...
 
 
+class ReplicaBacklogRun:
+    """The probe over several replicas, each kept at K by its own run (so the replica whose
+    request started is the one topped up, as the simulator's client does); bins are the sums
+    over replicas, the waiting gauge too (None unless every replica has one). The runs start one
+    after another, milliseconds apart: each bins on its own clock."""
+
+    def __init__(self, runs: list[BacklogRun]) -> None:
+        self.runs = runs
+        self.backlog = runs[0].backlog
+
+    def advance(self, until: float) -> BacklogBins:
+        parts = [run.advance(until) for run in self.runs]
+        gauges = [p.waiting for p in parts if p.waiting is not None]
+        return BacklogBins(
+            first=parts[0].first,
+            bin_width=parts[0].bin_width,
+            work=np.sum([p.work for p in parts], axis=0),
+            starts=np.sum([p.starts for p in parts], axis=0),
+            finishes=np.sum([p.finishes for p in parts], axis=0),
+            backlog=np.sum([p.backlog for p in parts], axis=0),
+            waiting=np.sum(gauges, axis=0) if len(gauges) == len(parts) else None,
+        )
+
+    def close(self) -> None:
+        for run in self.runs:
+            run.close()
+
+
 # Requests drawn per extension of a probe's stream, and the stretch of engine time one Rust call
 # of the simulator may run: the stream is topped up between stretches so it never runs out.
 DRAW = 4096

@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from typing import Any, TypeVar
 
-from kvbench.backends.backlog import BacklogRun
+from kvbench.backends.backlog import BacklogRun, ReplicaBacklogRun
 from kvbench.backends.base import (
     Backend,
     DiscoveredProfile,
@@ -69,6 +69,7 @@ class RoundRobinBackend(Backend):
         self.replicas = replicas
         self.name = replicas[0].name
         self.kind = replicas[0].kind
+        self.has_backlog_probe = all(r.has_backlog_probe for r in replicas)
         self._lock = threading.Lock()
         self._latest: list[QueueSample | None] = []
 
@@ -98,12 +99,16 @@ class RoundRobinBackend(Backend):
         return [n for r in self.replicas for n in getattr(r, "notes", [])]
 
     def bounded_backlog(self, workload: Workload, *, backlog: int, seed: int) -> BacklogRun:
-        # K per replica needs the dispatcher to top up the replica whose request started, which
-        # round-robin over independent drivers cannot do
-        raise KvbenchError(
-            f"{self.name}: the bounded-backlog probe runs against one replica over HTTP, not "
-            f"{len(self.replicas)} behind round-robin dispatch; use --method open-loop"
-        )
+        """K per replica (K·G in all): replica i runs its own probe with seed + i."""
+        runs: list[BacklogRun] = []
+        try:
+            for i, r in enumerate(self.replicas):
+                runs.append(r.bounded_backlog(workload, backlog=backlog, seed=seed + i))
+        except BaseException:
+            for run in runs:
+                run.close()
+            raise
+        return ReplicaBacklogRun(runs)
 
     def execute(self, requests: list[RequestSpec], sink: EventSink, *, duration: float) -> None:
         g = len(self.replicas)

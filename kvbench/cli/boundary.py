@@ -77,9 +77,8 @@ Examples:
     type=click.Choice(["backlog", "open-loop"]),
     default=None,
     help="backlog: the saturated service rate measured with a bounded backlog, from served work"
-    " (the default where the backend can run it: sim:*, and one engine or emulator over HTTP);"
-    " open-loop: bracket between open-loop runs judged STABLE and UNSTABLE (the default with"
-    " --slo, and for replicas behind round-robin dispatch).",
+    " (the default: sim:*, and engines or emulators over HTTP); open-loop: bracket between"
+    " open-loop runs judged STABLE and UNSTABLE (the default with --slo).",
 )
 @click.option(
     "--backlog",
