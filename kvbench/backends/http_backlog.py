@@ -25,6 +25,7 @@ import numpy as np
 from kvbench import _core
 from kvbench.backends.backlog import BIN_WIDTH, DRAW, BacklogBins, RequestStream
 from kvbench.backends.client import ServerClient
+from kvbench.benchmark.failures import server_message
 from kvbench.errors import KvbenchError
 from kvbench.workload import Workload
 
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 # Real seconds `advance` waits past its end before reading the driver, so a chunk that arrived
 # just before the end is in the driver's log.
 _SETTLE = 0.02
+# Real seconds between reads of the driver while `advance` waits: a failing engine (which
+# answers every top-up at once) is given up on within this, and the stream kept ahead.
+_READ_PERIOD = 0.05
 
 
 def _grown(values: np.ndarray, size: int, fill: float) -> np.ndarray:
@@ -113,8 +117,16 @@ class HttpBacklogRun:
 
     def advance(self, until: float) -> BacklogBins:
         wake = self._t0 + until / self._scale + _SETTLE
-        while (now := time.monotonic()) < wake:
-            time.sleep(min(0.05, wake - now))
+        while True:
+            self._read()
+            now = time.monotonic()
+            if now >= wake:
+                return self._bins(until)
+            time.sleep(min(_READ_PERIOD, wake - now))
+
+    def _read(self) -> None:
+        """Take the driver's records and events so far; refuse a failed request or merged
+        chunks as soon as they are seen, and keep the stream ahead of the sends."""
         down = self._driver.engine_down_at
         if down is not None:
             raise KvbenchError(
@@ -127,10 +139,11 @@ class HttpBacklogRun:
         for r in records:
             self._ended[r.index] = True
             if r.error is not None and r.error not in ("short_output", "long_output"):
+                said = server_message(r.message)
                 raise KvbenchError(
                     f"{self._backend.url}: request {r.index} of the bounded-backlog probe failed "
-                    f"({r.error}: {(r.message or '').splitlines()[0][:160] if r.message else ''})"
-                    "; the probe needs every request served"
+                    f"({r.error}{': ' + said if said else ''}); the probe needs every request "
+                    "served"
                 )
             if r.finished is not None:
                 self._finished.append(r.finished * self._scale)
@@ -146,7 +159,6 @@ class HttpBacklogRun:
             s, o = self._stream.draw()
             self._driver.extend(s, o)
             self._grow(s, o)
-        return self._bins(until)
 
     def _take(self, progress: _core.DriverProgress) -> None:
         k = self._scale
