@@ -83,8 +83,11 @@ def _boundary(backend: str, *extra: str) -> dict:
             EMBEDDED.workload,
             "--kv-tokens",
             str(EMBEDDED.kv_tokens),
+            # the first look with an estimate (10 engine-s) is ~8% wide: the search stops there
             "--precision",
-            "0.1",
+            "0.15",
+            "--max-engine-seconds",
+            "60",
             "--seed",
             "5",
             "--json",
