@@ -33,6 +33,7 @@ its own admission reserve; `_separate_bounds` explains how that changes the coun
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -468,6 +469,53 @@ def _expected_max(values: np.ndarray, law: LengthLaw, k: float) -> float:
     return float(np.sum(v * (cdf**k - prev**k)))
 
 
+# Requests admitted in the admission-cascade model: the mean group size is then stable to about
+# 0.5% seed to seed, in tens of milliseconds whatever the law.
+CASCADE_REQUESTS = 100_000
+
+
+def admission_group(law: LengthLaw, r: float, d: float, *, seed: int = 0) -> float:
+    """Mean requests per prefill batch of SGLang at saturation, when memory binds.
+
+    SGLang admits a request when its prompt plus its whole remaining output fits in the free
+    memory less r times the running requests' remaining output, and charges it at r from the next
+    iteration on. Call the free memory less that reserve the slack X. A decode batch finishes
+    Poisson(1/d) requests, each freeing s + o, while its decoders grow by one token each against
+    r of a token of reserve: X gains Σ(s + o) − (1 − r)·E[o − 1]/d. A prefill batch then admits
+    requests in order while their charge s + o fits in X; from the next iteration they are charged
+    s + r·o, so (1 − r)·o of each returns to X and, when that lets the next request in, another
+    prefill batch follows at once. This one-dimensional slack process (not a simulation of the
+    engine: no batches, pages or times) gives the mean group; the earlier closed form, the
+    requests one decode batch frees admitted as one group, overestimated it twofold on short
+    outputs (5.6 against 2.5 simulated on compare's embedded default)."""
+    rng = np.random.default_rng(seed)
+    p = law.weight / law.weight.sum()
+    n = CASCADE_REQUESTS
+    queue = rng.choice(law.prompt.size, size=n + 1, p=p)
+    # charges and returns of the queue in order, as running sums: a group is one searchsorted
+    charged = np.concatenate(([0.0], np.cumsum((law.prompt + law.output)[queue], dtype=np.float64)))
+    returned = np.concatenate(([0.0], np.cumsum((1.0 - r) * law.output[queue], dtype=np.float64)))
+    batches = int(n * d * 1.5) + 16
+    finishers = rng.poisson(1.0 / d, batches)
+    freed = (law.prompt + law.output)[rng.choice(law.prompt.size, size=int(finishers.sum()), p=p)]
+    gains = np.add.reduceat(np.concatenate((freed, [0])), np.r_[0, np.cumsum(finishers)[:-1]])
+    gains = np.where(finishers > 0, gains, 0) - (1.0 - r) * law.mean(law.output - 1.0) / d
+    # plain lists and bisect: one scalar lookup per prefill batch is the whole cost
+    c, b = charged.tolist(), returned.tolist()
+    x, head, groups = 0.0, 0, 0
+    for gain in gains.tolist():
+        x += gain
+        while head < n:
+            end = bisect.bisect_right(c, c[head] + x) - 1
+            if end <= head:
+                break
+            x -= c[end] - c[head] - (b[end] - b[head])
+            head, groups = end, groups + 1
+        if head >= n:
+            break
+    return head / groups if groups else 1.0
+
+
 def _separate_bounds(
     profile: EngineProfile,
     law: LengthLaw,
@@ -503,7 +551,9 @@ def _separate_bounds(
     e_s = law.mean(law.prompt.astype(np.float64)) + w
     d_mem = (e_dec_paged + r * law.mean(lives.remaining_area)) / (M - gap)
     d_cap = e_decodes / profile.max_running if profile.max_running < UNLIMITED else 0.0
-    group = max(2.0, 1.0 + 1.0 / max(d_mem, d_cap))
+    # With the running cap binding, slots (not memory) free up as a decode batch finishes its
+    # requests, and those admitted together finish together on equal lengths: at least pairs.
+    group = max(2.0, 1.0 + 1.0 / d_cap) if d_cap > d_mem else admission_group(law, r, d_mem)
     parallel = max(1.0, profile.token_budget // profile.chunk_size)
     run = max(_expected_max(lives.chunks, law, group), group * law.mean(lives.chunks) / parallel)
     p_groups = run / group

@@ -138,15 +138,22 @@ def theory_rate(profile: EngineProfile, workload: Workload, *, seed: int = 0) ->
     return engine_aware_mu(profile, LengthLaw.sample(s, o, name=workload.name)).mu
 
 
+def saturated_iteration_time(
+    profile: EngineProfile, workload: Workload, mu: float, *, seed: int = 0
+) -> float:
+    """The iteration time of an engine serving μ requests a second near saturation. Little's
+    law: tokens in a batch ≈ μ·E[s+o]·b, KV held ≈ the whole cache."""
+    s, o = workload.draw(20_000, seed)
+    it = profile.iteration_time
+    return it.c0 / max(1e-9, 1.0 - it.c1 * mu * float(np.mean(s + o))) + it.c2 * profile.kv_tokens
+
+
 def request_life(profile: EngineProfile, workload: Workload, mu: float, *, seed: int = 0) -> float:
     """Expected seconds a request spends in an engine near saturation: its iterations (prefill
     chunks plus decode steps) times the iteration time at that load — the queue's time constant."""
     s, o = workload.draw(20_000, seed)
     iterations = float(np.mean(np.ceil(s / profile.chunk_size) + o))
-    # Little's law near saturation: tokens in a batch ≈ μ·E[s+o]·b, KV held ≈ the whole cache.
-    it = profile.iteration_time
-    b = it.c0 / max(1e-9, 1.0 - it.c1 * mu * float(np.mean(s + o))) + it.c2 * profile.kv_tokens
-    return iterations * b
+    return iterations * saturated_iteration_time(profile, workload, mu, seed=seed)
 
 
 def check_search_settings(
