@@ -522,6 +522,7 @@ def _separate_bounds(
     lives: RequestLives,
     model: IterationTimeModel,
     waste: float | None,
+    batch_times: tuple[float, float] | None = None,
 ) -> list[Bound]:
     """SGLang's default: a batch is either prefill chunks (preferred whenever one can be formed)
     or one decode step of every decoding request.
@@ -533,11 +534,12 @@ def _separate_bounds(
     SGLang's reserve of new_token_ratio r (at its floor at saturation) times their remaining
     output, less the head request's unfilled need s + o. The running cap B forces d ≥ E[o−1]/B.
     Admission waits for that whole need, so requests are admitted in groups as decode batches
-    free memory: k = max(2, 1/d) per group (at least pairs; more when one decode batch finishes
-    several requests). A group prefills side by side, at most P = K/ŝ chunks per batch, so it
-    takes max(E[max of k chunk counts], k·E[⌈s/ŝ⌉]/P) batches: p is that over k, and at least
-    E[s]/K when the prefill budget K binds. A measured retraction waste of w recomputed tokens
-    per request adds w prefill tokens (and w token·iterations of memory) per request."""
+    free memory: k per group from the slack cascade of `admission_group` (with the running cap
+    binding, max(2, 1 + 1/d): the requests one decode batch finishes). A group prefills side by
+    side, one chunk of each per batch, so it takes E[max of k chunk counts] batches: p is that
+    over k, and at least E[s]/K when the prefill budget K (chunked_prefill_size) binds. A
+    measured retraction waste of w recomputed tokens per request adds w prefill tokens (and w
+    token·iterations of memory) per request."""
     M = profile.kv_tokens
     r = profile.sglang_min_ratio
     e_decodes = law.mean(law.output.astype(np.float64) - 1.0)
@@ -554,14 +556,15 @@ def _separate_bounds(
     # With the running cap binding, slots (not memory) free up as a decode batch finishes its
     # requests, and those admitted together finish together on equal lengths: at least pairs.
     group = max(2.0, 1.0 + 1.0 / d_cap) if d_cap > d_mem else admission_group(law, r, d_mem)
-    parallel = max(1.0, profile.token_budget // profile.chunk_size)
-    run = max(_expected_max(lives.chunks, law, group), group * law.mean(lives.chunks) / parallel)
-    p_groups = run / group
+    p_groups = _expected_max(lives.chunks, law, group) / group
     p_budget = e_s / profile.token_budget if profile.token_budget < UNLIMITED else 0.0
 
     def point(name: str, d: float, p: float, detail: str) -> Bound:
-        b_dec = model.mean_time(e_decodes / d, e_dec_attended / d) if d > 0 else 0.0
-        b_pre = model.mean_time(e_s / p, e_prefill_area / p, e_pairs / p)
+        if batch_times is not None:
+            b_dec, b_pre = batch_times
+        else:
+            b_dec = model.mean_time(e_decodes / d, e_dec_attended / d) if d > 0 else 0.0
+            b_pre = model.mean_time(e_s / p, e_prefill_area / p, e_pairs / p)
         time = d * b_dec + p * b_pre
         per_it = 1.0 / (d + p)
         # Report the iteration-averaged batch and KV, and the mean iteration time.
@@ -609,6 +612,7 @@ def engine_aware_mu(
     iteration_model: IterationTimeModel | None = None,
     iteration_fit: IterationTimeFit | None = None,
     preemption_waste: float | None = None,
+    batch_times: tuple[float, float] | None = None,
 ) -> EngineAwarePrediction:
     """The engine-aware stable service rate of one replica of `profile` on `law`.
 
@@ -616,7 +620,10 @@ def engine_aware_mu(
       came from, whose covariance goes into `mu_stderr`.
     preemption_waste: batch tokens recomputed per completed request because of preemption or
       retraction, measured on the engine (e.g. from a short overloaded run, or vLLM's token
-      counters); None uses the rule's a-priori estimate."""
+      counters); None uses the rule's a-priori estimate.
+    batch_times: (decode, prefill) batch times measured at saturation on an engine that runs
+      them as separate batches (`kvbench.benchmark.separate_batches`), which then replace the
+      iteration-time model's; ignored for mixed batches."""
     if iteration_fit is not None and iteration_model is None:
         iteration_model = iteration_fit.model()
     model = iteration_model or profile.iteration_time
@@ -630,7 +637,7 @@ def engine_aware_mu(
         )
     lives = request_lives(law, profile.chunk_size, profile.block_size)
     if profile.separate_prefill_decode:
-        bounds = _separate_bounds(profile, law, lives, model, preemption_waste)
+        bounds = _separate_bounds(profile, law, lives, model, preemption_waste, batch_times)
     else:
         bounds = _mixed_bounds(profile, law, lives, model, preemption_waste)
     binding = min(bounds, key=lambda b: b.mu)

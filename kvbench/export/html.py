@@ -228,6 +228,7 @@ def _engine_detail(e: EngineResult) -> dict:
         "failed": e.status != "ok",
         "batch_time": e.batch_time,
         "batch_time_burst": e.batch_time_burst,
+        "separate": e.separate_batch_times,
         "theory": e.theory,
         "profile": json.dumps(e.profile, indent=2) if e.profile else None,
         "sources": e.profile_sources,
@@ -304,6 +305,11 @@ status: <b>{{ d.status }}</b></p>
 trim {{ d.batch_time.trim }}{% endif %}, {{ d.batch_time.samples }} timings, {{ d.batch_time.source }}){% if d.batch_time_burst %};
 the calibration burst gave {{ "%.5f" % d.batch_time_burst.value }} s ({{ d.batch_time_burst.samples }} timings),
 used to start the search{% endif %}.</p>{% endif %}
+{% if d.separate %}<p>Prefill and decode run as separate batches: decode batch
+{{ "%.5f" % d.separate.decode }} ± {{ "%.5f" % d.separate.decode_stderr }} s, prefill batch
+{{ "%.5f" % d.separate.prefill }} ± {{ "%.5f" % d.separate.prefill_stderr }} s
+({{ d.separate.prefill_batches_per_decode | round(2) }} prefill batches per decode batch, {{ d.separate.requests }}
+requests; {{ d.separate.source }}), which the engine-aware μ uses.</p>{% endif %}
 {% if d.theory %}<p>E[g] = {{ "%.4g" % d.theory.mean_g }} token·iterations, δ = {{ "%.4f" % d.theory.delta }},
 μ per replica = {{ "%.4f" % d.theory.mu_replica }} req/s{% if d.theory.binding %}; engine-aware bound
 binding: {{ d.theory.binding }}, iteration time from the {{ d.theory.iteration_model or "measured b̄" }}{% endif %}.</p>{% endif %}
