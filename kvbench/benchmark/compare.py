@@ -901,6 +901,7 @@ def _search(
             {
                 "index": len(search["probes"]),
                 "rate": probe.rate,
+                "carried_rate": probe.carried_rate,
                 "engine_seconds": probe.engine_seconds,
                 "verdict": probe.verdict,
                 "over_limit": probe.over_limit,
@@ -909,7 +910,7 @@ def _search(
                 "run_dir": engine.relative(Path(probe.run_dir), root),
             }
         )
-        stable = [p["rate"] for p in search["probes"] if p["verdict"] == "STABLE"]
+        stable = [p["carried_rate"] for p in search["probes"] if p["verdict"] == "STABLE"]
         unstable = [p["rate"] for p in search["probes"] if p["over_limit"]]
         search["lower"] = max(stable, default=None)
         search["upper"] = min((r for r in unstable if r > (search["lower"] or 0)), default=None)

@@ -281,8 +281,9 @@ before the stop.</div>{% endif %}
  data-engine="{{ e.label }}">{% for key, title in columns %}<td>{% if key == 'engine' and e.marked
  %}{{ row[key] }} <span class="tag">{{ e.kind | upper }}</span>{% else %}{{ row[key] }}{% endif
  %}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
-<p>gap = (μ theory − λ*) / λ*, with λ* the midpoint of the measured bracket (largest rate judged
-stable, smallest judged unstable). μ theory is the paper's M / (b̄·E[g]) times the replicas;
+<p>gap = (μ theory − λ*) / λ*, with λ* the midpoint of the measured bracket (from the highest
+arrival rate judged stable to the lowest rate the engine could not carry: a probe judged unstable,
+or the upper end of its saturated departure interval). μ theory is the paper's M / (b̄·E[g]) times the replicas;
 the band below it reaches μ(1−δ). Probes S/U/I/F: stable, unstable, inconclusive and failing
 runs (FAILING: more than {{ failing_limit }} of a run's requests failed).</p>
 {% if economics %}<h2>SLO rate, tokens and cost</h2>
@@ -293,7 +294,7 @@ runs (FAILING: more than {{ failing_limit }} of a run's requests failed).</p>
 {% for p in provisioning %}<tr><td>{{ p.engine }}</td><td>{{ p.target }}</td><td>{{ p.theory }}</td>
 <td>{{ p.engine_aware }}</td><td>{{ p.measured }}</td></tr>{% endfor %}</tbody></table>
 <p>Replicas G = ⌈λ / (ρ·μ)⌉ with μ per replica from the paper's model, the engine-aware model,
-or the measured bracket's lower end (the largest rate judged stable; with an SLO, the SLO
+or the measured bracket's lower end (the highest arrival rate judged stable; with an SLO, the SLO
 rate's lower end when that is smaller).</p>{% endif %}
 <h2>Plots</h2>
 {% for div in plots %}<div class="plot">{{ div | safe }}</div>{% endfor %}

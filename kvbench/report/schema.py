@@ -117,7 +117,8 @@ class Theory:
 
 @dataclass
 class Boundary:
-    """The measured bracket: largest rate judged stable, smallest judged unstable."""
+    """The measured bracket: the highest arrival rate judged stable, the lowest rate the engine
+    could not carry (kvbench.benchmark.search.BoundaryResult)."""
 
     lower: float | None
     upper: float | None
