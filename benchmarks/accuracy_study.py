@@ -20,9 +20,13 @@ import time
 from pathlib import Path
 
 from kvbench import __version__
+from kvbench.backends.sim import SimBackend
 from kvbench.benchmark.accuracy import AccuracyCase, evaluate_case
 from kvbench.benchmark.paper_gpu import PAPER_GPU, Reproduction, reproduce
+from kvbench.benchmark.saturated_rate import measure_saturated_rate
+from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.profile import DEFAULT_HARDWARE, build_profile
+from kvbench.workload import load_workload
 
 ENGINES = ("ideal", "vllm", "sglang", "trtllm")
 # The paper's three laws, the packaged conversation trace, and long prompts with short outputs,
@@ -55,6 +59,7 @@ def render(
     real: list[dict],
     gpu: list[Reproduction],
     gpu_prompts: int,
+    small: list[dict],
 ) -> str:
     worst = max(cases, key=lambda c: abs(c.gap_engine_aware))
     worst_paper = max(cases, key=lambda c: abs(c.gap_paper))
@@ -112,7 +117,7 @@ def render(
             "No simulated case of the study misses the 5% target (the real engines do; see their "
             "sections)."
         )
-    lines += ["", *SGLANG_SMALL_SCALE]
+    lines += ["", *_small_scale_section(small)]
     for c in misses:
         lines.append(
             f"- **{c.engine}, {c.workload}, M = {c.kv_tokens:,}** ({_pct(c.gap_engine_aware)}): {_why(c)}"
@@ -138,24 +143,69 @@ def render(
     return "\n".join(lines)
 
 
-# Measured with the earlier `paper-a100-llama3-8b` preset; kept as measured (not regenerated).
-SGLANG_SMALL_SCALE = [
-    "Outside the study's scale, SGLang's does: on short requests in a small cache its memory",
-    "bound overestimated the simulated boundary, while TensorRT-LLM's stayed within 1%",
-    "(`kvbench compare --backends sim:sglang,sim:trtllm --workload W --kv-tokens M`, measured on",
-    "2026-11-28 with the earlier `paper-a100-llama3-8b` preset known to the theory):",
-    "",
-    "| W, M | SGLang λ* (simulated) | SGLang engine-aware μ | TensorRT-LLM λ* | TensorRT-LLM engine-aware μ |",
-    "|---|---|---|---|---|",
-    "| uniform:1-32,1-32, 2,048 (compare's embedded default) | 59.8 – 65.7 | 85.7 (+36.6%) | 84.1 – 92.5 | 90.8 (+2.9%) |",
-    "| uniform:1-32,1-32, 4,096 | 94.3 – 99.0 | 107.4 (+11.1%) | 156.2 – 164.0 | 158.9 (−0.8%) |",
-    "| uniform:1-64,1-64, 8,192 | 55.4 – 58.1 | 74.9 (+32.0%) | 88.2 – 92.6 | 90.0 (−0.5%) |",
-    "| uniform:8-128,8-128, 8,192 | 22.1 – 23.2 | 26.2 (+15.6%) | 25.9 – 27.2 | 26.5 (−0.2%) |",
-    "",
-    "The cause is not traced yet. The likely one: with a few requests per batch, SGLang's",
-    "admission is lumpy (its reserve ratio, one prefill batch per admission wave) in ways the",
-    "model's averages do not capture. Treat SGLang's engine-aware μ at small scale as unreliable.",
+# Short requests in small caches: outside the study's grid, where SGLang's admission differs most
+# from its behaviour at scale (compare's embedded default is the first).
+SMALL_SCALE = [
+    ("uniform:1-32,1-32", 2048),
+    ("uniform:1-32,1-32", 4096),
+    ("uniform:1-64,1-64", 8192),
+    ("uniform:8-128,8-128", 8192),
 ]
+
+
+def small_scale_rows() -> list[dict]:
+    """SGLang and TensorRT-LLM on SMALL_SCALE: the bounded-backlog bracket of λ* (2%, seed 0,
+    SIMULATED) beside the engine-aware μ a priori."""
+    rows = []
+    for spec, kv in SMALL_SCALE:
+        w = load_workload(spec)
+        row: dict = {"workload": spec, "kv_tokens": kv}
+        for engine in ("sglang", "trtllm"):
+            profile = build_profile(engine, kv_tokens=kv)
+            found = measure_saturated_rate(
+                SimBackend(profile), w, spec, precision=0.02, max_engine_seconds=5000.0
+            )
+            mu = engine_aware_mu(profile, LengthLaw.from_workload(w))
+            row[engine] = {
+                "lower": found.lower,
+                "upper": found.upper,
+                "mu": mu.mu,
+                "detail": mu.binding_bound.detail,
+            }
+        rows.append(row)
+    return rows
+
+
+def _small_scale_section(rows: list[dict]) -> list[str]:
+    def cell(x: dict) -> str:
+        mid = (x["lower"] + x["upper"]) / 2
+        return f"{x['lower']:.1f} – {x['upper']:.1f} | {x['mu']:.1f} ({_pct(x['mu'] / mid - 1)})"
+
+    first = rows[0]["sglang"]["detail"]
+    return [
+        "Outside the study's scale: short requests in small caches, where SGLang admits a few",
+        "requests at a time (`kvbench boundary --backend sim:E --workload W --kv-tokens M",
+        "--precision 0.02` for λ*, the gap against its midpoint):",
+        "",
+        "| W, M | SGLang λ* (simulated) | SGLang engine-aware μ | TensorRT-LLM λ* | TensorRT-LLM engine-aware μ |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['workload']}, {r['kv_tokens']:,} | {cell(r['sglang'])} | {cell(r['trtllm'])} |"
+            for r in rows
+        ),
+        "",
+        "SGLang's engine-aware model once overestimated these by 11–37%: it admitted the requests",
+        "one decode batch frees as one group (5.6 requests a prefill batch on the first row), while",
+        "the simulation ran 1.6 prefill batches per decode batch of 2.5 requests each. The cause is",
+        "SGLang's own accounting: a new request is charged its prompt and whole output, running",
+        "ones r (new_token_ratio) of their remaining output, so from the iteration after its",
+        "admission (1 − r)·o of each admitted request returns to the slack and, when that lets the",
+        "next request in, another prefill batch follows at once. The model now follows that slack",
+        f"process (`engine_theory.admission_group`); on the first row: {first}. Those batch counts",
+        "were measured in the simulation as d = 0.25 and p = 0.40 (iterations split by whether",
+        "their batch tokens equal the running count, `kvbench simulate --engine sglang --workload",
+        "uniform:1-32,1-32 --kv-tokens 2048 --request-rate 200 --duration 120`).",
+    ]
 
 
 def _gpu_row(r: Reproduction) -> str:
@@ -391,7 +441,10 @@ def main(argv: list[str] | None = None) -> int:
         if real_path.exists()
         else []
     )
-    text = render(cases, time.time() - started, args.num_prompts, real, gpu, args.gpu_prompts)
+    small = small_scale_rows()
+    text = render(
+        cases, time.time() - started, args.num_prompts, real, gpu, args.gpu_prompts, small
+    )
     Path(args.output).write_text(text)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps([c.to_json() for c in cases], indent=2) + "\n")

@@ -154,7 +154,7 @@ def fit_iteration_time(
             fitted.append(term)
     y = windows.elapsed
     while True:
-        coef, cov, resid, x = _least_squares([columns[t] for t in fitted], y, n)
+        coef, cov, resid, x = least_squares_hc1([columns[t] for t in fitted], y, n)
         # An iteration cannot get cheaper with more tokens: a negative slope means the data do
         # not support that term, so it is held at zero and the rest refitted.
         negative = [(coef[i], t) for i, t in enumerate(fitted) if t != "c0" and coef[i] < 0]
@@ -195,7 +195,7 @@ def fit_iteration_time(
     )
 
 
-def _least_squares(columns: list[np.ndarray], y: np.ndarray, n: int):
+def least_squares_hc1(columns: list[np.ndarray], y: np.ndarray, n: int):
     """OLS of y on `columns` with the HC1 sandwich covariance: (coef, cov, residuals, X)."""
     p = len(columns)
     if n < p + 2:

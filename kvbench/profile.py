@@ -192,9 +192,12 @@ def _scheduler_defaults(policy: str, hw: HardwareCalibration) -> dict:
         return dict(block_size=16, token_budget=2048, max_running=256)
     if policy == "sglang":
         # max_running_requests is derived from M: clamp(M/context_len·512, 2048, 4096), ≤ M/2.
+        # chunked_prefill_size is both a request's chunk and a prefill batch's token budget (the
+        # PrefillAdder stops when its rem_chunk_tokens run out), as discovery reads it from a
+        # running engine.
         return dict(
             block_size=1,
-            token_budget=max(hw.chunk_size, 2048),
+            token_budget=hw.chunk_size,
             max_running=min(4096, hw.kv_tokens // 2),
             separate_prefill_decode=True,
         )

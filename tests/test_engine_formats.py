@@ -141,6 +141,14 @@ def test_sglang_profile():
     assert found.sources["kv_tokens"] == "/get_server_info max_total_num_tokens"
     assert found.sources["max_running"] == "/v1/loads max_running_requests (effective)"
     assert "'fcfs'" in found.sources["policy"]
+    # this server runs with the radix cache off: SGLang then admits kvbench's ignore_eos
+    # requests by add_one_req_ignore_eos, a path kvbench's rule does not model, and says so
+    assert "add_one_req_ignore_eos" in found.sources["policy"]
+    default = dict(info, server_args=dict(info.get("server_args", info), disable_radix_cache=False))
+    assert (
+        "add_one_req_ignore_eos"
+        not in (sglang.build_profile(default, "/get_server_info", loads).sources["policy"])
+    )
 
 
 # ---- TensorRT-LLM ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from kvbench.engine_theory import (
     LengthLaw,
+    admission_group,
     engine_aware_mu,
     head_of_line_gap,
     paged,
@@ -182,29 +183,50 @@ def test_a_request_larger_than_memory_is_an_error():
 
 
 def test_sglang_separate_batches_by_hand():
-    # s=100, o=11, ŝ=64, token-exact pages, M=10,000, reserve ratio floor 0.1, b = 0.01 s.
+    # s=100, o=11, ŝ=64, token-exact pages, M=10,000, b = 0.01 s, and a reserve ratio of 1 (no
+    # admission cascade: a request is charged its whole output before and after admission).
     # Decode area Σ_{j=1..10} (100+j) = 1,055; remaining-output area Σ (11−j) = 55; the head
-    # wants s + o = 111, gap 55.5: d = (1,055 + 0.1·55) / (10,000 − 55.5) decode batches per
-    # request. Each decode batch finishes 1/d requests; they and the waiting head, k = 1 + 1/d,
-    # are admitted together and prefill side by side (2,048/64 = 32 chunks fit a batch), which
-    # takes the 2 batches of one request: p = 2 / k.
+    # wants s + o = 111, gap 55.5: d = (1,055 + 55) / (10,000 − 55.5) decode batches per
+    # request. A decode batch finishes Poisson(λ = 1/d) requests and frees 111 each, exactly what
+    # as many waiting requests are charged, so the batches that finish any admit them as one
+    # group: E[F | F ≥ 1] = λ/(1 − e^−λ) requests. They prefill side by side (2,048/64 = 32
+    # chunks fit a batch), which takes the 2 batches of one request: p = 2 / group.
     prof = build_profile(
         "sglang",
         kv_tokens=10_000,
         chunk_size=64,
         max_running=UNLIMITED,
         iteration_time=_const(0.01),
+        sglang_min_ratio=1.0,
     )
     pred = engine_aware_mu(prof, LengthLaw.fixed(100, 11))
-    d = (1_055 + 0.1 * 55) / (10_000 - 55.5)
-    p = 2 / (1 + 1 / d)
+    d = (1_055 + 55) / (10_000 - 55.5)
+    lam = 1 / d
+    p = 2 / (lam / (1 - math.exp(-lam)))
     assert pred.binding == "memory"
-    assert pred.mu == pytest.approx(1 / ((d + p) * 0.01), rel=1e-12)
+    # the group is the mean of a seeded Monte Carlo of 100,000 admissions
+    assert pred.mu == pytest.approx(1 / ((d + p) * 0.01), rel=0.005)
     # A running cap of 2 forces d ≥ E[o−1]/B = 5 decode batches per request; groups are then
     # pairs (k = max(2, 1 + 1/5)), p = 2 / 2.
     capped = engine_aware_mu(prof.replace(max_running=2), LengthLaw.fixed(100, 11))
     assert capped.binding == "running cap"
     assert capped.mu == pytest.approx(1 / ((5 + 1) * 0.01), rel=1e-12)
+
+
+def test_sglang_admission_cascade_on_short_outputs():
+    # Below its reserve ratio of 1, SGLang charges a new request its whole output but only r of
+    # it from the next iteration on, so (1 − r)·o returns to the slack and another prefill batch
+    # can follow at once: groups shrink. Compare's embedded default (s, o ~ U{1..32}, M = 2,048)
+    # simulated 2.5 requests per prefill batch at d ≈ 0.25 (docs/accuracy.md); r = 1 gives the
+    # no-cascade E[F | F ≥ 1] of the test above.
+    law = LengthLaw.uniform(1, 32, 1, 32)
+    cascade = admission_group(law, 0.55, 0.25)
+    assert 2.2 < cascade < 2.8
+    lam = 4.0
+    assert admission_group(law, 1.0, 0.25) > cascade
+    assert admission_group(LengthLaw.fixed(10, 10), 1.0, 0.25) == pytest.approx(
+        lam / (1 - math.exp(-lam)), rel=0.01
+    )
 
 
 def test_law_from_workload():

@@ -150,6 +150,14 @@ def build_profile(
         f"SGLang rule: reserve remaining output × new_token_ratio, retract on overflow; "
         f"schedule_policy={policy!r} from {info_path}"
     )
+    if args.get("disable_radix_cache"):
+        # PrefillAdder.add_one_req hands an ignore_eos request (every kvbench request) to
+        # add_one_req_ignore_eos only when the tree cache is disabled (schedule_policy.py)
+        sources["policy"] += (
+            "; radix cache off, so kvbench's ignore_eos requests take add_one_req_ignore_eos "
+            "(whole remaining outputs reserved at ratio 1, checked in finish order), which "
+            "kvbench's SGLang rule does not model: its engine-aware μ assumes the default path"
+        )
     sources["token_budget"] = sources["chunk_size"] + "; prefill batches only, decode separate"
     sources["iteration_time"] = "not discoverable; measure it from a run"
     conservativeness = float(args.get("schedule_conservativeness") or 1.0)

@@ -52,6 +52,8 @@ from kvbench.benchmark.burst import (
 from kvbench.benchmark.compare_ray import RayPlacement, measure_on_ray, placement_session
 from kvbench.benchmark.recorder import RunRecorder, read_run, versions
 from kvbench.benchmark.search import DEFAULT_PRECISION, check_search_settings
+from kvbench.benchmark.separate_batches import SOURCE as SEPARATE_SOURCE
+from kvbench.benchmark.separate_batches import SeparateBatchTimes, separate_batch_times
 from kvbench.benchmark.slo import DEFAULT_PERCENTILES, Slo
 from kvbench.cost import Pricing
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
@@ -304,22 +306,39 @@ class _Engine:
         return path.relative_to(root).as_posix()
 
 
-def _theory(workload: Workload, profile: EngineProfile, batch_time: float, replicas: int) -> dict:
+def _theory(
+    workload: Workload,
+    profile: EngineProfile,
+    batch_time: float,
+    replicas: int,
+    separate: SeparateBatchTimes | None = None,
+) -> dict:
     """The paper's μ at the measured b̄, and the engine-aware μ.
 
     The engine-aware μ evaluates each bound's iteration time at its own operating point when the
     engine's iteration-time model is known (a simulated engine's profile carries it; a real
-    engine's discovered profile does not) and falls back to the measured b̄ as a
-    constant otherwise. The measured b̄ is the client's time per output token, which for an
-    engine that runs prefill and decode as separate batches (SGLang) already includes the
-    interleaved prefill iterations that the engine-aware model counts itself, so using it where
-    the model is known would count them twice (−14% on pd-1:1 at the paper's scale)."""
+    engine's discovered profile does not). Otherwise, for an engine that runs prefill and decode
+    as separate batches (SGLang), it takes the decode and prefill batch times measured apart in
+    the run nearest saturation (`separate`): the measured b̄ is the client's time per output
+    token, which holds the interleaved prefill batches that the engine-aware model counts itself,
+    so pricing every batch at it counted them twice (−80% on the embedded default). For mixed
+    batches, and before any such run, the measured b̄ stands for every iteration."""
     paper = theory.evaluate(
         workload, kv_tokens=profile.kv_tokens, chunk_size=profile.chunk_size, batch_time=batch_time
     )
-    known = profile.iteration_time.known
-    model = profile.iteration_time if known else IterationTimeModel.constant(batch_time)
-    aware = engine_aware_mu(profile, LengthLaw.from_workload(workload), iteration_model=model)
+    law = LengthLaw.from_workload(workload)
+    if profile.iteration_time.known:
+        aware = engine_aware_mu(profile, law)
+        source = "engine profile"
+    elif separate is not None and profile.separate_prefill_decode:
+        times = (separate.decode, separate.prefill)
+        aware = engine_aware_mu(profile, law, batch_times=times)
+        source = "measured decode and prefill batch times"
+    else:
+        aware = engine_aware_mu(
+            profile, law, iteration_model=IterationTimeModel.constant(batch_time)
+        )
+        source = "measured b̄ (constant)"
     return {
         "mean_g": paper.expected_g.mean,
         "delta": paper.delta,
@@ -328,7 +347,7 @@ def _theory(workload: Workload, profile: EngineProfile, batch_time: float, repli
         "mu_lower": replicas * paper.mu_lower,
         "mu_engine_aware": replicas * aware.mu,
         "binding": aware.binding,
-        "iteration_model": "engine profile" if known else "measured b̄ (constant)",
+        "iteration_model": source,
     }
 
 
@@ -774,13 +793,23 @@ def _measure(
     # a client that fell behind read its streams late, bunching their tokens: its b̄ is not the
     # engine's (an UNSTABLE verdict stands without it: kvbench.benchmark.runner)
     kept = probe.get("client_kept_schedule", True)
-    b = (kept and _saturated_batch_time(run, probe, config)) or BatchTimeEstimate(
+    after = _warmup_end(run)
+    b = (kept and _saturated_batch_time(run, probe, config, after)) or BatchTimeEstimate(
         **engine.data["batch_time"]
     )
     if b.source != engine.data["batch_time"]["source"]:
         engine.data["batch_time_burst"] = engine.data["batch_time"]
         engine.data["batch_time"] = asdict(b)
-    engine.data["theory"] = _theory(workload, discovered.profile, b.value, engine.data["replicas"])
+    separate = None
+    if kept and discovered.profile.separate_prefill_decode:
+        separate = separate_batch_times(
+            run.records, after=after, source=SEPARATE_SOURCE.format(rate=probe["rate"])
+        )
+    if separate is not None:
+        engine.data["separate_batch_times"] = asdict(separate)
+    engine.data["theory"] = _theory(
+        workload, discovered.profile, b.value, engine.data["replicas"], separate
+    )
     engine.save()
 
 
@@ -804,14 +833,19 @@ def _saturated_run(engine: _Engine, root: Path):
     return read_run(root / probe["run_dir"]), probe
 
 
-def _saturated_batch_time(run, probe: dict[str, Any], config: CompareConfig):
-    """b̄ as the paper measured it: in the run nearest saturation rather than in the
-    calibration burst, whose all-at-once arrivals make it more prefill-heavy than steady
-    saturation. None when the run has too few timings."""
+def _warmup_end(run) -> float:
+    """Where the run's steady part begins, as its verdict found it (0 when it found none)."""
     from kvbench.benchmark.runner import summarize
 
     evidence = summarize(run.header, run.records, run.samples, status=run.status)["evidence"]
-    timings = saturated_decode_times(run.records, after=(evidence or {}).get("warmup_end", 0.0))
+    return float((evidence or {}).get("warmup_end", 0.0))
+
+
+def _saturated_batch_time(run, probe: dict[str, Any], config: CompareConfig, after: float):
+    """b̄ as the paper measured it: in the run nearest saturation (after its warm-up) rather
+    than in the calibration burst, whose all-at-once arrivals make it more prefill-heavy than
+    steady saturation. None when the run has too few timings."""
+    timings = saturated_decode_times(run.records, after=after)
     if timings.size < MIN_TIMINGS:
         return None
     return estimate_batch_time(
@@ -867,6 +901,7 @@ def _search(
             {
                 "index": len(search["probes"]),
                 "rate": probe.rate,
+                "carried_rate": probe.carried_rate,
                 "engine_seconds": probe.engine_seconds,
                 "verdict": probe.verdict,
                 "over_limit": probe.over_limit,
@@ -875,7 +910,7 @@ def _search(
                 "run_dir": engine.relative(Path(probe.run_dir), root),
             }
         )
-        stable = [p["rate"] for p in search["probes"] if p["verdict"] == "STABLE"]
+        stable = [p["carried_rate"] for p in search["probes"] if p["verdict"] == "STABLE"]
         unstable = [p["rate"] for p in search["probes"] if p["over_limit"]]
         search["lower"] = max(stable, default=None)
         search["upper"] = min((r for r in unstable if r > (search["lower"] or 0)), default=None)

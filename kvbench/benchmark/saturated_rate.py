@@ -11,15 +11,22 @@ simulator, vLLM's rule serves up to 18% more with 1–2 requests waiting, and th
 deep queue from 8 on). `confirm` adds open-loop verdict probes just below and above the bracket
 for the queue-stability evidence itself.
 
-K, by rule, per replica: the smallest queue depth at which the engine's service stops depending
-on depth, plus what can start during the client's top-up delay. On the simulator the top-up is
-instant and depth stops mattering at 8 (measured on vllm pd-1:1, paper-a100 preset, σ = 0.37, 3 seeds of
-4,000 s: K = 2 serves 2.287 req/s, K = 8, 32 and 256 serve 2.20), so K = 8; over HTTP a top-up
-lags a round trip and engines batch admissions, so 32.
+K, by rule, per replica: deep enough that the queue never runs dry, the larger of
+- the depth at which the engine's service stops depending on depth, plus what can start during
+  the client's top-up delay. On the simulator the top-up is instant and depth stops mattering at
+  8 on the paper's workloads (vllm pd-1:1, paper-a100 preset, σ = 0.37, 3 seeds of 4,000 s: K = 2
+  serves 2.287 req/s, K = 8, 32 and 256 serve 2.20); over HTTP a top-up lags a round trip and
+  engines batch admissions, so 32;
+- STARTS_MARGIN times the requests that start per iteration at saturation (μ·b), since a request
+  is topped up only when one starts. Short requests in a large cache start several an iteration:
+  on s, o ~ U{1..32} with M = 4,096 (about 5 an iteration) K = 8 measured vLLM 24% low and
+  SGLang 37% high, K = 12 vLLM 5% low, while K = 16 to 128 agreed with each other and with the
+  open-loop boundary (vLLM 333–340 against 323–340 req/s, SGLang 183–188 against 182–191).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +40,7 @@ from kvbench.benchmark.search import (
     BoundaryResult,
     Probe,
     request_life,
+    saturated_iteration_time,
     theory_rate,
     timed_profile,
 )
@@ -43,6 +51,7 @@ from kvbench.workload import Workload
 
 LABEL = "saturated service rate measured with a bounded backlog"
 BACKLOG_MIN = {"simulated": 8, "emulated": 32, "real": 32}
+STARTS_MARGIN = 8
 LOOK_SECONDS = 5.0
 
 
@@ -83,7 +92,8 @@ def measure_saturated_rate(
     # near saturation from the burst's capacity when higher, as the open-loop search starts
     life = request_life(profile, workload, max(mu, burst_capacity) / replicas, seed=seed)
     if backlog is None:
-        backlog = BACKLOG_MIN[backend.kind]
+        b = saturated_iteration_time(profile, workload, mu / replicas, seed=seed)
+        backlog = max(BACKLOG_MIN[backend.kind], math.ceil(STARTS_MARGIN * mu / replicas * b))
     elif backlog < 1:
         raise KvbenchError(f"--backlog must be at least 1, got {backlog}")
     g = mean_work(workload, profile.chunk_size)

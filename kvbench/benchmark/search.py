@@ -1,5 +1,5 @@
-"""The boundary search: bracket λ* between the largest rate judged STABLE and the smallest judged
-UNSTABLE, to a relative width `precision`.
+"""The boundary search: bracket λ* between the highest arrival rate judged STABLE and the lowest
+rate the engine could not carry, to a relative width `precision`.
 
 How it spends little engine time, and why each step is sound:
 1. Saturate. It starts from the theory's rate (the engine-aware μ of the backend's profile) times
@@ -13,7 +13,10 @@ How it spends little engine time, and why each step is sound:
    rule serves ~10% above its saturated rate while no backlog has formed (fewer preemptions), so a
    run at 1.05·c can look stable for thousands of seconds before it tips over. The smallest rate
    judged UNSTABLE is therefore min(c_hi, the smallest rate a run judged UNSTABLE).
-3. Lower end. It probes λ = upper/(1 + precision). STABLE closes the bracket. UNSTABLE lowers the
+3. Lower end. It probes λ = upper/(1 + precision). STABLE closes the bracket, at the rate that
+   actually arrived in the probe's window when that is below λ: a STABLE verdict is judged
+   against the arrivals that came (kvbench.benchmark.stability), and against a real vLLM the
+   lower end's stream had come 8–13% lighter than its label. UNSTABLE lowers the
    upper end (and its departure rate refines c); INCONCLUSIVE runs are extended (doubled) first,
    never guessed, and one still INCONCLUSIVE at the longest length is stepped below.
 A probe judged FAILING (more than 1% of its requests failed: kvbench.benchmark.failures) whose
@@ -90,6 +93,13 @@ class Probe:
     latency: dict[str, Any] = field(default_factory=dict)  # the run summary's `latency`
 
     @property
+    def carried_rate(self) -> float:
+        """The rate a STABLE probe showed the engine carries: λ, or the rate that arrived in its
+        window when fewer came (its verdict was judged against those)."""
+        arrived = self.evidence.get("arrival_rate")
+        return min(self.rate, float(arrived)) if arrived else self.rate
+
+    @property
     def over_limit(self) -> bool:
         """The engine could not carry this rate: UNSTABLE, or FAILING by shedding load."""
         return self.verdict == "UNSTABLE" or (
@@ -99,8 +109,11 @@ class Probe:
 
 @dataclass
 class BoundaryResult:
-    lower: float | None  # largest rate judged STABLE
-    upper: float | None  # smallest rate judged UNSTABLE (above lower)
+    # the highest arrival rate judged STABLE: min(λ asked, the rate that arrived in its window)
+    lower: float | None
+    # the lowest rate the engine could not carry: a probe judged UNSTABLE (or shedding load), or
+    # the upper end of the saturated departure interval when that is lower (above lower)
+    upper: float | None
     precision: float  # requested relative width
     reached: bool  # upper / lower − 1 ≤ precision
     engine_seconds: float
@@ -138,15 +151,22 @@ def theory_rate(profile: EngineProfile, workload: Workload, *, seed: int = 0) ->
     return engine_aware_mu(profile, LengthLaw.sample(s, o, name=workload.name)).mu
 
 
+def saturated_iteration_time(
+    profile: EngineProfile, workload: Workload, mu: float, *, seed: int = 0
+) -> float:
+    """The iteration time of an engine serving μ requests a second near saturation. Little's
+    law: tokens in a batch ≈ μ·E[s+o]·b, KV held ≈ the whole cache."""
+    s, o = workload.draw(20_000, seed)
+    it = profile.iteration_time
+    return it.c0 / max(1e-9, 1.0 - it.c1 * mu * float(np.mean(s + o))) + it.c2 * profile.kv_tokens
+
+
 def request_life(profile: EngineProfile, workload: Workload, mu: float, *, seed: int = 0) -> float:
     """Expected seconds a request spends in an engine near saturation: its iterations (prefill
     chunks plus decode steps) times the iteration time at that load — the queue's time constant."""
     s, o = workload.draw(20_000, seed)
     iterations = float(np.mean(np.ceil(s / profile.chunk_size) + o))
-    # Little's law near saturation: tokens in a batch ≈ μ·E[s+o]·b, KV held ≈ the whole cache.
-    it = profile.iteration_time
-    b = it.c0 / max(1e-9, 1.0 - it.c1 * mu * float(np.mean(s + o))) + it.c2 * profile.kv_tokens
-    return iterations * b
+    return iterations * saturated_iteration_time(profile, workload, mu, seed=seed)
 
 
 def timed_profile(
@@ -376,7 +396,7 @@ def find_boundary(
     def learn(p: Probe) -> None:
         nonlocal lo, hi, capacity
         if p.verdict == "STABLE":
-            lo = p.rate if lo is None else max(lo, p.rate)
+            lo = p.carried_rate if lo is None else max(lo, p.carried_rate)
         elif p.verdict == "FAILING" and p.over_limit:
             hi = p.rate if hi is None else min(hi, p.rate)
         elif p.verdict == "UNSTABLE":

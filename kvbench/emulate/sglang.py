@@ -51,7 +51,9 @@ class SglangFormat(EngineFormat):
             "schedule_policy": "fcfs",
             "schedule_conservativeness": 1.0,
             "page_size": p.block_size,
-            "disable_radix_cache": True,
+            # SGLang's default, and the admission path the simulator's rule is (with the cache
+            # off, ignore_eos requests take add_one_req_ignore_eos instead)
+            "disable_radix_cache": False,
             "enable_metrics": True,
             "decode_log_interval": self.decode_log_interval,
             "enable_mixed_chunk": not p.separate_prefill_decode,

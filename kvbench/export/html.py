@@ -228,6 +228,7 @@ def _engine_detail(e: EngineResult) -> dict:
         "failed": e.status != "ok",
         "batch_time": e.batch_time,
         "batch_time_burst": e.batch_time_burst,
+        "separate": e.separate_batch_times,
         "theory": e.theory,
         "profile": json.dumps(e.profile, indent=2) if e.profile else None,
         "sources": e.profile_sources,
@@ -280,8 +281,9 @@ before the stop.</div>{% endif %}
  data-engine="{{ e.label }}">{% for key, title in columns %}<td>{% if key == 'engine' and e.marked
  %}{{ row[key] }} <span class="tag">{{ e.kind | upper }}</span>{% else %}{{ row[key] }}{% endif
  %}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
-<p>gap = (μ theory − λ*) / λ*, with λ* the midpoint of the measured bracket (largest rate judged
-stable, smallest judged unstable). μ theory is the paper's M / (b̄·E[g]) times the replicas;
+<p>gap = (μ theory − λ*) / λ*, with λ* the midpoint of the measured bracket (from the highest
+arrival rate judged stable to the lowest rate the engine could not carry: a probe judged unstable,
+or the upper end of its saturated departure interval). μ theory is the paper's M / (b̄·E[g]) times the replicas;
 the band below it reaches μ(1−δ). Probes S/U/I/F: stable, unstable, inconclusive and failing
 runs (FAILING: more than {{ failing_limit }} of a run's requests failed).</p>
 {% if economics %}<h2>SLO rate, tokens and cost</h2>
@@ -292,7 +294,7 @@ runs (FAILING: more than {{ failing_limit }} of a run's requests failed).</p>
 {% for p in provisioning %}<tr><td>{{ p.engine }}</td><td>{{ p.target }}</td><td>{{ p.theory }}</td>
 <td>{{ p.engine_aware }}</td><td>{{ p.measured }}</td></tr>{% endfor %}</tbody></table>
 <p>Replicas G = ⌈λ / (ρ·μ)⌉ with μ per replica from the paper's model, the engine-aware model,
-or the measured bracket's lower end (the largest rate judged stable; with an SLO, the SLO
+or the measured bracket's lower end (the highest arrival rate judged stable; with an SLO, the SLO
 rate's lower end when that is smaller).</p>{% endif %}
 <h2>Plots</h2>
 {% for div in plots %}<div class="plot">{{ div | safe }}</div>{% endfor %}
@@ -304,6 +306,11 @@ status: <b>{{ d.status }}</b></p>
 trim {{ d.batch_time.trim }}{% endif %}, {{ d.batch_time.samples }} timings, {{ d.batch_time.source }}){% if d.batch_time_burst %};
 the calibration burst gave {{ "%.5f" % d.batch_time_burst.value }} s ({{ d.batch_time_burst.samples }} timings),
 used to start the search{% endif %}.</p>{% endif %}
+{% if d.separate %}<p>Prefill and decode run as separate batches: decode batch
+{{ "%.5f" % d.separate.decode }} ± {{ "%.5f" % d.separate.decode_stderr }} s, prefill batch
+{{ "%.5f" % d.separate.prefill }} ± {{ "%.5f" % d.separate.prefill_stderr }} s
+({{ d.separate.prefill_batches_per_decode | round(2) }} prefill batches per decode batch, {{ d.separate.requests }}
+requests; {{ d.separate.source }}), which the engine-aware μ uses.</p>{% endif %}
 {% if d.theory %}<p>E[g] = {{ "%.4g" % d.theory.mean_g }} token·iterations, δ = {{ "%.4f" % d.theory.delta }},
 μ per replica = {{ "%.4f" % d.theory.mu_replica }} req/s{% if d.theory.binding %}; engine-aware bound
 binding: {{ d.theory.binding }}, iteration time from the {{ d.theory.iteration_model or "measured b̄" }}{% endif %}.</p>{% endif %}

@@ -173,6 +173,7 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
         result.batch_time = BatchTime(**eng["batch_time"])
     if eng.get("batch_time_burst"):
         result.batch_time_burst = BatchTime(**eng["batch_time_burst"])
+    result.separate_batch_times = eng.get("separate_batch_times")
     if eng.get("theory"):
         result.theory = Theory(**eng["theory"])
     kv_capacity = None

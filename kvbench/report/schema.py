@@ -117,7 +117,8 @@ class Theory:
 
 @dataclass
 class Boundary:
-    """The measured bracket: largest rate judged stable, smallest judged unstable."""
+    """The measured bracket: the highest arrival rate judged stable, the lowest rate the engine
+    could not carry (kvbench.benchmark.search.BoundaryResult)."""
 
     lower: float | None
     upper: float | None
@@ -160,6 +161,9 @@ class EngineResult:
     settings_flags: list[str] = field(default_factory=list)  # what the measurements contradict
     batch_time: BatchTime | None = None  # b̄ the theory uses
     batch_time_burst: BatchTime | None = None  # the calibration burst's b̄ (the search's start)
+    # separate prefill and decode batches (SGLang) over HTTP: both times measured apart, which
+    # the engine-aware μ uses (kvbench/benchmark/separate_batches.py)
+    separate_batch_times: dict[str, Any] | None = None
     theory: Theory | None = None
     boundary: Boundary | None = None
     gap_percent: float | None = None  # 100·(μ − λ*)/λ*, λ* the bracket's midpoint
