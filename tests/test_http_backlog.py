@@ -109,10 +109,11 @@ def test_boundary_over_http_brackets_what_the_simulator_does(engine):
     simulated = _boundary(f"sim:{engine}")
     for r in (emulated, simulated):
         assert r["extras"]["method"] == "backlog" and r["reached"], r
-    assert emulated["emulated"] is True and emulated["extras"]["backlog"] == K
+    k = emulated["extras"]["backlog"]
+    assert emulated["emulated"] is True and k >= K  # the HTTP floor of the rule
     # the client kept K at every bin end of the run (one top-up of slack)
     lo, hi = emulated["extras"]["backlog_kept"]
-    assert K - 1 <= lo <= hi <= K + 1
+    assert k - 1 <= lo <= hi <= k + 1
     # b̄ measured in a burst first: an HTTP engine reports no iteration time
     assert 0.003 < emulated["extras"]["batch_time"]["value"] < 0.2
     (elo, ehi), (slo, shi) = [(r["lower"], r["upper"]) for r in (emulated, simulated)]

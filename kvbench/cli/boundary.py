@@ -86,9 +86,10 @@ Examples:
     default=None,
     metavar="K",
     help="Requests kept sent but not started (first token not yet streamed), per replica"
-    " (backlog method). Default by rule: the smallest queue at which the engine serves no faster"
-    " than a deeper one (8 on the simulator, where a top-up is instant), and 32 over HTTP, where"
-    " a top-up lags a round trip and engines admit requests in batches.",
+    " (backlog method). Default by rule, the larger of: the smallest queue at which the engine"
+    " serves no faster than a deeper one (8 on the simulator, where a top-up is instant; 32 over"
+    " HTTP, where a top-up lags a round trip and engines admit requests in batches), and 8 × the"
+    " requests that start per iteration at saturation.",
 )
 @click.option(
     "--confirm",
