@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from emulator_helpers import serving
 
+from kvbench.backends.amended import AmendedProfile
 from kvbench.backends.backlog import BIN_WIDTH
 from kvbench.backends.registry import resolve_backend
 from kvbench.backends.vllm import VllmBackend
@@ -193,3 +194,16 @@ def test_a_failing_engine_ends_the_probe_in_one_line_naming_it():
     message = str(err.value)
     assert "\n" not in message and message.startswith(url)
     assert "of the bounded-backlog probe failed (http_503: queue full, try later)" in message
+
+
+def test_served_work_is_counted_with_the_chunk_the_user_gave():
+    """--engine-setting chunk_size replaces what discovery read (2,048 assumed here); served work
+    must use the same ŝ as the search's E[g], or the rate is off by their ratio."""
+    with serving(_merging_engine(_overloaded)) as url:
+        found = VllmBackend(url)
+        given = AmendedProfile(found, settings={"chunk_size": 16})
+        assert found.discover_profile().profile.chunk_size == 2048
+        assert given.discover_profile().profile.chunk_size == 16
+        run = given.bounded_backlog(load_workload("fixed:8,4"), backlog=1, seed=0)
+        run.close()
+    assert run._chunk == 16

@@ -47,8 +47,15 @@ class AmendedProfile(Backend):
     def execute(self, requests: list[RequestSpec], sink, *, duration: float) -> None:
         self.backend.execute(requests, sink, duration=duration)
 
-    def bounded_backlog(self, workload: Workload, *, backlog: int, seed: int) -> BacklogRun:
-        return self.backend.bounded_backlog(workload, backlog=backlog, seed=seed)
+    def bounded_backlog(
+        self, workload: Workload, *, backlog: int, seed: int, chunk_size: int | None = None
+    ) -> BacklogRun:
+        # served work counted with the chunk the search's E[g] uses: the given one, if any
+        if chunk_size is None:
+            chunk_size = self.discover_profile().profile.chunk_size
+        return self.backend.bounded_backlog(
+            workload, backlog=backlog, seed=seed, chunk_size=chunk_size
+        )
 
     def scrape_report(self) -> dict[str, Any] | None:
         return self.backend.scrape_report()

@@ -113,9 +113,13 @@ class Backend(ABC):
         unfinished). Raises KvbenchError naming the endpoint if the engine fails; everything
         reported to `sink` before that stays recorded."""
 
-    def bounded_backlog(self, workload: Workload, *, backlog: int, seed: int) -> BacklogRun:
+    def bounded_backlog(
+        self, workload: Workload, *, backlog: int, seed: int, chunk_size: int | None = None
+    ) -> BacklogRun:
         """Start the bounded-backlog probe (`kvbench.backends.backlog`): `backlog` requests drawn
-        from `workload` kept sent but not started. Backends that cannot run it say so."""
+        from `workload` kept sent but not started. `chunk_size`: the prefill chunk ŝ its served
+        work is counted with, where the caller knows better than the engine says (None: the
+        backend's own). Backends that cannot run it say so."""
         raise KvbenchError(
             f"{self.name}: no bounded-backlog probe on this backend yet; use --method open-loop"
         )

@@ -436,8 +436,10 @@ class HttpBackend(Backend):
                 )
             )
 
-    def bounded_backlog(self, workload: Workload, *, backlog: int, seed: int) -> HttpBacklogRun:
-        return HttpBacklogRun(self, workload, backlog=backlog, seed=seed)
+    def bounded_backlog(
+        self, workload: Workload, *, backlog: int, seed: int, chunk_size: int | None = None
+    ) -> HttpBacklogRun:
+        return HttpBacklogRun(self, workload, backlog=backlog, seed=seed, chunk_size=chunk_size)
 
     def backlog_driver(self, prompt_lens: np.ndarray, output_lens: np.ndarray, *, backlog: int):
         """The Rust driver in bounded-backlog mode, sending this backend's bodies and headers

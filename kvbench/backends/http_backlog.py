@@ -47,7 +47,8 @@ def _grown(values: np.ndarray, size: int, fill: float) -> np.ndarray:
 
 class HttpBacklogRun:
     """The bounded-backlog probe against an engine over HTTP, in real time (engine seconds
-    reported). `backlog` is K for the one engine behind `backend.url`."""
+    reported). `backlog` is K for the one engine behind `backend.url`; served work is counted
+    with prefill chunk `chunk_size` (None: the one the engine's discovery reads)."""
 
     def __init__(
         self,
@@ -57,12 +58,13 @@ class HttpBacklogRun:
         backlog: int,
         seed: int = 0,
         bin_width: float = BIN_WIDTH,
+        chunk_size: int | None = None,
     ) -> None:
         self.backlog = backlog
         self.bin_width = bin_width
         self._backend = backend
         self._scale = backend.time_scale  # also reads the model id and whether it is emulated
-        self._chunk = backend.discover_profile().profile.chunk_size
+        self._chunk = chunk_size or backend.discover_profile().profile.chunk_size
         backend.wait_until_idle()
         self._stream = RequestStream(workload, seed)
         s, o = self._stream.draw()
@@ -83,7 +85,9 @@ class HttpBacklogRun:
         self._lock = threading.Lock()
         self._wall0 = time.time()
         self._t0 = time.monotonic()
-        self._scraper = threading.Thread(target=self._scrape, name="kvbench-backlog-scrape")
+        self._scraper = threading.Thread(
+            target=self._scrape, name="kvbench-backlog-scrape", daemon=True
+        )
         self._scraper.start()
         self._driver.start(time.monotonic() - self._t0)
 

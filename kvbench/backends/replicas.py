@@ -98,12 +98,18 @@ class RoundRobinBackend(Backend):
     def notes(self) -> list[str]:
         return [n for r in self.replicas for n in getattr(r, "notes", [])]
 
-    def bounded_backlog(self, workload: Workload, *, backlog: int, seed: int) -> BacklogRun:
+    def bounded_backlog(
+        self, workload: Workload, *, backlog: int, seed: int, chunk_size: int | None = None
+    ) -> BacklogRun:
         """K per replica (K·G in all): replica i runs its own probe with seed + i."""
         runs: list[BacklogRun] = []
         try:
             for i, r in enumerate(self.replicas):
-                runs.append(r.bounded_backlog(workload, backlog=backlog, seed=seed + i))
+                runs.append(
+                    r.bounded_backlog(
+                        workload, backlog=backlog, seed=seed + i, chunk_size=chunk_size
+                    )
+                )
         except BaseException:
             for run in runs:
                 run.close()

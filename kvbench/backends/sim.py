@@ -27,6 +27,7 @@ from kvbench.backends.base import (
     RequestRecord,
     RequestSpec,
 )
+from kvbench.errors import KvbenchError
 from kvbench.profile import EngineProfile
 from kvbench.simulator import simulate
 from kvbench.workload import Workload
@@ -126,8 +127,15 @@ class SimBackend(Backend):
         for sample in samples[si:]:
             sink.sample(sample)
 
-    def bounded_backlog(self, workload: Workload, *, backlog: int, seed: int) -> SimBacklogRun:
+    def bounded_backlog(
+        self, workload: Workload, *, backlog: int, seed: int, chunk_size: int | None = None
+    ) -> SimBacklogRun:
         # `backlog` per replica: the client tops up the replica whose request started
+        if chunk_size not in (None, self.profile.chunk_size):
+            raise KvbenchError(
+                f"{self.name}: the simulator serves with its profile's chunk "
+                f"({self.profile.chunk_size}), not {chunk_size}"
+            )
         return SimBacklogRun(
             self.profile, workload, backlog=backlog, replicas=self.replicas, seed=seed
         )
