@@ -123,21 +123,30 @@ def test_boundary_over_http_brackets_what_the_simulator_does(engine):
     assert emulated["engine_seconds"] < 60
 
 
-async def _merged_chunks(request: web.Request) -> web.StreamResponse:
-    """Two tokens per chunk and no running count: the final usage says 2n tokens, the chunks
-    alone would say n."""
-    body = await request.json()
-    n = int(body["max_tokens"])
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await resp.prepare(request)
-    for _ in range(0, n, 2):
-        await asyncio.sleep(0.005)
-        chunk = {"choices": [{"index": 0, "text": "ab", "finish_reason": None}]}
-        await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
-    usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": n}
-    await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
-    await resp.write(b"data: [DONE]\n\n")
-    return resp
+def _streaming(*, per_chunk: int, counted: bool, extra_prompt: int = 0):
+    """A completions endpoint that streams `per_chunk` tokens a chunk, with or without a running
+    count, and whose final usage counts the prompt `extra_prompt` tokens long (a BOS added)."""
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        n, prompt = int(body["max_tokens"]), len(body["prompt"]) + extra_prompt
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for done in range(per_chunk, n + per_chunk, per_chunk):
+            await asyncio.sleep(0.005)
+            chunk: dict = {"choices": [{"index": 0, "text": "ab", "finish_reason": None}]}
+            if counted:
+                chunk["usage"] = {"prompt_tokens": prompt, "completion_tokens": min(done, n)}
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        usage = {"prompt_tokens": prompt, "completion_tokens": n}
+        await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    return completions
+
+
+_merged_chunks = _streaming(per_chunk=2, counted=False)
 
 
 async def _overloaded(request: web.Request) -> web.Response:
@@ -207,3 +216,25 @@ def test_served_work_is_counted_with_the_chunk_the_user_gave():
         run = given.bounded_backlog(load_workload("fixed:8,4"), backlog=1, seed=0)
         run.close()
     assert run._chunk == 16
+
+
+def test_merged_chunks_with_a_running_count_are_served_work_and_a_bos_is_refused():
+    """Two tokens a chunk are fine when each chunk says its running count; a prompt the engine
+    counts one token longer than sent (a BOS it added) is not the workload's."""
+    with serving(_merging_engine(_streaming(per_chunk=2, counted=True))) as url:
+        run = VllmBackend(url).bounded_backlog(load_workload("fixed:8,4"), backlog=4, seed=0)
+        try:
+            bins = run.advance(1.0)
+        finally:
+            run.close()
+    # each request: G(8, 2) − 0 then G(8, 4) − G(8, 2), chunk 2,048: 8 + 1·8 + 1 = 17, then
+    # 8 + 3·8 + 6 = 38 in all
+    finished = int(bins.finishes.sum())
+    assert finished >= 4 and 38 * finished <= bins.work.sum() <= 38 * bins.starts.sum()
+    with serving(_merging_engine(_streaming(per_chunk=1, counted=True, extra_prompt=1))) as url:
+        run = VllmBackend(url).bounded_backlog(load_workload("fixed:8,4"), backlog=4, seed=0)
+        try:
+            with pytest.raises(KvbenchError, match=r"counted 9 prompt tokens for request \d+'s 8;"):
+                run.advance(1.0)
+        finally:
+            run.close()

@@ -142,12 +142,21 @@ class HttpBacklogRun:
         self._take(self._driver.poll_progress())
         for r in records:
             self._ended[r.index] = True
-            if r.error is not None and r.error not in ("short_output", "long_output"):
+            # served work and E[g] both assume every request served whole at its own lengths:
+            # a failure, or an output or prompt the engine counts otherwise (short_output: an
+            # engine that stops at EOS despite ignore_eos), would bias the rate
+            if r.error is not None:
                 said = server_message(r.message)
                 raise KvbenchError(
                     f"{self._backend.url}: request {r.index} of the bounded-backlog probe failed "
                     f"({r.error}{': ' + said if said else ''}); the probe needs every request "
-                    "served"
+                    "served at its lengths"
+                )
+            if r.prompt_tokens is not None and r.prompt_tokens != self._prompt[r.index]:
+                raise KvbenchError(
+                    f"{self._backend.url}: the engine counted {r.prompt_tokens} prompt tokens "
+                    f"for request {r.index}'s {self._prompt[r.index]}; the bounded-backlog probe "
+                    "needs prompts served at the workload's lengths: use --method open-loop"
                 )
             if r.finished is not None:
                 self._finished.append(r.finished * self._scale)
