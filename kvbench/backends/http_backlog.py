@@ -69,7 +69,6 @@ class HttpBacklogRun:
         self._stream = RequestStream(workload, seed)
         s, o = self._stream.draw()
         self._prompt = s.astype(np.int64)
-        self._output = o.astype(np.int64)
         self._driver = backend.backlog_driver(s, o, backlog=backlog)
         n = self._prompt.size
         self._sent = np.full(n, np.nan)
@@ -171,7 +170,7 @@ class HttpBacklogRun:
         if self._driver.remaining < 2 * DRAW:
             s, o = self._stream.draw()
             self._driver.extend(s, o)
-            self._grow(s, o)
+            self._grow(s)
 
     def _take(self, progress: _core.DriverProgress) -> None:
         k = self._scale
@@ -193,9 +192,8 @@ class HttpBacklogRun:
             np.concatenate([rk, ck]),
         )
 
-    def _grow(self, s: np.ndarray, o: np.ndarray) -> None:
+    def _grow(self, s: np.ndarray) -> None:
         self._prompt = np.concatenate([self._prompt, s.astype(np.int64)])
-        self._output = np.concatenate([self._output, o.astype(np.int64)])
         n = self._prompt.size
         self._sent = _grown(self._sent, n, np.nan)
         self._start = _grown(self._start, n, np.nan)
