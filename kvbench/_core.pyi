@@ -298,8 +298,9 @@ class EngineSim:
         first waiting request's arrival); None when there is nothing to do."""
     def state(self) -> dict:
         """time, waiting, running, kv_used_tokens, kv_total, preemptions_total, completed_total,
-        iteration (count of completed iterations), last_iteration_time and batch_tokens (of the
-        last iteration started), in_flight, new_token_ratio (SGLang)."""
+        iteration (count of completed iterations), last_iteration_time, batch_tokens,
+        decode_requests, prefill_requests and prefill_tokens (of the last iteration started: its
+        composition), in_flight, new_token_ratio (SGLang)."""
 
 class BacklogSim:
     """The bounded-backlog saturation probe (rust/sim/backlog.rs): `replicas` engines, each kept

@@ -216,27 +216,37 @@ def least_squares_hc1(columns: list[np.ndarray], y: np.ndarray, n: int):
     return coef_s / scale, cov_s / np.outer(scale, scale), resid, x
 
 
+def trtllm_iteration(record: dict) -> tuple[float, float, float] | None:
+    """(batch tokens, KV held, seconds) of one TensorRT-LLM `/metrics` iteration record
+    (../shared/docs/engines.md §3.4): `iterLatencyMS`; tokens in the batch = context tokens + one
+    per generation request; KV held = used blocks × tokens per block. None for an idle iteration,
+    which carries no information about batch cost. KeyError, TypeError, ValueError or
+    AttributeError for a record of another shape."""
+    latency_ms = float(record["iterLatencyMS"])
+    ifb = record.get("inflightBatchingStats") or {}
+    tokens = float(ifb.get("numCtxTokens", 0)) + float(ifb.get("numGenRequests", 0))
+    kvs = record.get("kvCacheStats") or {}
+    held = float(kvs.get("usedNumBlocks", 0)) * float(kvs.get("tokensPerBlock", 0))
+    if latency_ms <= 0 or tokens <= 0:
+        return None
+    return tokens, held, latency_ms / 1000.0
+
+
 def windows_from_trtllm_stats(records: list[dict], where: str) -> IterationWindows:
-    """Per-iteration windows from TensorRT-LLM's `/metrics` iteration records
-    (../shared/docs/engines.md §3.4): `iterLatencyMS`; tokens in the batch = context tokens +
-    one per generation request; KV held = used blocks × tokens per block."""
+    """Per-iteration windows from TensorRT-LLM's `/metrics` iteration records (`trtllm_iteration`)."""
     batch, kv, t = [], [], []
     for i, rec in enumerate(records):
         try:
-            latency_ms = float(rec["iterLatencyMS"])
-            ifb = rec.get("inflightBatchingStats") or {}
-            tokens = float(ifb.get("numCtxTokens", 0)) + float(ifb.get("numGenRequests", 0))
-            kvs = rec.get("kvCacheStats") or {}
-            held = float(kvs.get("usedNumBlocks", 0)) * float(kvs.get("tokensPerBlock", 0))
+            row = trtllm_iteration(rec)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise KvbenchError(
                 f"{where}: record {i + 1}: not a TensorRT-LLM iteration record ({err})"
             ) from None
-        if latency_ms <= 0 or tokens <= 0:
-            continue  # idle iterations carry no information about batch cost
-        batch.append(tokens)
-        kv.append(held)
-        t.append(latency_ms / 1000.0)
+        if row is None:
+            continue
+        batch.append(row[0])
+        kv.append(row[1])
+        t.append(row[2])
     if not t:
         raise KvbenchError(f"{where}: no non-idle iteration records")
     return IterationWindows.per_iteration(

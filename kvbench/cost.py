@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvbench import validate
+from kvbench.benchmark.stability import carried_rate
 
 # the flags engines take for tensor parallelism: vLLM (--tensor-parallel-size, -tp), SGLang
 # (--tp-size, --tensor-parallel-size), TensorRT-LLM's trtllm-serve (--tp_size)
@@ -106,7 +107,13 @@ def economics(
     def probe_at(rate: float | None) -> dict[str, Any] | None:
         if rate is None:
             return None
-        stable = [p for p in probes if p["verdict"] == "STABLE" and p["rate"] == rate]
+        # a bracket's lower end is the rate that arrived (compare directories written before
+        # that was so recorded the rate asked)
+        stable = [
+            p
+            for p in probes
+            if p["verdict"] == "STABLE" and rate in (carried_rate(p), float(p["rate"]))
+        ]
         return stable[-1] if stable else None
 
     at_lambda, at_slo = probe_at(lambda_lower), probe_at(slo_lower)

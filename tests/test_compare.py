@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from kvbench.backends import engines, launch
 from kvbench.benchmark.compare import EMBEDDED, CompareConfig, run_compare
 from kvbench.cli import cli
+from kvbench.profile import build_profile
 from kvbench.report import write_report
 from kvbench.report.schema import load_results
 
@@ -242,7 +243,7 @@ def test_default_compare_measures_emulated_engines_over_http(emulated):
 
 
 def test_emulated_boundary_agrees_with_the_same_configuration_simulated(emulated):
-    results, _ = emulated
+    results, directory = emulated
     trt, sim, _ = results["engines"]
     assert sim["kind"] == "simulated" and sim["profile"]["kv_tokens"] == EMBEDDED.kv_tokens
     (elo, ehi), (slo, shi) = [(e["boundary"]["lower"], e["boundary"]["upper"]) for e in (trt, sim)]
@@ -259,6 +260,17 @@ def test_emulated_boundary_agrees_with_the_same_configuration_simulated(emulated
     assert capacity(trt) == pytest.approx(capacity(sim), rel=0.06)
     # b̄ from the emulated engine's streamed tokens, converted to its seconds, is the simulator's
     assert trt["batch_time"]["value"] == pytest.approx(sim["batch_time"]["value"], rel=0.05)
+    # the iteration-time model fitted to the iterations the engine reported (latency, context
+    # tokens, generation requests) is the simulator's below its 192-token knee, and the
+    # engine-aware μ from it is the one the simulator's known model gives
+    assert trt["theory"]["iteration_model"].startswith("fitted to")
+    raw = json.loads((directory / "engines/0-trtllm/engine.json").read_text())
+    model = build_profile("trtllm").iteration_time
+    assert raw["iteration_fit"]["c0"] == pytest.approx(model.c0, rel=0.1)
+    assert raw["iteration_fit"]["c1"] == pytest.approx(model.c1, rel=0.25)
+    assert trt["theory"]["mu_engine_aware"] == pytest.approx(
+        sim["theory"]["mu_engine_aware"], rel=0.03
+    )
 
 
 def test_the_search_starts_near_what_the_calibration_burst_completed():

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from kvbench.backends.base import RequestRecord
 from kvbench.benchmark.runner import summarize
 from kvbench.benchmark.slo import Slo, parse_goodput, parse_percentiles, parse_slo, slo_bracket
+from kvbench.benchmark.stability import carried_rate
 from kvbench.cli import cli
 from kvbench.cost import Pricing, at_rate, tensor_parallel
 from kvbench.errors import KvbenchError
@@ -281,7 +282,9 @@ def test_compare_shows_slo_rate_tokens_and_cost(tmp_path):
     assert (slo["lower"], slo["upper"]) == (b["lower"], b["upper"])
     assert e["provisioning"]["basis"] == "SLO rate lower bound"
     assert e["provisioning"]["replicas_measured"] == math.ceil(1000 / (0.9 * b["lower"] / 2))
-    (probe,) = [p for p in e["probes"] if p["rate"] == b["lower"] and p["verdict"] == "STABLE"]
+    (probe,) = [
+        p for p in e["probes"] if p["verdict"] == "STABLE" and carried_rate(p) == b["lower"]
+    ]
     assert probe["slo"]["met"] is True and probe["slo"]["attainment"] >= 0.99
     assert econ["gpus"] == 4 and econ["gpus_per_replica_source"] == "--gpus-per-replica"
     at = econ["at_lambda"]

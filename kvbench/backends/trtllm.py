@@ -33,7 +33,9 @@ from kvbench.backends.http import (
     setting,
 )
 from kvbench.backends.prometheus import Metrics
+from kvbench.calibration import IterationWindows, trtllm_iteration
 from kvbench.errors import KvbenchError
+from kvbench.redact import redact_url
 
 TIMESTAMP_FORMAT = "%m-%d-%Y %H:%M:%S.%f"
 PROMETHEUS_PATH = "/prometheus/metrics"
@@ -84,11 +86,13 @@ def record_state(record: dict, at: float) -> ServerState:
 
 
 class IterationDrain:
-    """The single consumer of /metrics: turns each drained list into states and counts gaps."""
+    """The single consumer of /metrics: turns each drained list into states, counts gaps, and
+    keeps each busy iteration's (batch tokens, KV held, seconds) for the iteration-time fit."""
 
     def __init__(self, log: ScrapeLog):
         self.log = log
         self.last_iter: int | None = None
+        self.timings: list[tuple[float, float, float]] = []
 
     def take(self, records: list, received: float) -> list[ServerState]:
         states = []
@@ -108,6 +112,12 @@ class IterationDrain:
                 if self.last_iter is None or it > self.last_iter:
                     self.last_iter = it
             states.append(record_state(record, record_time(record, received)))
+            try:
+                timing = trtllm_iteration(record)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                timing = None  # a record without timings still gave its state
+            if timing is not None:
+                self.timings.append(timing)
         return states
 
 
@@ -245,6 +255,19 @@ class TrtllmBackend(HttpBackend):
         self.drain = IterationDrain(self.scrape_log)
         self.last_record: dict | None = None
         self.state_from_gauges = False  # discovery found no iteration records, only the gauges
+
+    def iteration_windows(self) -> IterationWindows | None:
+        """Every busy iteration the engine reported so far, for `fit_iteration_time`; None with
+        none (iteration stats off: only the gauges)."""
+        if not self.drain.timings:
+            return None
+        tokens, kv, seconds = zip(*self.drain.timings, strict=True)
+        return IterationWindows.per_iteration(
+            tokens,
+            kv,
+            seconds,
+            source=f"TensorRT-LLM iteration stats ({redact_url(self.url)}/metrics)",
+        )
 
     async def scrape(self, client: ServerClient) -> list[ServerState]:
         if self.state_from_gauges:

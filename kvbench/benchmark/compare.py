@@ -55,6 +55,7 @@ from kvbench.benchmark.search import DEFAULT_PRECISION, check_search_settings
 from kvbench.benchmark.separate_batches import SOURCE as SEPARATE_SOURCE
 from kvbench.benchmark.separate_batches import SeparateBatchTimes, separate_batch_times
 from kvbench.benchmark.slo import DEFAULT_PERCENTILES, Slo
+from kvbench.calibration import IterationTimeFit, fit_iteration_time
 from kvbench.cost import Pricing
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
@@ -306,18 +307,24 @@ class _Engine:
         return path.relative_to(root).as_posix()
 
 
+# Fewer reported iterations than this fit nothing worth using.
+MIN_REPORTED_ITERATIONS = 200
+
+
 def _theory(
     workload: Workload,
     profile: EngineProfile,
     batch_time: float,
     replicas: int,
     separate: SeparateBatchTimes | None = None,
+    fit: IterationTimeFit | None = None,
 ) -> dict:
     """The paper's μ at the measured b̄, and the engine-aware μ.
 
     The engine-aware μ evaluates each bound's iteration time at its own operating point when the
     engine's iteration-time model is known (a simulated engine's profile carries it; a real
-    engine's discovered profile does not). Otherwise, for an engine that runs prefill and decode
+    engine's discovered profile does not), or fitted to the iterations the engine reported
+    (`fit`: TensorRT-LLM's per-iteration stats). Otherwise, for an engine that runs prefill and decode
     as separate batches (SGLang), it takes the decode and prefill batch times measured apart in
     the run nearest saturation (`separate`): the measured b̄ is the client's time per output
     token, which holds the interleaved prefill batches that the engine-aware model counts itself,
@@ -330,6 +337,9 @@ def _theory(
     if profile.iteration_time.known:
         aware = engine_aware_mu(profile, law)
         source = "engine profile"
+    elif fit is not None:
+        aware = engine_aware_mu(profile, law, iteration_fit=fit)
+        source = f"fitted to {fit.n_iterations:,} iterations the engine reported"
     elif separate is not None and profile.separate_prefill_decode:
         times = (separate.decode, separate.prefill)
         aware = engine_aware_mu(profile, law, batch_times=times)
@@ -807,8 +817,11 @@ def _measure(
         )
     if separate is not None:
         engine.data["separate_batch_times"] = asdict(separate)
+    fit = _reported_iterations_fit(backend)
+    if fit is not None:
+        engine.data["iteration_fit"] = fit.to_json()
     engine.data["theory"] = _theory(
-        workload, discovered.profile, b.value, engine.data["replicas"], separate
+        workload, discovered.profile, b.value, engine.data["replicas"], separate, fit
     )
     engine.save()
 
@@ -831,6 +844,21 @@ def _saturated_run(engine: _Engine, root: Path):
         return None
     probe = min(unstable, key=lambda p: p["rate"])
     return read_run(root / probe["run_dir"]), probe
+
+
+def _reported_iterations_fit(backend: Backend) -> IterationTimeFit | None:
+    """The iteration-time model fitted to every iteration the engine itself reported during the
+    calibration burst and the probes (TensorRT-LLM's iteration stats: latency, context tokens,
+    generation requests, KV blocks), when it reports them and they pin c0 down; else None."""
+    windows_of = getattr(backend, "iteration_windows", None)
+    windows = windows_of() if windows_of is not None else None
+    if windows is None or len(windows) < MIN_REPORTED_ITERATIONS:
+        return None
+    try:
+        fit = fit_iteration_time(windows)
+    except KvbenchError:
+        return None
+    return fit if fit.c0 > 0 else None
 
 
 def _warmup_end(run) -> float:
@@ -901,7 +929,7 @@ def _search(
             {
                 "index": len(search["probes"]),
                 "rate": probe.rate,
-                "carried_rate": probe.carried_rate,
+                "carried_rate": probe.carried_rate,  # what a STABLE verdict counts for
                 "engine_seconds": probe.engine_seconds,
                 "verdict": probe.verdict,
                 "over_limit": probe.over_limit,

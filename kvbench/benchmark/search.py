@@ -50,7 +50,12 @@ from kvbench.backends.base import Backend, EventSink
 from kvbench.benchmark.burst import run_burst, warm_up
 from kvbench.benchmark.runner import RunSpec, execute_run
 from kvbench.benchmark.slo import Slo, slo_boundary
-from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, check_settings
+from kvbench.benchmark.stability import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_TOLERANCE,
+    carried_rate,
+    check_settings,
+)
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import ClientLagError, EngineError, KvbenchError
 from kvbench.profile import EngineProfile, IterationTimeModel
@@ -94,10 +99,7 @@ class Probe:
 
     @property
     def carried_rate(self) -> float:
-        """The rate a STABLE probe showed the engine carries: λ, or the rate that arrived in its
-        window when fewer came (its verdict was judged against those)."""
-        arrived = self.evidence.get("arrival_rate")
-        return min(self.rate, float(arrived)) if arrived else self.rate
+        return carried_rate({"rate": self.rate, "evidence": self.evidence})
 
     @property
     def over_limit(self) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from kvbench.benchmark.stability import carried_rate
 from kvbench.errors import KvbenchError
 
 METRICS = ("ttft", "tpot", "e2e")
@@ -215,8 +216,8 @@ def slo_bracket(probes: list[dict[str, Any]], stability_upper: float | None) -> 
     the run summary's, None without one). A probe counts as meeting the SLO only when judged
     STABLE too: a rate the engine cannot sustain meets no latency target for long."""
     meeting = [p for p in probes if p["verdict"] == "STABLE" and _met(p)]
-    best = max(meeting, key=lambda p: p["rate"], default=None)
-    lower = None if best is None else float(best["rate"])
+    best = max(meeting, key=carried_rate, default=None)
+    lower = None if best is None else carried_rate(best)
     missed = [
         float(p["rate"])
         for p in probes

@@ -21,8 +21,10 @@ boundary, which the search answers by running longer.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +48,15 @@ class Verdict(StrEnum):
     # Too many requests failed to judge the queue (kvbench.benchmark.failures); never decided
     # here, where only completions are seen.
     FAILING = "FAILING"
+
+
+def carried_rate(probe: Mapping[str, Any]) -> float:
+    """The rate a probe judged STABLE showed the engine carrying: its λ, or the rate that arrived
+    in its window when fewer came, since the verdict was judged against those (a real vLLM's
+    lower-end streams had come 8–13% lighter than their label). `probe` is a probe as the search
+    records it (`rate`, `evidence`) or as a report does (`rate`, `arrival_rate`)."""
+    arrived = probe.get("arrival_rate") or (probe.get("evidence") or {}).get("arrival_rate")
+    return min(float(probe["rate"]), float(arrived)) if arrived else float(probe["rate"])
 
 
 @dataclass(frozen=True)

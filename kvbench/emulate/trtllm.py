@@ -98,12 +98,14 @@ class TrtllmFormat(EngineFormat):
             "gpuMemUsage": 0,
             "cpuMemUsage": 0,
             "pinnedMemUsage": 0,
+            # the last iteration's batch, as the engine reports it (context requests are those
+            # prefilled in it, whole prompts: TensorRT-LLM's chunked prefill is off by default)
             "inflightBatchingStats": {
-                "numScheduledRequests": state["running"],
-                "numContextRequests": 0,
-                "numGenRequests": state["running"],
+                "numScheduledRequests": state["decode_requests"] + state["prefill_requests"],
+                "numContextRequests": state["prefill_requests"],
+                "numGenRequests": state["decode_requests"],
                 "numPausedRequests": 0,
-                "numCtxTokens": 0,
+                "numCtxTokens": state["prefill_tokens"],
             },
             "kvCacheStats": {
                 "maxNumBlocks": total,

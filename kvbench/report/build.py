@@ -123,6 +123,7 @@ def _probe(
         engine_seconds=float(raw_probe["engine_seconds"]),
         verdict=str(raw_probe["verdict"]),
         run_dir=str(raw_probe["run_dir"]),
+        arrival_rate=evidence.get("arrival_rate"),
         departure_rate=evidence.get("departure_rate"),
         slope=evidence.get("slope"),
         slope_ci=[evidence["slope_lo"], evidence["slope_hi"]] if "slope_lo" in evidence else None,

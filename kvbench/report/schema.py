@@ -54,6 +54,9 @@ class Probe:
     engine_seconds: float  # what the probe cost, extensions of an INCONCLUSIVE run included
     verdict: str  # one of VERDICTS
     run_dir: str  # relative to the report directory
+    # what arrived in the judged window, requests/s: a STABLE verdict was judged against it, and
+    # the bracket's lower end is min(rate, this) (kvbench.benchmark.stability.carried_rate)
+    arrival_rate: float | None = None
     departure_rate: float | None = None
     slope: float | None = None  # growth of requests in system, requests/s
     slope_ci: list[float] | None = None  # [low, high] at the search's confidence

@@ -656,6 +656,7 @@ impl Engine {
         let mut batch_tokens = 0;
         let mut kv_tokens = 0;
         let mut prefill_pairs = 0.0;
+        let (mut prefill_requests, mut prefill_tokens) = (0, 0);
         if decode {
             self.allocate_pages(self.decode.growth_pages());
             batch_tokens += self.decode.len();
@@ -668,6 +669,8 @@ impl Engine {
             if chunk > 0 {
                 self.allocate_pages(self.pages(computed + chunk) - self.pages(computed));
                 batch_tokens += chunk;
+                prefill_requests += 1;
+                prefill_tokens += chunk;
                 kv_tokens += computed + chunk;
                 prefill_pairs += (chunk as f64) * ((computed + chunk) as f64);
             }
@@ -694,6 +697,9 @@ impl Engine {
             kv_used,
             batch_tokens,
             decode,
+            decode_requests: if decode { self.decode.len() } else { 0 },
+            prefill_requests,
+            prefill_tokens,
         }
     }
 }

@@ -157,6 +157,9 @@ impl EngineSim {
         d.set_item("iteration", e.iterations)?;
         d.set_item("last_iteration_time", last.duration)?;
         d.set_item("batch_tokens", last.batch_tokens)?;
+        d.set_item("decode_requests", last.decode_requests)?;
+        d.set_item("prefill_requests", last.prefill_requests)?;
+        d.set_item("prefill_tokens", last.prefill_tokens)?;
         d.set_item("in_flight", e.in_flight().is_some())?;
         d.set_item("new_token_ratio", e.new_token_ratio())?;
         Ok(d)

@@ -78,4 +78,9 @@ pub struct IterationRecord {
     pub kv_used: i64,
     pub batch_tokens: i64,
     pub decode: bool,
+    /// Requests that stepped a decode token, and requests and tokens of prefill chunks: the
+    /// batch's composition, as TensorRT-LLM's iteration stats report it.
+    pub decode_requests: i64,
+    pub prefill_requests: i64,
+    pub prefill_tokens: i64,
 }
