@@ -238,3 +238,40 @@ def test_merged_chunks_with_a_running_count_are_served_work_and_a_bos_is_refused
                 run.advance(1.0)
         finally:
             run.close()
+
+
+def test_the_driver_backlog_mode_refuses_bad_input():
+    from kvbench._core import OUTPUT_SLOT, PROMPT_SLOT, HttpDriver
+
+    template = json.dumps({"prompt": [PROMPT_SLOT], "max_tokens": OUTPUT_SLOT})
+    one = np.array([4], np.int64)
+    with pytest.raises(ValueError, match="backlog must be ≥ 1"):
+        HttpDriver.backlog("http://127.0.0.1:9/v1/completions", one, one, template, backlog=0)
+    with pytest.raises(ValueError, match="1 prompt lengths and 2 output lengths"):
+        HttpDriver.backlog(
+            "http://127.0.0.1:9/v1/completions", one, np.array([4, 4]), template, backlog=1
+        )
+    with pytest.raises(ValueError, match="prompt length 0 of request 0 must be ≥ 1"):
+        HttpDriver.backlog("http://127.0.0.1:9/v1/completions", one * 0, one, template, backlog=1)
+    driver = HttpDriver.backlog("http://127.0.0.1:9/v1/completions", one, one, template, backlog=2)
+    driver.extend(np.array([5, 6]), np.array([1, 1]))
+    assert driver.remaining == 3
+    timed = HttpDriver("http://127.0.0.1:9/v1/completions", np.zeros(1), one, one, template, 1.0)
+    with pytest.raises(RuntimeError, match="not a bounded-backlog run"):
+        timed.extend(one, one)
+    assert timed.remaining == 0 and timed.poll_progress().sent[0].size == 0
+
+
+def test_an_engine_that_goes_away_ends_the_probe_in_one_line():
+    with serving(_merging_engine(_streaming(per_chunk=1, counted=True))) as url:
+        run = VllmBackend(url).bounded_backlog(load_workload("fixed:8,4"), backlog=4, seed=0)
+        served = run.advance(0.5)
+    try:
+        with pytest.raises(KvbenchError) as err:
+            run.advance(3.0)
+    finally:
+        run.close()
+    assert served.finishes.sum() > 0  # it ran while the engine was there
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(url)
+    assert "engine stopped answering at t=" in message and "bounded-backlog probe" in message
