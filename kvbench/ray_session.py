@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Generator, Iterator
+from typing import Any, TypeVar
 
 from kvbench.errors import KvbenchError
 
 EXTRA = "pip install 'kvbench[ray]'"
+T = TypeVar("T")
 
 
 def import_ray() -> Any:
@@ -68,3 +69,24 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     finally:
         if started:
             ray.shutdown()
+
+
+def finished(ray: Any, pending: dict[Any, T]) -> Generator[tuple[T, Any, str | None], None, None]:
+    """Each task of `pending` (its ref → what it was given) as it finishes, taken out of
+    `pending`: (what it was given, its result, None), or (what it was given, None, why) when its
+    Ray task failed. Stopped early (an interrupt, during the wait or the caller's handling), it
+    cancels the tasks still running, which stay in `pending` for the caller to account for."""
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                item = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as err:
+                    yield item, None, " ".join(str(err).split())[:300]
+                else:
+                    yield item, result, None
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)

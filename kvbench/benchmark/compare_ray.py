@@ -24,7 +24,7 @@ from typing import Any
 
 from kvbench import interrupt
 from kvbench.errors import KvbenchError
-from kvbench.ray_session import check_address, import_ray, ray_session
+from kvbench.ray_session import check_address, finished, import_ray, ray_session
 from kvbench.report import raw
 
 # measure(directory, engine entry, observer or None) → whether it was interrupted; run on the node
@@ -114,23 +114,18 @@ def measure_on_ray(
             observer.engine_started(entry["label"], entry["kind"], index, len(entries))
             pending[task.remote(shared, header, entry)] = entry
         try:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    entry = pending.pop(ref)
-                    try:
-                        data = ray.get(ref)
-                    except ray.exceptions.RayError as err:
-                        reason = " ".join(str(err).split())[:300]
-                        _record(engines, entry, "failed", f"its Ray task failed: {reason}")
+            with contextlib.closing(finished(ray, pending)) as results:
+                for entry, data, failure in results:
+                    if failure is not None:
+                        _record(engines, entry, "failed", f"its Ray task failed: {failure}")
                     else:
                         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
                             tar.extractall(engines, filter="data")
                     found = raw.read_json(engines / entry["slug"] / raw.ENGINE_FILE)
                     observer.engine_finished(entry["label"], found["status"], found.get("error"))
         except KeyboardInterrupt:
-            for ref, entry in pending.items():
-                ray.cancel(ref, force=True)
+            # finished() cancelled the tasks still running; they stay in `pending`
+            for entry in pending.values():
                 _record(
                     engines,
                     entry,

@@ -6,10 +6,11 @@ already (kvbench.sweep.cell.guarded), so it is not retried: it would fail the sa
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from kvbench.ray_session import ray_session
+from kvbench.ray_session import finished, ray_session
 from kvbench.sweep.cell import CellFunction, evaluate_cell, failed_row, guarded
 from kvbench.sweep.pool import DEFAULT_RETRIES
 
@@ -26,24 +27,13 @@ def run_ray(
     """Evaluate every cell with `fn` as a Ray task, handing each row to `on_row` as it
     finishes. A Ray session already open in this process (a test's cluster) is used as is."""
     with ray_session(address, num_cpus) as ray:
-        pending: dict[Any, dict[str, Any]] = {}
-        try:
-            task = ray.remote(num_cpus=1, max_retries=max_retries)(guarded)
-            shared_fn = ray.put(fn)
-            pending.update({task.remote(shared_fn, cell): cell for cell in cells})
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    cell = pending.pop(ref)
-                    try:
-                        row = ray.get(ref)
-                    except ray.exceptions.RayError as err:
-                        reason = " ".join(str(err).split())[:300]
-                        row = failed_row(
-                            cell, f"Ray task failed after {max_retries + 1} attempts: {reason}"
-                        )
-                    on_row(row)
-        except KeyboardInterrupt:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            raise
+        task = ray.remote(num_cpus=1, max_retries=max_retries)(guarded)
+        shared_fn = ray.put(fn)
+        pending = {task.remote(shared_fn, cell): cell for cell in cells}
+        with contextlib.closing(finished(ray, pending)) as rows:
+            for cell, row, failure in rows:
+                if failure is not None:
+                    row = failed_row(
+                        cell, f"Ray task failed after {max_retries + 1} attempts: {failure}"
+                    )
+                on_row(row)
