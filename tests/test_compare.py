@@ -15,12 +15,24 @@ from click.testing import CliRunner
 from kvbench.backends import engines, launch
 from kvbench.benchmark.compare import EMBEDDED, CompareConfig, run_compare
 from kvbench.cli import cli
+from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.profile import build_profile
 from kvbench.report import write_report
 from kvbench.report.schema import load_results
+from kvbench.workload import load_workload
 
 # Small enough for CI: a coarse bracket on a bounded budget.
-FAST = ["--precision", "0.2", "--max-engine-seconds", "3000", "--seed", "3"]
+# The open-loop search's tests (the bounded-backlog default has its own, below).
+FAST = [
+    "--precision",
+    "0.2",
+    "--max-engine-seconds",
+    "3000",
+    "--seed",
+    "3",
+    "--method",
+    "open-loop",
+]
 
 
 def _compare(tmp_path: Path, *args: str) -> tuple[int, str, Path | None]:
@@ -125,6 +137,7 @@ def test_ctrl_c_keeps_finished_probes_and_still_reports(tmp_path):
         max_engine_seconds=3000,
         seed=3,
         output_root=tmp_path,
+        method="open-loop",
     )
     directory = run_compare(config, _StopAfter(2))
     report, _ = write_report(directory)
@@ -205,6 +218,8 @@ def emulated(tmp_path_factory):
                 "0.4",
                 "--seed",
                 "1",
+                "--method",
+                "open-loop",
             ],
         )
     finally:
@@ -289,3 +304,40 @@ def test_the_search_starts_near_what_the_calibration_burst_completed():
     # ...and never past twice the burst: a b̄ from bunched token times put the theory at 2,770
     assert _start_rate(data(2770.0, 150.0)) == 300.0
     assert _start_rate(data(95.0, None)) == 95.0
+
+
+def test_default_compare_brackets_each_emulated_engine_with_one_backlog_probe(tmp_path):
+    """The README's first command as it runs by default: each emulated engine measured with one
+    bounded-backlog probe over HTTP (no open-loop probes), its bracket beside the same
+    configuration simulated, and the engine-aware μ from what each engine exposes (TensorRT-LLM's
+    iteration stats, SGLang's decode and prefill batch times) on the measured bracket."""
+    result = CliRunner().invoke(
+        cli,
+        ["compare", "--backends", "trtllm,sglang", "--output-dir", str(tmp_path), "--json"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads(result.stdout)
+    trt, sglang = results["engines"]
+    for e in (trt, sglang):
+        assert (e["kind"], e["status"]) == ("emulated", "ok"), e["error"]
+        b = e["boundary"]
+        assert b["method"] == "backlog" and b["converged"] and e["probes"] == []
+        assert 0 < e["engine_seconds"] < 100
+        # the same engine simulated (its preset's model known): the emulated bracket holds it
+        known = engine_aware_mu(
+            build_profile(e["backend"].removeprefix("emulate:"), kv_tokens=EMBEDDED.kv_tokens),
+            LengthLaw.from_workload(load_workload(EMBEDDED.workload)),
+        ).mu
+        assert b["lower"] * 0.95 <= known <= b["upper"] * 1.05
+        assert b["lower"] * 0.95 <= e["theory"]["mu_engine_aware"] <= b["upper"] * 1.05
+    assert trt["theory"]["iteration_model"].startswith("fitted to")
+    assert sglang["theory"]["iteration_model"] == "measured decode and prefill batch times"
+    raw = json.loads(next(tmp_path.glob("*/engines/1-sglang/engine.json")).read_text())
+    kept = raw["search"]["backlog"]["backlog_kept"]
+    k = raw["search"]["backlog"]["backlog"]
+    assert k >= 32 and k - 1 <= kept[0] <= kept[1] <= k + 1
+    # off a terminal the progress lines show the interval narrowing; the summary names the probe
+    assert "bounded-backlog probe: " in result.stderr and "% wide (10% asked)" in result.stderr
+    shown = CliRunner().invoke(cli, ["report", str(next(tmp_path.iterdir()))])
+    assert shown.exit_code == 0 and "1 bounded-backlog probe" in shown.output

@@ -39,7 +39,8 @@ class _Observer:
 
 
 def _config(root: Path) -> CompareConfig:
-    return CompareConfig(backends=BACKENDS, seed=SEED, output_root=root)
+    # resuming replays judged open-loop probes (a bounded-backlog probe is one run: it reruns)
+    return CompareConfig(backends=BACKENDS, seed=SEED, output_root=root, method="open-loop")
 
 
 def _searches(directory: Path) -> list[dict]:
@@ -107,7 +108,9 @@ def test_resumed_compare_matches_an_uninterrupted_one(uninterrupted, tmp_path, m
 
 
 def _cli(*args: str):
-    return CliRunner().invoke(cli, ["compare", "--backends", ",".join(BACKENDS), *args])
+    return CliRunner().invoke(
+        cli, ["compare", "--backends", ",".join(BACKENDS), "--method", "open-loop", *args]
+    )
 
 
 def test_resume_refuses_a_different_configuration(uninterrupted):

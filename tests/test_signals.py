@@ -176,7 +176,10 @@ def _listening(pid: int) -> bool:
 
 
 def test_compare_writes_its_report_and_stops_its_emulators_on_sigterm(tmp_path):
-    p = _start(tmp_path, "compare", "--backends", "trtllm,sglang", "--no-progress")
+    # open-loop probes: a judged probe is what there is to keep
+    p = _start(
+        tmp_path, "compare", "--backends", "trtllm,sglang", "--no-progress", "--method", "open-loop"
+    )
     # once the first engine has a probe, there is something to keep
     engine = lambda: next(iter((tmp_path / "reports").glob("*/engines/0-trtllm/engine.json")), None)  # noqa: E731
     _wait_for(lambda: engine() is not None, "the compare directory")
@@ -201,7 +204,7 @@ def test_compare_writes_its_report_and_stops_its_emulators_on_sigterm(tmp_path):
 
 
 def test_compare_killed_by_sigterm_resumes_without_rerunning_judged_probes(tmp_path):
-    args = ("compare", "--backends", "trtllm", "--no-progress")
+    args = ("compare", "--backends", "trtllm", "--no-progress", "--method", "open-loop")
     p = _start(tmp_path, *args)
     engine = lambda: next(iter((tmp_path / "reports").glob("*/engines/0-trtllm/engine.json")), None)  # noqa: E731
     _wait_for(lambda: engine() is not None, "the compare directory")

@@ -27,6 +27,7 @@ class AmendedProfile(Backend):
         self.name, self.kind = backend.name, backend.kind
         self.replays_prefix = getattr(backend, "replays_prefix", False)
         self.has_backlog_probe = backend.has_backlog_probe
+        self.backlog_run: BacklogRun | None = None  # the last bounded-backlog probe started
 
     @property
     def time_scale(self) -> float:
@@ -53,9 +54,10 @@ class AmendedProfile(Backend):
         # served work counted with the chunk the search's E[g] uses: the given one, if any
         if chunk_size is None:
             chunk_size = self.discover_profile().profile.chunk_size
-        return self.backend.bounded_backlog(
+        self.backlog_run = self.backend.bounded_backlog(
             workload, backlog=backlog, seed=seed, chunk_size=chunk_size
         )
+        return self.backlog_run
 
     def scrape_report(self) -> dict[str, Any] | None:
         return self.backend.scrape_report()

@@ -24,6 +24,7 @@ import numpy as np
 
 from kvbench import _core
 from kvbench.backends.backlog import BIN_WIDTH, DRAW, BacklogBins, RequestStream
+from kvbench.backends.base import RequestRecord
 from kvbench.backends.client import ServerClient
 from kvbench.benchmark.failures import server_message
 from kvbench.errors import KvbenchError
@@ -76,6 +77,9 @@ class HttpBacklogRun:
         self._unstarted = np.full(n, np.nan)  # an end without a first token
         self._counted = np.zeros(n, np.int64)  # output tokens the chunks carried, driver-counted
         self._finished: list[float] = []
+        # every request served whole, as a timed run records it (engine seconds): what compare
+        # measures b̄ and an engine's separate batch times from after the probe
+        self.records: list[RequestRecord] = []
         self._events = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
         self._ended = np.zeros(n, bool)
         self._next_bin = 0
@@ -158,7 +162,21 @@ class HttpBacklogRun:
                     "needs prompts served at the workload's lengths: use --method open-loop"
                 )
             if r.finished is not None:
-                self._finished.append(r.finished * self._scale)
+                k = self._scale
+                self._finished.append(r.finished * k)
+                self.records.append(
+                    RequestRecord(
+                        request_id=r.index,
+                        intended_send=r.sent * k,
+                        prompt_len=int(self._prompt[r.index]),
+                        output_len=int(r.output_tokens or len(r.token_times)),
+                        sent=r.sent * k,
+                        first_token=None if r.first_token is None else r.first_token * k,
+                        finished=r.finished * k,
+                        output_tokens=r.output_tokens,
+                        token_times=[t * k for t in r.token_times],
+                    )
+                )
                 if r.output_tokens is not None and self._counted[r.index] != r.output_tokens:
                     raise KvbenchError(
                         f"{self._backend.url}: the engine streams several tokens per chunk "

@@ -21,10 +21,7 @@ from kvbench.errors import KvbenchError
 MIN_TIMINGS = 20
 SERVER_SOURCE = "per-iteration latency (server)"
 CLIENT_SOURCE = "per-request time per output token while requests waited (client)"
-PROBE_SOURCE = (
-    "per-request time per output token in the overloaded probe at λ = {rate:.3f} req/s, "
-    "after its warm-up (client)"
-)
+PROBE_SOURCE = "per-request time per output token in {where}, after its warm-up (client)"
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,10 @@ class CompareConfig:
     pricing: Pricing = field(default_factory=Pricing)  # --gpu-price, --gpus-per-replica
     # --ray: each engine measured as a Ray task on a node with its GPUs (compare_ray)
     ray: RayPlacement | None = None
+    # --method: "backlog" or "open-loop"; None: the bounded-backlog probe wherever the engine
+    # runs it, open-loop probes with --slo or --replay (latencies and a trace's timing are
+    # judged on open-loop runs) and when resuming an open-loop search
+    method: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -247,6 +251,11 @@ class CompareConfig:
             validate.positive_number(self.target_rate, "--target-rate")
         validate.in_range(self.target_utilization, "--target-utilization", 0, 1, low_open=True)
         self.pricing.check()
+        if self.method == "backlog" and (self.slo is not None or self.replay):
+            raise KvbenchError(
+                "--slo, --goodput and --replay are judged on open-loop probes: they go with "
+                "--method open-loop (the default with them)"
+            )
         precision = self.with_defaults().precision
         assert precision is not None  # with_defaults fills it in
         check_search_settings(
@@ -791,29 +800,38 @@ def _measure(
     profile = discovered.profile
     engine.data["theory"] = _theory(workload, profile, batch.value, engine.data["replicas"])
     engine.save()
-    _search(backend, engine, root, workload, config, observer, label, given)
-    saturated = _saturated_run(engine, root)
-    if saturated is None:
-        return
-    run, probe = saturated
-    discovered, more = settings.check_running_cap(
-        discovered, settings.pinned_running(run.samples), f"the probe at {probe['rate']:.4g} req/s"
-    )
-    _record_profile(engine, discovered, [*flags, *more])
-    # a client that fell behind read its streams late, bunching their tokens: its b̄ is not the
-    # engine's (an UNSTABLE verdict stands without it: kvbench.benchmark.runner)
-    kept = probe.get("client_kept_schedule", True)
-    after = _warmup_end(run)
-    b = (kept and _saturated_batch_time(run, probe, config, after)) or BatchTimeEstimate(
+    backlog = _search(backend, engine, root, workload, config, observer, label, given)
+    if backlog is not None:
+        # the bounded-backlog probe: the engine saturated throughout, its requests recorded
+        records, after = backlog
+        where = "the bounded-backlog probe"
+    else:
+        saturated = _saturated_run(engine, root)
+        if saturated is None:
+            return
+        run, probe = saturated
+        discovered, more = settings.check_running_cap(
+            discovered,
+            settings.pinned_running(run.samples),
+            f"the probe at {probe['rate']:.4g} req/s",
+        )
+        _record_profile(engine, discovered, [*flags, *more])
+        # a client that fell behind read its streams late, bunching their tokens: its b̄ is not
+        # the engine's (an UNSTABLE verdict stands without it: kvbench.benchmark.runner)
+        records = run.records if probe.get("client_kept_schedule", True) else []
+        after = _warmup_end(run)
+        where = f"the overloaded probe at λ = {probe['rate']:.3f} req/s"
+    b = _saturated_batch_time(records, after, where, config) or BatchTimeEstimate(
         **engine.data["batch_time"]
     )
     if b.source != engine.data["batch_time"]["source"]:
         engine.data["batch_time_burst"] = engine.data["batch_time"]
         engine.data["batch_time"] = asdict(b)
     separate = None
-    if kept and discovered.profile.separate_prefill_decode:
+    # first tokens of replicas behind round-robin interleave: one engine's batches only
+    if discovered.profile.separate_prefill_decode and engine.data["replicas"] == 1:
         separate = separate_batch_times(
-            run.records, after=after, source=SEPARATE_SOURCE.format(rate=probe["rate"])
+            records, after=after, source=SEPARATE_SOURCE.format(where=where)
         )
     if separate is not None:
         engine.data["separate_batch_times"] = asdict(separate)
@@ -869,16 +887,69 @@ def _warmup_end(run) -> float:
     return float((evidence or {}).get("warmup_end", 0.0))
 
 
-def _saturated_batch_time(run, probe: dict[str, Any], config: CompareConfig, after: float):
-    """b̄ as the paper measured it: in the run nearest saturation (after its warm-up) rather
+def _saturated_batch_time(
+    records: list[RequestRecord], after: float, where: str, config: CompareConfig
+) -> BatchTimeEstimate | None:
+    """b̄ as the paper measured it: in a run of the engine saturated (after its warm-up) rather
     than in the calibration burst, whose all-at-once arrivals make it more prefill-heavy than
     steady saturation. None when the run has too few timings."""
-    timings = saturated_decode_times(run.records, after=after)
+    timings = saturated_decode_times(records, after=after)
     if timings.size < MIN_TIMINGS:
         return None
-    return estimate_batch_time(
-        timings, source=PROBE_SOURCE.format(rate=probe["rate"]), trim=config.trim
+    return estimate_batch_time(timings, source=PROBE_SOURCE.format(where=where), trim=config.trim)
+
+
+def _backlog_search(
+    measured: AmendedProfile,
+    engine: _Engine,
+    workload: Workload,
+    config: CompareConfig,
+    observer: CompareObserver,
+    label: str,
+    budget: float,
+) -> tuple[list[RequestRecord], float]:
+    """The bounded-backlog probe (kvbench.benchmark.saturated_rate) as compare's search: the
+    engine saturated from its first seconds with K requests kept waiting, its service rate
+    estimated from served work until the interval is as narrow as --precision asks (the
+    progress view shows it narrowing). Returns the probe's requests (an engine over HTTP records
+    them; a simulator's probe does not) and where its steady window began."""
+    from kvbench.benchmark.saturated_rate import measure_saturated_rate
+
+    assert config.workload is not None and config.precision is not None  # with_defaults
+    search = engine.data["search"]
+
+    def on_look(t: float, est) -> None:
+        what = "bounded-backlog probe, no interval yet"
+        if est is not None:
+            what = (
+                f"bounded-backlog probe: {est.lo:.4g} – {est.hi:.4g} req/s, "
+                f"{est.width:.1%} wide ({config.precision:.0%} asked)"
+            )
+        observer.phase(label, what, None, None)
+
+    result = measure_saturated_rate(
+        measured,
+        workload,
+        config.workload,
+        precision=config.precision,
+        confidence=config.confidence,
+        max_engine_seconds=budget,
+        seed=config.seed,
+        start_rate=_start_rate(engine.data),
+        replicas=engine.data["replicas"],
+        on_look=on_look,
     )
+    search.update(
+        lower=result.lower,
+        upper=result.upper,
+        converged=result.reached,
+        engine_seconds=result.engine_seconds,
+        stop_reason=result.stop_reason,
+        backlog=result.extras,
+    )
+    engine.save()
+    records = getattr(measured.backlog_run, "records", None) or []
+    return records, float(result.extras.get("warmup", 0.0))
 
 
 def _search(
@@ -890,9 +961,11 @@ def _search(
     observer: CompareObserver,
     label: str,
     given: dict[str, int],
-) -> None:
-    """The boundary search from the theory's μ; each probe is recorded in engine.json as soon as
-    it is judged, so an interrupted search keeps its finished probes."""
+) -> tuple[list[RequestRecord], float] | None:
+    """The boundary search from the theory's μ: the bounded-backlog probe (`_backlog_search`,
+    whose requests and warm-up end it returns), or open-loop probes, each recorded in
+    engine.json as soon as it is judged, so an interrupted search keeps its finished probes
+    (None)."""
     from kvbench.benchmark.search import DEFAULT_MAX_ENGINE_SECONDS, find_boundary
 
     # a resumed search replays the probes judged before it was interrupted
@@ -948,6 +1021,16 @@ def _search(
 
     assert config.workload is not None and config.precision is not None  # with_defaults
     budget = config.max_engine_seconds or DEFAULT_MAX_ENGINE_SECONDS
+    method = config.method or (
+        "open-loop" if config.slo is not None or config.replay or resumed else "backlog"
+    )
+    if method == "backlog" and not measured.has_backlog_probe:
+        if config.method == "backlog":
+            raise KvbenchError(f"{label}: {measured.name} cannot run the bounded-backlog probe")
+        method = "open-loop"
+    search["method"] = method
+    if method == "backlog":
+        return _backlog_search(measured, engine, workload, config, observer, label, budget)
     result = find_boundary(
         backend_for_seed,
         workload,
@@ -975,3 +1058,4 @@ def _search(
         stop_reason=result.stop_reason,
     )
     engine.save()
+    return None

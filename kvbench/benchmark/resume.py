@@ -50,6 +50,7 @@ CHECKED = {
     "replay": "--replay",
     "engine_settings": "--engine-setting",
     "slo": "--slo",
+    "method": "--method",
 }
 # An engine in one of these states is finished: resuming keeps it as it is.
 FINISHED = ("ok", "failed")

@@ -32,7 +32,7 @@ from kvbench.errors import KvbenchError
 
 SOURCE = (
     "decode and prefill batch times from per-request decode spans and first-token clusters "
-    "in the probe at λ = {rate:.3f} req/s (client)"
+    "in {where} (client)"
 )
 # Below this many requests the two-parameter fit is not worth reporting.
 MIN_REQUESTS = 40

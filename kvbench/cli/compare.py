@@ -93,11 +93,16 @@ def _engine_lines(e: EngineResult) -> list[tuple[str, str] | tuple[str, str, str
         return [("status", highlight(f"{e.status.upper()}: {e.error}", "red"))]
     rows: list = []
     if e.boundary:
+        how = (
+            "1 bounded-backlog probe"
+            if e.boundary.method == "backlog"
+            else f"{len(e.probes)} probes"
+        )
         rows.append(
             (
                 "λ* measured",
                 highlight(f"{fmt_bracket(e)} req/s"),
-                f"{len(e.probes)} probes, {e.engine_seconds:.0f} engine-s",
+                f"{how}, {e.engine_seconds:.0f} engine-s",
             )
         )
     rows += economics.rows(e.slo_boundary, e.economics)
@@ -212,6 +217,14 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     f"{EMBEDDED.precision:g} in the embedded default, else 0.05].",
 )
 @click.option(
+    "--method",
+    type=click.Choice(["backlog", "open-loop"]),
+    help="backlog: each engine's saturated service rate, measured with a bounded backlog (K "
+    "requests kept sent but not started) and estimated from served work; open-loop: bracket "
+    "between open-loop runs judged STABLE and UNSTABLE [default: backlog, except with --slo, "
+    "--goodput or --replay, which are judged on open-loop runs].",
+)
+@click.option(
     "--confidence", type=float, default=0.95, show_default=True, help="Confidence of every verdict."
 )
 @click.option(
@@ -307,6 +320,7 @@ def compare(
     engine_settings,
     replicas,
     precision,
+    method,
     confidence,
     max_engine_seconds,
     target_rate,
@@ -377,6 +391,7 @@ def compare(
         headers=request_headers(api_key, headers),
         replicas=replicas,
         precision=precision,
+        method=method,
         confidence=confidence,
         max_engine_seconds=max_engine_seconds,
         seed=seed,

@@ -197,11 +197,16 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
             upper=search.get("upper"),
             converged=bool(search.get("converged", False)),
             precision=float(search.get("precision", config.get("precision", 0.0))),
+            method=str(search.get("method", "open-loop")),
         )
     calibration = eng.get("calibration") or {}
-    result.engine_seconds = float(calibration.get("engine_seconds", 0.0)) + sum(
-        p.engine_seconds for p in result.probes
+    # a bounded-backlog search's cost is its probe's (it records no open-loop probes)
+    searched = (
+        float(search.get("engine_seconds", 0.0))
+        if search.get("method") == "backlog"
+        else sum(p.engine_seconds for p in result.probes)
     )
+    result.engine_seconds = float(calibration.get("engine_seconds", 0.0)) + searched
     counts = Counter(p.verdict for p in result.probes)
     result.verdict_counts = {v: counts.get(v, 0) for v in VERDICTS}
     result.failures = merge_failures([p.failures for p in result.probes])

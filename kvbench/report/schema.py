@@ -127,6 +127,9 @@ class Boundary:
     upper: float | None
     converged: bool  # upper/lower − 1 ≤ precision
     precision: float  # requested relative width
+    # "backlog": the saturated service rate's interval from one bounded-backlog probe (served
+    # work); "open-loop": between probes judged STABLE and UNSTABLE
+    method: str = "open-loop"
 
     @property
     def midpoint(self) -> float | None:
