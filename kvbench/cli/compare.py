@@ -364,7 +364,7 @@ def compare(
           --slo ttft:2s,tpot:100ms@p99 --gpu-price 3.5 --gpus-per-replica 8 --target-rate 40
       kvbench compare --backends h200-trt=trtllm --url h200-trt=http://10.0.0.5:8000 \\
           --metadata gpu_model="NVIDIA H200" --metadata gpu_count=8
-      kvbench compare --backends trtllm,sglang --resume reports/2026-11-30-trtllm-vs-sglang
+      kvbench compare --backends trtllm,sglang --resume reports/2026-12-01-trtllm-vs-sglang
     """
     if figures:
         static_figures.check()

@@ -37,7 +37,7 @@ Examples:
   kvbench run --backend sim:sglang --request-rate 2 --duration 900 --output runs/sg-2
   kvbench report runs/sg-2
   kvbench report runs/sg-2 --json
-  kvbench report reports/2026-11-30-trtllm-vs-sglang
+  kvbench report reports/2026-12-01-trtllm-vs-sglang
 """,
 )
 @click.argument("directory", type=click.Path(file_okay=False))

@@ -229,6 +229,7 @@ def _engine_detail(e: EngineResult) -> dict:
         "batch_time": e.batch_time,
         "batch_time_burst": e.batch_time_burst,
         "separate": e.separate_batch_times,
+        "method": e.boundary.method if e.boundary else None,
         "theory": e.theory,
         "profile": json.dumps(e.profile, indent=2) if e.profile else None,
         "sources": e.profile_sources,
@@ -306,6 +307,11 @@ status: <b>{{ d.status }}</b></p>
 trim {{ d.batch_time.trim }}{% endif %}, {{ d.batch_time.samples }} timings, {{ d.batch_time.source }}){% if d.batch_time_burst %};
 the calibration burst gave {{ "%.5f" % d.batch_time_burst.value }} s ({{ d.batch_time_burst.samples }} timings),
 used to start the search{% endif %}.</p>{% endif %}
+{% if d.method == "backlog" %}<p>λ* bracket: the saturated service rate measured with one
+bounded-backlog probe (requests kept sent but not started, so the engine ran saturated
+throughout), estimated from the work it served; no open-loop probes were run, so queue stability
+itself was not checked (<code>--method open-loop</code> brackets λ* between probes judged stable
+and unstable).</p>{% endif %}
 {% if d.separate %}<p>Prefill and decode run as separate batches: decode batch
 {{ "%.5f" % d.separate.decode }} ± {{ "%.5f" % d.separate.decode_stderr }} s, prefill batch
 {{ "%.5f" % d.separate.prefill }} ± {{ "%.5f" % d.separate.prefill_stderr }} s

@@ -1,7 +1,7 @@
 """Compare reports: read a compare directory's raw files and write every report format.
 
 from kvbench.report import write_report
-paths = write_report(Path("reports/2026-11-30-trtllm-vs-sglang"))
+paths = write_report(Path("reports/2026-12-01-trtllm-vs-sglang"))
 """
 
 from __future__ import annotations
