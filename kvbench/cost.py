@@ -98,9 +98,12 @@ def economics(
     replicas: int,
     pricing: Pricing,
     launch_args: list[str] | tuple[str, ...] = (),
+    lambda_throughput: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Tokens and cost at λ*'s lower end and at the SLO rate's, from the probes run at those
-    rates ({rate, verdict, throughput}); None when neither rate was measured."""
+    rates ({rate, verdict, throughput}), or for a bounded-backlog bracket (no probe at its lower
+    end) from `lambda_throughput`, the probe's tokens per request; None when neither rate was
+    measured."""
     per_replica, source = pricing.gpus(launch_args)
     gpus = per_replica * replicas
 
@@ -117,6 +120,8 @@ def economics(
         return stable[-1] if stable else None
 
     at_lambda, at_slo = probe_at(lambda_lower), probe_at(slo_lower)
+    if at_lambda is None and lambda_lower is not None and lambda_throughput is not None:
+        at_lambda = {"throughput": lambda_throughput}
     if at_lambda is None and at_slo is None:
         return None
     price = (
@@ -129,7 +134,7 @@ def economics(
         f"the fastest that also met the SLO); {per_replica} GPU{'s' if per_replica > 1 else ''} "
         f"per replica ({source}) × {replicas} replica{'s' if replicas > 1 else ''} = {gpus} "
         f"GPU{'s' if gpus > 1 else ''}; {price}; tokens/s = λ × the tokens per completed "
-        "request measured in that probe"
+        "request measured in that probe (a bounded-backlog bracket: in its probe)"
     )
     return {
         "gpu_price": pricing.gpu_price,
@@ -137,14 +142,12 @@ def economics(
         "gpus_per_replica_source": source,
         "gpus": gpus,
         "at_lambda": None
-        if at_lambda is None
+        if at_lambda is None or lambda_lower is None
         else at_rate(
-            at_lambda["rate"], at_lambda.get("throughput"), gpus=gpus, gpu_price=pricing.gpu_price
+            lambda_lower, at_lambda.get("throughput"), gpus=gpus, gpu_price=pricing.gpu_price
         ),
         "at_slo": None
-        if at_slo is None
-        else at_rate(
-            at_slo["rate"], at_slo.get("throughput"), gpus=gpus, gpu_price=pricing.gpu_price
-        ),
+        if at_slo is None or slo_lower is None
+        else at_rate(slo_lower, at_slo.get("throughput"), gpus=gpus, gpu_price=pricing.gpu_price),
         "assumptions": assumptions,
     }

@@ -390,3 +390,30 @@ def test_slo_rate_between_probes_provisions_and_prices_a_launched_engine(tmp_pat
     assert econ["at_slo"]["usd_per_million_output_tokens"] == pytest.approx(
         8.0 / (3600 * out) * 1e6
     )
+
+
+def test_cost_at_a_bounded_backlog_bracket(tmp_path):
+    """compare's default search runs no probe at the bracket's lower end: tokens/s and cost there
+    come from the bounded-backlog probe's tokens per request (a simulated probe: the workload's
+    mean lengths, E[o] = 16.5 on U{1..32})."""
+    result = CliRunner().invoke(
+        cli,
+        [
+            "compare",
+            "--backends",
+            "sim:trtllm",
+            "--gpu-price",
+            "2.0",
+            "--no-progress",
+            "--json",
+            "--output-dir",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    (e,) = json.loads(result.stdout)["engines"]
+    assert e["boundary"]["method"] == "backlog" and e["probes"] == []
+    at = e["economics"]["at_lambda"]
+    assert at["rate"] == e["boundary"]["lower"]
+    assert at["output_tokens_per_s"] == pytest.approx(e["boundary"]["lower"] * 16.5, rel=0.01)
+    assert at["usd_per_million_requests"] == pytest.approx(2.0 / (3600 * at["rate"]) * 1e6)

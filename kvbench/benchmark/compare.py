@@ -51,7 +51,7 @@ from kvbench.benchmark.burst import (
 )
 from kvbench.benchmark.compare_ray import RayPlacement, measure_on_ray, placement_session
 from kvbench.benchmark.recorder import RunRecorder, read_run, versions
-from kvbench.benchmark.search import DEFAULT_PRECISION, check_search_settings
+from kvbench.benchmark.search import DEFAULT_PRECISION, BoundaryResult, check_search_settings
 from kvbench.benchmark.separate_batches import SOURCE as SEPARATE_SOURCE
 from kvbench.benchmark.separate_batches import SeparateBatchTimes, separate_batch_times
 from kvbench.benchmark.slo import DEFAULT_PERCENTILES, Slo
@@ -916,7 +916,6 @@ def _backlog_search(
     from kvbench.benchmark.saturated_rate import measure_saturated_rate
 
     assert config.workload is not None and config.precision is not None  # with_defaults
-    search = engine.data["search"]
 
     def on_look(t: float, est) -> None:
         what = "bounded-backlog probe, no interval yet"
@@ -939,15 +938,7 @@ def _backlog_search(
         replicas=engine.data["replicas"],
         on_look=on_look,
     )
-    search.update(
-        lower=result.lower,
-        upper=result.upper,
-        converged=result.reached,
-        engine_seconds=result.engine_seconds,
-        stop_reason=result.stop_reason,
-        backlog=result.extras,
-    )
-    engine.save()
+    _record_search(engine, result, backlog=result.extras)
     records = getattr(measured.backlog_run, "records", None) or []
     return records, float(result.extras.get("warmup", 0.0))
 
@@ -1050,12 +1041,18 @@ def _search(
         percentiles=config.percentiles,
         resumed=resumed,
     )
-    search.update(
+    _record_search(engine, result)
+    return None
+
+
+def _record_search(engine: _Engine, result: BoundaryResult, **more: Any) -> None:
+    """The search's outcome into engine.json, beside its probes."""
+    engine.data["search"].update(
         lower=result.lower,
         upper=result.upper,
         converged=result.reached,
         engine_seconds=result.engine_seconds,
         stop_reason=result.stop_reason,
+        **more,
     )
     engine.save()
-    return None

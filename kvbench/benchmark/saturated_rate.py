@@ -169,6 +169,7 @@ def measure_saturated_rate(
             int(gauge[in_window].min()) if gauge is not None and gauge[in_window].size else None
         ),
         "mean_work": g,
+        "throughput": _tokens_per_request(run, workload, seed),
         "looks": looks,
         "confirmed": [p.verdict for p in probes] if confirm else None,
     }
@@ -196,6 +197,20 @@ def measure_saturated_rate(
         backend=backend.name,
         extras=extras,
     )
+
+
+def _tokens_per_request(run: Any, workload: Workload, seed: int) -> dict[str, float]:
+    """Prompt and output tokens per request served, for tokens/s and cost at the bracket (as a
+    run summary's `throughput` gives them): the probe's completed requests where it recorded
+    them (over HTTP), else the workload's mean lengths, which a simulated probe draws from."""
+    done = [r for r in getattr(run, "records", None) or [] if r.output_tokens]
+    if done:
+        out = float(np.mean([r.output_tokens for r in done]))
+        prompt = float(np.mean([r.prompt_len for r in done]))
+    else:
+        s, o = workload.draw(20_000, seed)
+        out, prompt = float(np.mean(o)), float(np.mean(s))
+    return {"mean_output_tokens": out, "mean_prompt_tokens": prompt}
 
 
 def _verdict_probe(

@@ -261,6 +261,7 @@ def boundary(
         replicas=1,  # boundary measures one replica
         pricing=pricing,
         launch_args=backend.launch.args,
+        lambda_throughput=record["extras"].get("throughput"),
     )
     if output_dir is not None:
         write_json(record, output_dir / "boundary.json")

@@ -235,6 +235,7 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
     servers = eng.get("servers") or []
     result.economics = economics(
         probes,
+        lambda_throughput=(search.get("backlog") or {}).get("throughput"),
         lambda_lower=result.boundary.lower if result.boundary else None,
         slo_lower=(result.slo_boundary or {}).get("lower"),
         replicas=replicas,
