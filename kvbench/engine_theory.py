@@ -492,14 +492,16 @@ def admission_group(law: LengthLaw, r: float, d: float, *, seed: int = 0) -> flo
     p = law.weight / law.weight.sum()
     n = CASCADE_REQUESTS
     queue = rng.choice(law.prompt.size, size=n + 1, p=p)
-    # charges and returns of the queue in order, as running sums: a group is one searchsorted
+    # charges and returns of the queue in order, as running sums: a group is one bisection
     charged = np.concatenate(([0.0], np.cumsum((law.prompt + law.output)[queue], dtype=np.float64)))
     returned = np.concatenate(([0.0], np.cumsum((1.0 - r) * law.output[queue], dtype=np.float64)))
     batches = int(n * d * 1.5) + 16
     finishers = rng.poisson(1.0 / d, batches)
     freed = (law.prompt + law.output)[rng.choice(law.prompt.size, size=int(finishers.sum()), p=p)]
-    gains = np.add.reduceat(np.concatenate((freed, [0])), np.r_[0, np.cumsum(finishers)[:-1]])
-    gains = np.where(finishers > 0, gains, 0) - (1.0 - r) * law.mean(law.output - 1.0) / d
+    # what each decode batch's finishers free: differences of the running sum at batch ends
+    total = np.concatenate(([0], np.cumsum(freed)))
+    ends = np.cumsum(finishers)
+    gains = total[ends] - total[ends - finishers] - (1.0 - r) * law.mean(law.output - 1.0) / d
     # plain lists and bisect: one scalar lookup per prefill batch is the whole cost
     c, b = charged.tolist(), returned.tolist()
     x, head, groups = 0.0, 0, 0

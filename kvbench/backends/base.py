@@ -17,6 +17,7 @@ from kvbench.profile import EngineProfile
 
 if TYPE_CHECKING:
     from kvbench.backends.backlog import BacklogRun
+    from kvbench.calibration import IterationWindows
     from kvbench.workload import Workload
 
 BackendKind = Literal["simulated", "emulated", "real"]
@@ -128,6 +129,11 @@ class Backend(ABC):
         """What reading server state during the last `execute` ran into: {"scrapes": n,
         "errors": {kind: n}, "messages": [the first few distinct, no credentials]}; None for a
         backend that reads no state over the network (the simulator)."""
+        return None
+
+    def iteration_windows(self) -> IterationWindows | None:
+        """Every busy iteration the engine itself reported so far, for `fit_iteration_time`
+        (TensorRT-LLM's iteration stats); None for an engine that reports none."""
         return None
 
     def close(self) -> None:  # noqa: B027 (a hook: most backends hold nothing to release)

@@ -257,8 +257,7 @@ class TrtllmBackend(HttpBackend):
         self.state_from_gauges = False  # discovery found no iteration records, only the gauges
 
     def iteration_windows(self) -> IterationWindows | None:
-        """Every busy iteration the engine reported so far, for `fit_iteration_time`; None with
-        none (iteration stats off: only the gauges)."""
+        # None with iteration stats off (only the gauges)
         if not self.drain.timings:
             return None
         tokens, kv, seconds = zip(*self.drain.timings, strict=True)

@@ -868,8 +868,7 @@ def _reported_iterations_fit(backend: Backend) -> IterationTimeFit | None:
     """The iteration-time model fitted to every iteration the engine itself reported during the
     calibration burst and the probes (TensorRT-LLM's iteration stats: latency, context tokens,
     generation requests, KV blocks), when it reports them and they pin c0 down; else None."""
-    windows_of = getattr(backend, "iteration_windows", None)
-    windows = windows_of() if windows_of is not None else None
+    windows = backend.iteration_windows()
     if windows is None or len(windows) < MIN_REPORTED_ITERATIONS:
         return None
     try:

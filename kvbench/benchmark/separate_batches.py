@@ -60,8 +60,6 @@ def separate_batch_times(
     after `after` and ended by the last first token, while the engine still had requests
     waiting), or None with fewer than MIN_REQUESTS such requests or a fit that is not positive."""
     done = [r for r in records if r.error is None and len(r.token_times) >= 1]
-    if not done:
-        return None
     streams = [np.diff(r.token_times) for r in done if len(r.token_times) > 1]
     if not streams:
         return None
