@@ -1,7 +1,7 @@
 """Engine-seconds the boundary search spends to bracket λ* to 5%, and how often its bracket holds
 the reference λ*: the bounded-backlog search (the default) beside the open-loop search, in one run.
 
-    python benchmarks/search_cost.py [--seeds 30] [--old-seeds 30] [--out results.jsonl]
+    python benchmarks/search_cost.py [--seeds 30] [--old-seeds 30] [--jobs 2] [--out results.jsonl]
 
 Every search runs on the simulator (engine-seconds are simulated seconds of load; results are
 SIMULATED) with lognormal iteration-time noise σ = 0.37 (the H200 eager-mode fit), all 4 rules ×
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import time
@@ -62,6 +63,10 @@ def one(method: str, policy: str, workload: str, seed: int, precision: float) ->
         "reached": r.reached,
         "cpu_seconds": time.process_time() - t0,
     }
+
+
+def _one(args: tuple) -> dict:
+    return one(*args)
 
 
 def summarize(rows: list[dict], refs: dict[tuple[str, str], float]) -> None:
@@ -114,6 +119,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=30)
     ap.add_argument("--old-seeds", type=int, default=30, help="seeds for the open-loop search")
     ap.add_argument("--precision", type=float, default=0.05)
+    ap.add_argument("--jobs", type=int, default=1, help="searches run at once (processes)")
     ap.add_argument("--out", type=Path, help="append one JSON line per search here")
     ap.add_argument("--summary", type=Path, help="only summarize the searches in this file")
     args = ap.parse_args()
@@ -128,15 +134,20 @@ def main() -> None:
     out = args.out.open("a") if args.out else None
     presets = [(p, w) for p in POLICIES for w in WORKLOADS]
     # seeds outermost, so a run cut short still covers every preset evenly
-    for method, seeds in (("backlog", args.seeds), ("open-loop", args.old_seeds)):
-        for seed in range(seeds):
-            for policy, workload in presets:
-                r = one(method, policy, workload, seed, args.precision)
-                rows.append(r)
-                if out:
-                    out.write(json.dumps(r) + "\n")
-                    out.flush()
-            print(f"{method} seed {seed} done", file=sys.stderr, flush=True)
+    searches = [
+        (method, policy, workload, seed, args.precision)
+        for method, seeds in (("backlog", args.seeds), ("open-loop", args.old_seeds))
+        for seed in range(seeds)
+        for policy, workload in presets
+    ]
+    with multiprocessing.Pool(args.jobs) as pool:
+        for r in pool.imap(_one, searches):
+            rows.append(r)
+            if out:
+                out.write(json.dumps(r) + "\n")
+                out.flush()
+            if len(rows) % len(presets) == 0:
+                print(f"{r['method']} seed {r['seed']} done", file=sys.stderr, flush=True)
     summarize(rows, refs)
 
 

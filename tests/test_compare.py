@@ -341,3 +341,40 @@ def test_default_compare_brackets_each_emulated_engine_with_one_backlog_probe(tm
     assert "bounded-backlog probe: " in result.stderr and "% wide (10% asked)" in result.stderr
     shown = CliRunner().invoke(cli, ["report", str(next(tmp_path.iterdir()))])
     assert shown.exit_code == 0 and "1 bounded-backlog probe" in shown.output
+    assert "queue stability:  not checked" in shown.output
+
+
+def test_confirm_judges_open_loop_runs_either_side_of_the_backlog_bracket(tmp_path):
+    """compare --confirm, on the emulated TensorRT-LLM over HTTP: after the bounded-backlog
+    bracket, an open-loop run just below it is judged STABLE and one just above UNSTABLE, both
+    recorded (rate, expected, verdict, cost), shown, and counted in the engine's engine-seconds."""
+    result = CliRunner().invoke(
+        cli,
+        ["compare", "--backends", "trtllm", "--confirm", "--output-dir", str(tmp_path), "--json"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    (e,) = json.loads(result.stdout)["engines"]
+    b = e["boundary"]
+    below, above = b["confirmed"]
+    assert (below["expected"], below["verdict"]) == ("STABLE", "STABLE")
+    assert (above["expected"], above["verdict"]) == ("UNSTABLE", "UNSTABLE")
+    # --precision (10% in the embedded default) away from the bracket's ends
+    assert below["rate"] == pytest.approx(b["lower"] / 1.1)
+    assert above["rate"] == pytest.approx(b["upper"] * 1.1)
+    assert e["engine_seconds"] > below["engine_seconds"] + above["engine_seconds"]
+    assert "open-loop confirmation at" in result.stderr
+    shown = CliRunner().invoke(cli, ["report", str(next(tmp_path.iterdir()))])
+    assert "queue stability:  confirmed" in shown.output
+    html = next(tmp_path.glob("*/report.html")).read_text()
+    assert "Open-loop runs confirming" in html
+
+
+def test_confirm_goes_with_the_backlog_probe():
+    result = CliRunner().invoke(
+        cli, ["compare", "--backends", "sim:vllm", "--method", "open-loop", "--confirm"]
+    )
+    assert result.exit_code == 2
+    assert (
+        result.output == "error: --confirm goes with the bounded-backlog probe (--method backlog)\n"
+    )

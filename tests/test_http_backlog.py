@@ -16,7 +16,7 @@ from aiohttp import web
 from emulator_helpers import serving
 
 from kvbench.backends.amended import AmendedProfile
-from kvbench.backends.backlog import BIN_WIDTH
+from kvbench.backends.backlog import BIN_WIDTH, RequestStream
 from kvbench.backends.registry import resolve_backend
 from kvbench.backends.vllm import VllmBackend
 from kvbench.benchmark.compare import EMBEDDED
@@ -55,6 +55,13 @@ def test_the_driver_keeps_k_sent_and_not_started_per_replica(replicas):
     # after the first bin, every bin end: K per replica sent and not started, within one
     # top-up each
     assert np.abs(backlog[1:] - k * replicas).max() <= replicas, backlog
+    if replicas == 1:
+        # the tokens of the requests that started: the stream's own, request by request
+        s, o = RequestStream(load_workload(EMBEDDED.workload), 3).draw()
+        began = run._start < 8.0  # NaN: not started
+        assert began.sum() == starts.sum()
+        assert sum(p.start_prompt.sum() for p in parts) == s[began[: s.size]].sum()
+        assert sum(p.start_output.sum() for p in parts) == o[began[: o.size]].sum()
     if replicas > 1:
         per_replica = [np.count_nonzero(~np.isnan(r._start)) for r in run.runs]
         # both kept busy (not equally: two emulators and the client share 2 cores, and a

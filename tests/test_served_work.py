@@ -4,7 +4,6 @@ batch-means interval, the backlog kept at K on the simulator, and coverage of th
 (tests/data/saturated_reference.json, SIMULATED) on a reduced grid of rules, workloads and seeds."""
 
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from kvbench.backends.backlog import SimBacklogRun
 from kvbench.backends.sim import SimBackend
 from kvbench.benchmark.saturated_rate import measure_saturated_rate
 from kvbench.benchmark.search import find_boundary
-from kvbench.benchmark.served_work import mean_work, served_rate
+from kvbench.benchmark.served_work import Started, mean_lengths, mean_work, served_rate
 from kvbench.engine_theory import paged_lifetime_memory
 from kvbench.profile import POLICIES, build_profile
 from kvbench.workload import load_workload
@@ -86,14 +85,15 @@ def test_mean_work_is_exact():
     # s ∈ {4,5,6}, o ∈ {1,2,3}: G(4,·) = 4, 9, 15; G(5,·) = 9, 15, 22 (chunks 4, 5); G(6,·) =
     # 10, 17, 25; mean 126/9
     assert mean_work(load_workload("uniform:4-6,1-3"), 4) == pytest.approx(14.0)
+    assert mean_lengths(load_workload("uniform:4-6,1-3")) == (5.0, 2.0)
 
 
-def test_the_interval_waits_for_warmup_and_sixteen_quarter_life_batches():
+def test_the_interval_waits_for_warmup_and_24_quarter_life_batches():
     g, bw, life = 1000.0, 0.25, 4.0  # warm-up 2 lives = 32 bins, batches ≥ 4 bins
-    steady = np.full(32 + 16 * 4 - 1, 2.5 * g * bw)
+    steady = np.full(32 + 24 * 4 - 1, 2.5 * g * bw)
     assert served_rate(steady, bw, g, life=life, confidence=0.95) is None
     est = served_rate(np.append(steady, 2.5 * g * bw), bw, g, life=life, confidence=0.95)
-    assert est.batches == 16 and est.start == 8.0 and est.batch_seconds == 1.0
+    assert est.batches == 24 and est.start == 8.0 and est.batch_seconds == 1.0
     assert est.rate == est.lo == est.hi == pytest.approx(2.5)
 
 
@@ -106,15 +106,54 @@ def test_mser_cuts_a_ramp_longer_than_two_lives():
     assert est.rate == pytest.approx(3.0)
 
 
-def test_batch_means_interval_covers_at_its_confidence():
+def test_each_look_covers_at_half_the_stated_miss_rate():
+    # independent batches, no controls: the look's interval is at 1 − 0.05/2 = 97.5%
     rng = np.random.default_rng(0)
     g, bw, life = 1.0, 0.25, 4.0
     hits = 0
-    for _ in range(400):
+    for _ in range(1000):
         work = rng.normal(2.0, 0.5, 400) * bw
         est = served_rate(work, bw, g, life=life, confidence=0.95)
         hits += est.lo <= 2.0 <= est.hi
-    assert 0.92 <= hits / 400 <= 0.98
+    assert 0.96 <= hits / 1000 <= 0.99
+
+
+def _mix_driven(rng, bins=1600, bw=0.25, rate=2.0, mean_s=100.0, mean_o=50.0):
+    """A served-work series whose rate falls with the prompt tokens that start and rises with
+    the output tokens (as prefill costs time), plus noise: the Azure trace's effect, by hand."""
+    count = rng.poisson(rate * bw, bins)
+    prompt = np.array([rng.exponential(mean_s, k).sum() for k in count])
+    output = np.array([rng.exponential(mean_o, k).sum() for k in count])
+    ds = np.convolve(prompt - mean_s * count, np.ones(40) / 40, "same") / bw / mean_s
+    do = np.convolve(output - mean_o * count, np.ones(40) / 40, "same") / bw / mean_o
+    served = rate - 0.3 * ds + 0.2 * do + rng.normal(0, 0.3, bins)
+    return served * bw, Started(count, prompt, output, mean_s, mean_o)
+
+
+def test_control_variates_narrow_the_interval_and_keep_coverage():
+    rng = np.random.default_rng(3)
+    plain_hits = cv_hits = 0
+    plain_width, cv_width = [], []
+    for _ in range(300):
+        work, started = _mix_driven(rng)
+        plain = served_rate(work, 0.25, 1.0, life=4.0, confidence=0.95)
+        cv = served_rate(work, 0.25, 1.0, life=4.0, confidence=0.95, started=started)
+        plain_hits += plain.lo <= 2.0 <= plain.hi
+        cv_hits += cv.lo <= 2.0 <= cv.hi
+        plain_width.append(plain.hi - plain.lo)
+        cv_width.append(cv.hi - cv.lo)
+    assert cv_hits / 300 >= 0.95
+    assert np.median(cv_width) < 0.7 * np.median(plain_width)
+
+
+def test_a_control_that_never_varies_is_left_out():
+    # fixed lengths: every started request is at the mean, so two of the three controls are 0
+    rng = np.random.default_rng(1)
+    count = rng.poisson(0.5, 800)
+    started = Started(count, 6 * count, 3 * count, 6.0, 3.0)
+    work = rng.normal(2.0, 0.2, 800) * 0.25
+    est = served_rate(work, 0.25, 1.0, life=4.0, confidence=0.95, started=started)
+    assert est.lo < 2.0 < est.hi and est.width < 0.05
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -123,6 +162,10 @@ def test_the_backlog_stays_at_k(policy):
     bins = run.advance(300.0)
     assert bins.work.size == 1200 and bins.starts.sum() > 0
     assert np.all(np.abs(bins.backlog - 8) <= 1)
+    # the started requests' tokens: the stream's own, so their means are the workload's
+    mean_s, mean_o = mean_lengths(load_workload("pd-1:1"))
+    assert bins.start_prompt.sum() / bins.starts.sum() == pytest.approx(mean_s, rel=0.08)
+    assert bins.start_output.sum() / bins.starts.sum() == pytest.approx(mean_o, rel=0.08)
     # the engine's own waiting gauge: never more than K plus what it preempted back into it
     assert bins.waiting.max() <= 8 + 64
 
@@ -134,7 +177,7 @@ def test_two_replicas_keep_k_each_and_advancing_in_steps_changes_nothing():
     run = SimBacklogRun(p, w, backlog=8, replicas=2, seed=4)
     parts = [run.advance(t) for t in (7.3, 50.0, 120.0)]
     assert np.all(whole.backlog == 16)
-    for key in ("work", "starts", "finishes", "backlog", "waiting"):
+    for key in ("work", "starts", "start_prompt", "start_output", "finishes", "backlog", "waiting"):
         assert np.array_equal(getattr(whole, key), np.concatenate([getattr(x, key) for x in parts]))
 
 
@@ -156,13 +199,11 @@ def test_served_rate_agrees_with_the_long_run_departure_rate():
 
 
 def test_coverage_and_cost_on_a_reduced_grid():
-    """4 rules × 2 workloads × 4 seeds (seeds 100…, disjoint from the benchmark's), σ = 0.37.
-    The paper's synthetic workloads only: on the Azure trace with the vidur-a100 preset coverage
-    is 25–28 of 30 per rule (docs/benchmarks.md), a known miss, not something to pin here."""
+    """4 rules × 4 workloads × 4 seeds (seeds 100…, disjoint from the benchmark's), σ = 0.37:
+    issue 13's targets (median ≤ 240 engine-seconds, p90 ≤ 480) and at most 5% of brackets
+    missing the reference λ* (seeded, so the same searches every run; 1 misses today)."""
     costs, misses = [], []
     for (policy, workload), ref in REFS.items():
-        if workload not in ("pd-1:1", "pd-1:2"):
-            continue
         for seed in range(100, 104):
             r = measure_saturated_rate(
                 SimBackend(noisy_profile(policy), seed=seed),
@@ -176,9 +217,9 @@ def test_coverage_and_cost_on_a_reduced_grid():
             costs.append(r.engine_seconds)
             if not r.lower <= ref <= r.upper:
                 misses.append((policy, workload, seed, r.lower, r.upper, ref))
-    assert len(misses) <= 1, misses
-    assert statistics.median(costs) <= 480
-    assert not math.isnan(statistics.median(costs))
+    assert len(misses) <= 3, misses
+    assert statistics.median(costs) <= 240
+    assert float(np.percentile(costs, 90)) <= 480
 
 
 @pytest.mark.parametrize("policy", ["vllm", "sglang"])

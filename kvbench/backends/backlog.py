@@ -31,13 +31,16 @@ class BacklogBins:
     """Consecutive bins of width `bin_width`, the first starting at first·bin_width.
 
     work: served work (token·iterations of KV) per bin; starts/finishes: first tokens and
-    completions per bin; backlog: requests sent and not started at each bin's end (the client's
+    completions per bin; start_prompt/start_output: the prompt and output tokens of the requests
+    that started in each bin (the served-work estimator's control variates); backlog: requests sent and not started at each bin's end (the client's
     count); waiting: the engine's own waiting gauge there (None when it has none)."""
 
     first: int
     bin_width: float
     work: np.ndarray
     starts: np.ndarray
+    start_prompt: np.ndarray
+    start_output: np.ndarray
     finishes: np.ndarray
     backlog: np.ndarray
     waiting: np.ndarray | None
@@ -70,6 +73,8 @@ class ReplicaBacklogRun:
             bin_width=parts[0].bin_width,
             work=np.sum([p.work for p in parts], axis=0),
             starts=np.sum([p.starts for p in parts], axis=0),
+            start_prompt=np.sum([p.start_prompt for p in parts], axis=0),
+            start_output=np.sum([p.start_output for p in parts], axis=0),
             finishes=np.sum([p.finishes for p in parts], axis=0),
             backlog=np.sum([p.backlog for p in parts], axis=0),
             waiting=np.sum(gauges, axis=0) if len(gauges) == len(parts) else None,
@@ -152,7 +157,15 @@ class SimBacklogRun:
             bin_width=self.bin_width,
             **{
                 k: np.concatenate([p[k] for p in parts])
-                for k in ("work", "starts", "finishes", "backlog", "waiting")
+                for k in (
+                    "work",
+                    "starts",
+                    "start_prompt",
+                    "start_output",
+                    "finishes",
+                    "backlog",
+                    "waiting",
+                )
             },
         )
 

@@ -70,6 +70,7 @@ class HttpBacklogRun:
         self._stream = RequestStream(workload, seed)
         s, o = self._stream.draw()
         self._prompt = s.astype(np.int64)
+        self._output = o.astype(np.int64)
         self._driver = backend.backlog_driver(s, o, backlog=backlog)
         n = self._prompt.size
         self._sent = np.full(n, np.nan)
@@ -188,7 +189,7 @@ class HttpBacklogRun:
         if self._driver.remaining < 2 * DRAW:
             s, o = self._stream.draw()
             self._driver.extend(s, o)
-            self._grow(s)
+            self._grow(s, o)
 
     def _take(self, progress: _core.DriverProgress) -> None:
         k = self._scale
@@ -210,8 +211,9 @@ class HttpBacklogRun:
             np.concatenate([rk, ck]),
         )
 
-    def _grow(self, s: np.ndarray) -> None:
+    def _grow(self, s: np.ndarray, o: np.ndarray) -> None:
         self._prompt = np.concatenate([self._prompt, s.astype(np.int64)])
+        self._output = np.concatenate([self._output, o.astype(np.int64)])
         n = self._prompt.size
         self._sent = _grown(self._sent, n, np.nan)
         self._start = _grown(self._start, n, np.nan)
@@ -244,10 +246,11 @@ class HttpBacklogRun:
         self._events = (ri[keep], rt[keep], rk[keep])
         edges = np.arange(first, last + 1) * w
 
-        def per_bin(times: np.ndarray) -> np.ndarray:
-            return np.histogram(times, edges)[0].astype(np.int64)
+        def per_bin(times: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+            return np.histogram(times, edges, weights=weights)[0].astype(np.int64)
 
-        started = self._start[~np.isnan(self._start)]
+        has_started = ~np.isnan(self._start)
+        started = self._start[has_started]
         left = np.sort(np.concatenate([started, self._unstarted[~np.isnan(self._unstarted)]]))
         sent = np.sort(self._sent[~np.isnan(self._sent)])
         backlog = np.searchsorted(sent, ends, "right") - np.searchsorted(left, ends, "right")
@@ -256,6 +259,8 @@ class HttpBacklogRun:
             bin_width=w,
             work=work,
             starts=per_bin(started),
+            start_prompt=per_bin(started, self._prompt[has_started]),
+            start_output=per_bin(started, self._output[has_started]),
             finishes=per_bin(np.asarray(self._finished)),
             backlog=backlog.astype(np.int64),
             waiting=self._waiting(ends),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -51,7 +51,12 @@ from kvbench.benchmark.burst import (
 )
 from kvbench.benchmark.compare_ray import RayPlacement, measure_on_ray, placement_session
 from kvbench.benchmark.recorder import RunRecorder, read_run, versions
-from kvbench.benchmark.search import DEFAULT_PRECISION, BoundaryResult, check_search_settings
+from kvbench.benchmark.search import (
+    DEFAULT_PRECISION,
+    BoundaryResult,
+    Probe,
+    check_search_settings,
+)
 from kvbench.benchmark.separate_batches import SOURCE as SEPARATE_SOURCE
 from kvbench.benchmark.separate_batches import SeparateBatchTimes, separate_batch_times
 from kvbench.benchmark.slo import DEFAULT_PERCENTILES, Slo
@@ -148,6 +153,8 @@ class CompareConfig:
     # runs it, open-loop probes with --slo or --replay (latencies and a trace's timing are
     # judged on open-loop runs) and when resuming an open-loop search
     method: str | None = None
+    # --confirm: open-loop verdict probes just below and above a bounded-backlog bracket
+    confirm: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -906,11 +913,13 @@ def _backlog_search(
     observer: CompareObserver,
     label: str,
     budget: float,
+    backend_for_seed: Callable[[int], Backend],
 ) -> tuple[list[RequestRecord], float]:
     """The bounded-backlog probe (kvbench.benchmark.saturated_rate) as compare's search: the
     engine saturated from its first seconds with K requests kept waiting, its service rate
     estimated from served work until the interval is as narrow as --precision asks (the
-    progress view shows it narrowing). Returns the probe's requests (an engine over HTTP records
+    progress view shows it narrowing); with --confirm, open-loop verdicts just below and above
+    the bracket (in search.confirmed). Returns the probe's requests (an engine over HTTP records
     them; a simulator's probe does not) and where its steady window began."""
     from kvbench.benchmark.saturated_rate import measure_saturated_rate
 
@@ -925,6 +934,26 @@ def _backlog_search(
             )
         observer.phase(label, what, None, None)
 
+    confirmed: list[dict[str, Any]] = []
+
+    def on_probe(probe: Probe) -> None:
+        confirmed.append(
+            {
+                "rate": probe.rate,
+                "expected": "STABLE" if not confirmed else "UNSTABLE",
+                "verdict": probe.verdict,
+                "engine_seconds": probe.engine_seconds,
+            }
+        )
+        expected = confirmed[-1]["expected"]
+        observer.phase(
+            label,
+            f"open-loop confirmation at {probe.rate:.4g} req/s: {probe.verdict} "
+            f"(expected {expected})",
+            None,
+            None,
+        )
+
     result = measure_saturated_rate(
         measured,
         workload,
@@ -936,8 +965,13 @@ def _backlog_search(
         start_rate=_start_rate(engine.data),
         replicas=engine.data["replicas"],
         on_look=on_look,
+        confirm=config.confirm,
+        confirm_backend=backend_for_seed,
+        on_probe=on_probe,
     )
-    _record_search(engine, result, backlog=result.extras)
+    _record_search(
+        engine, result, backlog=result.extras, confirmed=confirmed if config.confirm else None
+    )
     records = getattr(measured.backlog_run, "records", None) or []
     return records, float(result.extras.get("warmup", 0.0))
 
@@ -1020,7 +1054,11 @@ def _search(
         method = "open-loop"
     search["method"] = method
     if method == "backlog":
-        return _backlog_search(measured, engine, workload, config, observer, label, budget)
+        return _backlog_search(
+            measured, engine, workload, config, observer, label, budget, backend_for_seed
+        )
+    if config.confirm:
+        raise KvbenchError(f"{label}: --confirm goes with the bounded-backlog probe, not {method}")
     result = find_boundary(
         backend_for_seed,
         workload,

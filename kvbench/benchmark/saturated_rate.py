@@ -44,7 +44,13 @@ from kvbench.benchmark.search import (
     theory_rate,
     timed_profile,
 )
-from kvbench.benchmark.served_work import ServedRate, mean_work, served_rate
+from kvbench.benchmark.served_work import (
+    ServedRate,
+    Started,
+    mean_lengths,
+    mean_work,
+    served_rate,
+)
 from kvbench.benchmark.stability import DEFAULT_CONFIDENCE, DEFAULT_TOLERANCE, check_settings
 from kvbench.errors import KvbenchError
 from kvbench.workload import Workload
@@ -97,10 +103,14 @@ def measure_saturated_rate(
     elif backlog < 1:
         raise KvbenchError(f"--backlog must be at least 1, got {backlog}")
     g = mean_work(workload, profile.chunk_size)
+    mean_prompt, mean_output = mean_lengths(workload)
 
     run = backend.bounded_backlog(workload, backlog=backlog, seed=seed)
     work: list[np.ndarray] = []
     finishes: list[np.ndarray] = []
+    starts: list[np.ndarray] = []
+    start_prompt: list[np.ndarray] = []
+    start_output: list[np.ndarray] = []
     backlog_seen: list[np.ndarray] = []
     waiting: list[np.ndarray] = []
     looks: list[dict[str, float]] = []
@@ -113,6 +123,9 @@ def measure_saturated_rate(
             bins = run.advance(t)
             work.append(bins.work)
             finishes.append(bins.finishes)
+            starts.append(bins.starts)
+            start_prompt.append(bins.start_prompt)
+            start_output.append(bins.start_output)
             backlog_seen.append(bins.backlog)
             if bins.waiting is not None:
                 waiting.append(bins.waiting)
@@ -122,6 +135,13 @@ def measure_saturated_rate(
                 g,
                 life=life,
                 confidence=confidence,
+                started=Started(
+                    np.concatenate(starts),
+                    np.concatenate(start_prompt),
+                    np.concatenate(start_output),
+                    mean_prompt,
+                    mean_output,
+                ),
                 finishes=np.concatenate(finishes),
             )
             if est is not None:

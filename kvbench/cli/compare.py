@@ -24,6 +24,7 @@ from kvbench.export.json import write_json
 from kvbench.output import economics
 from kvbench.output.compare_progress import CompareProgress, PlainCompareProgress
 from kvbench.output.progress import on_terminal
+from kvbench.output.run import queue_stability_row
 from kvbench.output.terminal import block, highlight
 from kvbench.provenance import check_exporter_url, parse_metadata
 from kvbench.redact import redact_url
@@ -93,17 +94,20 @@ def _engine_lines(e: EngineResult) -> list[tuple[str, str] | tuple[str, str, str
         return [("status", highlight(f"{e.status.upper()}: {e.error}", "red"))]
     rows: list = []
     if e.boundary:
-        how = (
-            "1 bounded-backlog probe"
-            if e.boundary.method == "backlog"
-            else f"{len(e.probes)} probes"
-        )
+        how = f"{len(e.probes)} probes"
+        if e.boundary.method == "backlog":
+            how = "1 bounded-backlog probe" + (" + 2 open-loop" if e.boundary.confirmed else "")
         rows.append(
             (
                 "λ* measured",
                 highlight(f"{fmt_bracket(e)} req/s"),
                 f"{how}, {e.engine_seconds:.0f} engine-s",
             )
+        )
+    if e.boundary and e.boundary.method == "backlog":
+        confirmed = e.boundary.confirmed
+        rows.append(
+            queue_stability_row(None if confirmed is None else [c["verdict"] for c in confirmed])
         )
     rows += economics.rows(e.slo_boundary, e.economics)
     if e.theory:
@@ -225,6 +229,13 @@ def print_summary(results: CompareResults, directory: Path) -> None:
     "--goodput or --replay, which are judged on open-loop runs].",
 )
 @click.option(
+    "--confirm",
+    is_flag=True,
+    help="After each bounded-backlog bracket, judge open-loop runs just below and above it "
+    "(expect STABLE, UNSTABLE): the queue-stability evidence itself, for a few request lives "
+    "more of engine time each.",
+)
+@click.option(
     "--confidence", type=float, default=0.95, show_default=True, help="Confidence of every verdict."
 )
 @click.option(
@@ -321,6 +332,7 @@ def compare(
     replicas,
     precision,
     method,
+    confirm,
     confidence,
     max_engine_seconds,
     target_rate,
@@ -364,6 +376,7 @@ def compare(
           --slo ttft:2s,tpot:100ms@p99 --gpu-price 3.5 --gpus-per-replica 8 --target-rate 40
       kvbench compare --backends h200-trt=trtllm --url h200-trt=http://10.0.0.5:8000 \\
           --metadata gpu_model="NVIDIA H200" --metadata gpu_count=8
+      kvbench compare --backends trtllm,sglang --confirm       # + open-loop evidence
       kvbench compare --backends trtllm,sglang --resume reports/2026-12-01-trtllm-vs-sglang
     """
     if figures:
@@ -375,6 +388,9 @@ def compare(
         placement.check()
     elif gpus_per_engine is not None or gpu_resource != "GPU":
         raise KvbenchError("--gpus-per-engine and --gpu-resource go with --ray")
+    if confirm and (method == "open-loop" or targets.slo is not None or replay):
+        # --slo and --replay are judged on open-loop probes, which bracket λ* themselves
+        raise KvbenchError("--confirm goes with the bounded-backlog probe (--method backlog)")
     labels, engines = parse_backends(backends)
     config = CompareConfig(
         backends=labels,
@@ -392,6 +408,7 @@ def compare(
         replicas=replicas,
         precision=precision,
         method=method,
+        confirm=confirm,
         confidence=confidence,
         max_engine_seconds=max_engine_seconds,
         seed=seed,

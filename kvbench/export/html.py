@@ -230,6 +230,7 @@ def _engine_detail(e: EngineResult) -> dict:
         "batch_time_burst": e.batch_time_burst,
         "separate": e.separate_batch_times,
         "method": e.boundary.method if e.boundary else None,
+        "confirmed": e.boundary.confirmed if e.boundary else None,
         "theory": e.theory,
         "profile": json.dumps(e.profile, indent=2) if e.profile else None,
         "sources": e.profile_sources,
@@ -309,9 +310,12 @@ the calibration burst gave {{ "%.5f" % d.batch_time_burst.value }} s ({{ d.batch
 used to start the search{% endif %}.</p>{% endif %}
 {% if d.method == "backlog" %}<p>λ* bracket: the saturated service rate measured with one
 bounded-backlog probe (requests kept sent but not started, so the engine ran saturated
-throughout), estimated from the work it served; no open-loop probes were run, so queue stability
-itself was not checked (<code>--method open-loop</code> brackets λ* between probes judged stable
-and unstable).</p>{% endif %}
+throughout), estimated from the work it served.{% if d.confirmed %} Open-loop runs confirming
+it (<code>--confirm</code>): {% for c in d.confirmed %}{{ "%.4g" % c.rate }} req/s judged
+<b>{{ c.verdict }}</b> (expected {{ c.expected }}){{ "; " if not loop.last else "." }}{% endfor %}
+{% else %} No open-loop probes were run, so queue stability itself was not checked
+(<code>--confirm</code> judges runs just below and above the bracket; <code>--method
+open-loop</code> brackets λ* between probes judged stable and unstable).{% endif %}</p>{% endif %}
 {% if d.separate %}<p>Prefill and decode run as separate batches: decode batch
 {{ "%.5f" % d.separate.decode }} ± {{ "%.5f" % d.separate.decode_stderr }} s, prefill batch
 {{ "%.5f" % d.separate.prefill }} ± {{ "%.5f" % d.separate.prefill_stderr }} s

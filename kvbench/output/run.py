@@ -215,6 +215,20 @@ def run_summary_text(summary: dict[str, Any], directory: str | None = None) -> s
     return block(title, rows)
 
 
+def queue_stability_row(verdicts: list[str] | None) -> tuple[str, str, str]:
+    """What a bounded-backlog bracket says of queue stability: nothing, unless --confirm judged
+    open-loop runs just below and above it (`verdicts`, in that order)."""
+    if verdicts is None:
+        return ("queue stability", "not checked", "--confirm runs open-loop probes")
+    below, above = verdicts
+    held = (below, above) == ("STABLE", "UNSTABLE")
+    return (
+        "queue stability",
+        highlight("confirmed" if held else "not confirmed", "green" if held else "yellow"),
+        f"open loop just below the bracket {below}, just above {above}",
+    )
+
+
 def boundary_text(result: dict[str, Any]) -> str:
     lo, hi = result["lower"], result["upper"]
     if lo is not None and hi is not None:
@@ -272,8 +286,7 @@ def boundary_text(result: dict[str, Any]) -> str:
                 f" departures {number(x['departure_rate'])} req/s",
             )
         )
-        if x.get("confirmed") is None:
-            rows.append(("queue stability", "not checked", "--confirm runs open-loop probes"))
+        rows.append(queue_stability_row(x.get("confirmed")))
     elif result["capacity_estimate"] is not None:
         c_lo, c_hi = result["capacity_interval"]
         rows.append(

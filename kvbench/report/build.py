@@ -198,6 +198,7 @@ def _engine(directory: Path, eng: dict[str, Any], config: dict[str, Any]):
             converged=bool(search.get("converged", False)),
             precision=float(search.get("precision", config.get("precision", 0.0))),
             method=str(search.get("method", "open-loop")),
+            confirmed=search.get("confirmed"),
         )
     calibration = eng.get("calibration") or {}
     # a bounded-backlog search's cost is its probe's (it records no open-loop probes)

@@ -130,6 +130,9 @@ class Boundary:
     # "backlog": the saturated service rate's interval from one bounded-backlog probe (served
     # work); "open-loop": between probes judged STABLE and UNSTABLE
     method: str = "open-loop"
+    # --confirm on a backlog bracket: the open-loop runs just below and above it, each
+    # {rate, expected, verdict, engine_seconds}; None when not asked
+    confirmed: list[dict[str, Any]] | None = None
 
     @property
     def midpoint(self) -> float | None:

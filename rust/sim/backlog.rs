@@ -2,8 +2,9 @@
 //! per replica sent but not yet started (no first token), sending the next request of a given
 //! stream the moment one starts. The engine then runs saturated from its first iteration while
 //! its queue never grows past K. The run is advanced in steps on a caller's clock and reports, per
-//! bin of time, the served work (see `crate::served`), first tokens and completions, and the
-//! backlog and the engine's waiting gauge at each bin's end.
+//! bin of time, the served work (see `crate::served`), first tokens (with the prompt and output
+//! lengths of the requests they start) and completions, and the backlog and the engine's waiting
+//! gauge at each bin's end.
 
 use super::engine::Engine;
 use super::profile::Profile;
@@ -13,10 +14,13 @@ use crate::served;
 /// Hears every token and adds its served work to the bin that holds its time.
 struct Tally {
     prompt: Vec<i64>,
+    output: Vec<i64>,
     chunk: i64,
     bin_width: f64,
     work: Vec<f64>,
     starts: Vec<i64>,
+    start_prompt: Vec<i64>,
+    start_output: Vec<i64>,
     finishes: Vec<i64>,
     /// Requests whose first token came in the step being processed.
     started: Vec<u64>,
@@ -28,6 +32,8 @@ impl Tally {
         if b >= self.work.len() {
             self.work.resize(b + 1, 0.0);
             self.starts.resize(b + 1, 0);
+            self.start_prompt.resize(b + 1, 0);
+            self.start_output.resize(b + 1, 0);
             self.finishes.resize(b + 1, 0);
         }
         b
@@ -40,6 +46,8 @@ impl Observer for Tally {
     fn first_token(&mut self, id: u64, time: f64) {
         let b = self.bin(time);
         self.starts[b] += 1;
+        self.start_prompt[b] += self.prompt[id as usize];
+        self.start_output[b] += self.output[id as usize];
         self.started.push(id);
     }
     fn token(&mut self, id: u64, time: f64, generated: i64) {
@@ -64,6 +72,9 @@ pub struct Bins {
     pub first: usize,
     pub work: Vec<f64>,
     pub starts: Vec<i64>,
+    /// Prompt and output tokens of the requests that started in each bin.
+    pub start_prompt: Vec<i64>,
+    pub start_output: Vec<i64>,
     pub finishes: Vec<i64>,
     /// Sent-but-not-started requests, over all replicas, at each bin's end.
     pub backlog: Vec<i64>,
@@ -74,7 +85,6 @@ pub struct Bins {
 pub struct Backlog {
     engines: Vec<Engine>,
     tally: Tally,
-    output: Vec<i64>,
     replica_of: Vec<u32>,
     next: usize,
     k: usize,
@@ -109,14 +119,16 @@ impl Backlog {
                 .collect(),
             tally: Tally {
                 prompt: Vec::new(),
+                output: Vec::new(),
                 chunk,
                 bin_width,
                 work: Vec::new(),
                 starts: Vec::new(),
+                start_prompt: Vec::new(),
+                start_output: Vec::new(),
                 finishes: Vec::new(),
                 started: Vec::new(),
             },
-            output: Vec::new(),
             replica_of: Vec::new(),
             next: 0,
             k,
@@ -143,14 +155,14 @@ impl Backlog {
             ));
         }
         self.tally.prompt.extend(prompt);
-        self.output.extend(output);
-        self.replica_of.resize(self.output.len(), u32::MAX);
+        self.tally.output.extend(output);
+        self.replica_of.resize(self.tally.output.len(), u32::MAX);
         Ok(())
     }
 
     /// Requests of the stream not yet sent.
     pub fn remaining(&self) -> usize {
-        self.output.len() - self.next
+        self.tally.output.len() - self.next
     }
 
     pub fn sent(&self) -> usize {
@@ -164,12 +176,17 @@ impl Backlog {
     fn top_up(&mut self, r: usize, now: f64) -> Result<(), String> {
         while self.unstarted[r] < self.k {
             let i = self.next;
-            if i >= self.output.len() {
+            if i >= self.tally.output.len() {
                 return Err(format!(
                     "the request stream ran out after {i} requests; extend it before advancing"
                 ));
             }
-            self.engines[r].add_request(i as u64, self.tally.prompt[i], self.output[i], now)?;
+            self.engines[r].add_request(
+                i as u64,
+                self.tally.prompt[i],
+                self.tally.output[i],
+                now,
+            )?;
             self.replica_of[i] = r as u32;
             self.unstarted[r] += 1;
             self.next += 1;
@@ -225,6 +242,8 @@ impl Backlog {
             first,
             work: self.tally.work[first..end].to_vec(),
             starts: self.tally.starts[first..end].to_vec(),
+            start_prompt: self.tally.start_prompt[first..end].to_vec(),
+            start_output: self.tally.start_output[first..end].to_vec(),
             finishes: self.tally.finishes[first..end].to_vec(),
             backlog: self.backlog_at[first..end].to_vec(),
             waiting: self.waiting_at[first..end].to_vec(),

@@ -219,6 +219,8 @@ impl BacklogSim {
         d.set_item("first", b.first)?;
         d.set_item("work", b.work.into_pyarray(py))?;
         d.set_item("starts", b.starts.into_pyarray(py))?;
+        d.set_item("start_prompt", b.start_prompt.into_pyarray(py))?;
+        d.set_item("start_output", b.start_output.into_pyarray(py))?;
         d.set_item("finishes", b.finishes.into_pyarray(py))?;
         d.set_item("backlog", b.backlog.into_pyarray(py))?;
         d.set_item("waiting", b.waiting.into_pyarray(py))?;
