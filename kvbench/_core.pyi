@@ -325,7 +325,8 @@ class BacklogSim:
     def advance(self, until: float) -> dict:
         """Runs every iteration that ends by `until`; returns the bins that ended since the last
         call: first (index of the first), work (served work, see `served_work`), starts (first
-        tokens), finishes, backlog (sent-not-started, all replicas, at each bin's end), waiting
+        tokens), start_prompt and start_output (the prompt and output tokens of the requests
+        those first tokens started), finishes, backlog (sent-not-started, all replicas, at each bin's end), waiting
         (the engines' waiting queues there). ValueError if the stream runs out (extend first)."""
     remaining: int  # requests of the stream not yet sent
     sent: int
