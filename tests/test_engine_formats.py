@@ -52,6 +52,8 @@ def test_vllm_state_from_real_metrics_under_load():
     assert st.kv_used_tokens == pytest.approx(16 * 32)  # 16 blocks of 32; one null block excluded
     after = vllm.read_state(Metrics.parse(read("vllm", "metrics_after.prom"), "f"), 13.0)
     assert (after.waiting, after.running, after.preemptions_total) == (0, 0, 3)
+    # engine steps: vllm:iteration_tokens_total's count (one observation per step)
+    assert (st.iterations, after.iterations) == (95, 1086)
 
 
 def test_vllm_old_kv_usage_name_is_a_fallback():

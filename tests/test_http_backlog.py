@@ -55,6 +55,15 @@ def test_the_driver_keeps_k_sent_and_not_started_per_replica(replicas):
     # after the first bin, every bin end: K per replica sent and not started, within one
     # top-up each
     assert np.abs(backlog[1:] - k * replicas).max() <= replicas, backlog
+    # the engine's own mean iteration time (its vllm:iteration_tokens_total count, as the real
+    # engine exposes it): a decoding request gets one token an iteration, so its tokens' mean
+    # spacing over the same window is the same time, stretched only by its preempted stretches
+    gaps = [
+        np.diff([t for t in r.token_times if t >= 2.0])
+        for r in (run.records if replicas == 1 else run.runs[0].records)
+    ]
+    spacing = float(np.median(np.concatenate([g for g in gaps if g.size])))
+    assert 0.8 * spacing <= run.iteration_time(2.0) <= 1.25 * spacing
     if replicas == 1:
         # the tokens of the requests that started: the stream's own, request by request
         s, o = RequestStream(load_workload(EMBEDDED.workload), 3).draw()

@@ -146,6 +146,17 @@ def test_control_variates_narrow_the_interval_and_keep_coverage():
     assert np.median(cv_width) < 0.7 * np.median(plain_width)
 
 
+def test_controls_that_move_together_count_once():
+    # every request's output as long as its prompt: the two token controls are one
+    rng = np.random.default_rng(2)
+    count = rng.poisson(0.5, 800)
+    tokens = np.array([rng.integers(1, 100, k).sum() for k in count])
+    started = Started(count, tokens, tokens, 50.0, 50.0)
+    work = rng.normal(2.0, 0.2, 800) * 0.25
+    est = served_rate(work, 0.25, 1.0, life=4.0, confidence=0.95, started=started)
+    assert est.lo < 2.0 < est.hi and est.width < 0.05
+
+
 def test_a_control_that_never_varies_is_left_out():
     # fixed lengths: every started request is at the mean, so two of the three controls are 0
     rng = np.random.default_rng(1)

@@ -52,6 +52,10 @@ class BacklogRun(Protocol):
     def advance(self, until: float) -> BacklogBins:
         """Run to `until` engine seconds from the start; the bins that ended since the last call."""
 
+    def iteration_time(self, after: float) -> float | None:
+        """The engine's own mean iteration time from `after` engine seconds on, where the engine
+        counts its iterations; None otherwise."""
+
     def close(self) -> None: ...
 
 
@@ -79,6 +83,11 @@ class ReplicaBacklogRun:
             backlog=np.sum([p.backlog for p in parts], axis=0),
             waiting=np.sum(gauges, axis=0) if len(gauges) == len(parts) else None,
         )
+
+    def iteration_time(self, after: float) -> float | None:
+        """The replicas' mean (each runs its own iterations), when every replica counts them."""
+        times = [t for run in self.runs if (t := run.iteration_time(after)) is not None]
+        return float(np.mean(times)) if len(times) == len(self.runs) else None
 
     def close(self) -> None:
         for run in self.runs:
@@ -168,6 +177,9 @@ class SimBacklogRun:
                 )
             },
         )
+
+    def iteration_time(self, after: float) -> float | None:
+        return None  # the simulated engine's iteration-time model is its profile's, known
 
     def close(self) -> None:
         pass

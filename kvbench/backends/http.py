@@ -82,6 +82,9 @@ class ServerState:
     kv_used_tokens: float | None = None
     kv_usage: float | None = None
     preemptions_total: int | None = None
+    # the engine's count of the iterations (engine steps) it has run so far: vLLM's
+    # vllm:iteration_tokens_total histogram counts one observation per step
+    iterations: int | None = None
 
 
 @dataclass

@@ -84,7 +84,8 @@ class HttpBacklogRun:
         self._events = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
         self._ended = np.zeros(n, bool)
         self._next_bin = 0
-        self._samples: list[tuple[float, int | None]] = []
+        # the scrapes: (engine seconds, waiting gauge, the engine's iteration count)
+        self._samples: list[tuple[float, int | None, int | None]] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._wall0 = time.time()
@@ -113,7 +114,8 @@ class HttpBacklogRun:
                         states = []
                     with self._lock:
                         self._samples += [
-                            ((st.time - self._wall0) * self._scale, st.waiting) for st in states
+                            ((st.time - self._wall0) * self._scale, st.waiting, st.iterations)
+                            for st in states
                         ]
                     left = backend.scrape_period - (time.monotonic() - started)
                     await asyncio.sleep(max(0.0, left))
@@ -270,13 +272,23 @@ class HttpBacklogRun:
         """The engine's waiting gauge at each bin end: its last reading at or before it (the
         first reading for ends before any); None for an engine without the gauge."""
         with self._lock:
-            seen = [(t, n) for t, n in self._samples if n is not None]
+            seen = [(t, n) for t, n, _ in self._samples if n is not None]
         if not seen:
             return None
         times = np.array([t for t, _ in seen])
         values = np.array([n for _, n in seen], np.int64)
         at = np.searchsorted(times, ends, "right") - 1
         return values[np.maximum(at, 0)]
+
+    def iteration_time(self, after: float) -> float | None:
+        """The engine's mean iteration time from `after` (engine seconds) on, from its own
+        iteration count (vLLM's vllm:iteration_tokens_total): elapsed time over iterations run
+        between the first and last scrapes since; None for an engine that counts none."""
+        with self._lock:
+            seen = [(t, n) for t, _, n in self._samples if n is not None and t >= after]
+        if len(seen) < 2 or seen[-1][1] <= seen[0][1]:
+            return None
+        return (seen[-1][0] - seen[0][0]) / (seen[-1][1] - seen[0][1])
 
     def close(self) -> None:
         self._driver.stop()

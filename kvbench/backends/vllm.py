@@ -21,12 +21,14 @@ from kvbench.errors import KvbenchError
 
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # new name, then the old
 PREEMPTIONS = ("vllm:num_preemptions_total", "vllm:num_preemptions")
+ITERATIONS = "vllm:iteration_tokens_total"  # a histogram: one observation per engine step
 SCRAPED = (
     "vllm:num_requests_running",
     "vllm:num_requests_waiting",
     "vllm:cache_config_info",
     *KV_USAGE,
     "vllm:num_preemptions",
+    f"{ITERATIONS}_count",  # the count alone: its buckets are most of the text
 )
 _LOG_KV = re.compile(r"(?:GPU|CPU|XPU|TPU)? ?KV cache size: ([\d,]+) tokens")
 _LOG_ARGS = re.compile(r"non-default args: (\{.*\})")
@@ -72,6 +74,7 @@ def read_state(metrics: Metrics, at: float) -> ServerState:
     preempt = metrics.total(*PREEMPTIONS)
     waiting = metrics.total("vllm:num_requests_waiting")
     running = metrics.total("vllm:num_requests_running")
+    iterations = metrics.total(f"{ITERATIONS}_count")
     return ServerState(
         time=at,
         waiting=None if waiting is None else int(waiting),
@@ -79,6 +82,7 @@ def read_state(metrics: Metrics, at: float) -> ServerState:
         kv_usage=usage,
         kv_used_tokens=None if usage is None or denominator is None else usage * denominator,
         preemptions_total=None if preempt is None else int(preempt),
+        iterations=None if iterations is None else int(iterations),
     )
 
 

@@ -28,7 +28,7 @@ of the same work does not). That is the whole-window error batch means cannot se
 the plain interval covering the Azure trace's λ* in 24–25 of 30 seeds. The estimator is
 ȳ − β'c̄ with β the least-squares slope of the batch rates on the controls, its variance
 s²·(1/n + c̄'S⁻¹c̄) with Student t at n − q − 1 degrees of freedom (Lavenberg & Welch 1981;
-Nelson 1990 for batch means); a control with no spread (a fixed length) is left out.
+Nelson 1990 for batch means), q the controls' rank (a fixed length's control never moves).
 
 The search looks every few seconds and stops at the first look narrow enough, and stopping on a
 narrow interval picks the ones whose spread came out small: so each look's interval is taken at
@@ -55,8 +55,6 @@ MIN_BATCHES = 24
 MAX_BATCHES = 48
 WARMUP_LIVES = 2.0
 BATCH_LIVES = 0.25
-# a control's spread below this share of its scale is none (a fixed length's)
-_FLAT = 1e-9
 
 
 def mean_work(workload: Workload, chunk: int) -> float:
@@ -152,16 +150,15 @@ def served_rate(
     c = np.array(controls).reshape(len(controls), batches).T  # batches × q
     cc = c - c.mean(axis=0)
     yc = means - means.mean()
-    beta = np.linalg.lstsq(cc, yc, rcond=None)[0]
+    # lstsq's rank and pinv: a control that never moves (a fixed length) counts for nothing, two
+    # that move together (prompts as long as outputs) count once
+    beta, _, rank, _ = np.linalg.lstsq(cc, yc, rcond=None)
     cbar = c.mean(axis=0)
     rate = float(means.mean() - cbar @ beta)
-    dof = batches - c.shape[1] - 1
+    dof = batches - int(rank) - 1
     resid = yc - cc @ beta
-    var = (
-        float(resid @ resid)
-        / dof
-        * (1.0 / batches + float(cbar @ np.linalg.solve(cc.T @ cc, cbar)))
-    )
+    inflation = 1.0 / batches + float(cbar @ np.linalg.pinv(cc.T @ cc) @ cbar)
+    var = float(resid @ resid) / dof * inflation
     # each look at 1 − (1 − c)/2: the search stops at the first narrow look (module docstring)
     q = 1.0 - (1.0 - confidence) / 4.0
     half = _core.student_t_quantile(q, dof) * math.sqrt(var)
@@ -190,8 +187,7 @@ def _controls(
     batch_means: Callable[[np.ndarray], np.ndarray],
     bin_width: float,
 ) -> list[np.ndarray]:
-    """Per batch, the known-zero-mean controls (module docstring), scaled to rates, with any
-    that do not vary left out."""
+    """Per batch, the known-zero-mean controls (module docstring), scaled to rates."""
     starts = batch_means(started.count) / bin_width
     controls = [starts - rates]
     for tokens, mean in (
@@ -199,4 +195,4 @@ def _controls(
         (started.output, started.mean_output),
     ):
         controls.append(batch_means(tokens / mean) / bin_width - starts)
-    return [c for c in controls if c.std() > _FLAT * max(1.0, float(np.abs(rates).mean()))]
+    return controls

@@ -11,6 +11,11 @@ from kvbench.emulate.server import BadRequest, EngineFormat
 
 class VllmFormat(EngineFormat):
     name = "vllm"
+    # vllm:iteration_tokens_total's sum: the batch tokens of every iteration the engine ran
+    _iteration_tokens = 0
+
+    def on_iteration(self, state: dict) -> None:
+        self._iteration_tokens += int(state["batch_tokens"])
 
     def validate(self, body: dict) -> None:
         if body.get("stream_options") and not body.get("stream"):
@@ -27,6 +32,7 @@ class VllmFormat(EngineFormat):
         blocks = p.kv_tokens // p.block_size
         usable = max(1, blocks - 1) * p.block_size
         labels = f'engine="0",model_name="{self.model_id}"'
+        iterations = float(st.get("iteration", 0))
         info = (
             f'block_size="{p.block_size}",cache_dtype="auto",enable_prefix_caching="False",'
             f'engine="0",gpu_memory_utilization="0.9",kv_cache_size_tokens="{p.kv_tokens}",'
@@ -45,6 +51,11 @@ class VllmFormat(EngineFormat):
             "# HELP vllm:num_preemptions_total Cumulative number of preemption from the engine.\n"
             "# TYPE vllm:num_preemptions_total counter\n"
             f"vllm:num_preemptions_total{{{labels}}} {float(st.get('preemptions_total', 0))}\n"
+            "# HELP vllm:iteration_tokens_total Histogram of number of tokens per engine_step.\n"
+            "# TYPE vllm:iteration_tokens_total histogram\n"
+            f'vllm:iteration_tokens_total_bucket{{{labels},le="+Inf"}} {iterations}\n'
+            f"vllm:iteration_tokens_total_count{{{labels}}} {iterations}\n"
+            f"vllm:iteration_tokens_total_sum{{{labels}}} {float(self._iteration_tokens)}\n"
             "# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig\n"
             "# TYPE vllm:cache_config_info gauge\n"
             f"vllm:cache_config_info{{{info}}} 1.0\n"
