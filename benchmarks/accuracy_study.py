@@ -314,7 +314,8 @@ def _real_section(real: list[dict]) -> list[str]:
         "one `kvbench compare --launch` as a user runs it (`benchmarks/cpu_vllm_accuracy.py`, figures",
         f"in `{REAL_RESULTS}`): settings discovered from the engine, λ* bracketed by the",
         "bounded-backlog probe, the engine-aware μ from the discovered settings and the b̄ measured in",
-        "that probe. Three runs at 10% with different seeds, then one at 5% as the reference.",
+        "that probe. Three runs at 10% with different seeds, then one asked for 5% within 600",
+        "engine-seconds as the reference.",
         "",
         "| KV tokens | seed | λ* bracket (req/s) | engine-s | paper μ | gap | engine-aware μ | gap | binds |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -329,7 +330,8 @@ def _real_section(real: list[dict]) -> list[str]:
         return lines + [""]
     for r in real:
         lines.append(
-            f"| {r['kv_tokens']:,} | {r['seed']} ({r['precision']:.0%}) "
+            f"| {r['kv_tokens']:,} | {r['seed']} ({r['precision']:.0%}"
+            f"{'' if r.get('converged', True) else ', not reached'}) "
             f"| {r['lower']:.3f} – {r['upper']:.3f} | {r['engine_seconds']:.0f} "
             f"| {r['mu_paper']:.3f} | {_pct(r['gap_paper'])} | {r['mu_engine_aware']:.3f} "
             f"| **{_pct(r['gap_engine_aware'])}** | {r['binding']} |"
