@@ -348,9 +348,10 @@ def _theory(
     so pricing every batch at it counted them twice (−80% on the embedded default). An engine
     that counts its own iterations (vLLM) gives its mean iteration time in the saturated probe
     (`engine_iteration`), the time the model's completions per iteration are paid at, read
-    from the engine rather than from the client's streams: on the real CPU vLLM at M = 1,024 the
-    client's b̄ came out ~16% above it and priced the engine-aware μ 12–14% low (within 2% with
-    the engine's count; on kvbench's own emulator the two agree within 1%). For mixed batches
+    from the engine rather than from the client's streams: on the real CPU vLLM the client's b̄
+    came out 5–14% above it in eight runs and priced the engine-aware μ 12–14% low in the first
+    two (within 2% of every bracket with the engine's count; on kvbench's own emulator the two
+    agree within 1%). For mixed batches
     otherwise, and before any such run, the measured b̄ stands for every iteration."""
     paper = theory.evaluate(
         workload, kv_tokens=profile.kv_tokens, chunk_size=profile.chunk_size, batch_time=batch_time
