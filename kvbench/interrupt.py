@@ -18,18 +18,37 @@ from collections.abc import Iterator
 from types import FrameType
 
 _terminated = False
+_shielded = False
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     global _terminated
     _terminated = True
+    if _shielded:
+        # the command is finishing what it must not lose (a report); exit_code() still says it
+        # was terminated once it is done
+        return
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
         handler(signal.SIGINT, frame)
-    elif handler == signal.SIG_DFL:
+    else:
+        # SIG_DFL, or SIG_IGN inherited: a shell without job control starts background
+        # commands with SIGINT ignored, and a SIGTERM must stop them all the same
         raise KeyboardInterrupt
-    # SIG_IGN: the command is finishing what it must not lose (a report); exit_code() still
-    # says it was terminated once it is done
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Within the block neither Ctrl-C (ignored) nor SIGTERM (remembered for the exit status)
+    interrupts: for work that only saves what was already measured."""
+    global _shielded
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _shielded = True
+    try:
+        yield
+    finally:
+        _shielded = False
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import pytest
 from kvbench.benchmark.recorder import read_run
 
 
-def _start(tmp_path: Path, *args: str) -> subprocess.Popen:
+def _start(tmp_path: Path, *args: str, sigint_ignored: bool = False) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "kvbench", *args],
         cwd=tmp_path,
@@ -25,6 +25,10 @@ def _start(tmp_path: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # a signal for kvbench alone, as a job runner sends it
+        # as a shell without job control starts `kvbench … &`
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        if sigint_ignored
+        else None,
     )
 
 
@@ -149,8 +153,13 @@ def test_boundary_stops_on_sigterm(tmp_path):
     assert "Traceback" not in err
 
 
-def test_emulate_exits_143_on_sigterm(tmp_path):
-    p = _start(tmp_path, "emulate", "--engine", "trtllm", "--port", "0")
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "background"])
+def test_emulate_exits_143_on_sigterm(tmp_path, sigint_ignored):
+    # started in the background by a script, SIGINT is ignored from birth: SIGTERM must still
+    # stop it (it did nothing, and a CI run's emulators outlived their tests)
+    p = _start(
+        tmp_path, "emulate", "--engine", "trtllm", "--port", "0", sigint_ignored=sigint_ignored
+    )
     _wait_for(lambda: p.poll() is not None or _listening(p.pid), "the emulator to listen")
     rc, _, err = _stop(p)
     assert rc == 143, err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import signal
 import sys
 from pathlib import Path
 
@@ -435,11 +434,8 @@ def compare(
     with view:
         directory = run_compare(config, view, resume=resume)
     # measuring is over: a Ctrl-C (or SIGTERM) now would only lose the report, so let it finish
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    with interrupt.shielded():
         report, _ = write_report(directory, figures=figures, shared_plotlyjs=shared_plotlyjs)
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if as_json:
         write_json(report.results.to_dict())
     else:
