@@ -32,8 +32,9 @@ class BacklogBins:
 
     work: served work (token·iterations of KV) per bin; starts/finishes: first tokens and
     completions per bin; start_prompt/start_output: the prompt and output tokens of the requests
-    that started in each bin (the served-work estimator's control variates); backlog: requests sent and not started at each bin's end (the client's
-    count); waiting: the engine's own waiting gauge there (None when it has none)."""
+    that started in each bin (the served-work estimator's control variates); backlog: requests
+    sent and not started at each bin's end (the client's count); waiting: the engine's own
+    waiting gauge there (None when it has none)."""
 
     first: int
     bin_width: float
