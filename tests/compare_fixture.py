@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from kvbench.backends.base import QueueSample, RequestRecord
+from kvbench.benchmark import raw
 from kvbench.benchmark.recorder import RunRecorder
-from kvbench.report import raw
 
 
 def _run(directory: Path, rate: float, capacity: float, duration: float, rng) -> None:

@@ -16,8 +16,8 @@ from kvbench.backends import engines, launch
 from kvbench.benchmark.compare import EMBEDDED, CompareConfig, run_compare
 from kvbench.cli import cli
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
+from kvbench.export.compare_report import write_report
 from kvbench.profile import build_profile
-from kvbench.report import write_report
 from kvbench.report.schema import load_results
 from kvbench.workload import load_workload
 

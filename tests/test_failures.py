@@ -27,9 +27,9 @@ from kvbench.benchmark.runner import summarize
 from kvbench.benchmark.search import find_boundary
 from kvbench.cli import cli
 from kvbench.errors import KvbenchError
+from kvbench.export.compare_report import write_report
 from kvbench.output.run import run_summary_text
 from kvbench.redact import redact
-from kvbench.report import write_report
 from kvbench.report.schema import SCHEMA_VERSION, load_results
 from kvbench.workload import load_workload
 

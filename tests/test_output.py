@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import click
 import numpy as np
 
-from kvbench.export.json import to_jsonable, write_json
+from kvbench.export.json import write_json
+from kvbench.jsonable import to_jsonable
 from kvbench.output.terminal import aligned_lines, display_width, estimate
 from kvbench.theory import Stability
 

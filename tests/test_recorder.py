@@ -10,7 +10,13 @@ import textwrap
 import pytest
 
 from kvbench.backends.base import QueueSample, RequestRecord
-from kvbench.benchmark.recorder import REQUESTS_FILE, RunRecorder, read_run
+from kvbench.benchmark.recorder import (
+    REQUESTS_FILE,
+    SUMMARY_FILE,
+    RunRecorder,
+    read_run,
+    write_summary,
+)
 from kvbench.errors import KvbenchError
 
 # what the runner writes, down to the fields a summary is computed from (read_run checks them)
@@ -106,3 +112,15 @@ def test_a_killed_writer_leaves_a_readable_run(tmp_path):
     assert data.truncated and data.status == "killed"
     assert len(data.records) >= 51
     assert [r.request_id for r in data.records] == list(range(len(data.records)))
+
+
+def test_a_summary_with_unknown_figures_is_strict_json(tmp_path):
+    # a summary's NaN sits deep in nested dicts (a verdict's evidence); JSON has no NaN, and a
+    # strict reader (jq, JavaScript) rejects the file that holds one
+    write_summary(tmp_path, {"verdict": "STABLE", "evidence": {"slope": float("nan")}, "x": [1.5]})
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in summary.json")
+
+    data = json.loads((tmp_path / SUMMARY_FILE).read_text(), parse_constant=refuse)
+    assert data == {"verdict": "STABLE", "evidence": {"slope": None}, "x": [1.5]}

@@ -118,6 +118,8 @@ def test_compare_replays_the_trace_in_every_probe_scaled_to_its_rate(tmp_path):
         [
             "compare", "--backends", "sim:vllm", "--workload", str(trace), "--replay",
             "--kv-tokens", "2048", "--output-dir", str(out), "--no-progress",
+            # a coarse bracket: what is checked is each probe's schedule, not the boundary
+            "--precision", "0.5",
         ],
     )  # fmt: skip
     assert r.exit_code == 0, r.output

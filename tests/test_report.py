@@ -11,7 +11,7 @@ import pytest
 from compare_fixture import make_compare_dir
 
 from kvbench.errors import KvbenchError
-from kvbench.report import write_report
+from kvbench.export.compare_report import write_report
 from kvbench.report.schema import SCHEMA_VERSION, load_results
 
 EVIL = '<script>console.log("injected")</script>'

@@ -8,7 +8,7 @@ import re
 from browser import load
 from compare_fixture import make_compare_dir
 
-from kvbench.report import write_report
+from kvbench.export.compare_report import write_report
 
 EVIL = '<script>console.log("injected")</script><b>bold</b>'
 

@@ -213,7 +213,9 @@ def test_compare_writes_its_report_and_stops_its_emulators_on_sigterm(tmp_path):
 
 
 def test_compare_killed_by_sigterm_resumes_without_rerunning_judged_probes(tmp_path):
+    # a coarse bracket: what is checked is that judged probes survive, not the boundary
     args = ("compare", "--backends", "trtllm", "--no-progress", "--method", "open-loop")
+    args += ("--precision", "0.3")
     p = _start(tmp_path, *args)
     engine = lambda: next(iter((tmp_path / "reports").glob("*/engines/0-trtllm/engine.json")), None)  # noqa: E731
     _wait_for(lambda: engine() is not None, "the compare directory")

@@ -354,7 +354,7 @@ def test_slo_rate_between_probes_provisions_and_prices_a_launched_engine(tmp_pat
     0.95·c (the fixture's FIFO server: queueing grows toward capacity c) brackets the SLO rate
     strictly between those probes, below λ*'s; provisioning takes it (the smaller); and a
     launch with --tensor-parallel-size 4 prices 4 GPUs a replica."""
-    from kvbench.report import raw
+    from kvbench.benchmark import raw
     from kvbench.report.build import build_report
     from tests.compare_fixture import make_compare_dir
 

@@ -4,7 +4,7 @@ For each engine, in turn: resolve its backend (launch from a recipe, attach by U
 kvbench's emulator of it, or the simulated engine), discover its profile, estimate b̄ from its own iteration timings
 in a short saturating calibration run, evaluate the theory at that b̄, search the boundary
 starting from the theory's μ, and close the backend. Everything is written to the compare
-directory as it happens (kvbench/report/raw.py describes the files), so one engine failing, or a
+directory as it happens (kvbench/benchmark/raw.py describes the files), so one engine failing, or a
 Ctrl-C, loses nothing already measured; the report is built from those files afterwards.
 
 This module measures; presentation (progress view, terminal summary) observes it through
@@ -24,7 +24,7 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
-from kvbench import __version__, interrupt, provenance, theory, validate
+from kvbench import __version__, interrupt, provenance, validate
 from kvbench.backends import settings
 from kvbench.backends.amended import AmendedProfile
 from kvbench.backends.base import (
@@ -34,14 +34,11 @@ from kvbench.backends.base import (
 )
 from kvbench.backends.launch import LaunchOptions, launched_servers
 from kvbench.backends.replicas import RoundRobinBackend
+from kvbench.benchmark import raw
 from kvbench.benchmark import resume as resume_compare
 from kvbench.benchmark.batch_time import (
-    MIN_TIMINGS,
-    PROBE_SOURCE,
     BatchTimeEstimate,
     check_trim,
-    estimate_batch_time,
-    saturated_decode_times,
 )
 from kvbench.benchmark.burst import (
     burst_duration,
@@ -50,6 +47,12 @@ from kvbench.benchmark.burst import (
     warm_up,
 )
 from kvbench.benchmark.compare_ray import RayPlacement, measure_on_ray, placement_session
+from kvbench.benchmark.measured_theory import (
+    reported_iterations_fit,
+    saturated_batch_time,
+    theory_beside,
+    warmup_end,
+)
 from kvbench.benchmark.recorder import RunRecorder, read_run, versions
 from kvbench.benchmark.search import (
     DEFAULT_PRECISION,
@@ -58,15 +61,11 @@ from kvbench.benchmark.search import (
     check_search_settings,
 )
 from kvbench.benchmark.separate_batches import SOURCE as SEPARATE_SOURCE
-from kvbench.benchmark.separate_batches import SeparateBatchTimes, separate_batch_times
+from kvbench.benchmark.separate_batches import separate_batch_times
 from kvbench.benchmark.slo import DEFAULT_PERCENTILES, Slo
-from kvbench.calibration import IterationTimeFit, fit_iteration_time
 from kvbench.cost import Pricing
-from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.errors import KvbenchError
-from kvbench.profile import EngineProfile, IterationTimeModel
 from kvbench.redact import redact_url
-from kvbench.report import raw
 from kvbench.workload import Workload, load_workload
 
 # What an engine name means with no --url and no --launch: kvbench's emulator of the engine,
@@ -323,72 +322,6 @@ class _Engine:
         return path.relative_to(root).as_posix()
 
 
-# Fewer reported iterations than this fit nothing worth using.
-MIN_REPORTED_ITERATIONS = 200
-
-
-def _theory(
-    workload: Workload,
-    profile: EngineProfile,
-    batch_time: float,
-    replicas: int,
-    separate: SeparateBatchTimes | None = None,
-    fit: IterationTimeFit | None = None,
-    engine_iteration: float | None = None,
-) -> dict:
-    """The paper's μ at the measured b̄, and the engine-aware μ.
-
-    The engine-aware μ evaluates each bound's iteration time at its own operating point when the
-    engine's iteration-time model is known (a simulated engine's profile carries it; a real
-    engine's discovered profile does not), or fitted to the iterations the engine reported
-    (`fit`: TensorRT-LLM's per-iteration stats). Otherwise, for an engine that runs prefill and decode
-    as separate batches (SGLang), it takes the decode and prefill batch times measured apart in
-    the run nearest saturation (`separate`): the measured b̄ is the client's time per output
-    token, which holds the interleaved prefill batches that the engine-aware model counts itself,
-    so pricing every batch at it counted them twice (−80% on the embedded default). An engine
-    that counts its own iterations (vLLM) gives its mean iteration time in the saturated probe
-    (`engine_iteration`), the time the model's completions per iteration are paid at, read
-    from the engine rather than from the client's streams: on the real CPU vLLM the client's b̄
-    came out 5–14% above it in eight runs and priced the engine-aware μ 12–14% low in the first
-    two (within 2% of every bracket with the engine's count; on kvbench's own emulator the two
-    agree within 1%). For mixed batches
-    otherwise, and before any such run, the measured b̄ stands for every iteration."""
-    paper = theory.evaluate(
-        workload, kv_tokens=profile.kv_tokens, chunk_size=profile.chunk_size, batch_time=batch_time
-    )
-    law = LengthLaw.from_workload(workload)
-    if profile.iteration_time.known:
-        aware = engine_aware_mu(profile, law)
-        source = "engine profile"
-    elif fit is not None:
-        aware = engine_aware_mu(profile, law, iteration_fit=fit)
-        source = f"fitted to {fit.n_iterations:,} iterations the engine reported"
-    elif separate is not None and profile.separate_prefill_decode:
-        times = (separate.decode, separate.prefill)
-        aware = engine_aware_mu(profile, law, batch_times=times)
-        source = "measured decode and prefill batch times"
-    elif engine_iteration is not None:
-        aware = engine_aware_mu(
-            profile, law, iteration_model=IterationTimeModel.constant(engine_iteration)
-        )
-        source = "the engine's mean iteration time (its own iteration count)"
-    else:
-        aware = engine_aware_mu(
-            profile, law, iteration_model=IterationTimeModel.constant(batch_time)
-        )
-        source = "measured b̄ (constant)"
-    return {
-        "mean_g": paper.expected_g.mean,
-        "delta": paper.delta,
-        "mu_replica": paper.mu,
-        "mu": replicas * paper.mu,
-        "mu_lower": replicas * paper.mu_lower,
-        "mu_engine_aware": replicas * aware.mu,
-        "binding": aware.binding,
-        "iteration_model": source,
-    }
-
-
 class _Relay:
     """An event sink that shows queue samples to the observer (and passes events on to the
     recorder, when there is one)."""
@@ -600,7 +533,7 @@ def run_compare(
     config: CompareConfig, observer: CompareObserver, resume: Path | None = None
 ) -> Path:
     """Measure every engine; return the compare directory (raw files only: build the report
-    with kvbench.report.write_report). KeyboardInterrupt stops after saving what was measured,
+    with kvbench.export.compare_report.write_report). KeyboardInterrupt stops after saving what was measured,
     and the directory says so. `resume`: the directory of an interrupted comparison of the same
     configuration to continue (kvbench.benchmark.resume)."""
     config.check()
@@ -817,7 +750,7 @@ def _measure(
     )
     _record_profile(engine, discovered, flags)
     profile = discovered.profile
-    engine.data["theory"] = _theory(workload, profile, batch.value, engine.data["replicas"])
+    engine.data["theory"] = theory_beside(workload, profile, batch.value, engine.data["replicas"])
     engine.save()
     backlog = _search(backend, engine, root, workload, config, observer, label, given)
     if backlog is not None:
@@ -838,9 +771,9 @@ def _measure(
         # a client that fell behind read its streams late, bunching their tokens: its b̄ is not
         # the engine's (an UNSTABLE verdict stands without it: kvbench.benchmark.runner)
         records = run.records if probe.get("client_kept_schedule", True) else []
-        after = _warmup_end(run)
+        after = warmup_end(run)
         where = f"the overloaded probe at λ = {probe['rate']:.3f} req/s"
-    b = _saturated_batch_time(records, after, where, config) or BatchTimeEstimate(
+    b = saturated_batch_time(records, after, where, config.trim) or BatchTimeEstimate(
         **engine.data["batch_time"]
     )
     if b.source != engine.data["batch_time"]["source"]:
@@ -854,10 +787,10 @@ def _measure(
         )
     if separate is not None:
         engine.data["separate_batch_times"] = asdict(separate)
-    fit = _reported_iterations_fit(backend)
+    fit = reported_iterations_fit(backend)
     if fit is not None:
         engine.data["iteration_fit"] = fit.to_json()
-    engine.data["theory"] = _theory(
+    engine.data["theory"] = theory_beside(
         workload,
         discovered.profile,
         b.value,
@@ -887,40 +820,6 @@ def _saturated_run(engine: _Engine, root: Path):
         return None
     probe = min(unstable, key=lambda p: p["rate"])
     return read_run(root / probe["run_dir"]), probe
-
-
-def _reported_iterations_fit(backend: Backend) -> IterationTimeFit | None:
-    """The iteration-time model fitted to every iteration the engine itself reported during the
-    calibration burst and the probes (TensorRT-LLM's iteration stats: latency, context tokens,
-    generation requests, KV blocks), when it reports them and they pin c0 down; else None."""
-    windows = backend.iteration_windows()
-    if windows is None or len(windows) < MIN_REPORTED_ITERATIONS:
-        return None
-    try:
-        fit = fit_iteration_time(windows)
-    except KvbenchError:
-        return None
-    return fit if fit.c0 > 0 else None
-
-
-def _warmup_end(run) -> float:
-    """Where the run's steady part begins, as its verdict found it (0 when it found none)."""
-    from kvbench.benchmark.runner import summarize
-
-    evidence = summarize(run.header, run.records, run.samples, status=run.status)["evidence"]
-    return float((evidence or {}).get("warmup_end", 0.0))
-
-
-def _saturated_batch_time(
-    records: list[RequestRecord], after: float, where: str, config: CompareConfig
-) -> BatchTimeEstimate | None:
-    """b̄ as the paper measured it: in a run of the engine saturated (after its warm-up) rather
-    than in the calibration burst, whose all-at-once arrivals make it more prefill-heavy than
-    steady saturation. None when the run has too few timings."""
-    timings = saturated_decode_times(records, after=after)
-    if timings.size < MIN_TIMINGS:
-        return None
-    return estimate_batch_time(timings, source=PROBE_SOURCE.format(where=where), trim=config.trim)
 
 
 def _backlog_search(

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from kvbench import interrupt
+from kvbench.benchmark import raw
 from kvbench.errors import KvbenchError
 from kvbench.ray_session import check_address, finished, import_ray, ray_session
-from kvbench.report import raw
 
 # measure(directory, engine entry, observer or None) → whether it was interrupted; run on the node
 MeasureEngine = Callable[[Path, dict[str, Any], Any], bool]

@@ -31,6 +31,7 @@ import numpy as np
 
 from kvbench import __version__, validate
 from kvbench.backends.base import QueueSample, RequestRecord
+from kvbench.benchmark.raw import write_json_atomic
 from kvbench.errors import KvbenchError
 
 RUN_FORMAT = "kvbench-run/1"
@@ -76,7 +77,7 @@ class RunRecorder:
                 raise KvbenchError(
                     f"{self.directory}: already holds a run; choose a new --output directory"
                 )
-            _write_json_atomic(self.directory / HEADER_FILE, {"format": RUN_FORMAT, **header})
+            write_json_atomic(self.directory / HEADER_FILE, {"format": RUN_FORMAT, **header})
             self._requests = open(self.directory / REQUESTS_FILE, "w", encoding="utf-8")
             self._samples = open(self.directory / SAMPLES_FILE, "w", encoding="utf-8")
         except OSError as err:
@@ -112,7 +113,7 @@ class RunRecorder:
         self._requests.close()
         self._samples.close()
         self._requests = self._samples = None
-        _write_json_atomic(
+        write_json_atomic(
             self.directory / END_FILE, {"status": status, "error": error, "scrape": scrape}
         )
 
@@ -121,15 +122,8 @@ class RunRecorder:
             write_summary(self.directory, summary)
 
 
-def _write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
-    """Replace `path` in one step, so a reader (or a crash) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_clean) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_summary(directory: Path | str, summary: dict[str, Any]) -> None:
-    _write_json_atomic(Path(directory) / SUMMARY_FILE, summary)
+    write_json_atomic(Path(directory) / SUMMARY_FILE, summary)
 
 
 @dataclass

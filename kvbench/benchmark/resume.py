@@ -24,12 +24,12 @@ from typing import Any
 
 from kvbench import __version__
 from kvbench.backends.base import QueueSample
+from kvbench.benchmark import raw
 from kvbench.benchmark.batch_time import BatchTimeEstimate
 from kvbench.benchmark.recorder import HEADER_FILE, SUMMARY_FILE, read_samples
 from kvbench.benchmark.search import Probe
 from kvbench.errors import KvbenchError
-from kvbench.export.json import dumps
-from kvbench.report import raw
+from kvbench.jsonable import dumps
 
 # The settings a resumed comparison must share with the interrupted one (compare.json's config
 # keys), by the flag that sets them. The search budget, target rate, URLs (a server may come

@@ -19,6 +19,7 @@ from kvbench.cli import options, vllm_flags
 from kvbench.cli.backend_options import auth_options, request_headers
 from kvbench.errors import KvbenchError
 from kvbench.export import figures as static_figures
+from kvbench.export.compare_report import write_report
 from kvbench.export.json import write_json
 from kvbench.output import economics
 from kvbench.output.compare_progress import CompareProgress, PlainCompareProgress
@@ -27,7 +28,6 @@ from kvbench.output.run import queue_stability_row
 from kvbench.output.terminal import block, highlight
 from kvbench.provenance import check_exporter_url, parse_metadata
 from kvbench.redact import redact_url
-from kvbench.report import write_report
 from kvbench.report.build import Report
 from kvbench.report.schema import CompareResults, EngineResult
 from kvbench.report.table import engine_name, fmt_bracket, fmt_gap, fmt_rate

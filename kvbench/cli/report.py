@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from kvbench.benchmark.raw import is_compare_dir
 from kvbench.benchmark.recorder import read_run, write_summary
 from kvbench.benchmark.runner import summarize
 from kvbench.cli import options
@@ -17,7 +18,6 @@ from kvbench.cli.run import run_exit_status
 from kvbench.errors import KvbenchError
 from kvbench.export.json import write_json
 from kvbench.output.run import run_summary_text
-from kvbench.report.raw import is_compare_dir
 
 
 class _ReportGroup(click.Group):

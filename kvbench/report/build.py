@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+from kvbench.benchmark import raw
 from kvbench.benchmark.failures import merge_failures
 from kvbench.benchmark.recorder import read_run
 from kvbench.benchmark.runner import summarize
 from kvbench.benchmark.slo import Slo, percentile_key, slo_boundary
 from kvbench.cost import Pricing, economics
 from kvbench.errors import KvbenchError
-from kvbench.report import raw
 from kvbench.report.schema import (
     VERDICTS,
     BatchTime,

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from kvbench import __version__
+from kvbench.benchmark import raw
 from kvbench.benchmark.compare import banner_for, slug
 from kvbench.errors import KvbenchError
-from kvbench.report import raw
 from kvbench.report.system import hardware_of
 
 # configuration keys whose difference makes rows incomparable, with how a warning names them
@@ -53,7 +53,7 @@ def mismatches(sources: list[tuple[Path, dict[str, Any]]]) -> list[str]:
 
 def merge(directories: list[Path], output: Path, command: str) -> Path:
     """Write the merged compare directory `output` (raw files only: build the report with
-    kvbench.report.write_report); its compare.json carries the warnings."""
+    kvbench.export.compare_report.write_report); its compare.json carries the warnings."""
     if len(directories) < 2:
         raise KvbenchError("report merge: give at least two compare directories")
     if output.exists() and any(output.iterdir()):

@@ -15,7 +15,7 @@ from typing import Any
 
 from kvbench import validate
 from kvbench.errors import KvbenchError
-from kvbench.export.json import dumps
+from kvbench.jsonable import dumps
 
 SCHEMA = "kvbench.compare.results"
 # 2: verdicts gained FAILING (a reader that knew three values would misread a fourth), probes

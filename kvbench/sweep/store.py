@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from kvbench.errors import KvbenchError
-from kvbench.export.json import to_jsonable
+from kvbench.jsonable import to_jsonable
 
 ROWS_FILE = "cells.jsonl"
 GRID_FILE = "grid.json"

@@ -17,7 +17,7 @@ from typing import Any
 
 from kvbench import validate
 from kvbench.errors import KvbenchError
-from kvbench.export.json import dumps
+from kvbench.jsonable import dumps
 
 COMPARE_FILE = "compare.json"
 ENGINE_FILE = "engine.json"
