@@ -346,14 +346,7 @@ class Calibration:
 def load_calibration(path: str | Path) -> Calibration:
     """A calibration saved by `kvbench calibrate --output` (a bare fit object is accepted)."""
     path = Path(path)
-    try:
-        data = json.loads(validate.input_text(path))
-    except FileNotFoundError:
-        raise KvbenchError(f"{path}: no such file") from None
-    except json.JSONDecodeError as err:
-        raise KvbenchError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
-    if not isinstance(data, dict):
-        raise KvbenchError(f"{path}: expected a JSON object")
+    data = validate.input_json_object(path)
     waste = data.get("preemption_waste")
     if waste is not None and not (isinstance(waste, (int, float)) and waste >= 0):
         raise KvbenchError(f"{path}: preemption_waste must be a non-negative number")

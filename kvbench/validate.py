@@ -4,11 +4,13 @@ raises a one-line KvbenchError naming `what`."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import stat
 from numbers import Integral, Real
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from kvbench.errors import KvbenchError
@@ -148,3 +150,17 @@ def input_text(path: str | Path) -> str:
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         raise KvbenchError(f"{path}:{line}: not UTF-8 text") from None
+
+
+def input_json_object(path: str | Path, *, missing: str = "no such file") -> dict[str, Any]:
+    """A JSON object from a user-given or kvbench-written file, every fault one line naming the
+    file (and the line, for a syntax error); `missing` says what an absent file means."""
+    try:
+        data = json.loads(input_text(path))
+    except FileNotFoundError:
+        raise KvbenchError(f"{path}: {missing}") from None
+    except json.JSONDecodeError as err:
+        raise KvbenchError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise KvbenchError(f"{path}:1: expected a JSON object")
+    return data

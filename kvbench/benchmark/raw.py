@@ -10,7 +10,6 @@ an interrupted compare leaves a directory this module can still read.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -34,15 +33,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(validate.input_text(path))
-    except FileNotFoundError:
-        raise KvbenchError(f"{path}: missing") from None
-    except json.JSONDecodeError as err:
-        raise KvbenchError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
-    if not isinstance(data, dict):
-        raise KvbenchError(f"{path}:1: expected a JSON object")
-    return data
+    return validate.input_json_object(path, missing="missing")
 
 
 def is_compare_dir(directory: Path) -> bool:

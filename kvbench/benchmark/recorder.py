@@ -157,11 +157,10 @@ def _read_text(path: Path) -> str:
         raise KvbenchError(f"{path}: missing (is {path.parent} a kvbench run directory?)") from None
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(_read_text(path))
-    except json.JSONDecodeError as err:
-        raise KvbenchError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+def _read_json(path: Path) -> dict[str, Any]:
+    return validate.input_json_object(
+        path, missing=f"missing (is {path.parent} a kvbench run directory?)"
+    )
 
 
 def _is(value: Any, kind: Any) -> bool:
@@ -226,9 +225,9 @@ def _read_jsonl(path: Path, cls: type) -> tuple[list, int]:
 END_STATUSES = ("completed", "interrupted", "failed")
 
 
-def _check_header(header: Any, path: Path) -> dict[str, Any]:
+def _check_header(header: dict[str, Any], path: Path) -> dict[str, Any]:
     """The header fields a summary is computed from, each of the right type."""
-    if not isinstance(header, dict) or header.get("format") != RUN_FORMAT:
+    if header.get("format") != RUN_FORMAT:
         raise KvbenchError(f"{path}: not a {RUN_FORMAT} header")
     config = header.get("config")
     if not isinstance(config, dict):
@@ -250,12 +249,8 @@ def _check_header(header: Any, path: Path) -> dict[str, Any]:
     return header
 
 
-def _check_end(end: Any, path: Path) -> dict[str, Any]:
-    if (
-        not isinstance(end, dict)
-        or end.get("status") not in END_STATUSES
-        or not _is(end.get("error"), str | None)
-    ):
+def _check_end(end: dict[str, Any], path: Path) -> dict[str, Any]:
+    if end.get("status") not in END_STATUSES or not _is(end.get("error"), str | None):
         raise KvbenchError(
             f"{path}: not an end record (expected status {', '.join(END_STATUSES)} and an error)"
         )

@@ -8,7 +8,6 @@ bumps the version, adding an optional field does not.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,13 +262,8 @@ def _build(cls, data: Any, where: str):
 
 def load_results(path: Path) -> CompareResults:
     """Read a results.json, checking its schema name and version."""
-    try:
-        data = json.loads(validate.input_text(path))
-    except FileNotFoundError:
-        raise KvbenchError(f"{path}: missing") from None
-    except json.JSONDecodeError as err:
-        raise KvbenchError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+    data = validate.input_json_object(path, missing="missing")
+    if data.get("schema") != SCHEMA:
         raise KvbenchError(f"{path}: not a kvbench compare results file (schema {SCHEMA!r})")
     if data.get("schema_version") not in READABLE_VERSIONS:
         raise KvbenchError(
