@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from kvbench.backends import engines, launch
-from kvbench.benchmark.compare import EMBEDDED, CompareConfig, run_compare
+from kvbench.benchmark.compare import run_compare
+from kvbench.benchmark.compare_config import EMBEDDED, CompareConfig
 from kvbench.cli import cli
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.export.compare_report import write_report
@@ -289,7 +290,7 @@ def test_emulated_boundary_agrees_with_the_same_configuration_simulated(emulated
 
 
 def test_the_search_starts_near_what_the_calibration_burst_completed():
-    from kvbench.benchmark.compare import _start_rate
+    from kvbench.benchmark.compare_search import start_rate
 
     def data(aware, burst):
         return {
@@ -298,12 +299,12 @@ def test_the_search_starts_near_what_the_calibration_burst_completed():
         }
 
     # the theory when it is the higher (an overloaded probe measures the capacity anyway)...
-    assert _start_rate(data(180.0, 150.0)) == 180.0
+    assert start_rate(data(180.0, 150.0)) == 180.0
     # ...the burst's throughput when the theory undershoots...
-    assert _start_rate(data(12.0, 60.0)) == 60.0
+    assert start_rate(data(12.0, 60.0)) == 60.0
     # ...and never past twice the burst: a b̄ from bunched token times put the theory at 2,770
-    assert _start_rate(data(2770.0, 150.0)) == 300.0
-    assert _start_rate(data(95.0, None)) == 95.0
+    assert start_rate(data(2770.0, 150.0)) == 300.0
+    assert start_rate(data(95.0, None)) == 95.0
 
 
 def test_default_compare_brackets_each_emulated_engine_with_one_backlog_probe(tmp_path):

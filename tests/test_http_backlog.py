@@ -19,7 +19,7 @@ from kvbench.backends.amended import AmendedProfile
 from kvbench.backends.backlog import BIN_WIDTH, RequestStream
 from kvbench.backends.registry import resolve_backend
 from kvbench.backends.vllm import VllmBackend
-from kvbench.benchmark.compare import EMBEDDED
+from kvbench.benchmark.compare_config import EMBEDDED
 from kvbench.errors import KvbenchError
 from kvbench.workload import load_workload
 

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from kvbench.benchmark import search
-from kvbench.benchmark.compare import CompareConfig, run_compare
+from kvbench.benchmark.compare import run_compare
+from kvbench.benchmark.compare_config import CompareConfig
 from kvbench.cli import cli
 
 BACKENDS = ["sim:trtllm", "sim:sglang"]

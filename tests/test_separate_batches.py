@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from kvbench.backends.base import RequestRecord
-from kvbench.benchmark.compare import EMBEDDED
+from kvbench.benchmark.compare_config import EMBEDDED
 from kvbench.benchmark.separate_batches import separate_batch_times
 from kvbench.cli import cli
 from kvbench.engine_theory import LengthLaw, engine_aware_mu

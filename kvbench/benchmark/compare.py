@@ -1,11 +1,13 @@
 """Measure several engines' stability boundaries on one workload, side by side with theory.
 
 For each engine, in turn: resolve its backend (launch from a recipe, attach by URL, start
-kvbench's emulator of it, or the simulated engine), discover its profile, estimate b̄ from its own iteration timings
-in a short saturating calibration run, evaluate the theory at that b̄, search the boundary
-starting from the theory's μ, and close the backend. Everything is written to the compare
-directory as it happens (kvbench/benchmark/raw.py describes the files), so one engine failing, or a
-Ctrl-C, loses nothing already measured; the report is built from those files afterwards.
+kvbench's emulator of it, or the simulated engine), discover its profile, estimate b̄ from its
+own iteration timings in a short saturating calibration run, evaluate the theory at that b̄
+(measured_theory), search the boundary starting from the theory's μ (compare_search), and close
+the backend. Everything is written to the compare directory as it happens (kvbench/benchmark/
+raw.py describes the files), so one engine failing, or a Ctrl-C, loses nothing already
+measured; the report is built from those files afterwards. What is asked, and what each label
+stands for, is compare_config's.
 
 This module measures; presentation (progress view, terminal summary) observes it through
 `CompareObserver`.
@@ -13,285 +15,52 @@ This module measures; presentation (progress view, terminal summary) observes it
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import numpy as np
 
-from kvbench import __version__, interrupt, provenance, validate
+from kvbench import __version__, interrupt, provenance
 from kvbench.backends import settings
-from kvbench.backends.amended import AmendedProfile
-from kvbench.backends.base import (
-    Backend,
-    QueueSample,
-    RequestRecord,
-)
-from kvbench.backends.launch import LaunchOptions, launched_servers
-from kvbench.backends.replicas import RoundRobinBackend
+from kvbench.backends.base import Backend, QueueSample
+from kvbench.backends.launch import launched_servers
 from kvbench.benchmark import raw
 from kvbench.benchmark import resume as resume_compare
-from kvbench.benchmark.batch_time import (
-    BatchTimeEstimate,
-    check_trim,
-)
+from kvbench.benchmark.batch_time import BatchTimeEstimate
 from kvbench.benchmark.burst import (
     burst_duration,
     calibration_requests,
     run_burst,
     warm_up,
 )
-from kvbench.benchmark.compare_ray import RayPlacement, measure_on_ray, placement_session
+from kvbench.benchmark.compare_config import (
+    CompareConfig,
+    CompareObserver,
+    backend_spec,
+    banner_for,
+    open_backend,
+    replica_count,
+    slug,
+)
+from kvbench.benchmark.compare_ray import measure_on_ray, placement_session
+from kvbench.benchmark.compare_search import ObserverRelay, saturated_run, search
 from kvbench.benchmark.measured_theory import (
     reported_iterations_fit,
     saturated_batch_time,
     theory_beside,
     warmup_end,
 )
-from kvbench.benchmark.recorder import RunRecorder, read_run, versions
-from kvbench.benchmark.search import (
-    DEFAULT_PRECISION,
-    BoundaryResult,
-    Probe,
-    check_search_settings,
-)
+from kvbench.benchmark.raw import EngineRecord
+from kvbench.benchmark.recorder import RunRecorder, versions
 from kvbench.benchmark.separate_batches import SOURCE as SEPARATE_SOURCE
 from kvbench.benchmark.separate_batches import separate_batch_times
-from kvbench.benchmark.slo import DEFAULT_PERCENTILES, Slo
-from kvbench.cost import Pricing
 from kvbench.errors import KvbenchError
 from kvbench.redact import redact_url
 from kvbench.workload import Workload, load_workload
-
-# What an engine name means with no --url and no --launch: kvbench's emulator of the engine,
-# started as a child process and measured over HTTP like a real engine.
-EMBEDDED_KIND = "emulate"
-
-
-@dataclass(frozen=True)
-class EmbeddedDefault:
-    """What `kvbench compare --backends trtllm,sglang` measures with no --url, no --launch and no
-    --workload: each engine's emulator (its scheduler in kvbench's simulator, behind the engine's
-    own HTTP API) on a scaled-down version of the paper's 1:1 setting, so that the whole
-    comparison takes about a minute of a laptop's CPU while every figure is still measured
-    through the real path (HTTP, streaming, scraped engine state, statistical verdicts).
-
-    Why these levers, and not others: the emulator streams one chunk per output token in Python,
-    and each request costs ~1 ms of CPU in the emulator and again in the client, so the work a
-    comparison can afford is counted in requests and tokens, not engine-seconds. Short requests
-    (s, o ~ U{1..32}) and a KV cache of 2,048 tokens keep ~40–80 requests in each engine (δ =
-    max(s+o)/M = 3%, the paper's order of magnitude) and a request's life to ~17 iterations, so
-    a probe of 20 lives is ~1,000 requests. The A100 iteration-time model is kept, so every
-    figure stays in that engine's seconds; `time_scale` runs the emulated engine at that many
-    engine seconds per real second, chosen to keep the emulator and client well under a core
-    (queueing in the emulator's own process would look like engine queueing). The default
-    `vidur-a100-llama3-8b` model runs these small batches about twice as fast as the earlier
-    illustrative one did at 2.5, so 1.25 keeps the real request rate where it was: at 2.5 the whole
-    comparison used 0.75 of a core on average (38 s of CPU in 51 s) on a 2-core VM, and its
-    brackets overlapped `sim:`'s, also with another process holding a core (109 s then). The client
-    converts its clock to the engine's, so rates, b̄ and lengths are the emulated engine's and
-    can be set beside the theory and `sim:` (the same configuration simulated) unchanged."""
-
-    workload: str = "uniform:1-32,1-32"
-    kv_tokens: int = 2048
-    time_scale: float = 1.25
-    # a bracket 10% wide: each halving of the width costs about as much as the search so far
-    precision: float = 0.10
-
-
-EMBEDDED = EmbeddedDefault()
-REAL_ENGINE_WORKLOAD = "pd-1:1"
-
-
-@dataclass
-class CompareConfig:
-    backends: list[str]  # labels, e.g. ["trtllm", "sglang"], or explicit specs "sim:trtllm"
-    workload: str | None = None  # None: see with_defaults
-    kv_tokens: int | None = None  # emulated and simulated engines' M (None: see with_defaults)
-    time_scale: float | None = None  # emulated engines' engine seconds per real second
-    name: str | None = None
-    urls: dict[str, list[str]] = field(default_factory=dict)
-    launch_model: str | None = None  # --launch MODEL_PATH: launch each engine from its recipe
-    served_model: str | None = None  # --model NAME: the model named in requests
-    # sent on every request to an HTTP engine; only the names are ever recorded
-    headers: dict[str, str] = field(default_factory=dict)
-    replicas: int = 1
-    precision: float | None = None  # None: EMBEDDED.precision in the embedded default, else 0.05
-    confidence: float = 0.95
-    max_engine_seconds: float | None = None
-    seed: int = 0
-    target_rate: float | None = None
-    target_utilization: float = 0.9
-    trim: float = 0.0
-    output_root: Path = Path("reports")
-    command: str = ""
-    # LABEL=ENGINE in --backends: what each label runs (a label absent here names its engine)
-    engines: dict[str, str] = field(default_factory=dict)
-    metadata: dict[str, str] = field(default_factory=dict)  # --metadata KEY=VALUE
-    gpu_exporter: str | None = None
-    # --engine-python, --engine-arg, --engine-env as given, each maybe prefixed ENGINE=
-    engine_python: list[str] = field(default_factory=list)
-    engine_args: list[str] = field(default_factory=list)
-    engine_env: list[str] = field(default_factory=list)
-    # --replay: every probe sends the trace's rows at its own timestamps, scaled to its rate
-    replay: bool = False
-    # --engine-setting as given: [LABEL:]KEY=VALUE
-    engine_settings: list[str] = field(default_factory=list)
-    # latency targets judged on every probe, and the percentiles reported (kvbench/benchmark/slo)
-    slo: Slo | None = None
-    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
-    pricing: Pricing = field(default_factory=Pricing)  # --gpu-price, --gpus-per-replica
-    # --ray: each engine measured as a Ray task on a node with its GPUs (compare_ray)
-    ray: RayPlacement | None = None
-    # --method: "backlog" or "open-loop"; None: the bounded-backlog probe wherever the engine
-    # runs it, open-loop probes with --slo or --replay (latencies and a trace's timing are
-    # judged on open-loop runs) and when resuming an open-loop search
-    method: str | None = None
-    # --confirm: open-loop verdict probes just below and above a bounded-backlog bracket
-    confirm: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["output_root"] = str(self.output_root)
-        out["urls"] = {k: [redact_url(u) for u in v] for k, v in self.urls.items()}
-        out["headers"] = sorted(self.headers)  # names only: values may be credentials
-        for key in ("engine_python", "engine_args", "engine_env"):
-            del out[key]
-        out["engine_launch"] = {
-            label: options.record() for label in self.backends if (options := self.launch(label))
-        }
-        return out
-
-    def launch(self, label: str) -> LaunchOptions:
-        """What --engine-python, --engine-arg and --engine-env give the engine `label`."""
-        return LaunchOptions.for_engine(
-            label, self.backends, self.engine_python, self.engine_args, self.engine_env
-        )
-
-    def check_launch(self) -> None:
-        """Refuse launch options that cannot apply, before anything is measured."""
-        for label in self.backends:
-            if self.launch(label) and (
-                self.launch_model is None or ":" in label or label in self.urls
-            ):
-                raise KvbenchError(
-                    f"{label}: --engine-python, --engine-arg and --engine-env apply to engines "
-                    "kvbench launches (--launch)"
-                )
-
-    @property
-    def measures_real_engines(self) -> bool:
-        return bool(self.urls) or self.launch_model is not None
-
-    def with_defaults(self) -> CompareConfig:
-        """The configuration with its defaults filled in. With no real engine and no --workload,
-        the embedded default (EMBEDDED: its workload, M and time scale) applies as a whole;
-        otherwise the workload is the paper's pd-1:1, emulated and simulated engines take their
-        preset's M, and emulators run in real time, unless given."""
-        embedded = self.workload is None and not self.measures_real_engines
-
-        def given(value, default):
-            return default if value is None else value
-
-        return replace(
-            self,
-            workload=given(self.workload, EMBEDDED.workload if embedded else REAL_ENGINE_WORKLOAD),
-            kv_tokens=given(self.kv_tokens, EMBEDDED.kv_tokens if embedded else None),
-            time_scale=given(self.time_scale, EMBEDDED.time_scale if embedded else None),
-            precision=given(self.precision, EMBEDDED.precision if embedded else DEFAULT_PRECISION),
-        )
-
-    def check(self) -> None:
-        """Every setting, checked before anything is measured or written: a bad one is a
-        one-line KvbenchError (exit 2), never an engine row FAILED after minutes of work."""
-        from kvbench.backends.registry import backend_names
-
-        if not self.backends:
-            raise KvbenchError(
-                "--backends needs at least one engine, e.g. --backends trtllm,sglang"
-            )
-        known = backend_names()
-        for label in self.backends:
-            if backend_spec(label, self) not in known:
-                raise KvbenchError(
-                    f"unknown backend {label!r} in --backends; choose from trtllm, sglang, "
-                    f"vllm or one of {', '.join(n for n in known if ':' in n)}"
-                )
-        if self.served_model is not None and not self.measures_real_engines:
-            raise KvbenchError(
-                "--model names the model served by a real engine (--url or --launch); the "
-                "emulated and simulated engines serve their own"
-            )
-        unknown = set(self.urls) - set(self.backends)
-        if unknown:
-            raise KvbenchError(f"--url names {', '.join(sorted(unknown))}, not in --backends")
-        given = settings.parse_given(self.engine_settings)
-        named = set(given) - {None, *self.backends}
-        if named:
-            raise KvbenchError(
-                f"--engine-setting names {', '.join(sorted(map(str, named)))}, not in --backends"
-            )
-        for label in self.backends:
-            if backend_spec(label, self).startswith("sim:") and settings.for_label(given, label):
-                raise KvbenchError(
-                    f"--engine-setting reaches {label}, a simulated engine, whose settings are "
-                    "its preset's and --kv-tokens; prefix each setting with the LABEL: of an "
-                    "engine driven over HTTP"
-                )
-        for urls in self.urls.values():
-            for url in urls:
-                validate.url(url)
-        if self.kv_tokens is not None:
-            validate.token_count(self.kv_tokens, "--kv-tokens")
-        if self.time_scale is not None:
-            validate.positive_number(self.time_scale, "--time-scale")
-        validate.positive_int(self.replicas, "--replicas")
-        validate.seed(self.seed, "--seed")
-        check_trim(self.trim)
-        if self.target_rate is not None:
-            validate.positive_number(self.target_rate, "--target-rate")
-        validate.in_range(self.target_utilization, "--target-utilization", 0, 1, low_open=True)
-        self.pricing.check()
-        if self.method == "backlog" and (self.slo is not None or self.replay):
-            raise KvbenchError(
-                "--slo, --goodput and --replay are judged on open-loop probes: they go with "
-                "--method open-loop (the default with them)"
-            )
-        precision = self.with_defaults().precision
-        assert precision is not None  # with_defaults fills it in
-        check_search_settings(
-            precision,
-            self.confidence,
-            math.inf if self.max_engine_seconds is None else self.max_engine_seconds,
-        )
-
-
-class CompareObserver(Protocol):
-    """What a progress view is told; every method is optional to act on."""
-
-    def engine_started(self, label: str, kind: str, index: int, total: int) -> None: ...
-
-    def phase(self, label: str, what: str, rate: float | None, planned: float | None) -> None: ...
-
-    def sample(self, label: str, sample: QueueSample) -> None: ...
-
-    def probe_finished(
-        self, label: str, rate: float, verdict: str, spent: float, budget: float
-    ) -> None:
-        """`spent`: the engine's search so far, in engine seconds, of its `budget`
-        (--max-engine-seconds)."""
-
-    def engine_finished(self, label: str, status: str, error: str | None) -> None: ...
-
-
-def slug(label: str) -> str:
-    """A directory name for a user label: safe characters only."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") or "engine"
 
 
 def report_directory(config: CompareConfig, now: datetime) -> Path:
@@ -303,45 +72,9 @@ def report_directory(config: CompareConfig, now: datetime) -> Path:
     return directory
 
 
-class _Engine:
-    """The raw record of one engine (engine.json), rewritten after every step."""
-
-    def __init__(
-        self, directory: Path, asked: dict[str, Any], previous: dict[str, Any] | None = None
-    ):
-        """`previous`: what an interrupted attempt recorded (resuming), kept and built on."""
-        self.directory = directory / raw.ENGINES_DIR / asked["slug"]
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.data: dict[str, Any] = dict(previous or asked, status="running", error=None)
-        self.save()
-
-    def save(self) -> None:
-        raw.write_json_atomic(self.directory / raw.ENGINE_FILE, self.data)
-
-    def relative(self, path: Path, root: Path) -> str:
-        return path.relative_to(root).as_posix()
-
-
-class _Relay:
-    """An event sink that shows queue samples to the observer (and passes events on to the
-    recorder, when there is one)."""
-
-    def __init__(self, recorder, observer: CompareObserver, label: str):
-        self.recorder, self.observer, self.label = recorder, observer, label
-
-    def request(self, record: RequestRecord) -> None:
-        if self.recorder is not None:
-            self.recorder.request(record)
-
-    def sample(self, sample: QueueSample) -> None:
-        if self.recorder is not None:
-            self.recorder.sample(sample)
-        self.observer.sample(self.label, sample)
-
-
 def _calibrate(
     backend: Backend,
-    engine: _Engine,
+    engine: EngineRecord,
     root: Path,
     workload: Workload,
     profile,
@@ -375,7 +108,7 @@ def _calibrate(
             replicas=config.replicas,
             seed=config.seed,
             trim=config.trim,
-            sink=_Relay(recorder, observer, label),
+            sink=ObserverRelay(recorder, observer, label),
         )
     except KeyboardInterrupt:
         status = "interrupted"
@@ -396,24 +129,6 @@ def _calibrate(
     return burst.estimate, recorder.samples
 
 
-def _start_rate(data: dict[str, Any]) -> float:
-    """Where the search starts (it overloads this first): the engine-aware μ, or the capacity
-    the calibration burst showed when that is higher. An overloaded probe measures the capacity
-    whatever the overload, while every probe that comes back STABLE below the boundary costs a
-    whole probe; and with a measured constant b̄ the engine-aware μ undershoots an engine that
-    runs prefill and decode as separate batches (SGLang: b̄ already holds the prefill batches
-    the model counts again)."""
-    theory_mu = data["theory"]["mu_engine_aware"] or data["theory"]["mu"]
-    burst = data["calibration"].get("throughput") or 0.0
-    if burst <= 0:
-        return theory_mu
-    # ...but not past twice what the burst completed: the burst is all-at-once arrivals, which
-    # carry less than steady saturation, not half as much. A b̄ from token times a starved client
-    # read in bunches (0.19 ms for an engine that takes 13 ms) put the theory at 2,770 req/s and
-    # the first probe at 3,464, over a boundary near 160 that the burst's 150 req/s had shown.
-    return min(max(theory_mu, burst), 2.0 * burst)
-
-
 def _versions() -> dict[str, str]:
     import platform
 
@@ -426,107 +141,6 @@ def _versions() -> dict[str, str]:
         "numpy": np.__version__,
         "plotly": plotly.__version__,
     }
-
-
-def backend_spec(label: str, config: CompareConfig) -> str:
-    """The backend a label stands for: `--url label=URL` attaches and `--launch` launches the
-    engine; with neither an engine name means its embedded form (EMBEDDED_KIND)."""
-    engine = config.engines.get(label, label)
-    if ":" in engine or config.urls.get(label) or config.launch_model:
-        return engine
-    return f"{EMBEDDED_KIND}:{engine}"
-
-
-def replica_count(label: str, config: CompareConfig) -> int:
-    urls = config.urls.get(label, [])
-    return len(urls) if len(urls) > 1 else config.replicas
-
-
-def open_backend(
-    label: str, spec: str, config: CompareConfig, log_dir: Path | None = None
-) -> Backend:
-    """Resolve the backend; several URLs become replicas behind a round-robin dispatcher.
-    Emulators compare starts keep their logs in `log_dir`."""
-    from kvbench.backends.registry import EMULATE_PREFIX, SIM_PREFIX, resolve_backend
-
-    urls = config.urls.get(label, [])
-    auth = config.headers
-    served = config.served_model
-    if len(urls) > 1:
-        return RoundRobinBackend(
-            [
-                resolve_backend(spec, url=u, seed=config.seed, headers=auth, served_model=served)
-                for u in urls
-            ]
-        )
-    if urls:
-        if config.replicas > 1:
-            raise KvbenchError(
-                f"{label}: --replicas {config.replicas} with one --url; give one --url per replica"
-            )
-        return resolve_backend(
-            spec, url=urls[0], seed=config.seed, headers=auth, served_model=served
-        )
-    if config.launch_model:
-        if config.replicas > 1:
-            raise KvbenchError(
-                f"{label}: --replicas with --launch; launch one server per GPU and give each "
-                "with --url"
-            )
-        from kvbench.backends.engines import open_engine
-
-        options = config.launch(label)
-        return open_engine(
-            spec,
-            model_path=config.launch_model,
-            served_model=served,
-            seed=config.seed,
-            engine_python=options.python,
-            engine_args=list(options.args),
-            engine_env=options.env,
-            log_dir=log_dir,
-            headers=auth,
-        )
-    if spec.startswith(EMULATE_PREFIX):
-        return resolve_backend(
-            spec,
-            replicas=config.replicas,
-            seed=config.seed,
-            kv_tokens=config.kv_tokens,
-            time_scale=config.time_scale,
-            log_dir=log_dir,
-        )
-    if spec.startswith(SIM_PREFIX):
-        return resolve_backend(
-            spec, replicas=config.replicas, seed=config.seed, kv_tokens=config.kv_tokens
-        )
-    return resolve_backend(spec, replicas=config.replicas, seed=config.seed)
-
-
-def banner_for(kinds: set[str], time_scales: Iterable[float] = ()) -> str | None:
-    """The line over every summary when any engine is not real. `time_scales`: the emulated
-    engines' engine seconds per real second."""
-    marked = sorted(k for k in kinds if k != "real")
-    if not marked:
-        return None
-    what = " and ".join(k.upper() for k in marked)
-    sources: dict[tuple[str, ...], str] = {
-        ("simulated",): "kvbench's engine simulator",
-        ("emulated",): "kvbench's HTTP emulators of the engines (its engine simulator behind "
-        "each engine's own API, measured over HTTP)",
-    }
-    source = sources.get(tuple(marked), "kvbench's HTTP emulators and engine simulator")
-    clock = ""
-    scaled = sorted(t for t in time_scales if t != 1.0)
-    if scaled:
-        clock = (
-            f", run at {' and '.join(f'{t:g}' for t in scaled)} engine seconds per real "
-            "second (every figure is in the emulated engine's own seconds)"
-        )
-    return (
-        f"{what} engines: these figures come from {source}{clock} on this machine's CPU, not from "
-        "GPU measurements. Give --url engine=URL or --launch MODEL_PATH to measure real engines."
-    )
 
 
 def run_compare(
@@ -616,7 +230,7 @@ def measure_engine(
     compare.json), recording everything in its engine.json; whether it was interrupted.
     `previous`: its record from an interrupted comparison being resumed."""
     observer = observer or cast(CompareObserver, _Silent())
-    engine = _Engine(directory, a, previous)
+    engine = EngineRecord(directory, a, previous)
     if previous is not None:
         resume_compare.set_aside(engine.directory, previous)
     backend = None
@@ -717,7 +331,7 @@ def _expected_kind(spec: str) -> str:
 
 def _measure(
     backend: Backend,
-    engine: _Engine,
+    engine: EngineRecord,
     root: Path,
     workload: Workload,
     config: CompareConfig,
@@ -752,13 +366,13 @@ def _measure(
     profile = discovered.profile
     engine.data["theory"] = theory_beside(workload, profile, batch.value, engine.data["replicas"])
     engine.save()
-    backlog = _search(backend, engine, root, workload, config, observer, label, given)
+    backlog = search(backend, engine, root, workload, config, observer, label, given)
     if backlog is not None:
         # the bounded-backlog probe: the engine saturated throughout, its requests recorded
         records, after = backlog
         where = "the bounded-backlog probe"
     else:
-        saturated = _saturated_run(engine, root)
+        saturated = saturated_run(engine, root)
         if saturated is None:
             return
         run, probe = saturated
@@ -802,220 +416,11 @@ def _measure(
     engine.save()
 
 
-def _record_profile(engine: _Engine, found, flags: Iterable[str] = ()) -> None:
+def _record_profile(engine: EngineRecord, found, flags: Iterable[str] = ()) -> None:
     """The profile, where each value came from, and each setting as read, given, inferred or
     assumed, with the contradictions the measurements showed."""
     engine.data["profile"] = asdict(found.profile)
     engine.data["profile_sources"] = dict(found.sources)
     engine.data["settings"] = settings.table(found)
     engine.data["settings_flags"] = list(flags)
-    engine.save()
-
-
-def _saturated_run(engine: _Engine, root: Path):
-    """The open-loop run nearest saturation (the slowest probe judged UNSTABLE, whose queue never
-    drains after warm-up) and its probe; None when the search judged no probe UNSTABLE."""
-    unstable = [p for p in engine.data["search"]["probes"] if p["verdict"] == "UNSTABLE"]
-    if not unstable:
-        return None
-    probe = min(unstable, key=lambda p: p["rate"])
-    return read_run(root / probe["run_dir"]), probe
-
-
-def _backlog_search(
-    measured: AmendedProfile,
-    engine: _Engine,
-    workload: Workload,
-    config: CompareConfig,
-    observer: CompareObserver,
-    label: str,
-    budget: float,
-    backend_for_seed: Callable[[int], Backend],
-) -> tuple[list[RequestRecord], float]:
-    """The bounded-backlog probe (kvbench.benchmark.saturated_rate) as compare's search: the
-    engine saturated from its first seconds with K requests kept waiting, its service rate
-    estimated from served work until the interval is as narrow as --precision asks (the
-    progress view shows it narrowing); with --confirm, open-loop verdicts just below and above
-    the bracket (in search.confirmed). Returns the probe's requests (an engine over HTTP records
-    them; a simulator's probe does not) and where its steady window began."""
-    from kvbench.benchmark.saturated_rate import measure_saturated_rate
-
-    assert config.workload is not None and config.precision is not None  # with_defaults
-
-    def on_look(t: float, est) -> None:
-        what = "bounded-backlog probe, no interval yet"
-        if est is not None:
-            what = (
-                f"bounded-backlog probe: {est.lo:.4g} – {est.hi:.4g} req/s, "
-                f"{est.width:.1%} wide ({config.precision:.0%} asked)"
-            )
-        observer.phase(label, what, None, None)
-
-    confirmed: list[dict[str, Any]] = []
-
-    def on_probe(probe: Probe) -> None:
-        confirmed.append(
-            {
-                "rate": probe.rate,
-                "expected": "STABLE" if not confirmed else "UNSTABLE",
-                "verdict": probe.verdict,
-                "engine_seconds": probe.engine_seconds,
-            }
-        )
-        expected = confirmed[-1]["expected"]
-        observer.phase(
-            label,
-            f"open-loop confirmation at {probe.rate:.4g} req/s: {probe.verdict} "
-            f"(expected {expected})",
-            None,
-            None,
-        )
-
-    result = measure_saturated_rate(
-        measured,
-        workload,
-        config.workload,
-        precision=config.precision,
-        confidence=config.confidence,
-        max_engine_seconds=budget,
-        seed=config.seed,
-        start_rate=_start_rate(engine.data),
-        replicas=engine.data["replicas"],
-        on_look=on_look,
-        confirm=config.confirm,
-        confirm_backend=backend_for_seed,
-        on_probe=on_probe,
-    )
-    _record_search(
-        engine, result, backlog=result.extras, confirmed=confirmed if config.confirm else None
-    )
-    run = measured.backlog_run
-    records = getattr(run, "records", None) or []
-    after = float(result.extras.get("warmup", 0.0))
-    iteration = None if run is None else run.iteration_time(after)
-    if iteration is not None:
-        engine.data["engine_iteration_time"] = {
-            "value": iteration,
-            "source": "the engine's iteration count over the bounded-backlog probe's steady "
-            "window (vllm:iteration_tokens_total)",
-        }
-    return records, after
-
-
-def _search(
-    backend: Backend,
-    engine: _Engine,
-    root: Path,
-    workload: Workload,
-    config: CompareConfig,
-    observer: CompareObserver,
-    label: str,
-    given: dict[str, int],
-) -> tuple[list[RequestRecord], float] | None:
-    """The boundary search from the theory's μ: the bounded-backlog probe (`_backlog_search`,
-    whose requests and warm-up end it returns), or open-loop probes, each recorded in
-    engine.json as soon as it is judged, so an interrupted search keeps its finished probes
-    (None)."""
-    from kvbench.benchmark.search import DEFAULT_MAX_ENGINE_SECONDS, find_boundary
-
-    # a resumed search replays the probes judged before it was interrupted
-    resumed = resume_compare.replayed_probes(root, engine.data)
-    search: dict[str, Any] = {
-        "lower": None,
-        "upper": None,
-        "precision": config.precision,
-        "converged": False,
-        "engine_seconds": 0.0,
-        "probes": [],
-    }
-    engine.data["search"] = search
-
-    measured = AmendedProfile(
-        backend,
-        batch_time=engine.data["batch_time"]["value"],
-        batch_source="b̄ measured by kvbench compare",
-        settings=given,
-    )
-
-    def backend_for_seed(seed: int) -> Backend:
-        # a simulator draws its iteration-time noise from the seed: one per probe; a server is
-        # the same server for every probe
-        if backend.kind == "simulated" and seed != config.seed:
-            return open_backend(label, engine.data["backend"], replace(config, seed=seed))
-        return measured
-
-    def on_probe_start(rate: float, duration: float) -> None:
-        observer.phase(label, "probe", rate, duration)
-
-    def on_probe(probe) -> None:
-        search["probes"].append(
-            {
-                "index": len(search["probes"]),
-                "rate": probe.rate,
-                "carried_rate": probe.carried_rate,  # what a STABLE verdict counts for
-                "engine_seconds": probe.engine_seconds,
-                "verdict": probe.verdict,
-                "over_limit": probe.over_limit,
-                "client_kept_schedule": probe.client_kept_schedule,
-                "extensions": probe.extensions,
-                "run_dir": engine.relative(Path(probe.run_dir), root),
-            }
-        )
-        stable = [p["carried_rate"] for p in search["probes"] if p["verdict"] == "STABLE"]
-        unstable = [p["rate"] for p in search["probes"] if p["over_limit"]]
-        search["lower"] = max(stable, default=None)
-        search["upper"] = min((r for r in unstable if r > (search["lower"] or 0)), default=None)
-        search["engine_seconds"] = sum(p["engine_seconds"] for p in search["probes"])
-        engine.save()
-        observer.probe_finished(label, probe.rate, probe.verdict, search["engine_seconds"], budget)
-
-    assert config.workload is not None and config.precision is not None  # with_defaults
-    budget = config.max_engine_seconds or DEFAULT_MAX_ENGINE_SECONDS
-    method = config.method or (
-        "open-loop" if config.slo is not None or config.replay or resumed else "backlog"
-    )
-    if method == "backlog" and not measured.has_backlog_probe:
-        if config.method == "backlog":
-            raise KvbenchError(f"{label}: {measured.name} cannot run the bounded-backlog probe")
-        method = "open-loop"
-    search["method"] = method
-    if method == "backlog":
-        return _backlog_search(
-            measured, engine, workload, config, observer, label, budget, backend_for_seed
-        )
-    if config.confirm:
-        raise KvbenchError(f"{label}: --confirm goes with the bounded-backlog probe, not {method}")
-    result = find_boundary(
-        backend_for_seed,
-        workload,
-        config.workload,
-        precision=config.precision,
-        confidence=config.confidence,
-        max_engine_seconds=budget,
-        seed=config.seed,
-        start_rate=_start_rate(engine.data),
-        on_probe=on_probe,
-        on_probe_start=on_probe_start,
-        output=engine.directory,
-        progress=_Relay(None, observer, label),
-        replicas=engine.data["replicas"],
-        replay=config.replay,
-        slo=config.slo,
-        percentiles=config.percentiles,
-        resumed=resumed,
-    )
-    _record_search(engine, result)
-    return None
-
-
-def _record_search(engine: _Engine, result: BoundaryResult, **more: Any) -> None:
-    """The search's outcome into engine.json, beside its probes."""
-    engine.data["search"].update(
-        lower=result.lower,
-        upper=result.upper,
-        converged=result.reached,
-        engine_seconds=result.engine_seconds,
-        stop_reason=result.stop_reason,
-        **more,
-    )
     engine.save()

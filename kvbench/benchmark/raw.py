@@ -61,3 +61,22 @@ def read_compare(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
                 dict(asked, status="interrupted", error="not started (compare was interrupted)")
             )
     return header, engines
+
+
+class EngineRecord:
+    """The raw record of one engine (engine.json), rewritten after every step."""
+
+    def __init__(
+        self, directory: Path, asked: dict[str, Any], previous: dict[str, Any] | None = None
+    ):
+        """`previous`: what an interrupted attempt recorded (resuming), kept and built on."""
+        self.directory = directory / ENGINES_DIR / asked["slug"]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.data: dict[str, Any] = dict(previous or asked, status="running", error=None)
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.directory / ENGINE_FILE, self.data)
+
+    def relative(self, path: Path, root: Path) -> str:
+        return path.relative_to(root).as_posix()

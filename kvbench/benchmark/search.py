@@ -264,7 +264,7 @@ def find_boundary(
     else:
         # from the burst's capacity when higher: an overloaded probe measures the capacity
         # whatever the overload, and a constant b̄ undershoots an engine that runs prefill and
-        # decode as separate batches (see compare._start_rate)
+        # decode as separate batches (see compare_search.start_rate)
         theory_mu = theory_rate(profile, workload, seed=seed)
         mu = max(theory_mu, burst_capacity)
         extras["start_rate"] = mu

@@ -11,7 +11,8 @@ import click
 from kvbench import interrupt
 from kvbench.backends.labels import parse_backends
 from kvbench.backends.launch import redact_given
-from kvbench.benchmark.compare import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig, run_compare
+from kvbench.benchmark.compare import run_compare
+from kvbench.benchmark.compare_config import EMBEDDED, REAL_ENGINE_WORKLOAD, CompareConfig
 from kvbench.benchmark.compare_ray import RayPlacement
 from kvbench.benchmark.failures import describe
 from kvbench.benchmark.search import DEFAULT_MAX_ENGINE_SECONDS

@@ -18,7 +18,7 @@ from typing import Any
 
 from kvbench import __version__
 from kvbench.benchmark import raw
-from kvbench.benchmark.compare import banner_for, slug
+from kvbench.benchmark.compare_config import banner_for, slug
 from kvbench.errors import KvbenchError
 from kvbench.report.system import hardware_of
 
