@@ -189,6 +189,9 @@ def _scheduler_defaults(policy: str, hw: HardwareCalibration) -> dict:
     if policy == "ideal":
         return dict(block_size=1, token_budget=UNLIMITED, max_running=UNLIMITED)
     if policy == "vllm":
+        # vLLM's API-server defaults on an A100 (arg_utils.py keeps A100s off the 8,192-token,
+        # 1,024-request defaults of larger GPUs); the calibration's ŝ caps each request's chunk
+        # as --long-prefill-token-threshold does (docs/accuracy.md: "What ŝ = 512 was").
         return dict(block_size=16, token_budget=2048, max_running=256)
     if policy == "sglang":
         # max_running_requests is derived from M: clamp(M/context_len·512, 2048, 4096), ≤ M/2.
