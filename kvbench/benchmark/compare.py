@@ -40,6 +40,7 @@ from kvbench.benchmark.burst import (
 from kvbench.benchmark.compare_config import (
     CompareConfig,
     CompareObserver,
+    ObserverRelay,
     backend_spec,
     banner_for,
     open_backend,
@@ -47,7 +48,7 @@ from kvbench.benchmark.compare_config import (
     slug,
 )
 from kvbench.benchmark.compare_ray import measure_on_ray, placement_session
-from kvbench.benchmark.compare_search import ObserverRelay, saturated_run, search
+from kvbench.benchmark.compare_search import saturated_run, search
 from kvbench.benchmark.measured_theory import (
     reported_iterations_fit,
     saturated_batch_time,

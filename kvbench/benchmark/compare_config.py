@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from kvbench import validate
 from kvbench.backends import settings
-from kvbench.backends.base import Backend, QueueSample
+from kvbench.backends.base import Backend, QueueSample, RequestRecord
 from kvbench.backends.launch import LaunchOptions
 from kvbench.backends.replicas import RoundRobinBackend
 from kvbench.benchmark.batch_time import check_trim
@@ -243,6 +243,23 @@ class CompareObserver(Protocol):
         (--max-engine-seconds)."""
 
     def engine_finished(self, label: str, status: str, error: str | None) -> None: ...
+
+
+class ObserverRelay:
+    """An event sink that shows queue samples to the observer (and passes events on to the
+    recorder, when there is one)."""
+
+    def __init__(self, recorder, observer: CompareObserver, label: str):
+        self.recorder, self.observer, self.label = recorder, observer, label
+
+    def request(self, record: RequestRecord) -> None:
+        if self.recorder is not None:
+            self.recorder.request(record)
+
+    def sample(self, sample: QueueSample) -> None:
+        if self.recorder is not None:
+            self.recorder.sample(sample)
+        self.observer.sample(self.label, sample)
 
 
 def backend_spec(label: str, config: CompareConfig) -> str:

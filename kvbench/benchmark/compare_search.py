@@ -11,31 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from kvbench.backends.amended import AmendedProfile
-from kvbench.backends.base import Backend, QueueSample, RequestRecord
+from kvbench.backends.base import Backend, RequestRecord
 from kvbench.benchmark import resume as resume_compare
-from kvbench.benchmark.compare_config import CompareConfig, CompareObserver, open_backend
+from kvbench.benchmark.compare_config import (
+    CompareConfig,
+    CompareObserver,
+    ObserverRelay,
+    open_backend,
+)
 from kvbench.benchmark.raw import EngineRecord
 from kvbench.benchmark.recorder import read_run
 from kvbench.benchmark.search import BoundaryResult, Probe
 from kvbench.errors import KvbenchError
 from kvbench.workload import Workload
-
-
-class ObserverRelay:
-    """An event sink that shows queue samples to the observer (and passes events on to the
-    recorder, when there is one)."""
-
-    def __init__(self, recorder, observer: CompareObserver, label: str):
-        self.recorder, self.observer, self.label = recorder, observer, label
-
-    def request(self, record: RequestRecord) -> None:
-        if self.recorder is not None:
-            self.recorder.request(record)
-
-    def sample(self, sample: QueueSample) -> None:
-        if self.recorder is not None:
-            self.recorder.sample(sample)
-        self.observer.sample(self.label, sample)
 
 
 def start_rate(data: dict[str, Any]) -> float:
