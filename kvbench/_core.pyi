@@ -197,9 +197,11 @@ class HttpDriver:
 # Iteration time = c0 + c1·min(batch tokens, knee) + c1_above·(the rest) + c2·(KV tokens the
 # batch attends over) + c3·Σ prefill chunk·(cached + chunk), times a lognormal factor with mean 1
 # when noise_sigma > 0 (no knee: c1 for every token). The vllm rule with prefix_caching keeps a
-# preempted request's freed pages reusable until reallocated (vLLM v1's LRU free queue). Arrivals during an iteration wait for the
-# next. Invalid input raises ValueError naming the request or field; `kvbench.simulator`
-# turns it into KvbenchError.
+# preempted request's freed pages reusable until reallocated (vLLM v1's LRU free queue); with
+# full_sequence_admission it admits a waiting request only when pages for its whole known sequence
+# are free (vLLM's --scheduler-reserve-full-isl), else when its first chunk fits. Arrivals during
+# an iteration wait for the next. Invalid input raises ValueError naming the request or field;
+# `kvbench.simulator` turns it into KvbenchError.
 
 class _IterationTimeModelLike(Protocol):
     @property
@@ -246,6 +248,8 @@ class _EngineProfileLike(Protocol):
     def sglang_decay_steps(self) -> int: ...
     @property
     def prefix_caching(self) -> bool: ...
+    @property
+    def full_sequence_admission(self) -> bool: ...
 
 def simulate(
     profile: _EngineProfileLike,

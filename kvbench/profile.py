@@ -94,6 +94,11 @@ class EngineProfile:
       request's freed pages stay hashed in the LRU free queue until reallocated, and its
       re-admission reuses the surviving full pages instead of recomputing them. Only the vllm
       rule reads it; False models an engine launched with --no-enable-prefix-caching.
+    full_sequence_admission: vLLM's --scheduler-reserve-full-isl, its default since PR #37307
+      (2026-03): a waiting or preempted request is admitted only when pages for its whole known
+      sequence (prompt, plus what it generated before a preemption) are free; False admits it
+      when its first chunk fits, as vLLM did before. Only the vllm rule reads it;
+      benchmarks/real_vllm_scheduler.py measures both against the real scheduler.
     source: where the values came from, shown in reports ("illustrative" for the built-in
       calibrations).
     """
@@ -111,6 +116,7 @@ class EngineProfile:
     sglang_min_ratio: float = 0.1
     sglang_decay_steps: int = 600
     prefix_caching: bool = True
+    full_sequence_admission: bool = True
     name: str = ""
     source: str = ""
 

@@ -247,3 +247,17 @@ def test_trtllm_gauges_map_like_the_iteration_record():
     assert trtllm.prometheus_state(Metrics.parse("", "f"), 0.0) is None
     found = trtllm.build_profile({}, {}, "none", m)
     assert found.profile.kv_tokens == 8219 * 32
+
+
+def test_vllm_admission_rule_is_assumed_unless_the_launch_says_otherwise():
+    m = Metrics.parse(read("vllm", "metrics_loaded.prom"), "f")
+    found = vllm.build_profile(m, {}, "none")
+    assert found.profile.full_sequence_admission is True
+    assert found.sources["full_sequence_admission"].startswith("assumed: ")
+    # --no-scheduler-reserve-full-isl, as vLLM's startup log lists it among non-default args
+    log = read("vllm", "startup.log").replace(
+        "non-default args: {", "non-default args: {'scheduler_reserve_full_isl': False, "
+    )
+    found = vllm.build_profile(m, {}, "none", log)
+    assert found.profile.full_sequence_admission is False
+    assert found.sources["full_sequence_admission"].startswith("startup log non-default args")

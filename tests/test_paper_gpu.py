@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvbench.benchmark.paper_gpu import PAPER_GPU, reproduce
-from kvbench.profile import build_profile
+from kvbench.benchmark.paper_gpu import PAPER_GPU, paper_vllm_profile, reproduce
 
 # The study's worst |gap| is 6.4% (engine-aware, pd-2:1); see docs/accuracy.md for why.
 BOUND = 0.095
@@ -26,7 +25,9 @@ def test_simulated_vllm_and_engine_aware_mu_against_the_gpu(figure):
 
 def test_prefix_caching_is_what_brings_vllm_near_the_gpu():
     pd11 = PAPER_GPU[0]
-    off = reproduce(pd11, num_prompts=8_000, profile=build_profile("vllm", prefix_caching=False))
+    off = reproduce(
+        pd11, num_prompts=8_000, profile=paper_vllm_profile().replace(prefix_caching=False)
+    )
     on = reproduce(pd11, num_prompts=8_000)
     assert on.waste < 0.5 * off.waste
     assert off.sim_gap < -0.15 < on.sim_gap

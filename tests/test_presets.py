@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from benchmark_module import load
 
 from kvbench.profile import DEFAULT_HARDWARE, HARDWARE, VIDUR_A100, build_profile
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _fit_module():
-    spec = importlib.util.spec_from_file_location(
-        "vidur_a100_fit", ROOT / "benchmarks" / "vidur_a100_fit.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through it
-    spec.loader.exec_module(module)
-    return module
+    return load("vidur_a100_fit")
 
 
 def test_the_vidur_preset_is_the_fit_of_the_committed_tables():

@@ -154,7 +154,19 @@ def build_profile(
         "vLLM default --max-num-batched-tokens on GPUs < 70 GiB (not exposed)",
     )
     sources["chunk_size"] = sources["token_budget"] + "; V1 chunks prefill to the token budget"
-    sources["policy"] = "vLLM V1 rule: admit FCFS by current need, preempt newest, recompute"
+    full_sequence = setting(
+        settings,
+        sources,
+        "full_sequence_admission",
+        ("scheduler_reserve_full_isl",),
+        settings_source,
+        1,
+        "vLLM default --scheduler-reserve-full-isl since 2026-03 (not exposed)",
+    )
+    sources["policy"] = (
+        "vLLM V1 rule: admit FCFS when the whole known sequence fits (else its first chunk), "
+        "preempt newest, recompute"
+    )
     sources["iteration_time"] = "not discoverable; measure it from a run"
     if info.get("enable_prefix_caching") == "True":
         sources["prefix_caching"] = "on (kvbench sends fresh random token ids per request)"
@@ -166,6 +178,7 @@ def build_profile(
         chunk_size=budget,
         token_budget=budget,
         max_running=running,
+        full_sequence_admission=bool(full_sequence),
     )
 
 

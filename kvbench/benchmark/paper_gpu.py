@@ -1,7 +1,8 @@
 """The paper's real GPU column (Llama-3-8B, vLLM v1, one A100, M = 131,000, ŝ = 512): what
 kvbench's simulated vLLM and its engine-aware μ give against the measured saturated throughput.
 
-The simulator runs the `vllm` rule (prefix caching on, vLLM's default) with the default preset,
+The simulator runs the `vllm` rule (prefix caching on, vLLM's default; first-chunk admission, as
+vLLM admitted requests when the paper was written) with the default preset,
 whose iteration-time model is fitted to Vidur's kernel timings alone: nothing here is fitted to
 the figures below. Simulated figures are labelled so.
 """
@@ -77,6 +78,14 @@ class Reproduction:
         return self.calibrated / self.paper.mu_gpu - 1.0
 
 
+def paper_vllm_profile() -> EngineProfile:
+    """vLLM as the paper ran it: the `vllm` rule's defaults, but a request admitted when its
+    first chunk fits. Full-sequence admission (--scheduler-reserve-full-isl, now vLLM's default)
+    came with PR #37307 on 2026-03-17, after the ICML 2026 submission deadline (January 2026);
+    the PR's description calls first-chunk admission vLLM's default behaviour until then."""
+    return build_profile("vllm", full_sequence_admission=False)
+
+
 def _replicated_rate(
     profile: EngineProfile, spec: str, replicas: int, num_prompts: int, seed: int
 ) -> tuple[float, float]:
@@ -103,7 +112,7 @@ def reproduce(
     profile: EngineProfile | None = None,
 ) -> Reproduction:
     """Runs one paper row: `num_prompts` requests per replica, all queued at t = 0."""
-    profile = profile or build_profile("vllm")
+    profile = profile or paper_vllm_profile()
     workload = load_workload(figure.workload)
     single = saturated_run(profile, workload, num_prompts=num_prompts, seed=seed)
     if figure.replicas == 1:

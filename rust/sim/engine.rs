@@ -442,7 +442,14 @@ impl Engine {
                 .min(self.profile.chunk_size)
                 .min(budget);
             let pages_now = self.pages(computed + n);
-            if self.used_pages + need + pages_now > self.total_pages {
+            // Under full-sequence admission the pages of its cached prefix count too: vLLM
+            // takes them out of the free queue, where they were counted free.
+            let pages_gate = if rule == Rule::Vllm && self.profile.full_sequence_admission {
+                self.pages(r.known())
+            } else {
+                pages_now
+            };
+            if self.used_pages + need + pages_gate > self.total_pages {
                 break;
             }
             match rule {

@@ -98,6 +98,9 @@ pub struct Profile {
     /// vLLM's automatic prefix caching: a preempted request's freed pages stay reusable until
     /// reallocated, and its re-admission restores the surviving prefix.
     pub prefix_caching: bool,
+    /// vLLM's `--scheduler-reserve-full-isl`: a waiting or preempted request is admitted only
+    /// when pages for its whole known sequence are free, not only for its first chunk.
+    pub full_sequence_admission: bool,
 }
 
 impl Profile {
@@ -119,6 +122,7 @@ impl Profile {
             sglang_min_ratio: 0.1,
             sglang_decay_steps: 600,
             prefix_caching: false,
+            full_sequence_admission: false,
         }
     }
 
@@ -199,6 +203,7 @@ struct PyProfile {
     sglang_min_ratio: f64,
     sglang_decay_steps: i64,
     prefix_caching: bool,
+    full_sequence_admission: bool,
 }
 
 impl<'py> FromPyObject<'py> for Profile {
@@ -227,6 +232,7 @@ impl<'py> FromPyObject<'py> for Profile {
             sglang_min_ratio: p.sglang_min_ratio,
             sglang_decay_steps: p.sglang_decay_steps,
             prefix_caching: p.prefix_caching,
+            full_sequence_admission: p.full_sequence_admission,
         };
         profile
             .validate()

