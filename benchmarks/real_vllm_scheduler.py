@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +34,9 @@ import numpy as np
 
 from kvbench._core import OUTPUT_SLOT, PROMPT_SLOT, HttpDriver
 from kvbench.backends.http import completion_body
+from kvbench.backends.launch import launch
+from kvbench.benchmark.saturation import WINDOW
+from kvbench.errors import KvbenchError
 from kvbench.profile import DEFAULT_HARDWARE, build_profile
 from kvbench.simulator import simulate
 from kvbench.workload import load_workload
@@ -45,7 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 32  # the CPU build's smallest page
 KV_TOKENS = 131_000 // BLOCK * BLOCK  # 4,093 pages
 CHUNK, BUDGET, RUNNING = 512, 2048, 256
-WINDOW = (0.2, 0.8)  # the middle 60% of completions, as the saturated runs elsewhere
 
 
 @dataclass
@@ -93,12 +92,6 @@ def _counts(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # A vLLM general plugin (the entry-point group vLLM loads in its engine process) that records
 # each scheduler step: what an iteration-time model needs to price it (batch tokens, KV tokens
 # attended, prefill pairs) and the requests finished. vLLM's own metrics count a request's
@@ -115,7 +108,7 @@ def register():
 
     def probed(self, *args, **kwargs):
         out = schedule(self, *args, **kwargs)
-        tokens = kv = pairs = prefill = 0
+        tokens = kv = pairs = 0
         for rid, t in out.num_scheduled_tokens.items():
             r = self.requests[rid]
             after = r.num_computed_tokens  # advanced by this step already
@@ -123,9 +116,7 @@ def register():
             kv += after
             if t > 1 or after - t < r.num_prompt_tokens:
                 pairs += t * after
-                prefill += t
-        log.write(f"{tokens} {kv} {pairs} {prefill} {len(out.num_scheduled_tokens)} "
-                  f"{len(out.finished_req_ids)}\\n")
+        log.write(f"{tokens} {kv} {pairs} {len(out.finished_req_ids)}\\n")
         return out
 
     Scheduler.schedule = probed
@@ -143,41 +134,6 @@ def _install_probe(where: Path) -> None:
     )
 
 
-def _launch(
-    python: str,
-    model: Path,
-    port: int,
-    max_len: int,
-    log: Path,
-    extra_env: dict[str, str],
-    engine_args: list[str],
-) -> subprocess.Popen:
-    args = [
-        python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-        "--served-model-name", "tiny", "--dtype", "float32", "--enforce-eager",
-        "--max-model-len", str(max_len), "--block-size", str(BLOCK),
-        "--num-gpu-blocks-override", str(KV_TOKENS // BLOCK),
-        "--max-num-seqs", str(RUNNING), "--max-num-batched-tokens", str(BUDGET),
-        "--long-prefill-token-threshold", str(CHUNK),
-        "--host", "127.0.0.1", "--port", str(port), *engine_args,
-    ]  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", **extra_env)
-    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"error: the vLLM server exited ({proc.returncode}); see {log}")
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            return
-        except OSError:
-            time.sleep(1)
-    sys.exit(f"error: {url}/health did not answer within {timeout:.0f} s; see {log}")
-
-
 def run_real(
     python: str,
     model: Path,
@@ -187,17 +143,27 @@ def run_real(
     engine_args: list[str],
 ) -> Counts:
     """Serves the job on the CPU vLLM (every request sent at t = 0) with the step probe on."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    probe, steps_log, server_log = tmp / "probe", tmp / "steps.txt", tmp / "server.log"
+    probe, steps_log = tmp / "probe", tmp / "steps.txt"
     probe.mkdir()
     _install_probe(probe)
-    env = {"PYTHONPATH": str(probe), "KVBENCH_STEP_LOG": str(steps_log)}
-    max_len = int((prompt + output).max()) + BLOCK
-    proc = _launch(python, model, port, max_len, server_log, env, engine_args)
+    settings = [
+        "--served-model-name", "tiny", "--dtype", "float32", "--enforce-eager",
+        "--max-model-len", str(int((prompt + output).max()) + BLOCK),
+        "--block-size", str(BLOCK), "--num-gpu-blocks-override", str(KV_TOKENS // BLOCK),
+        "--max-num-seqs", str(RUNNING), "--max-num-batched-tokens", str(BUDGET),
+        "--long-prefill-token-threshold", str(CHUNK),
+    ]  # fmt: skip
+    env = {
+        "PYTHONPATH": str(probe),
+        "KVBENCH_STEP_LOG": str(steps_log),
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+    }
+    server = launch(
+        "vllm", str(model), python=python, extra_args=settings + engine_args, log_dir=tmp, env=env
+    )
+    url = server.url
     n = len(prompt)
     try:
-        _wait_healthy(url, proc, server_log)
         steps_log.write_text("")  # the health checks' steps are not the job's
         driver = HttpDriver(
             url + "/v1/completions", np.zeros(n), prompt, output,
@@ -218,15 +184,14 @@ def run_real(
         if errors:
             sys.exit(f"error: {len(errors)} requests failed at {url}, first: {errors[0]}")
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
     rows = np.loadtxt(steps_log, dtype=np.int64, ndmin=2)
     rows = rows[rows[:, 0] > 0]
     tokens, kv, pairs = rows[:, 0], rows[:, 1], rows[:, 2]
     model = DEFAULT_HARDWARE.iteration_time
     priced = np.array([model.mean_time(t, k, p) for t, k, p in zip(tokens, kv, pairs, strict=True)])
     # vLLM reports a request finished in the step after the one that produced its last token
-    finished = np.append(rows[1:, 5], 0)
+    finished = np.append(rows[1:, 3], 0)
     return _counts(
         "vLLM 0.32 (CPU build, real scheduler)", tokens, priced, finished, prompt, output
     )
@@ -286,7 +251,10 @@ def main() -> None:
             subprocess.run(
                 [python, str(ROOT / "scripts/build_tiny_llama.py"), str(model)], check=True
             )
-            row["real"] = asdict(run_real(python, model, prompt, output, Path(tmp), args))
+            try:
+                row["real"] = asdict(run_real(python, model, prompt, output, Path(tmp), args))
+            except KvbenchError as err:
+                sys.exit(f"error: {err}")
     print(json.dumps(row, indent=1))
     if a.json:
         with a.json.open("a") as f:
