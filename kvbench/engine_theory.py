@@ -405,7 +405,7 @@ def _mixed_bounds(
                 recompute = held / per_it
                 how = "recompute from scratch ≈ half a first chunk per iteration"
             if recompute and profile.full_sequence_admission:
-                # Admitting only whole prompts preempts less (simulated pd-1:1: 585 recomputed
+                # Admitting only whole prompts preempts less (simulated pd-1:1: 629 recomputed
                 # tokens per request against E[o − 1] = 804); there is no a-priori term for it
                 # yet, so the first-chunk figure stands as an upper bound.
                 how += " (an upper bound: full-sequence admission preempts less)"

@@ -91,8 +91,9 @@ class EngineProfile:
     sglang_*: SGLang's new_token_ratio schedule (starts at init, decays linearly to min over
       decay_steps decode steps, is raised again on a retraction).
     prefix_caching: vLLM's automatic prefix caching (on by default in vLLM v1): a preempted
-      request's freed pages stay hashed in the LRU free queue until reallocated, and its
-      re-admission reuses the surviving full pages instead of recomputing them. Only the vllm
+      request's freed full pages stay hashed in the free queue until reallocated (unhashed
+      pages are reused first, then the least recently freed), and its re-admission reuses the
+      surviving full pages instead of recomputing them. Only the vllm
       rule reads it; False models an engine launched with --no-enable-prefix-caching.
     full_sequence_admission: vLLM's --scheduler-reserve-full-isl, its default since PR #37307
       (2026-03): a waiting or preempted request is admitted only when pages for its whole known

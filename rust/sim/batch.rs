@@ -222,7 +222,12 @@ pub fn simulate(
         };
         rec.replica = target;
         let engine = &mut engines[target];
-        engine.advance(t, &mut rec);
+        // Requests that arrive at the same instant are all queued before an idle engine plans its
+        // next iteration, as an engine finds them all waiting (a saturated run queues every
+        // request at t = 0); advancing to t again would start one with the first alone.
+        if i == 0 || t > arrivals[i - 1] {
+            engine.advance(t, &mut rec);
+        }
         engine.add_request(i as u64, prompt[i], output[i], t)?;
         rec.records.replica[i] = target as i64;
         dispatched += 1;

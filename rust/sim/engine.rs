@@ -292,13 +292,16 @@ impl Engine {
         self.free_slots.push(s);
     }
 
-    /// Returns a request's KV pages to the free pool; with prefix caching they join the free
-    /// queue as pages nobody can hit.
+    /// Returns a finished or aborted request's KV pages to the free pool; with prefix caching
+    /// they join the free queue as pages nobody can hit, its full ones at the back (hashed) and
+    /// its partly filled last one at the front.
     fn free_pages(&mut self, computed: i64) {
         let pages = self.pages(computed);
         self.used_pages -= pages;
         if let Some(q) = self.free_queue.as_mut() {
-            q.free_anonymous(pages);
+            let full = computed / self.block;
+            q.free_anonymous(full);
+            q.free_unhashed(pages - full);
         }
     }
 
@@ -310,16 +313,17 @@ impl Engine {
         }
     }
 
-    /// The KV tokens a waiting request would start from if admitted now: its swapped-out
-    /// progress (ideal rule), or with vLLM's prefix caching the full pages of its own that are
-    /// still hashed, at most num_tokens − 1 (`get_computed_blocks` leaves the last token to be
+    /// The KV tokens a waiting request would start from if admitted now, after the step has
+    /// allocated `taken` pages for the requests scheduled before it: its swapped-out progress
+    /// (ideal rule), or with vLLM's prefix caching the full pages of its own that are still
+    /// hashed then, at most num_tokens − 1 (`get_computed_blocks` leaves the last token to be
     /// computed so that it samples).
-    fn resume_point(&self, s: u32) -> i64 {
+    fn resume_point(&self, s: u32, taken: i64) -> i64 {
         let r = &self.slab[s as usize];
         match &self.free_queue {
             Some(q) if r.cached_segment != NO_SEGMENT => {
                 let full = r.cached_tokens.min(r.known() - 1) / self.block;
-                q.surviving(r.cached_segment).min(full) * self.block
+                q.surviving_after(r.cached_segment, taken).min(full) * self.block
             }
             _ => r.computed,
         }
@@ -437,7 +441,7 @@ impl Engine {
             if r.arrival > now {
                 break;
             }
-            let computed = self.resume_point(s);
+            let computed = self.resume_point(s, need);
             let n = (r.known() - computed)
                 .min(self.profile.chunk_size)
                 .min(budget);
@@ -532,6 +536,8 @@ impl Engine {
     fn start_running<O: Observer>(&mut self, s: u32, chunk: i64, now: f64, obs: &mut O) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        // The seq first: compacting drops every entry whose slot holds another seq.
+        self.slab[s as usize].seq = seq;
         self.admission_order.push((seq, s));
         if self.admission_order.len() as i64 > 2 * self.running + 64 {
             let slab = &self.slab;
@@ -543,7 +549,6 @@ impl Engine {
         let computed = self.slab[s as usize].computed;
         self.used_pages += self.pages(computed);
         let r = &mut self.slab[s as usize];
-        r.seq = seq;
         obs.admitted(r.id, now, r.generated);
         if r.generated >= 1 && r.computed == r.known() - 1 {
             // A swapped-out decoder resumes decoding where it stopped.
@@ -633,7 +638,11 @@ impl Engine {
         let computed = self.slab[s as usize].computed;
         let pages = self.pages(computed);
         self.used_pages -= pages;
-        let segment = self.free_queue.as_mut().map(|q| q.free_owned(pages));
+        let full = computed / self.block;
+        let segment = self.free_queue.as_mut().map(|q| {
+            q.free_unhashed(pages - full);
+            q.free_owned(full)
+        });
         self.reserved_pages -= self.slab[s as usize].reserved;
         let r = &mut self.slab[s as usize];
         r.reserved = 0;

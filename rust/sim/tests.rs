@@ -18,6 +18,7 @@ struct Log {
     tokens: HashMap<u64, Vec<i64>>,
     finished: HashMap<u64, (f64, i64)>,
     preempted: u64,
+    victims: Vec<u64>,
     iterations: Vec<IterationRecord>,
 }
 
@@ -38,8 +39,9 @@ impl Observer for Log {
     fn finished(&mut self, id: u64, time: f64, generated: i64) {
         assert!(self.finished.insert(id, (time, generated)).is_none());
     }
-    fn preempted(&mut self, _id: u64, _time: f64, _generated: i64) {
+    fn preempted(&mut self, id: u64, _time: f64, _generated: i64) {
         self.preempted += 1;
+        self.victims.push(id);
     }
     fn iteration(&mut self, it: &IterationRecord) {
         self.iterations.push(*it);
@@ -215,6 +217,31 @@ fn vllm_full_sequence_admission_waits_instead_of_preempting() {
         }
         assert_eq!(log.tokens[&1], (1..=4).collect::<Vec<_>>());
         assert_eq!(e.kv_used_tokens(), 0);
+    }
+}
+
+/// vLLM preempts the request it admitted last (`self.running.pop()`), however many requests
+/// came and went before it. A (s = 10, o = 30) runs beside `n` one-token requests, then B
+/// (s = 10, o = 30) is admitted; in M = 60 tokens A and B cannot both finish, and B, the newer,
+/// must be the one preempted. (The engine once lost the newest admission from its order when
+/// that admission compacted the order, and preempted A.)
+#[test]
+fn vllm_preempts_the_last_admitted_after_many_admissions() {
+    for n in 40..160 {
+        let mut e = Engine::new(profile(Rule::Vllm, 60, 1, 512, 2048, 256), 0);
+        let mut log = Log::default();
+        e.add_request(0, 10, 30, 0.0).unwrap();
+        for id in 1..=n {
+            e.add_request(id, 1, 1, 0.0).unwrap();
+        }
+        e.add_request(1000, 10, 30, 0.0).unwrap();
+        e.advance(f64::INFINITY, &mut log);
+        assert!(log.preempted >= 1, "n = {n}");
+        assert!(
+            log.victims.iter().all(|&v| v == 1000),
+            "n = {n}: {:?}",
+            log.victims
+        );
     }
 }
 
