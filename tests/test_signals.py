@@ -25,10 +25,11 @@ def _start(tmp_path: Path, *args: str, sigint_ignored: bool = False) -> subproce
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # a signal for kvbench alone, as a job runner sends it
-        # as a shell without job control starts `kvbench … &`
-        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-        if sigint_ignored
-        else None,
+        # SIG_IGN as a shell without job control starts `kvbench … &`; else the default, even
+        # where pytest itself was started that way (the disposition is inherited)
+        preexec_fn=lambda: signal.signal(
+            signal.SIGINT, signal.SIG_IGN if sigint_ignored else signal.SIG_DFL
+        ),
     )
 
 

@@ -282,7 +282,13 @@ def test_resume_after_a_stop_runs_only_the_missing_cells(tmp_path):
         "1",
         "--json",
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT at its default, however pytest was started (a background job inherits it ignored)
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     rows_file = out / "cells.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (
