@@ -54,17 +54,13 @@ BLOCK = 32  # the CPU build's smallest page
 @dataclass(frozen=True)
 class Settings:
     """The engine's settings, the paper's by default. kv_tokens is what vLLM is given
-    (--num-gpu-blocks-override × BLOCK); its first page is the null block nobody can use, so
-    the simulator gets one page less."""
+    (--num-gpu-blocks-override × BLOCK), its null block included, as the simulator's vllm rule
+    takes it."""
 
     kv_tokens: int = 131_000 // BLOCK * BLOCK  # 4,093 pages
     chunk: int = 512
     budget: int = 2048
     running: int = 256
-
-    @property
-    def usable_kv_tokens(self) -> int:
-        return self.kv_tokens - BLOCK
 
 
 @dataclass
@@ -254,7 +250,7 @@ def simulate_steps(
 ) -> SimulationResult:
     """sim:vllm on the job, every request queued at t = 0 in the given order."""
     profile = build_profile(
-        "vllm", kv_tokens=settings.usable_kv_tokens, block_size=BLOCK,
+        "vllm", kv_tokens=settings.kv_tokens, block_size=BLOCK,
         chunk_size=settings.chunk, token_budget=settings.budget, max_running=settings.running,
         full_sequence_admission=full_sequence,
     )  # fmt: skip

@@ -347,7 +347,7 @@ def _mixed_bounds(
     waste: float | None,
 ) -> list[Bound]:
     """Engines whose every iteration carries prefill chunks and decodes together."""
-    M = profile.kv_tokens
+    M = profile.usable_kv_tokens
     e_tokens = law.mean(lives.tokens)
     e_attended = law.mean(lives.attended)
     own = _Work(law, lives, profile.chunk_size)
@@ -547,7 +547,7 @@ def _separate_bounds(
     over k, and at least E[s]/K when the prefill budget K (chunked_prefill_size) binds. A
     measured retraction waste of w recomputed tokens per request adds w prefill tokens (and w
     token·iterations of memory) per request."""
-    M = profile.kv_tokens
+    M = profile.usable_kv_tokens
     r = profile.sglang_min_ratio
     e_decodes = law.mean(law.output.astype(np.float64) - 1.0)
     wanted = law.prompt + np.minimum(law.output, 4096)
@@ -634,13 +634,17 @@ def engine_aware_mu(
     if iteration_fit is not None and iteration_model is None:
         iteration_model = iteration_fit.model()
     model = iteration_model or profile.iteration_time
-    M = profile.kv_tokens
-    if M <= 0 or profile.chunk_size <= 0 or profile.block_size <= 0:
+    if profile.kv_tokens <= 0 or profile.chunk_size <= 0 or profile.block_size <= 0:
         raise KvbenchError("engine profile needs positive kv_tokens, chunk_size and block_size")
+    M = profile.usable_kv_tokens
     largest = int(paged(law.prompt + law.output, profile.block_size).max())
     if largest > M:
+        usable = ""
+        if profile.policy == "vllm":
+            usable = f" ({M} usable: vLLM's null block takes one page)"
         raise KvbenchError(
-            f"a request of {largest} tokens does not fit in M = {M} KV tokens: no rate is stable"
+            f"a request of {largest} tokens does not fit in M = {profile.kv_tokens} KV tokens"
+            f"{usable}: no rate is stable"
         )
     lives = request_lives(law, profile.chunk_size, profile.block_size)
     if profile.separate_prefill_decode:

@@ -124,6 +124,14 @@ class EngineProfile:
     def replace(self, **changes) -> EngineProfile:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def usable_kv_tokens(self) -> int:
+        """The KV tokens requests can hold: vLLM's block pool keeps its first page as the null
+        block, which the KV cache size it reports (kv_tokens) counts; the simulator's vllm rule
+        leaves it out the same way (`Profile::total_pages`)."""
+        pages = self.kv_tokens // self.block_size - (1 if self.policy == "vllm" else 0)
+        return pages * self.block_size
+
 
 @dataclass(frozen=True)
 class HardwareCalibration:

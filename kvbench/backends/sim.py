@@ -150,7 +150,7 @@ class SimBackend(Backend):
         step_t, step_n = _core.in_system_steps(sent, finished)
         idx = np.searchsorted(step_t, times, side="right") - 1
         in_flight = np.where(idx >= 0, step_n[np.maximum(idx, 0)], 0.0)
-        kv_total = self.profile.kv_tokens * self.replicas
+        kv_total = self.profile.usable_kv_tokens * self.replicas
         waiting = by_time["waiting"].to_numpy()[keep]
         running = by_time["running"].to_numpy()[keep]
         kv = by_time["kv_used"].to_numpy(dtype=np.float64)[keep]

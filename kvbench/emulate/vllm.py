@@ -30,7 +30,6 @@ class VllmFormat(EngineFormat):
         p = self.profile
         st = self.engine.state() if self.engine is not None else {}
         blocks = p.kv_tokens // p.block_size
-        usable = max(1, blocks - 1) * p.block_size
         labels = f'engine="0",model_name="{self.model_id}"'
         iterations = float(st.get("iteration", 0))
         info = (
@@ -47,7 +46,7 @@ class VllmFormat(EngineFormat):
             f"vllm:num_requests_waiting{{{labels}}} {float(st.get('waiting', 0))}\n"
             "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
             "# TYPE vllm:kv_cache_usage_perc gauge\n"
-            f"vllm:kv_cache_usage_perc{{{labels}}} {st.get('kv_used_tokens', 0) / usable}\n"
+            f"vllm:kv_cache_usage_perc{{{labels}}} {st.get('kv_used_tokens', 0) / p.usable_kv_tokens}\n"
             "# HELP vllm:num_preemptions_total Cumulative number of preemption from the engine.\n"
             "# TYPE vllm:num_preemptions_total counter\n"
             f"vllm:num_preemptions_total{{{labels}}} {float(st.get('preemptions_total', 0))}\n"

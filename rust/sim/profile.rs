@@ -132,8 +132,8 @@ impl Profile {
             (self.kv_tokens >= 1, "kv_tokens must be at least 1"),
             (self.block_size >= 1, "block_size must be at least 1"),
             (
-                self.kv_tokens >= self.block_size,
-                "kv_tokens must hold at least one block",
+                self.block_size >= 1 && self.total_pages() >= 1,
+                "kv_tokens must hold at least one block (two for vllm: its first is the null block)",
             ),
             (self.chunk_size >= 1, "chunk_size must be at least 1"),
             (self.token_budget >= 1, "token_budget must be at least 1"),
@@ -170,9 +170,15 @@ impl Profile {
         Ok(())
     }
 
-    /// Whole pages of the KV cache.
+    /// Whole pages of the KV cache that requests can hold. vLLM's block pool takes its first page
+    /// as the null block (`BlockPool.null_block`, never allocated to a request) while the
+    /// "KV cache size" it reports, kv_tokens here, counts it.
     pub fn total_pages(&self) -> i64 {
-        self.kv_tokens / self.block_size
+        let pages = self.kv_tokens / self.block_size;
+        match self.rule {
+            Rule::Vllm => pages - 1,
+            _ => pages,
+        }
     }
 }
 

@@ -160,7 +160,7 @@ fn vllm_preempts_the_newest_and_recomputes() {
         .any(|i| i.batch_tokens > 10 && i.batch_tokens < 30));
 }
 
-/// Pages of 4, M = 10 pages, two requests of s = 8, o = 20 (hand-traced): both prefill, then
+/// Pages of 4, M = 10 usable pages (vLLM reports 11, its null block included), two requests of s = 8, o = 20 (hand-traced): both prefill, then
 /// decode until both hold 5 full pages and need a sixth; vLLM preempts the newer (B, 20 KV
 /// tokens, 21 known) and frees its 5 pages tail first. A's next two pages come from the front of
 /// the free queue, which is B's tail, so 3 of B's pages survive; B, blocked until A finishes,
@@ -169,7 +169,7 @@ fn vllm_preempts_the_newest_and_recomputes() {
 #[test]
 fn vllm_prefix_cache_restores_the_surviving_prefix() {
     for (caching, reprefill) in [(true, 9), (false, 21)] {
-        let mut p = profile(Rule::Vllm, 40, 4, 512, 2048, 256);
+        let mut p = profile(Rule::Vllm, 44, 4, 512, 2048, 256);
         p.prefix_caching = caching;
         let mut e = Engine::new(p, 0);
         let mut log = Log::default();
@@ -191,7 +191,7 @@ fn vllm_prefix_cache_restores_the_surviving_prefix() {
     }
 }
 
-/// Pages of 4, M = 8 pages, 8-token chunks; A (s = 8, o = 4) and B (s = 28, o = 4) queued at
+/// Pages of 4, M = 8 usable pages (9 with vLLM's null block), 8-token chunks; A (s = 8, o = 4) and B (s = 28, o = 4) queued at
 /// t = 0 (hand-traced). First-chunk admission takes B in beside A's 2 pages with one 2-page
 /// chunk; B's prefill and A's decode then need 3 + 8 = 11 pages and vLLM preempts B. Under
 /// full-sequence admission B's 7 prompt pages do not fit beside A's 2, so B waits, and it still
@@ -199,7 +199,7 @@ fn vllm_prefix_cache_restores_the_surviving_prefix() {
 #[test]
 fn vllm_full_sequence_admission_waits_instead_of_preempting() {
     for full in [false, true] {
-        let mut p = profile(Rule::Vllm, 32, 4, 8, 2048, 256);
+        let mut p = profile(Rule::Vllm, 36, 4, 8, 2048, 256);
         p.prefix_caching = true;
         p.full_sequence_admission = full;
         let mut e = Engine::new(p, 0);
@@ -217,6 +217,18 @@ fn vllm_full_sequence_admission_waits_instead_of_preempting() {
         }
         assert_eq!(log.tokens[&1], (1..=4).collect::<Vec<_>>());
         assert_eq!(e.kv_used_tokens(), 0);
+    }
+}
+
+/// vLLM's first page is its null block: a cache it reports as 3 pages of 4 holds a 2-page
+/// request (8 tokens) but not a 3-page one, which the other rules hold.
+#[test]
+fn vllm_leaves_the_null_block_out_of_the_cache() {
+    for (rule, fits) in [(Rule::Vllm, false), (Rule::Ideal, true)] {
+        let mut e = Engine::new(profile(rule, 12, 4, 512, 2048, 256), 0);
+        assert!(e.add_request(0, 4, 4, 0.0).is_ok());
+        assert_eq!(e.add_request(1, 8, 4, 0.0).is_ok(), fits, "{rule:?}");
+        assert_eq!(e.kv_total_tokens(), if fits { 12 } else { 8 });
     }
 }
 
