@@ -102,6 +102,7 @@ def compare(
         "gap_engine_aware": e["gap_engine_aware_percent"] / 100,
         "binding": th["binding"],
         "iteration_model": th["iteration_model"],
+        "preemption_waste": th["preemption_waste"],
         "batch_time": e["batch_time"]["value"],
         "settings": {s["setting"]: [s["value"], s["kind"]] for s in e["settings"]},
         "real": True,

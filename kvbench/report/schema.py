@@ -115,6 +115,8 @@ class Theory:
     mu_engine_aware: float | None = None  # all replicas, when the engine-aware model is available
     binding: str | None = None  # which engine-aware bound binds
     iteration_model: str | None = None  # "engine profile" or "measured b̄ (constant)"
+    # vLLM: tokens recomputed per request, from its rule replayed on the engine's settings
+    preemption_waste: float | None = None
 
 
 @dataclass
