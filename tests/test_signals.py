@@ -245,3 +245,22 @@ def test_compare_killed_by_sigterm_resumes_without_rerunning_judged_probes(tmp_p
     # the probes judged before the SIGTERM are the search's first probes, their runs untouched
     assert [p["run_dir"] for p in e["probes"][: len(judged)]] == [r["run_dir"] for r in judged]
     assert all(f.read_bytes() == b for f, b in kept.items())
+
+
+def test_a_run_cancelled_from_outside_is_an_interrupt():
+    """A signal that cancels the HTTP backend's main task while a task group or timeout inside
+    cancels it too reaches kvbench as CancelledError on Python 3.11 (asyncio.Runner raises
+    KeyboardInterrupt only for its own lone cancellation): the backend hands it on as the
+    interrupt it is, so compare keeps its report and exits 143 (a newcomer run once exited 1)."""
+    import asyncio
+
+    from kvbench.backends.vllm import VllmBackend
+
+    async def cancelled_twice():
+        task = asyncio.current_task()
+        task.cancel()
+        task.cancel()
+        await asyncio.sleep(1)
+
+    with pytest.raises(KeyboardInterrupt):
+        VllmBackend("http://127.0.0.1:9")._run(cancelled_twice())

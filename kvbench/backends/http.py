@@ -233,12 +233,20 @@ class HttpBackend(Backend):
 
     def _run(self, coro):
         try:
-            import uvloop
+            try:
+                import uvloop
 
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                return runner.run(coro)
-        except ImportError:
-            return asyncio.run(coro)
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    return runner.run(coro)
+            except ImportError:
+                return asyncio.run(coro)
+        except asyncio.CancelledError as err:
+            # Nothing but an interrupt cancels the run's main task (nothing else holds it), and
+            # asyncio.Runner turns that into KeyboardInterrupt only when it counts the one
+            # cancellation it made itself: on Python 3.11 a SIGTERM that landed while a task
+            # group or timeout inside was cancelling too came out as CancelledError and a
+            # traceback, exit 1, instead of the interrupted run's report and exit 143.
+            raise KeyboardInterrupt from err
 
     def _session(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
