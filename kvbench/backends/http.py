@@ -233,13 +233,14 @@ class HttpBackend(Backend):
 
     def _run(self, coro):
         try:
-            try:
-                import uvloop
+            import uvloop
 
-                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                    return runner.run(coro)
-            except ImportError:
-                return asyncio.run(coro)
+            loop_factory = uvloop.new_event_loop
+        except ImportError:
+            loop_factory = None  # asyncio's own loop, as asyncio.run makes it
+        try:
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                return runner.run(coro)
         except asyncio.CancelledError as err:
             # Nothing but an interrupt cancels the run's main task (nothing else holds it), and
             # asyncio.Runner turns that into KeyboardInterrupt only when it counts the one

@@ -73,19 +73,14 @@ def theory_beside(
         times = (separate.decode, separate.prefill)
         aware = engine_aware_mu(profile, law, batch_times=times, preemption_waste=waste)
         source = "measured decode and prefill batch times"
+    elif engine_iteration is not None:
+        constant = IterationTimeModel.constant(engine_iteration)
+        aware = engine_aware_mu(profile, law, iteration_model=constant, preemption_waste=waste)
+        source = "the engine's mean iteration time (its own iteration count)"
     else:
-        constant = batch_time if engine_iteration is None else engine_iteration
-        aware = engine_aware_mu(
-            profile,
-            law,
-            iteration_model=IterationTimeModel.constant(constant),
-            preemption_waste=waste,
-        )
-        source = (
-            "measured b̄ (constant)"
-            if engine_iteration is None
-            else "the engine's mean iteration time (its own iteration count)"
-        )
+        constant = IterationTimeModel.constant(batch_time)
+        aware = engine_aware_mu(profile, law, iteration_model=constant, preemption_waste=waste)
+        source = "measured b̄ (constant)"
     return {
         "mean_g": paper.expected_g.mean,
         "delta": paper.delta,
