@@ -28,6 +28,7 @@ from kvbench.benchmark.paper_gpu import PAPER_GPU, Reproduction, reproduce
 from kvbench.benchmark.saturated_rate import measure_saturated_rate
 from kvbench.engine_theory import LengthLaw, engine_aware_mu
 from kvbench.profile import DEFAULT_HARDWARE, IterationTimeModel, build_profile
+from kvbench.theory import PAPER_KV_TOKENS
 from kvbench.workload import load_workload
 
 ENGINES = ("ideal", "vllm", "sglang", "trtllm")
@@ -370,10 +371,11 @@ def _implied_steps(scheduler: list[dict]) -> list[str]:
     )
     decode = 100  # a decode-only step of ~100 requests holding the whole cache
     fitted = intercept + slope * decode
-    kernels = DEFAULT_HARDWARE.iteration_time.mean_time(decode, 131_000 + decode, 0.0)
+    kernels = DEFAULT_HARDWARE.iteration_time.mean_time(decode, PAPER_KV_TOKENS + decode, 0.0)
     # A decode step of 100 tokens is memory-bound on an A100 (100 FLOPs a weight byte, under
     # the ~150 at which 312 TFLOPS and 2 TB/s balance): it must read the weights and the cache.
-    read = LLAMA3_8B_DECODE_WEIGHT_BYTES + 131_000 * LLAMA3_8B_KV_BYTES_PER_TOKEN
+    cache = PAPER_KV_TOKENS * LLAMA3_8B_KV_BYTES_PER_TOKEN
+    read = LLAMA3_8B_DECODE_WEIGHT_BYTES + cache
     needed = read / fitted
     return [
         "- **The step time the GPU figures imply.** The real vLLM scheduler's completions per",
@@ -388,7 +390,7 @@ def _implied_steps(scheduler: list[dict]) -> list[str]:
         "  paper's A100 ran the same kernels that much faster), so kvbench keeps the preset",
         "  fitted to them and reports the miss. That step reads the weights and the whole cache",
         f"  ({LLAMA3_8B_DECODE_WEIGHT_BYTES / 1e9:.1f} GB of linear layers and LM head, "
-        f"{131_000 * LLAMA3_8B_KV_BYTES_PER_TOKEN / 1e9:.1f} GB of KV): in {fitted * 1e3:.1f} ms "
+        f"{cache / 1e9:.1f} GB of KV): in {fitted * 1e3:.1f} ms "
         f"that is {needed / 1e12:.2f} TB/s,",
         f"  {needed / A100_80GB_HBM_BYTES_PER_S:.0%} of an A100 80GB's peak "
         f"{A100_80GB_HBM_BYTES_PER_S / 1e12:.3f} TB/s and more than an A100 40GB's "

@@ -4,6 +4,7 @@ the exit status is 143 (Ctrl-C: 130). Driven as users meet it: a real process, a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from kvbench.backends.vllm import VllmBackend
 from kvbench.benchmark.recorder import read_run
 
 
@@ -252,9 +254,6 @@ def test_a_run_cancelled_from_outside_is_an_interrupt():
     cancels it too reaches kvbench as CancelledError on Python 3.11 (asyncio.Runner raises
     KeyboardInterrupt only for its own lone cancellation): the backend hands it on as the
     interrupt it is, so compare keeps its report and exits 143 (a newcomer run once exited 1)."""
-    import asyncio
-
-    from kvbench.backends.vllm import VllmBackend
 
     async def cancelled_twice():
         task = asyncio.current_task()
